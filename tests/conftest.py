@@ -1,0 +1,43 @@
+"""Test configuration: single-threaded torch, and viewer tests only with a display."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+def _have_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "viewer: needs a napari viewer under a display")
+
+
+def pytest_collection_modifyitems(config, items):
+    # pytest-xvfb has started its virtual display (and set DISPLAY) by now, if it could.
+    if _have_display():
+        return
+    # Qt without any display aborts the whole process; offscreen is fine for widgets
+    # that need no OpenGL, but not for a viewer with layers.
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    skip = pytest.mark.skip(
+        reason="no X display and no Xvfb: install xvfb (make sysdeps, as root) to run viewer tests"
+    )
+    for item in items:
+        uses_viewer = {"make_napari_viewer", "make_napari_viewer_proxy"} & set(
+            getattr(item, "fixturenames", ())
+        )
+        if uses_viewer or item.get_closest_marker("viewer"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_dataset():
+    """Eight 64x64 synthetic images (deterministic)."""
+    from napari_irnet.core.synthetic import make_dataset
+
+    return make_dataset(8, shape=(64, 64), seed=123)

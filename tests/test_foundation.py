@@ -1,0 +1,64 @@
+"""The package skeleton: import boundaries, manifest, sample data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def test_core_imports_neither_napari_nor_qt():
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "import napari_irnet.core as core\n"
+        "for m in pkgutil.walk_packages(core.__path__, 'napari_irnet.core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy')]\n"
+        "print(','.join(bad))\n"
+        "assert 'napari_irnet.core' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"core pulled in GUI modules: {out.stdout}"
+
+
+def test_manifest_is_valid_and_every_command_imports():
+    import importlib
+
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_distribution("napari-irnet")
+    assert pm.name == "napari-irnet"
+    assert pm.contributions.sample_data, "a sample-data contribution is declared"
+    for cmd in pm.contributions.commands:
+        module, _, attr = cmd.python_name.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), cmd.python_name
+
+
+def test_npe2_validate_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-irnet"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_sample_data_contribution_returns_image_and_truth():
+    from napari_irnet._sample_data import sample_cells
+
+    layers = sample_cells()
+    (img, img_kw, img_type), (lab, lab_kw, lab_type) = layers
+    assert img_type == "image" and img.shape == (256, 256, 3) and img.dtype == np.uint8
+    assert lab_type == "labels" and lab.shape == (256, 256) and lab.max() >= 3
+    assert img_kw["metadata"]["napari_irnet"]["labels"]
+
+
+@pytest.mark.viewer
+def test_sample_opens_in_viewer(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.open_sample("napari-irnet", "synthetic_cells")
+    names = [layer.name for layer in viewer.layers]
+    assert "synthetic cells" in names and "ground truth" in names
+    assert viewer.layers["synthetic cells"].rgb
