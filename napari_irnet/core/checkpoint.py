@@ -1,0 +1,207 @@
+"""Checkpoints: one file with both networks, the parameters, classes and history.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format": "napari-irnet", "version": 1,
+     "classes": [...], "backbone": "resnet50",
+     "params": Params.to_dict(), "train_params": TrainParams.to_dict(),
+     "history": [...], "cam_state": {...} | None, "irn_state": {...} | None}
+
+:func:`import_reference` converts the two state dicts written by the reference
+implementation (jiwoon-ahn/irn: ``res50_cam.pth``, ``res50_irn.pth``), whose
+keys carry aliases (``resnet50.*``, ``stage*.*`` and ``backbone.*`` name the
+same tensors; ``edge_layers.*``/``dp_layers.*`` alias the heads) and extra
+buffers (``path_indices*``, ``disp_target``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .backbones import build_backbone
+from .networks import CAMNet, IRNet
+from .params import Params, TrainParams
+
+FORMAT = "napari-irnet"
+VERSION = 1
+
+#: the 20 PASCAL VOC classes in the reference's order
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+@dataclass
+class Model:
+    """Both networks of IRNet with what is needed to use and resume them."""
+
+    classes: list[str]
+    backbone: str
+    cam: CAMNet | None = None
+    irn: IRNet | None = None
+    params: Params = field(default_factory=Params)
+    train_params: TrainParams = field(default_factory=TrainParams)
+    history: list[dict] = field(default_factory=list)
+
+    def class_ids(self, names: list[str]) -> list[int]:
+        """0-based ids of class names, with a clear error for unknown names."""
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown}; this model knows {self.classes}")
+        return [self.classes.index(n) for n in names]
+
+
+def new_model(
+    classes: list[str],
+    backbone: str = "resnet50",
+    weights: str | Path | None = None,
+    irn_weights: str | Path | None = None,
+) -> Model:
+    """Fresh CAM and IRNet networks; both backbones start from ``weights`` unless ``irn_weights`` is given."""
+    cam = CAMNet(build_backbone(backbone, weights), len(classes))
+    irn = IRNet(build_backbone(backbone, irn_weights if irn_weights is not None else weights))
+    return Model(list(classes), backbone, cam, irn)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(model: Model, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` atomically (the old file stays intact on failure)."""
+    path = Path(path)
+    obj = {
+        "format": FORMAT,
+        "version": VERSION,
+        "classes": list(model.classes),
+        "backbone": model.backbone,
+        "params": model.params.to_dict(),
+        "train_params": model.train_params.to_dict(),
+        "history": list(model.history),
+        "cam_state": model.cam.state_dict() if model.cam is not None else None,
+        "irn_state": model.irn.state_dict() if model.irn is not None else None,
+    }
+    _atomic_torch_save(obj, path)
+    return path
+
+
+def _load_state(net: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: the {what} weights do not fit the network "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+        )
+
+
+def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: str = "cpu") -> Model:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    classes : list of str, optional
+        When given, the checkpoint must know every one of these classes.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing, corrupt or foreign file, or mismatching classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        hint = ""
+        if isinstance(obj, dict) and any(str(k).startswith(("resnet50.", "fc_edge", "classifier")) for k in obj):
+            hint = "; it looks like a reference-implementation state dict: use `napari-irnet import-reference`"
+        raise CheckpointError(f"{path}: not a napari-irnet checkpoint{hint}")
+    if obj.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} is newer than this napari-irnet reads ({VERSION})")
+    ckpt_classes = list(obj["classes"])
+    if classes is not None:
+        unknown = [c for c in classes if c not in ckpt_classes]
+        if unknown:
+            raise CheckpointError(f"{path}: trained for classes {ckpt_classes}, which lack {unknown}")
+    try:
+        params = Params.from_dict(obj["params"])
+        train_params = TrainParams.from_dict(obj["train_params"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: bad parameters in checkpoint ({exc})") from exc
+    model = Model(ckpt_classes, obj["backbone"], params=params, train_params=train_params, history=list(obj.get("history", [])))
+    if obj.get("cam_state") is not None:
+        model.cam = CAMNet(build_backbone(model.backbone), len(ckpt_classes))
+        _load_state(model.cam, obj["cam_state"], path, "CAM")
+    if obj.get("irn_state") is not None:
+        model.irn = IRNet(build_backbone(model.backbone))
+        _load_state(model.irn, obj["irn_state"], path, "IRNet")
+    return model
+
+
+def _reference_state(path: Path, keep: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable state dict ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not any(k.startswith("resnet50.") for k in state):
+        raise CheckpointError(f"{path}: not a reference-implementation state dict (no 'resnet50.*' keys)")
+    out = {}
+    for key, value in state.items():
+        if key.startswith("resnet50."):
+            if key.endswith("num_batches_tracked"):
+                continue
+            out["backbone." + key[len("resnet50."):]] = value
+        elif key.startswith(keep):
+            # the first reference version kept the mean shift as a BatchNorm (running_var etc.)
+            if key.startswith("fc_dp7.4.") and not key.endswith("running_mean"):
+                continue
+            out[key] = value
+    return out
+
+
+def import_reference(
+    cam_path: str | Path | None,
+    irn_path: str | Path | None,
+    classes: list[str] | tuple[str, ...] = VOC_CLASSES,
+) -> Model:
+    """Build a :class:`Model` from the reference's ``res50_cam.pth`` / ``res50_irn.pth``.
+
+    The parameters get ``preset="reference"`` so inference reproduces the
+    reference's outputs (its 512x512 zero padding of IRNet inputs included).
+    """
+    model = Model(list(classes), "resnet50", params=Params(preset="reference"))
+    if cam_path is not None:
+        cam_path = Path(cam_path)
+        state = _reference_state(cam_path, ("classifier.",))
+        n = state.get("classifier.weight", torch.empty(0)).shape[0]
+        if n != len(classes):
+            raise CheckpointError(f"{cam_path}: classifier has {n} classes but {len(classes)} class names were given")
+        model.cam = CAMNet(build_backbone("resnet50"), len(classes))
+        _load_state(model.cam, state, cam_path, "CAM")
+    if irn_path is not None:
+        irn_path = Path(irn_path)
+        model.irn = IRNet(build_backbone("resnet50"))
+        _load_state(model.irn, _reference_state(irn_path, ("fc_edge", "fc_dp")), irn_path, "IRNet")
+    return model

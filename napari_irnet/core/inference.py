@@ -1,0 +1,229 @@
+"""Network inference at any image size: multi-scale CAMs and IRNet outputs.
+
+These are the two expensive, cached stages of the pipeline. Everything after
+them (:mod:`napari_irnet.core.postprocess`) is cheap and re-runs whenever a
+parameter changes.
+
+Images larger than ``Params.tile_size`` are cut into overlapping tiles whose
+origins are multiples of 16 pixels, so tile outputs align with the stride-4 and
+stride-16 grids; each tile contributes the centre of its output, without the
+half-overlap margins. GroupNorm in the IRNet heads makes tiled outputs depend
+slightly on the tile extent: a modelling change, not a bug (see
+``irnet-method.md`` section 5.2).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .networks import CAMNet, IRNet, normalize_image
+from .params import Params
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else Apple MPS when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
+    return dev
+
+
+def strided_size(shape: Sequence[int], stride: int = 4) -> tuple[int, int]:
+    """Grid size ceil(H/stride), ceil(W/stride) as in the reference."""
+    return ((shape[0] - 1) // stride + 1, (shape[1] - 1) // stride + 1)
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 -> normalised (1, 3, H, W) float32 on ``device``."""
+    t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return normalize_image(t.to(device)).unsqueeze(0)
+
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Bicubic PIL rescale to round(H*s), round(W*s), as the reference does."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins (multiples of 16) covering ``length`` with at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = max(16, (tile - overlap) // 16 * 16)
+    last = math.ceil((length - tile) / 16) * 16
+    return list(range(0, last, step)) + [last]
+
+
+def run_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    stride: int,
+    tile: int,
+    overlap: int,
+) -> torch.Tensor:
+    """Apply a fully convolutional ``fn`` to (1, 3, H, W) in overlapping tiles.
+
+    ``fn`` maps a (1, 3, h, w) input to (1, C, ceil(h/stride), ceil(w/stride)).
+    Returns (1, C, ceil(H/stride), ceil(W/stride)). Without tiling (both sides
+    at most ``tile``) this is exactly ``fn(x)``.
+    """
+    H, W = x.shape[-2:]
+    if H <= tile and W <= tile:
+        return fn(x)
+    tile = max(64, tile // 16 * 16)
+    ys, xs = _tile_starts(H, tile, overlap), _tile_starts(W, tile, overlap)
+    out_h, out_w = strided_size((H, W), stride)
+    out = None
+    half = overlap // 2 // stride
+    for y0 in ys:
+        for x0 in xs:
+            part = fn(x[..., y0 : y0 + tile, x0 : x0 + tile])
+            if out is None:
+                out = part.new_zeros(part.shape[:2] + (out_h, out_w))
+            gy, gx = y0 // stride, x0 // stride
+            ph, pw = part.shape[-2:]
+            top = 0 if y0 == ys[0] else half
+            left = 0 if x0 == xs[0] else half
+            bottom = ph if y0 == ys[-1] else ph - half
+            right = pw if x0 == xs[-1] else pw - half
+            out[..., gy + top : gy + bottom, gx + left : gx + right] = part[..., top:bottom, left:right]
+    return out
+
+
+@dataclass
+class CAMOutput:
+    """Class activation maps of the classes present in one image.
+
+    Attributes
+    ----------
+    class_ids : (C,) int array
+        0-based indices into the model's class list, one per map.
+    strided : (C, h, w) float32 tensor
+        Stride-4 maps, h = ceil(H/4), each divided by its own maximum.
+    high_res : (C, H, W) float32 tensor
+        Full-resolution maps, each divided by its own maximum.
+    """
+
+    class_ids: np.ndarray
+    strided: torch.Tensor
+    high_res: torch.Tensor
+
+
+@torch.no_grad()
+def compute_cams(
+    model: CAMNet,
+    image: np.ndarray,
+    class_ids: Sequence[int],
+    params: Params = Params(),
+    device: str | torch.device | None = "auto",
+) -> CAMOutput:
+    """Multi-scale + flip CAMs (reference ``make_cam``) of the given classes.
+
+    Parameters
+    ----------
+    model : CAMNet
+    image : (H, W, 3) uint8 array
+    class_ids : sequence of int
+        Classes whose maps are kept (the image-level labels), 0-based.
+    params : Params
+        ``cam_scales``, ``tile_size`` and ``tile_overlap`` are used.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    H, W = image.shape[:2]
+    size4 = strided_size((H, W), 4)
+    size_up = (16 * math.ceil(H / 16), 16 * math.ceil(W / 16))
+    ids = np.asarray(list(class_ids), dtype=np.int64)
+    strided = torch.zeros((len(ids),) + size4, device=dev)
+    high = torch.zeros((len(ids),) + size_up, device=dev)
+    if len(ids) == 0:
+        return CAMOutput(ids, strided.cpu(), high[:, :H, :W].cpu())
+    sel = torch.from_numpy(ids).to(dev)
+
+    def cam_with_flip(t: torch.Tensor) -> torch.Tensor:
+        both = model.cam(torch.cat([t, t.flip(-1)], dim=0))
+        return (both[0] + both[1].flip(-1)).unsqueeze(0)
+
+    for s in params.cam_scales:
+        x = image_to_tensor(rescale_image(image, s), dev)
+        cam = run_tiled(cam_with_flip, x, 16, params.tile_size, params.tile_overlap)[:, sel]
+        strided += F.interpolate(cam, size4, mode="bilinear", align_corners=False)[0]
+        high += F.interpolate(cam, size_up, mode="bilinear", align_corners=False)[0]
+    high = high[:, :H, :W]
+    strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5
+    high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
+    return CAMOutput(ids, strided.float().cpu(), high.float().cpu())
+
+
+@dataclass
+class IRNetOutput:
+    """IRNet outputs of one image on the stride-4 grid.
+
+    Attributes
+    ----------
+    boundary : (h, w) float32 tensor in [0, 1]
+        Class-boundary probability, flip-averaged logits through a sigmoid.
+    displacement : (2, h, w) float32 tensor
+        Displacement to the instance centroid (dy, dx) in grid units, from the
+        unflipped image, mean-shift corrected.
+    """
+
+    boundary: torch.Tensor
+    displacement: torch.Tensor
+
+
+@torch.no_grad()
+def compute_irnet(
+    model: IRNet,
+    image: np.ndarray,
+    params: Params = Params(),
+    device: str | torch.device | None = "auto",
+) -> IRNetOutput:
+    """Boundary map and displacement field (reference ``EdgeDisplacement``).
+
+    With ``params.preset == "reference"`` the input is zero-padded (in
+    normalised space) to 512x512 as the reference does, which changes the
+    GroupNorm statistics; images larger than 512 cannot be reproduced that way
+    and are run unpadded with a warning.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    H, W = image.shape[:2]
+    h, w = strided_size((H, W), 4)
+    x = image_to_tensor(image, dev)
+
+    def both(t: torch.Tensor) -> torch.Tensor:
+        th, tw = t.shape[-2:]
+        if params.preset == "reference":
+            if th <= 512 and tw <= 512:
+                t = F.pad(t, [0, 512 - tw, 0, 512 - th])
+            else:
+                warnings.warn("preset 'reference' pads to 512x512; this image is larger and runs unpadded", stacklevel=3)
+        edge, disp = model(torch.cat([t, t.flip(-1)], dim=0))
+        gh, gw = strided_size((th, tw), 4)
+        edge, disp = edge[..., :gh, :gw], disp[..., :gh, :gw]
+        edge = edge[0] / 2 + edge[1].flip(-1) / 2
+        return torch.cat([edge, disp[0]], dim=0).unsqueeze(0)
+
+    out = run_tiled(both, x, 4, params.tile_size, params.tile_overlap)[0, :, :h, :w]
+    return IRNetOutput(torch.sigmoid(out[0]).float().cpu(), out[1:3].float().cpu())

@@ -1,0 +1,165 @@
+"""From an image and its image-level labels to instances and semantic labels.
+
+Data flow one way: image -> network outputs (expensive, cache them) ->
+post-processing stages (cheap, re-run on every parameter change)::
+
+    outputs = run_networks(model, image, class_ids, params)
+    prediction = postprocess(outputs, params)
+
+or both at once with :func:`predict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import Model
+from .inference import CAMOutput, IRNetOutput, compute_cams, compute_irnet, resolve_device
+from .params import Params
+from .postprocess import (
+    InstanceResult,
+    assign_instances,
+    centroid_points,
+    cluster_centroids,
+    find_centroids,
+    instance_cams,
+    propagate,
+    seeds_from_cams,
+    semantic_from_walk,
+)
+
+
+@dataclass
+class NetworkOutputs:
+    """The cached outputs of both networks for one image (CPU tensors)."""
+
+    image_shape: tuple[int, int]
+    cam: CAMOutput
+    irn: IRNetOutput
+
+
+@dataclass
+class Prediction:
+    """Every stage's result for one image.
+
+    Attributes
+    ----------
+    class_ids : (C,) int array
+        0-based classes of the image (the CAM planes).
+    seeds : (H, W) uint8
+        0 background, class id + 1, 255 ignore.
+    centroids : (2, h, w) int32
+        Final grid position of every pixel after the centroid refinement.
+    clusters : (h, w) int32
+        Cluster index of every grid pixel.
+    centre_points : (K, 2) float
+        Mean centroid of each cluster in image pixels (y, x).
+    instances : InstanceResult
+        Instance label map (H, W) and per-instance records.
+    semantic : (H, W) int32
+        Class id + 1, 0 background.
+    """
+
+    class_ids: np.ndarray
+    seeds: np.ndarray
+    centroids: np.ndarray
+    clusters: np.ndarray
+    centre_points: np.ndarray
+    instances: InstanceResult
+    semantic: np.ndarray
+
+
+def run_networks(
+    model: Model,
+    image: np.ndarray,
+    class_ids: Sequence[int],
+    params: Params | None = None,
+    device: str | torch.device | None = "auto",
+) -> NetworkOutputs:
+    """Run the CAM network (multi-scale + flip) and IRNet on ``image`` (H, W, 3) uint8."""
+    if model.cam is None or model.irn is None:
+        raise ValueError("the model lacks a trained CAM network or IRNet (train both first)")
+    params = params or model.params
+    dev = resolve_device(device)
+    cam = compute_cams(model.cam, image, class_ids, params, dev)
+    irn = compute_irnet(model.irn, image, params, dev)
+    return NetworkOutputs(tuple(image.shape[:2]), cam, irn)
+
+
+def walk_instances(outputs: NetworkOutputs, clusters: np.ndarray, params: Params, device="cpu") -> torch.Tensor:
+    """Random walk of the instance-wise CAMs: (C*K, h, w), plane c*K + k."""
+    dev = resolve_device(device)
+    scores = instance_cams(outputs.cam.strided.to(dev), clusters)
+    return propagate(scores, outputs.irn.boundary.to(dev), params.beta, params.walk_steps, params.radius)
+
+
+def postprocess(
+    outputs: NetworkOutputs,
+    params: Params,
+    image: np.ndarray | None = None,
+    device: str | torch.device | None = "cpu",
+    clusters: np.ndarray | None = None,
+) -> Prediction:
+    """All stages after the networks.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8, optional
+        Only used for the CRF refinement of the seeds.
+    clusters : (h, w) int, optional
+        A cluster map to use instead of the one from the displacement field
+        (e.g. after a person edited the centroids).
+    """
+    H, W = outputs.image_shape
+    ids = outputs.cam.class_ids
+    seeds = seeds_from_cams(
+        outputs.cam.high_res, ids, params.seed_fg_threshold, params.seed_bg_threshold, image, params.use_crf
+    )
+    disp = outputs.irn.displacement
+    centroids = find_centroids(disp, params.centroid_steps)
+    if clusters is None:
+        clusters = cluster_centroids(centroids, disp, params.cluster_threshold)
+    points = centroid_points(centroids, clusters) * 4.0
+    k = int(clusters.max()) + 1
+    walk = walk_instances(outputs, clusters, params, device)
+    instances = assign_instances(
+        walk, np.repeat(ids, k), (H, W), params.instance_bg_threshold, params.min_fragment_fraction
+    )
+    dev = walk.device
+    sem_walk = propagate(outputs.cam.strided.to(dev), outputs.irn.boundary.to(dev), params.beta, params.walk_steps, params.radius)
+    semantic = semantic_from_walk(sem_walk, ids, (H, W), params.semantic_bg_threshold)
+    return Prediction(ids, seeds, centroids, clusters, points, instances, semantic)
+
+
+def predict(
+    model: Model,
+    image: np.ndarray,
+    classes: Sequence[str],
+    params: Params | None = None,
+    device: str | torch.device | None = "auto",
+) -> tuple[NetworkOutputs, Prediction]:
+    """Network outputs and every stage for one image with the given class names."""
+    params = params or model.params
+    outputs = run_networks(model, image, model.class_ids(list(classes)), params, device)
+    return outputs, postprocess(outputs, params, image, device)
+
+
+@torch.no_grad()
+def predict_classes(
+    model: Model, image: np.ndarray, threshold: float = 0.5, device: str | torch.device | None = "auto"
+) -> list[str]:
+    """Class names the CAM classifier finds in ``image`` (sigmoid > ``threshold``, flip-averaged).
+
+    For images without image-level labels; with labels, use them instead.
+    """
+    from .inference import image_to_tensor
+
+    dev = resolve_device(device)
+    net = model.cam.to(dev).eval()
+    x = image_to_tensor(image, dev)
+    prob = torch.sigmoid(net(torch.cat([x, x.flip(-1)]))).mean(0)
+    return [model.classes[i] for i in torch.nonzero(prob > threshold).flatten().tolist()]

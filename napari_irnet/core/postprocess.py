@@ -1,0 +1,293 @@
+"""Cheap stages after the networks: seeds, centroids, clusters, walk, instances.
+
+Each stage is a plain function of arrays plus :class:`~napari_irnet.core.params.Params`
+values, following the reference implementation's ``cam_to_ir_label``,
+``make_ins_seg_labels`` and ``make_sem_seg_labels`` steps (jiwoon-ahn/irn; see
+``irnet-method.md`` sections 1.4, 1.9 and 1.10). Grid maps are on the stride-4
+grid (h = ceil(H/4), w = ceil(W/4)); full maps are (H, W).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.measure import label as connected_components
+from skimage.measure import regionprops
+
+
+IGNORE = 255
+
+_crf_notice_given = False
+
+
+def _dense_crf(image: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray | None:
+    """Reference dense CRF (gt_prob 0.7, Gaussian 3/3, bilateral 50/5/10, 10 steps), or None."""
+    global _crf_notice_given
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_labels
+    except ImportError:
+        if not _crf_notice_given:
+            warnings.warn(
+                "pydensecrf is not installed: seeds are not CRF-refined "
+                "(pip install 'napari-irnet[crf]' to enable it)",
+                stacklevel=3,
+            )
+            _crf_notice_given = True
+        return None
+    h, w = labels.shape
+    d = dcrf.DenseCRF2D(w, h, n_labels)
+    d.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=0.7, zero_unsure=False))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    q = d.inference(10)
+    return np.argmax(np.array(q).reshape((n_labels, h, w)), axis=0)
+
+
+def seeds_from_cams(
+    cams: np.ndarray | torch.Tensor,
+    class_ids: Sequence[int],
+    fg_threshold: float = 0.30,
+    bg_threshold: float = 0.05,
+    image: np.ndarray | None = None,
+    use_crf: bool = True,
+) -> np.ndarray:
+    """Confident seeds from normalised CAMs (reference ``cam_to_ir_label``).
+
+    Parameters
+    ----------
+    cams : (C, H, W) float
+        Per-class maps in [0, 1] (any resolution; full resolution in training).
+    class_ids : (C,) ints
+        0-based class of each map.
+    fg_threshold, bg_threshold : float
+        Confident foreground above ``fg_threshold``; confident background where
+        every class stays below ``bg_threshold``.
+    image : (H, W, 3) uint8, optional
+        Needed for the CRF; without it (or without pydensecrf) seeds are not refined.
+
+    Returns
+    -------
+    (H, W) uint8: 0 background, class id + 1 foreground, 255 ignore.
+    """
+    cams = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
+    keys = np.pad(np.asarray(class_ids, dtype=np.int64) + 1, (1, 0))
+    h, w = cams.shape[-2:]
+    if cams.shape[0] == 0:
+        return np.zeros((h, w), np.uint8)
+
+    def labelled(threshold: float) -> np.ndarray:
+        arg = np.argmax(np.concatenate([np.full((1, h, w), threshold, cams.dtype), cams]), axis=0)
+        if use_crf and image is not None:
+            refined = _dense_crf(image, arg, keys.shape[0])
+            if refined is not None:
+                arg = refined
+        return keys[arg]
+
+    fg = labelled(fg_threshold)
+    bg = labelled(bg_threshold)
+    seeds = fg.astype(np.uint8)
+    seeds[fg == 0] = IGNORE
+    seeds[(fg == 0) & (bg == 0)] = 0
+    return seeds
+
+
+def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300) -> np.ndarray:
+    """Move every grid pixel along the displacement field ``steps`` times.
+
+    Bilinear interpolation of the field between floor/ceil corners, positions
+    clipped to the grid after each step, rounded at the end (reference
+    ``find_centroids_with_refinement``).
+
+    Parameters
+    ----------
+    displacement : (2, h, w) float, (dy, dx) in grid units
+
+    Returns
+    -------
+    (2, h, w) int32 array: the final (y, x) of each pixel.
+    """
+    d = displacement.detach().cpu().numpy() if isinstance(displacement, torch.Tensor) else np.asarray(displacement)
+    d = d.astype(np.float32)
+    h, w = d.shape[1:]
+    cy, cx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dy_map, dx_map = d[0].ravel(), d[1].ravel()
+    for _ in range(steps):
+        y0, x0 = np.floor(cy).astype(np.int32), np.floor(cx).astype(np.int32)
+        y1, x1 = np.ceil(cy).astype(np.int32), np.ceil(cx).astype(np.int32)
+        fy, fx = cy - y0, cx - x0
+        w11, w01 = fy * fx, (1 - fy) * fx
+        w10, w00 = fy * (1 - fx), (1 - fy) * (1 - fx)
+        i11, i01, i10, i00 = y1 * w + x1, y0 * w + x1, y1 * w + x0, y0 * w + x0
+        cy = cy + dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
+        cx = cx + dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
+        np.clip(cy, 0, h - 1, out=cy)
+        np.clip(cx, 0, w - 1, out=cx)
+    return np.stack([np.round(cy), np.round(cx)]).astype(np.int32)
+
+
+def cluster_centroids(
+    centroids: np.ndarray, displacement: np.ndarray | torch.Tensor, threshold: float = 2.5
+) -> np.ndarray:
+    """Group pixels by the weak-displacement region their centroid lands in.
+
+    The 4-connected components of ``|D| < threshold`` are the instance centres;
+    pixels whose centroid lands outside every centre share one extra cluster
+    (reference ``cluster_centroids``).
+
+    Returns
+    -------
+    (h, w) int32: cluster index 0..K-1, contiguous, in the order of the
+    components (the shared "no centre" cluster first when present).
+    """
+    d = displacement.detach().cpu().numpy() if isinstance(displacement, torch.Tensor) else np.asarray(displacement)
+    strength = np.sqrt(d[0] ** 2 + d[1] ** 2)
+    centres = connected_components(strength < threshold, connectivity=1, background=0)
+    clusters = centres[centroids[0], centroids[1]]
+    _, contiguous = np.unique(clusters, return_inverse=True)
+    return contiguous.reshape(clusters.shape).astype(np.int32)
+
+
+def centroid_points(centroids: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Mean final position (y, x) of each cluster, grid units: (K, 2) float."""
+    k = int(clusters.max()) + 1 if clusters.size else 0
+    counts = np.bincount(clusters.ravel(), minlength=k).astype(np.float64)
+    ys = np.bincount(clusters.ravel(), weights=centroids[0].ravel(), minlength=k)
+    xs = np.bincount(clusters.ravel(), weights=centroids[1].ravel(), minlength=k)
+    return np.stack([ys, xs], axis=1) / np.maximum(counts, 1)[:, None]
+
+
+def instance_cams(cams: torch.Tensor, clusters: np.ndarray) -> torch.Tensor:
+    """(C, h, w) CAMs x (h, w) clusters -> (C*K, h, w), plane c*K + k = CAM c inside cluster k."""
+    k = int(clusters.max()) + 1
+    masks = F.one_hot(torch.from_numpy(clusters.astype(np.int64)).to(cams.device), k)
+    masks = masks.permute(2, 0, 1).to(cams.dtype)
+    return (cams[:, None] * masks[None]).reshape(-1, *cams.shape[-2:])
+
+
+def propagate(
+    scores: torch.Tensor, boundary: torch.Tensor, beta: float = 10.0, steps: int = 256, radius: int = 5
+) -> torch.Tensor:
+    """Random walk of (P, h, w) score maps over boundary-aware affinities (same shape out)."""
+    from .random_walk import random_walk
+
+    if scores.shape[0] == 0:
+        return scores.clone()
+    return random_walk(scores, boundary.to(scores.device, scores.dtype), beta=beta, steps=steps, radius=radius)
+
+
+def _upsampled_argmax(walk: torch.Tensor, shape: tuple[int, int], chunk: int = 16):
+    """Bilinear x4 upsampling of (P, h, w), cropped to ``shape``, reduced on the fly.
+
+    Returns (best value (H, W), best plane (H, W), global max) without holding
+    all P full-resolution planes at once.
+    """
+    H, W = shape
+    h, w = walk.shape[-2:]
+    best = torch.full((H, W), -1.0, dtype=walk.dtype, device=walk.device)
+    arg = torch.zeros((H, W), dtype=torch.int64, device=walk.device)
+    gmax = torch.zeros((), dtype=walk.dtype, device=walk.device)
+    for start in range(0, walk.shape[0], chunk):
+        part = F.interpolate(walk[None, start : start + chunk], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)[0, :, :H, :W]
+        val, idx = part.max(dim=0)
+        better = val > best
+        best = torch.where(better, val, best)
+        arg = torch.where(better, idx + start, arg)
+        gmax = torch.maximum(gmax, val.max())
+    return best, arg, gmax
+
+
+@dataclass
+class InstanceResult:
+    """Instances of one image.
+
+    Attributes
+    ----------
+    labels : (H, W) int32
+        Instance ids 1..M, 0 = background.
+    records : list of dict
+        One per instance, in id order: ``id``, ``class_id`` (0-based),
+        ``score`` (max normalised walk score in the instance; 0 for fragments
+        under ``min_fragment_fraction`` of the image, as in the reference),
+        ``bbox`` [x0, y0, x1, y1] with exclusive x1/y1, ``area`` (pixels).
+    """
+
+    labels: np.ndarray
+    records: list[dict] = field(default_factory=list)
+
+
+def assign_instances(
+    walk: torch.Tensor,
+    plane_classes: Sequence[int],
+    image_shape: tuple[int, int],
+    bg_threshold: float = 0.25,
+    min_fragment_fraction: float = 0.01,
+) -> InstanceResult:
+    """Pixels to instances after the walk (reference steps 6-8 of ``make_ins_seg_labels``).
+
+    ``walk`` (P, h, w) holds the propagated instance CAMs, plane p of class
+    ``plane_classes[p]``. Scores are normalised by the global maximum of the
+    upsampled maps; a pixel whose best normalised score is under
+    ``bg_threshold`` is background; every 4-connected component of pixels won
+    by one plane is an instance.
+    """
+    H, W = image_shape
+    if walk.shape[0] == 0:
+        return InstanceResult(np.zeros((H, W), np.int32), [])
+    best, arg, gmax = _upsampled_argmax(walk, (H, W))
+    gmax = float(gmax) if float(gmax) > 0 else 1.0
+    norm = (best / gmax).cpu().numpy()
+    plane = arg.cpu().numpy() + 1
+    plane[norm < bg_threshold] = 0
+    # argmax ties against the background plane go to background, as torch.argmax does
+    plane[norm == bg_threshold] = 0
+    labels = connected_components(plane, connectivity=1, background=0).astype(np.int32)
+    min_area = min_fragment_fraction * H * W
+    records = []
+    for region in regionprops(labels, intensity_image=norm):
+        y0, x0, y1, x1 = region.bbox
+        p = int(plane[tuple(region.coords[0])]) - 1
+        score = 0.0 if region.area < min_area else float(region.intensity_max)
+        records.append(
+            {
+                "id": int(region.label),
+                "class_id": int(plane_classes[p]),
+                "score": score,
+                "bbox": [int(x0), int(y0), int(x1), int(y1)],
+                "area": int(region.area),
+            }
+        )
+    return InstanceResult(labels, records)
+
+
+def semantic_from_walk(
+    walk: torch.Tensor, class_ids: Sequence[int], image_shape: tuple[int, int], bg_threshold: float = 0.25
+) -> np.ndarray:
+    """Semantic labels from the walked class CAMs (reference ``make_sem_seg_labels``).
+
+    Returns (H, W) int32: class id + 1, 0 = background.
+    """
+    H, W = image_shape
+    if walk.shape[0] == 0:
+        return np.zeros((H, W), np.int32)
+    best, arg, gmax = _upsampled_argmax(walk, (H, W))
+    gmax = float(gmax) if float(gmax) > 0 else 1.0
+    keys = np.asarray(class_ids, dtype=np.int32) + 1
+    out = keys[arg.cpu().numpy()]
+    out[(best / gmax).cpu().numpy() <= bg_threshold] = 0
+    return out.astype(np.int32)
+
+
+def cam_class_map(cams_high_res: torch.Tensor, class_ids: Sequence[int], threshold: float = 0.15) -> np.ndarray:
+    """CAM-only semantic map: argmax against a constant background plane (reference ``eval_cam``)."""
+    cams = cams_high_res.detach().cpu().numpy() if isinstance(cams_high_res, torch.Tensor) else cams_high_res
+    if cams.shape[0] == 0:
+        return np.zeros(cams.shape[-2:], np.int32)
+    keys = np.pad(np.asarray(class_ids, dtype=np.int32) + 1, (1, 0))
+    arg = np.argmax(np.concatenate([np.full((1,) + cams.shape[-2:], threshold, cams.dtype), cams]), axis=0)
+    return keys[arg]

@@ -1,0 +1,287 @@
+"""Training of the CAM network and of IRNet from image-level labels.
+
+Both loops are generators: they yield a progress dict after every step
+(``stage``, ``epoch``, ``step``, ``max_step``, the losses, ``lr``, ``seconds``)
+so a command line can draw a progress bar and a GUI can plot losses and stop
+by simply not asking for the next step. Defaults follow the reference
+implementation (``irnet-method.md`` sections 1.1 and 1.8), including its
+optimiser: SGD with a polynomial learning-rate decay (power 0.9), weight decay
+1e-4, new layers at 10x the learning rate, and an effective momentum of 1e-4
+(the reference passes weight decay into SGD's momentum slot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import Model
+from .inference import compute_cams, resolve_device, strided_size
+from .losses import affinity_displacement_loss
+from .networks import normalize_image
+from .params import Params, TrainParams
+from .path_index import PathIndex, pair_labels
+from .postprocess import IGNORE, seeds_from_cams
+
+
+@dataclass
+class LabelledImage:
+    """A training image with its image-level labels (0-based class ids)."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    class_ids: list[int]
+
+
+def _resize(array: np.ndarray, size_hw: tuple[int, int], order: int) -> np.ndarray:
+    resample = Image.BICUBIC if order == 3 else Image.NEAREST
+    return np.asarray(Image.fromarray(array).resize((size_hw[1], size_hw[0]), resample))
+
+
+def _random_crop(
+    image: torch.Tensor, label: torch.Tensor | None, size: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random ``size``x``size`` window; images pad with 0, labels with IGNORE."""
+    h, w = image.shape[-2:]
+    ph, pw = max(size, h), max(size, w)
+    oy = int(torch.randint(0, ph - h + 1, (1,), generator=gen))
+    ox = int(torch.randint(0, pw - w + 1, (1,), generator=gen))
+    canvas = image.new_zeros(image.shape[:-2] + (ph, pw))
+    canvas[..., oy : oy + h, ox : ox + w] = image
+    cy = int(torch.randint(0, ph - size + 1, (1,), generator=gen))
+    cx = int(torch.randint(0, pw - size + 1, (1,), generator=gen))
+    image = canvas[..., cy : cy + size, cx : cx + size]
+    if label is not None:
+        lab = label.new_full((ph, pw), IGNORE)
+        lab[oy : oy + h, ox : ox + w] = label
+        label = lab[cy : cy + size, cx : cx + size]
+    return image, label
+
+
+class CAMDataset(Dataset):
+    """Random long-side resize, normalise, flip, random crop (reference ``train_cam``)."""
+
+    def __init__(self, items: Sequence[LabelledImage], num_classes: int, tp: TrainParams, seed: int = 0):
+        self.items, self.num_classes, self.tp = list(items), num_classes, tp
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        h, w = item.image.shape[:2]
+        lo, hi = self.tp.cam_resize_long
+        target = int(torch.randint(lo, hi + 1, (1,), generator=self.gen))
+        s = target / max(h, w)
+        img = _resize(item.image, (max(1, round(h * s)), max(1, round(w * s))), 3)
+        x = normalize_image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        if torch.rand(1, generator=self.gen) < 0.5:
+            x = x.flip(-1)
+        x, _ = _random_crop(x, None, self.tp.cam_crop_size, self.gen)
+        y = torch.zeros(self.num_classes)
+        y[item.class_ids] = 1.0
+        return x, y
+
+
+class RelationDataset(Dataset):
+    """Images with seed labels: rescale, normalise, flip, crop, labels x0.25 (reference ``train_irn``)."""
+
+    def __init__(self, items: Sequence[LabelledImage], seeds: Sequence[np.ndarray], tp: TrainParams, seed: int = 0):
+        self.items, self.seeds, self.tp = list(items), list(seeds), tp
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        image, seed_map = self.items[i].image, self.seeds[i]
+        lo, hi = self.tp.irn_rescale
+        s = lo + float(torch.rand(1, generator=self.gen)) * (hi - lo)
+        h, w = image.shape[:2]
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        img, lab = _resize(image, size, 3), _resize(seed_map, size, 0)
+        x = normalize_image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        y = torch.from_numpy(lab.astype(np.int64))
+        if torch.rand(1, generator=self.gen) < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        x, y = _random_crop(x, y, self.tp.irn_crop_size, self.gen)
+        grid = strided_size(y.shape, 4)
+        y = torch.from_numpy(_resize(y.numpy().astype(np.uint8), grid, 0).astype(np.int64))
+        return x, y
+
+
+class PolySchedule:
+    """lr = base * (1 - step / max_step) ** power for every parameter group."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_step: int, power: float = 0.9):
+        self.optimizer, self.max_step, self.power = optimizer, max(1, max_step), power
+        self.base = [g["lr"] for g in optimizer.param_groups]
+        self.step_count = 0
+
+    def step(self) -> float:
+        factor = (1 - min(self.step_count, self.max_step) / self.max_step) ** self.power
+        for g, base in zip(self.optimizer.param_groups, self.base):
+            g["lr"] = base * factor
+        self.step_count += 1
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def _optimizer(groups: tuple[list, list], lr: float, tp: TrainParams) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        [
+            {"params": [p for p in groups[0] if p.requires_grad], "lr": lr},
+            {"params": [p for p in groups[1] if p.requires_grad], "lr": lr * tp.new_layer_lr_mult},
+        ],
+        lr=lr,
+        momentum=tp.momentum,
+        weight_decay=tp.weight_decay,
+    )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    use = enabled and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def _loader(dataset: Dataset, batch_size: int, tp: TrainParams, device: torch.device, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=True,
+        drop_last=True,
+        num_workers=tp.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=gen,
+    )
+
+
+def train_cam(
+    model: Model, items: Sequence[LabelledImage], tp: TrainParams | None = None, device="auto"
+) -> Iterator[dict]:
+    """Train ``model.cam`` with the multi-label soft-margin loss; yields progress per step."""
+    tp = tp or model.train_params
+    if not items:
+        raise ValueError("no training images")
+    dev = resolve_device(device)
+    torch.manual_seed(tp.seed)
+    net = model.cam.to(dev).train()
+    loader = _loader(CAMDataset(items, len(model.classes), tp, tp.seed), tp.cam_batch_size, tp, dev, tp.seed)
+    max_step = len(loader) * tp.cam_epochs
+    opt = _optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
+    sched = PolySchedule(opt, max_step, tp.poly_power)
+    step, t0 = 0, time.perf_counter()
+    for epoch in range(tp.cam_epochs):
+        for x, y in loader:
+            lr = sched.step()
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with _autocast(dev, tp.amp):
+                logits = net(x)
+            loss = F.multilabel_soft_margin_loss(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            record = {"stage": "cam", "epoch": epoch, "step": step, "max_step": max_step, "loss": float(loss), "lr": lr, "seconds": time.perf_counter() - t0}
+            yield record
+    net.eval()
+    model.history.append({"stage": "cam", "steps": step, "final_loss": record["loss"] if step else None, "seconds": time.perf_counter() - t0})
+
+
+def make_seeds(
+    model: Model, items: Sequence[LabelledImage], params: Params | None = None, device="auto"
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Seed maps (reference ``cam_to_ir_label``) of the training images from the CAM network."""
+    params = params or model.params
+    for i, item in enumerate(items):
+        cams = compute_cams(model.cam, item.image, item.class_ids, params, device)
+        yield i, seeds_from_cams(
+            cams.high_res, item.class_ids, params.seed_fg_threshold, params.seed_bg_threshold, item.image, params.use_crf
+        )
+
+
+def train_irn(
+    model: Model,
+    items: Sequence[LabelledImage],
+    seeds: Sequence[np.ndarray],
+    tp: TrainParams | None = None,
+    device="auto",
+) -> Iterator[dict]:
+    """Train the boundary and displacement heads on pairs mined from ``seeds``; yields progress.
+
+    After the last step the mean displacement over the training crops is
+    stored in the mean-shift buffer (reference ``train_irn``, section 1.8).
+    """
+    tp = tp or model.train_params
+    if not items:
+        raise ValueError("no training images")
+    dev = resolve_device(device)
+    torch.manual_seed(tp.seed)
+    net = model.irn.to(dev).train()
+    net.mean_shift.running_mean.zero_()
+    grid = strided_size((tp.irn_crop_size, tp.irn_crop_size), 4)
+    index = PathIndex(tp.train_radius, grid)
+    loader = _loader(RelationDataset(items, seeds, tp, tp.seed), tp.irn_batch_size, tp, dev, tp.seed)
+    max_step = len(loader) * tp.irn_epochs
+    opt = _optimizer(net.parameter_groups(), tp.irn_learning_rate, tp)
+    sched = PolySchedule(opt, max_step, tp.poly_power)
+    step, t0 = 0, time.perf_counter()
+    record: dict = {}
+    for epoch in range(tp.irn_epochs):
+        for x, y in loader:
+            lr = sched.step()
+            x = x.to(dev, non_blocking=True)
+            bg_pos, fg_pos, neg = (t.to(dev) for t in pair_labels(y, index))
+            with _autocast(dev, tp.amp):
+                edge, disp = net(x)
+            losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            step += 1
+            record = {"stage": "irn", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": time.perf_counter() - t0}
+            record.update({k: float(v) for k, v in losses.items()})
+            record["loss"] = record.pop("total")
+            yield record
+    estimate_displacement_mean(model, items, tp, dev)
+    net.eval()
+    model.history.append({"stage": "irn", "steps": step, "final_loss": record.get("loss"), "seconds": time.perf_counter() - t0})
+
+
+@torch.no_grad()
+def estimate_displacement_mean(model: Model, items: Sequence[LabelledImage], tp: TrainParams, device) -> torch.Tensor:
+    """Mean displacement over top-left crops (zero-padded), stored in the mean-shift buffer."""
+    dev = resolve_device(device)
+    net = model.irn.to(dev).eval()
+    net.mean_shift.running_mean.zero_()
+    size = tp.irn_crop_size
+    total, count = torch.zeros(2, device=dev), 0
+    for item in items:
+        x = normalize_image(torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1))[:, :size, :size]
+        x = F.pad(x, [0, size - x.shape[-1], 0, size - x.shape[-2]])
+        _, disp = net(x[None].to(dev))
+        total += disp[0].float().mean(dim=(1, 2))
+        count += 1
+    mean = total / max(count, 1)
+    net.mean_shift.running_mean.copy_(mean)
+    return mean
+
+
+__all__ = [
+    "CAMDataset",
+    "LabelledImage",
+    "PolySchedule",
+    "RelationDataset",
+    "estimate_displacement_mean",
+    "make_seeds",
+    "train_cam",
+    "train_irn",
+]
