@@ -1,4 +1,4 @@
-"""Feature backbones at output stride 16 with frozen batch-norm statistics.
+"""Feature backbones at output stride 16, batch norm frozen when pretrained.
 
 All backbones return five feature maps, as IRNet uses them (Ahn et al. 2019,
 and the reference implementation's ``net/resnet50.py``):
@@ -25,10 +25,26 @@ from pathlib import Path
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torchvision.models import resnet
-from torchvision.ops import FrozenBatchNorm2d
 
 BACKBONES = ("resnet50", "resnet18", "tiny")
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that always uses its running statistics and never trains.
+
+    Same arithmetic as the reference's ``FixedBatchNorm`` (``F.batch_norm``
+    with ``training=False``) and the same state-dict keys as ``BatchNorm2d``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__(num_features, eps=eps)
+        self.weight.requires_grad_(False)
+        self.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -36,10 +52,7 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            frozen.weight.copy_(child.weight.detach())
-            frozen.bias.copy_(child.bias.detach())
-            frozen.running_mean.copy_(child.running_mean)
-            frozen.running_var.copy_(child.running_var)
+            frozen.load_state_dict(child.state_dict())
             setattr(module, name, frozen)
         else:
             _freeze_batchnorm(child)
@@ -102,9 +115,13 @@ class Backbone(nn.Module):
     name : {"resnet50", "resnet18", "tiny"}
     weights : None, "imagenet" or path
         Initial weights (torchvision key layout for files).
+    frozen_bn : bool, optional
+        Freeze batch-norm statistics (the reference's ``FixedBatchNorm``).
+        Default: frozen for pretrained weights; a backbone trained from scratch
+        keeps ordinary batch norm, without which it barely learns.
     """
 
-    def __init__(self, name: str = "resnet50", weights: str | Path | None = None):
+    def __init__(self, name: str = "resnet50", weights: str | Path | None = None, frozen_bn: bool | None = None):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -130,7 +147,9 @@ class Backbone(nn.Module):
                 )
         _last_stage_stride_one(net)
         net.fc = nn.Identity()
-        _freeze_batchnorm(net)
+        self.frozen_bn = weights is not None if frozen_bn is None else frozen_bn
+        if self.frozen_bn:
+            _freeze_batchnorm(net)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.channels = tuple(self._channels())
@@ -152,6 +171,6 @@ class Backbone(nn.Module):
         return [x1, x2, x3, x4, x5]
 
 
-def build_backbone(name: str = "resnet50", weights: str | Path | None = None) -> Backbone:
-    """Build a stride-16 backbone with frozen batch norm (see :class:`Backbone`)."""
-    return Backbone(name, weights)
+def build_backbone(name: str = "resnet50", weights: str | Path | None = None, frozen_bn: bool | None = None) -> Backbone:
+    """Build a stride-16 backbone (see :class:`Backbone`)."""
+    return Backbone(name, weights, frozen_bn)

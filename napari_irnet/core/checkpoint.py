@@ -52,6 +52,13 @@ class Model:
     params: Params = field(default_factory=Params)
     train_params: TrainParams = field(default_factory=TrainParams)
     history: list[dict] = field(default_factory=list)
+    #: where the backbones started: "imagenet", "none" (random) or "file"
+    backbone_init: str = "imagenet"
+
+    @property
+    def frozen_bn(self) -> bool:
+        """Batch norm is frozen unless the backbones were trained from scratch."""
+        return self.backbone_init != "none"
 
     def class_ids(self, names: list[str]) -> list[int]:
         """0-based ids of class names, with a clear error for unknown names."""
@@ -68,9 +75,29 @@ def new_model(
     irn_weights: str | Path | None = None,
 ) -> Model:
     """Fresh CAM and IRNet networks; both backbones start from ``weights`` unless ``irn_weights`` is given."""
-    cam = CAMNet(build_backbone(backbone, weights), len(classes))
-    irn = IRNet(build_backbone(backbone, irn_weights if irn_weights is not None else weights))
-    return Model(list(classes), backbone, cam, irn)
+    init = "none" if weights is None else ("imagenet" if weights == "imagenet" else "file")
+    frozen = init != "none"
+    cam = CAMNet(build_backbone(backbone, weights, frozen), len(classes), train_all_layers=not frozen)
+    irn = IRNet(build_backbone(backbone, irn_weights if irn_weights is not None else weights, frozen))
+    return Model(list(classes), backbone, cam, irn, backbone_init=init)
+
+
+def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
+    """A fresh IRNet for ``model`` whose frozen backbone comes from ``source``.
+
+    ``source`` is ``"cam"`` (a copy of the trained CAM backbone), ``"imagenet"``,
+    ``"none"`` (random) or the path of a torchvision-layout weights file. The
+    reference uses ImageNet weights; for backbones without them the CAM
+    backbone is the better choice.
+    """
+    if source == "cam":
+        if model.cam is None:
+            raise ValueError("source 'cam' needs a model with a CAM network")
+        backbone = build_backbone(model.backbone, frozen_bn=model.frozen_bn)
+        backbone.load_state_dict(model.cam.backbone.state_dict())
+    else:
+        backbone = build_backbone(model.backbone, None if source == "none" else source, frozen_bn=model.frozen_bn)
+    return IRNet(backbone)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -97,6 +124,7 @@ def save_checkpoint(model: Model, path: str | Path) -> Path:
         "params": model.params.to_dict(),
         "train_params": model.train_params.to_dict(),
         "history": list(model.history),
+        "backbone_init": model.backbone_init,
         "cam_state": model.cam.state_dict() if model.cam is not None else None,
         "irn_state": model.irn.state_dict() if model.irn is not None else None,
     }
@@ -150,12 +178,19 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
         train_params = TrainParams.from_dict(obj["train_params"])
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path}: bad parameters in checkpoint ({exc})") from exc
-    model = Model(ckpt_classes, obj["backbone"], params=params, train_params=train_params, history=list(obj.get("history", [])))
+    model = Model(
+        ckpt_classes,
+        obj["backbone"],
+        params=params,
+        train_params=train_params,
+        history=list(obj.get("history", [])),
+        backbone_init=obj.get("backbone_init", "imagenet"),
+    )
     if obj.get("cam_state") is not None:
-        model.cam = CAMNet(build_backbone(model.backbone), len(ckpt_classes))
+        model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(ckpt_classes), not model.frozen_bn)
         _load_state(model.cam, obj["cam_state"], path, "CAM")
     if obj.get("irn_state") is not None:
-        model.irn = IRNet(build_backbone(model.backbone))
+        model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn))
         _load_state(model.irn, obj["irn_state"], path, "IRNet")
     return model
 
@@ -170,8 +205,6 @@ def _reference_state(path: Path, keep: tuple[str, ...]) -> dict[str, torch.Tenso
     out = {}
     for key, value in state.items():
         if key.startswith("resnet50."):
-            if key.endswith("num_batches_tracked"):
-                continue
             out["backbone." + key[len("resnet50."):]] = value
         elif key.startswith(keep):
             # the first reference version kept the mean shift as a BatchNorm (running_var etc.)
@@ -198,10 +231,10 @@ def import_reference(
         n = state.get("classifier.weight", torch.empty(0)).shape[0]
         if n != len(classes):
             raise CheckpointError(f"{cam_path}: classifier has {n} classes but {len(classes)} class names were given")
-        model.cam = CAMNet(build_backbone("resnet50"), len(classes))
+        model.cam = CAMNet(build_backbone("resnet50", frozen_bn=True), len(classes))
         _load_state(model.cam, state, cam_path, "CAM")
     if irn_path is not None:
         irn_path = Path(irn_path)
-        model.irn = IRNet(build_backbone("resnet50"))
+        model.irn = IRNet(build_backbone("resnet50", frozen_bn=True))
         _load_state(model.irn, _reference_state(irn_path, ("fc_edge", "fc_dp")), irn_path, "IRNet")
     return model

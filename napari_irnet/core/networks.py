@@ -32,20 +32,25 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
 class CAMNet(nn.Module):
     """Multi-label classifier whose 1x1 classifier gives class activation maps.
 
-    conv1, layer1 and layer2 receive no gradient (the reference detaches after
-    layer2); batch norm is frozen everywhere.
+    With a pretrained backbone, conv1, layer1 and layer2 receive no gradient
+    (the reference detaches after layer2); a backbone trained from scratch
+    (``train_all_layers=True``) trains every layer. Batch norm is frozen
+    everywhere.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int):
+    def __init__(self, backbone: Backbone, num_classes: int, train_all_layers: bool = False):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
+        self.train_all_layers = train_all_layers
         self.classifier = nn.Conv2d(backbone.channels[-1], num_classes, 1, bias=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x = b.layer2(b.layer1(x)).detach()
+        x = b.layer2(b.layer1(x))
+        if not self.train_all_layers:
+            x = x.detach()
         return b.layer4(b.layer3(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +65,10 @@ class CAMNet(nn.Module):
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters that train, new-layer parameters)."""
         b = self.backbone
-        trained = [p for m in (b.layer3, b.layer4) for p in m.parameters()]
+        modules = (b.layer3, b.layer4)
+        if self.train_all_layers:
+            modules = (b.conv1, b.layer1, b.layer2) + modules
+        trained = [p for m in modules for p in m.parameters()]
         return trained, list(self.classifier.parameters())
 
 

@@ -82,7 +82,7 @@ class CAMDataset(Dataset):
         target = int(torch.randint(lo, hi + 1, (1,), generator=self.gen))
         s = target / max(h, w)
         img = _resize(item.image, (max(1, round(h * s)), max(1, round(w * s))), 3)
-        x = normalize_image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        x = normalize_image(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         if torch.rand(1, generator=self.gen) < 0.5:
             x = x.flip(-1)
         x, _ = _random_crop(x, None, self.tp.cam_crop_size, self.gen)
@@ -108,7 +108,7 @@ class RelationDataset(Dataset):
         h, w = image.shape[:2]
         size = (max(1, round(h * s)), max(1, round(w * s)))
         img, lab = _resize(image, size, 3), _resize(seed_map, size, 0)
-        x = normalize_image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        x = normalize_image(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         y = torch.from_numpy(lab.astype(np.int64))
         if torch.rand(1, generator=self.gen) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
@@ -190,7 +190,7 @@ def train_cam(
             loss.backward()
             opt.step()
             step += 1
-            record = {"stage": "cam", "epoch": epoch, "step": step, "max_step": max_step, "loss": float(loss), "lr": lr, "seconds": time.perf_counter() - t0}
+            record = {"stage": "cam", "epoch": epoch, "step": step, "max_step": max_step, "loss": loss.item(), "lr": lr, "seconds": time.perf_counter() - t0}
             yield record
     net.eval()
     model.history.append({"stage": "cam", "steps": step, "final_loss": record["loss"] if step else None, "seconds": time.perf_counter() - t0})

@@ -1,0 +1,128 @@
+"""Checkpoints: round trip, clear rejections, and reference-implementation imports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet.core.checkpoint import (
+    CheckpointError,
+    import_reference,
+    load_checkpoint,
+    new_model,
+    save_checkpoint,
+)
+from napari_irnet.core.inference import compute_cams, compute_irnet
+from napari_irnet.core.params import Params
+
+
+def _perturb(model):
+    # non-trivial buffers so a missed key would show
+    g = torch.Generator().manual_seed(0)
+    for net in (model.cam, model.irn):
+        for name, buf in net.named_buffers():
+            if "running_var" in name:
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
+            elif "running_mean" in name:
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
+    return model
+
+
+def test_round_trip_keeps_weights_params_and_history(tmp_path):
+    model = _perturb(new_model(["a", "b"], "tiny"))
+    model.params = Params(beta=7.0, walk_steps=64)
+    model.history.append({"stage": "cam", "steps": 3})
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    back = load_checkpoint(path)
+    assert back.classes == ["a", "b"] and back.backbone == "tiny"
+    assert back.params == model.params and back.history == model.history
+    for a, b in ((model.cam, back.cam), (model.irn, back.irn)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_rejects_other_classes_corrupt_and_foreign_files(tmp_path):
+    path = save_checkpoint(new_model(["a", "b"], "tiny"), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"m\.pt.*lack \['c'\]"):
+        load_checkpoint(path, classes=["a", "c"])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"bad\.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"resnet50.conv1.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match="import-reference"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = save_checkpoint(new_model(["a"], "tiny"), tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(new_model(["a"], "tiny"), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+_CAM_STAGES = {"conv1": "stage1.0", "bn1": "stage1.1", "layer1": "stage1.4", "layer2": "stage2.0", "layer3": "stage3.0", "layer4": "stage4.0"}
+_IRN_STAGES = {"conv1": "stage1.0", "bn1": "stage1.1", "layer1": "stage2.0", "layer2": "stage3.0", "layer3": "stage4.0", "layer4": "stage5.0"}
+
+
+def _reference_style(state: dict, stages: dict, extra: dict) -> dict:
+    """Our state dict rewritten with the reference's key aliases and extra buffers."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            rest = key[len("backbone."):]
+            top, _, tail = rest.partition(".")
+            out["resnet50." + rest] = value
+            out[stages[top] + "." + tail] = value
+            stage, _, inner = stages[top].partition(".")
+            out[f"backbone.{int(stage[len('stage'):]) - 1}.{inner}.{tail}"] = value
+        else:
+            out[key] = value
+    out.update(extra)
+    return out
+
+
+def test_import_reference_state_dicts_reproduces_outputs(tmp_path):
+    ours = _perturb(new_model([f"c{i}" for i in range(20)], "resnet50"))
+    cam_state = _reference_style(ours.cam.state_dict(), _CAM_STAGES, {"newly_added.0.weight": ours.cam.classifier.weight})
+    irn_extra = {"edge_layers.0.0.weight": ours.irn.fc_edge1[0].weight, "path_indices0": torch.zeros(3, 2, dtype=torch.long), "disp_target": torch.zeros(1, 2, 152, 1)}
+    irn_state = _reference_style(ours.irn.state_dict(), _IRN_STAGES, irn_extra)
+    torch.save(cam_state, tmp_path / "res50_cam.pth")
+    torch.save(irn_state, tmp_path / "res50_irn.pth")
+    imported = import_reference(tmp_path / "res50_cam.pth", tmp_path / "res50_irn.pth", ours.classes)
+    assert imported.params.preset == "reference"
+    img = (np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8)
+    p = Params(cam_scales=(1.0,), preset="reference")
+    a, b = compute_cams(ours.cam, img, [3, 5], p, "cpu"), compute_cams(imported.cam, img, [3, 5], p, "cpu")
+    assert torch.equal(a.high_res, b.high_res)
+    a, b = compute_irnet(ours.irn, img, p, "cpu"), compute_irnet(imported.irn, img, p, "cpu")
+    assert torch.equal(a.boundary, b.boundary) and torch.equal(a.displacement, b.displacement)
+
+
+def test_reference_preset_pads_irnet_input_to_512():
+    model = _perturb(new_model(["a"], "tiny"))
+    img = (np.random.default_rng(1).random((40, 52, 3)) * 255).astype(np.uint8)
+    plain = compute_irnet(model.irn, img, Params(preset="irnet"), "cpu")
+    ref = compute_irnet(model.irn, img, Params(preset="reference"), "cpu")
+    assert plain.boundary.shape == ref.boundary.shape == (10, 13)
+    # GroupNorm statistics over the padded canvas change the outputs
+    assert not torch.allclose(plain.boundary, ref.boundary)
+
+
+def test_import_reference_rejects_wrong_class_count(tmp_path):
+    ours = new_model(["a", "b"], "resnet50")
+    torch.save(_reference_style(ours.cam.state_dict(), _CAM_STAGES, {}), tmp_path / "cam.pth")
+    with pytest.raises(CheckpointError, match="2 classes but 20"):
+        import_reference(tmp_path / "cam.pth", None)
