@@ -131,6 +131,7 @@ def make_sample(
     classes: tuple[str, ...] = CLASS_NAMES,
     density: float = 1.0,
     noise: float = 0.04,
+    scale: float = 1.0,
 ) -> SyntheticSample:
     """Draw one synthetic image.
 
@@ -148,11 +149,13 @@ def make_sample(
         Multiplier on the number of instances per class.
     noise : float
         Standard deviation of the additive Gaussian noise (image range 0..1).
+    scale : float
+        Multiplier on every object size (pixels per unit of cell size); the
+        number of objects shrinks with its square so coverage stays similar.
     """
     h, w = shape
-    scale = 1.0
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    area_factor = (h * w) / (128 * 128) * density
+    area_factor = (h * w) / (128 * 128) * density / scale**2
 
     n_present = rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]) if len(classes) >= 3 else len(classes)
     n_present = min(n_present, len(classes))
@@ -176,7 +179,7 @@ def make_sample(
         for _attempt in range(20):
             cy, cx = rng.uniform(4, h - 4), rng.uniform(4, w - 4)
             mask = _shape_mask(rng, cls, yy, xx, cy, cx, scale)
-            if mask.sum() < 12:
+            if mask.sum() < 12 * scale**2:
                 continue
             r_eq = np.sqrt(mask.sum() / np.pi)
             # touching and partial overlap are fine, near-complete overlap is not

@@ -248,7 +248,7 @@ def train_irn(
             opt.step()
             step += 1
             record = {"stage": "irn", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": time.perf_counter() - t0}
-            record.update({k: float(v) for k, v in losses.items()})
+            record.update({k: float(v.detach()) for k, v in losses.items()})
             record["loss"] = record.pop("total")
             yield record
     estimate_displacement_mean(model, items, tp, dev)

@@ -1,0 +1,129 @@
+"""Per-stage time of a full prediction at several image sizes.
+
+    python benchmarks/bench_pipeline.py [--backbone resnet50] [--sizes 256 512 1024 2048]
+                                        [--device cpu|cuda] [--threads 2] [--classes 3] [--instances 12]
+
+Networks run with random weights (their cost does not depend on the weights).
+The post-processing needs a realistic number of clusters, which a random
+network does not give, so the displacement field is replaced by one that
+points at ``--instances`` centres (each pixel to its nearest), and the CAMs
+of ``--classes`` classes come from the CAM network as usual. The walk then
+propagates classes x clusters channels, as on a real image with that many
+instances. Prints a markdown table; times in seconds (median of ``--repeat``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _field(h: int, w: int, n: int, seed: int = 0):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform([0, 0], [h - 1, w - 1], size=(n, 2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    owner = d.argmin(0)
+    return torch.from_numpy(np.stack([centres[owner, 0] - yy, centres[owner, 1] - xx]).astype(np.float32))
+
+
+def bench(size: tuple[int, int], args) -> dict[str, float]:
+    import numpy as np
+    import torch
+
+    from napari_irnet.core.checkpoint import new_model
+    from napari_irnet.core.inference import compute_cams, compute_irnet, resolve_device
+    from napari_irnet.core.params import Params
+    from napari_irnet.core.pipeline import NetworkOutputs
+    from napari_irnet.core.postprocess import (
+        assign_instances,
+        cluster_centroids,
+        find_centroids,
+        propagate,
+        seeds_from_cams,
+        semantic_from_walk,
+    )
+    from napari_irnet.core.pipeline import walk_instances
+
+    dev = resolve_device(args.device)
+    torch.manual_seed(0)
+    model = new_model([f"c{i}" for i in range(20)], args.backbone)
+    params = Params(use_crf=False)
+    image = (np.random.default_rng(0).random(size + (3,)) * 255).astype(np.uint8)
+    ids = list(range(args.classes))
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    times: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    for _ in range(args.repeat):
+        cam = timed("CAM (4 scales + flip)", lambda: compute_cams(model.cam, image, ids, params, dev))
+        irn = timed("IRNet forward", lambda: compute_irnet(model.irn, image, params, dev))
+        irn.displacement = _field(*irn.boundary.shape, args.instances)
+        outputs = NetworkOutputs(size, cam, irn)
+        timed("seeds", lambda: seeds_from_cams(cam.high_res, ids, 0.3, 0.05, image, False))
+        cen = timed("centroids + clusters", lambda: (lambda c: (c, cluster_centroids(c, irn.displacement, 2.5)))(find_centroids(irn.displacement, 300)))
+        clusters = cen[1]
+        k = int(clusters.max()) + 1
+        walk = timed("walk instances", lambda: walk_instances(outputs, clusters, params, dev))
+        timed("instances", lambda: assign_instances(walk, np.repeat(ids, k), size, 0.25, 0.01))
+        sem = timed("walk semantic", lambda: propagate(cam.strided.to(dev), irn.boundary.to(dev), 10, 256, 5))
+        timed("semantic", lambda: semantic_from_walk(sem, ids, size, 0.25))
+        del walk, sem
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["_channels"] = args.classes * k
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--sizes", nargs="+", default=["375x500", "256", "512", "1024", "2048"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--instances", type=int, default=12)
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for s in args.sizes:
+        h, w = (int(v) for v in s.split("x")) if "x" in s else (int(s), int(s))
+        t = bench((h, w), args)
+        channels = t.pop("_channels")
+        rows.append((f"{h}x{w} ({channels} ch)", t))
+        print(f"{h}x{w}: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + f", total {sum(t.values()):.2f}s", file=sys.stderr, flush=True)
+    stages = list(rows[0][1])
+    short = stages
+    print(f"\nbackbone {args.backbone}, device {args.device}, {args.threads} threads, {args.classes} classes, {args.instances} instances\n")
+    print("| image (walk channels) | " + " | ".join(short) + " | total |")
+    print("|---" * (len(stages) + 2) + "|")
+    for name, t in rows:
+        print(f"| {name} | " + " | ".join(f"{t.get(st, float('nan')):.2f}" for st in stages) + f" | {sum(t.values()):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Command line: ``napari-irnet train-cam | train-irn | predict | import-reference``.
+
+Parameter options are generated from :class:`~napari_irnet.core.params.Params`
+and :class:`~napari_irnet.core.params.TrainParams`: the field ``beta`` is
+``--beta``, ``seed_fg_threshold`` is ``--seed-fg-threshold``, and so on, the
+same names the Python API and the napari widgets use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+_PARAM_HELP = "pipeline parameters (defaults: the checkpoint's, else the paper's)"
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None, metavar="BOOL", help=f"(default {default})")
+        elif isinstance(default, tuple):
+            kind = type(default[0])
+            group.add_argument(flag, dest=f.name, type=kind, nargs="+", default=None, help=f"(default {' '.join(map(str, default))})")
+        else:
+            group.add_argument(flag, dest=f.name, type=type(default), default=None, help=f"(default {default})")
+
+
+def _overrides(args: argparse.Namespace, cls) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None = None):
+    """Training items from an image folder and a labels file."""
+    from .core.io import read_image, read_labels
+    from .core.training import LabelledImage
+
+    labels = read_labels(labels_file, images_dir, classes=classes)
+    if labels.unlabelled:
+        print(f"note: {len(labels.unlabelled)} image(s) in {images_dir} have no labels and are not used", file=sys.stderr)
+    items = []
+    for name, names in labels.image_labels.items():
+        image = read_image(images_dir / name)
+        items.append(LabelledImage(Path(name).stem, image, [labels.classes.index(c) for c in names]))
+    return labels.classes, items
+
+
+def _progress(gen, desc: str):
+    from tqdm import tqdm
+
+    bar = None
+    for rec in gen:
+        if bar is None:
+            bar = tqdm(total=rec.get("max_step"), desc=desc, unit="step", disable=None)
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+    if bar is not None:
+        bar.close()
+
+
+def cmd_train_cam(args: argparse.Namespace) -> int:
+    from .core.checkpoint import load_checkpoint, new_model, save_checkpoint
+    from .core.params import Params, TrainParams
+    from .core.training import train_cam
+
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint)
+        classes, items = _load_dataset(args.images, args.labels, model.classes)
+    else:
+        classes, items = _load_dataset(args.images, args.labels)
+        weights = None if args.weights == "none" else args.weights
+        model = new_model(classes, args.backbone, weights)
+        model.params = Params(**_overrides(args, Params))
+    model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
+    print(f"training the CAM network ({model.backbone}) on {len(items)} images, classes {classes}")
+    _progress(train_cam(model, items, device=args.device), "CAM")
+    save_checkpoint(model, args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def cmd_train_irn(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.checkpoint import load_checkpoint, new_irnet, save_checkpoint
+    from .core.params import Params, TrainParams
+    from .core.training import make_seeds, train_irn
+
+    model = load_checkpoint(args.checkpoint)
+    if model.cam is None:
+        print(f"error: {args.checkpoint} has no CAM network; run train-cam first", file=sys.stderr)
+        return 2
+    model.params = Params(**{**model.params.to_dict(), **_overrides(args, Params)})
+    model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
+    _, items = _load_dataset(args.images, args.labels, model.classes)
+    model.irn = new_irnet(model, args.irn_backbone)
+    seeds = [None] * len(items)
+    for i, seed in tqdm(make_seeds(model, items, device=args.device), total=len(items), desc="seeds", disable=None):
+        seeds[i] = seed
+    print(f"training IRNet on {len(items)} images")
+    _progress(train_irn(model, items, seeds, device=args.device), "IRNet")
+    save_checkpoint(model, args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.checkpoint import load_checkpoint
+    from .core.io import list_images, read_image, read_labels, write_instance_tiff, write_instances_json, write_semantic_png
+    from .core.params import Params
+    from .core.pipeline import predict, predict_classes
+
+    model = load_checkpoint(args.checkpoint)
+    params = Params(**{**model.params.to_dict(), **_overrides(args, Params)})
+    labels = read_labels(args.labels, args.images, classes=model.classes) if args.labels else None
+    paths = [args.images / n for n in labels.image_labels] if labels else list_images(args.images)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(paths, desc="predict", unit="image", disable=None):
+        image = read_image(path)
+        names = labels.image_labels[path.name] if labels else predict_classes(model, image, device=args.device)
+        _, pred = predict(model, image, names, params, args.device)
+        stem = path.stem
+        write_instance_tiff(args.out / f"{stem}_instances.tif", pred.instances.labels)
+        write_semantic_png(args.out / f"{stem}_semantic.png", pred.semantic.astype("uint8"))
+        records = [{**r, "class": model.classes[r["class_id"]]} for r in pred.instances.records]
+        write_instances_json(args.out / f"{stem}_instances.json", records)
+    print(f"wrote {len(paths)} predictions to {args.out}")
+    return 0
+
+
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    from .core.checkpoint import VOC_CLASSES, import_reference, save_checkpoint
+
+    classes = args.classes or list(VOC_CLASSES)
+    model = import_reference(args.cam, args.irn, classes)
+    save_checkpoint(model, args.out)
+    print(f"saved {args.out} (preset 'reference')")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.params import Params, TrainParams
+
+    ap = argparse.ArgumentParser(prog="napari-irnet", description="Instance masks from image-level labels (IRNet).")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, need_labels=True):
+        p.add_argument("--images", type=Path, required=True, help="folder of images")
+        p.add_argument("--labels", type=Path, required=need_labels, help="image-level labels: CSV (image,classes with ';') or JSON")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+
+    p = sub.add_parser("train-cam", help="train the CAM classifier from image-level labels")
+    common(p)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--checkpoint", type=Path, help="continue from this checkpoint")
+    p.add_argument("--backbone", default="resnet50", choices=("resnet50", "resnet18", "tiny"))
+    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH of torchvision-layout weights (default imagenet)")
+    _add_dataclass_options(p, TrainParams, "training parameters")
+    _add_dataclass_options(p, Params, _PARAM_HELP)
+    p.set_defaults(func=cmd_train_cam)
+
+    p = sub.add_parser("train-irn", help="train IRNet on relations mined from the CAMs")
+    common(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint with a trained CAM network")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--irn-backbone", default="imagenet", help="IRNet's frozen backbone: imagenet | cam (copy the CAM backbone) | none | PATH (default imagenet)")
+    _add_dataclass_options(p, TrainParams, "training parameters")
+    _add_dataclass_options(p, Params, _PARAM_HELP)
+    p.set_defaults(func=cmd_train_irn)
+
+    p = sub.add_parser("predict", help="instances and semantic labels for a folder of images")
+    common(p, need_labels=False)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_dataclass_options(p, Params, _PARAM_HELP)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("import-reference", help="convert reference-implementation weights (res50_cam.pth, res50_irn.pth)")
+    p.add_argument("--cam", type=Path, help="res50_cam.pth")
+    p.add_argument("--irn", type=Path, help="res50_irn.pth")
+    p.add_argument("--classes", nargs="+", help="class names in the classifier's order (default: the 20 VOC classes)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_import_reference)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    args = build_parser().parse_args(argv)
+    from .core.checkpoint import CheckpointError
+    from .core.io import InputError, OutputError
+
+    try:
+        return args.func(args)
+    except (InputError, OutputError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Random walk of class/instance maps on the boundary-derived affinity graph.
+
+IRNet (Ahn, Cho and Kwak, CVPR 2019, Eq. 6-8) propagates each attention map
+``M`` as ``vec(M*) = T^t · vec(M ⊙ (1 - B))``.  The reference implementation
+(jiwoon-ahn/irn, ``misc/indexing.py`` ``propagate_to_edge``) does it like this:
+
+1. pad the boundary map ``B`` (h, w) with 1.0 on the left, right and bottom
+   by ``r`` so that pairs leaving the image get affinity 0;
+2. affinity of every forward pair within radius ``r``:
+   ``a = 1 - max(B on the path)`` (see :mod:`.path_index`);
+3. a dense ``N × N`` matrix ``A`` (``N = h·w``) with those affinities, their
+   transposes and a unit diagonal (so ``A`` is symmetric, 69 non-zeros per
+   interior row at ``r = 5``);
+4. ``T = A^β D⁻¹`` (element-wise power, then division by column sums
+   ``d_j = Σ_i A[i, j]^β``), squared ``log2(t)`` times;
+5. ``rw = x @ T^t`` with ``x = maps ⊙ (1 - B)`` flattened to ``(C, N)``.
+
+One step is therefore ``x'[j] = Σ_i x[i] A[i, j]^β / d_j``: every pixel
+becomes the ``A^β``-weighted *average* of its 69-neighbourhood.  Because ``A``
+is symmetric, ``d_j`` is also pixel ``j``'s own weight sum, so ``T`` leaves
+constant maps unchanged and keeps ``Σ_j d_j x[j]`` constant (it does *not*
+keep ``Σ_j x[j]`` constant: the degrees are smaller along image borders and
+boundaries).
+
+This module computes the same ``x @ T^t`` without any ``N × N`` matrix: the
+69 column-normalised weights of every pixel are stored as a ``(K, h, w)``
+stencil (``weights[k, j] = T[j + o_k, j]``) and ``t`` steps are applied, either
+as shifted-slice multiply-adds (``method="stencil"``, any device) or as a
+sparse CSR product (``method="sparse"``, the faster one on CPU with MKL).
+Memory is ``O((K + 2C)·N)`` and time ``O(t·K·C·N)``, against ``O(N²)`` memory
+and ``O(N³ log t)`` time for the dense squaring, kept here as
+:func:`random_walk_dense` for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .path_index import (
+    PathIndex,
+    _grouped_paths,
+    boundary_to_affinity,
+    max_along_paths,
+    search_directions,
+)
+
+__all__ = [
+    "apply_transition",
+    "neighbour_offsets",
+    "random_walk",
+    "random_walk_dense",
+    "transition_weights",
+]
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def neighbour_offsets(radius: int = 5) -> np.ndarray:
+    """Offsets of the stencil: self, the forward directions, the backward ones.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K, 2)`` int64 ``(dy, dx)`` with ``K = 2 D + 1`` (69 at radius 5):
+        row 0 is ``(0, 0)``, rows ``1..D`` are :func:`search_directions` and
+        rows ``D+1..2D`` their negatives, in the same order.
+    """
+    forward = search_directions(radius)
+    return np.concatenate([np.zeros((1, 2), np.int64), forward, -forward], axis=0)
+
+
+def _check_boundary(boundary: torch.Tensor) -> torch.Tensor:
+    if boundary.dim() == 3 and boundary.shape[0] == 1:
+        boundary = boundary[0]
+    if boundary.dim() != 2:
+        raise ValueError(f"boundary must be (h, w), got {tuple(boundary.shape)}")
+    return boundary
+
+
+def _forward_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
+    """``(D, h, w)`` affinity of each pixel with its forward neighbours.
+
+    Pairs whose destination (or any path point) leaves the image get 0, as
+    with the reference's padding of the boundary map by 1.0.
+    """
+    h, w = boundary.shape
+    r = int(radius)
+    padded = F.pad(boundary[None], (r, r, 0, r), value=1.0)
+    path_max = max_along_paths(padded, _grouped_paths(r), origin=(0, r), size=(h, w))
+    return 1.0 - path_max[0]
+
+
+def transition_weights(
+    boundary: torch.Tensor, radius: int = 5, beta: float = 10.0
+) -> torch.Tensor:
+    """Column-normalised transition weights of every pixel as a stencil.
+
+    Parameters
+    ----------
+    boundary : torch.Tensor
+        ``(h, w)`` boundary probabilities in [0, 1] (stride-4 grid).
+    radius : int
+        Pairs within Euclidean distance < ``radius`` are connected.
+    beta : float
+        Exponent on the affinities (the paper's β).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(K, h, w)`` with ``K = 2 D + 1`` in the order of
+        :func:`neighbour_offsets`: ``weights[k, y, x] = T[(y, x) + o_k, (y, x)]``
+        with ``T = A^β D⁻¹`` as in the reference, i.e.
+        ``A[p, p + o_k]^β / Σ_q A[p, q]^β``.  Offsets leaving the image have
+        weight 0; ``weights.sum(0) == 1``.  Same dtype and device as
+        ``boundary``.
+    """
+    boundary = _check_boundary(boundary)
+    h, w = boundary.shape
+    forward = torch.pow(_forward_affinity(boundary, radius), beta)  # A^β, (D, h, w)
+    # backward neighbour p - δ of p: weight A[p - δ, p]^β = forward[δ][p - δ]
+    p = int(radius) - 1
+    padded = F.pad(forward, (p, p, p, 0))  # zeros: no pair beyond the image
+    backward = torch.stack(
+        [
+            padded[d, p - dy : p - dy + h, p - dx : p - dx + w]
+            for d, (dy, dx) in enumerate(search_directions(radius).tolist())
+        ]
+    )
+    unnormalised = torch.cat([torch.ones_like(forward[:1]), forward, backward], dim=0)
+    return unnormalised / unnormalised.sum(dim=0, keepdim=True)
+
+
+@contextmanager
+def _flush_denormals(enabled: bool) -> Iterator[None]:
+    """Flush subnormal floats to zero on CPU while the walk runs.
+
+    Mass far from the seeds decays below 1e-38 in float32 and subnormal
+    arithmetic is many times slower; flushing changes values by < 1e-38
+    (float32) or < 1e-307 (float64) in absolute terms.  The process-wide
+    setting is switched off again afterwards.
+    """
+    changed = bool(enabled) and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
+def _stencil_steps(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    offsets: np.ndarray,
+    steps: int,
+    progress: ProgressCallback | None,
+) -> torch.Tensor:
+    """``steps`` stencil applications; ``x`` (C, h, w), ``weights`` (K, h, w).
+
+    Two zero-bordered buffers are used alternately; each step writes the
+    interior of one from shifted views of the other, without allocating.
+    """
+    channels, h, w = x.shape
+    pad = int(np.abs(offsets).max())
+    buffers = [x.new_zeros(channels, h + 2 * pad, w + 2 * pad) for _ in range(2)]
+    interiors = [b[:, pad : pad + h, pad : pad + w] for b in buffers]
+    views = [
+        [b[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets.tolist()]
+        for b in buffers
+    ]
+    per_offset = weights[:, None]  # (K, 1, h, w): broadcast over channels
+    interiors[0].copy_(x)
+    for step in range(steps):
+        src, dst = views[step % 2], interiors[(step + 1) % 2]
+        torch.mul(src[0], per_offset[0], out=dst)
+        for k in range(1, len(src)):
+            dst.addcmul_(src[k], per_offset[k])
+        if progress is not None:
+            progress(step + 1, steps)
+    return interiors[steps % 2].clone()
+
+
+def _transition_csr(weights: torch.Tensor, offsets: np.ndarray) -> torch.Tensor:
+    """``Tᵀ`` as an ``(N, N)`` CSR matrix: row ``p`` holds ``T[p + o_k, p]``.
+
+    Entries leaving the image are dropped; columns are sorted within rows.
+    Indices are int32 where ``N`` allows (faster with MKL).
+    """
+    n_offsets, h, w = weights.shape
+    n = h * w
+    flat = offsets[:, 0] * w + offsets[:, 1]
+    order = np.argsort(flat, kind="stable")  # ascending columns within a row
+    offsets, weights = offsets[order], weights[torch.as_tensor(order, device=weights.device)]
+    dev = weights.device
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    oy = torch.as_tensor(offsets[:, 0], device=dev).view(-1, 1, 1)
+    ox = torch.as_tensor(offsets[:, 1], device=dev).view(-1, 1, 1)
+    inside = (ys + oy >= 0) & (ys + oy < h) & (xs + ox >= 0) & (xs + ox < w)
+    cols = (ys * w + xs) + torch.as_tensor(flat[order], device=dev).view(-1, 1, 1)
+    # row-major over pixels, offsets inner: (K, h, w) -> (h, w, K)
+    inside = inside.permute(1, 2, 0).reshape(n, n_offsets)
+    cols = cols.permute(1, 2, 0).reshape(n, n_offsets)[inside]
+    values = weights.permute(1, 2, 0).reshape(n, n_offsets)[inside]
+    index_dtype = torch.int32 if n * n_offsets < 2**31 else torch.int64
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    crow[1:] = torch.cumsum(inside.sum(dim=1), dim=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            crow.to(index_dtype), cols.to(index_dtype), values, size=(n, n), check_invariants=False
+        )
+
+
+def _sparse_steps(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    offsets: np.ndarray,
+    steps: int,
+    progress: ProgressCallback | None,
+) -> torch.Tensor:
+    """``steps`` products ``x ← x·T`` computed as ``xᵀ ← Tᵀ·xᵀ`` with CSR ``Tᵀ``."""
+    channels, h, w = x.shape
+    matrix = _transition_csr(weights, offsets)
+    state = x.reshape(channels, h * w).t()  # (N, C) view of a (C, N) block
+    for step in range(steps):
+        state = matrix @ state
+        if progress is not None:
+            progress(step + 1, steps)
+    return state.t().reshape(channels, h, w).contiguous()
+
+
+def apply_transition(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    steps: int = 256,
+    radius: int = 5,
+    *,
+    method: str = "auto",
+    channel_chunk: int | None = None,
+    progress: ProgressCallback | None = None,
+    flush_denormal: bool = True,
+) -> torch.Tensor:
+    """Compute ``x @ T^steps`` for maps ``x`` and stencil weights of ``T``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(C, h, w)`` maps (float32 or float64).
+    weights : torch.Tensor
+        ``(K, h, w)`` from :func:`transition_weights` with the same ``radius``.
+    steps : int
+        Number of steps ``t`` (any non-negative integer).
+    radius : int
+        Radius the weights were built with.
+    method : {"auto", "stencil", "sparse"}
+        ``"stencil"``: 69 shifted multiply-adds per step on any device;
+        ``"sparse"``: a CSR sparse-dense product per step (MKL on CPU);
+        ``"auto"``: ``"sparse"`` on CPU, ``"stencil"`` elsewhere.
+    channel_chunk : int, optional
+        Walk at most this many channels at a time (bounds the working memory
+        to ``O((K + 2·chunk)·N)``).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after every step of every chunk
+        (``total = steps · n_chunks``).
+    flush_denormal : bool
+        Flush subnormal numbers to zero during the walk on CPU (see
+        :func:`_flush_denormals`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, h, w)`` in the dtype and device of ``x``.
+    """
+    if x.dim() != 3 or x.shape[-2:] != weights.shape[-2:]:
+        raise ValueError(f"x {tuple(x.shape)} and weights {tuple(weights.shape)} do not match")
+    offsets = neighbour_offsets(radius)
+    if weights.shape[0] != len(offsets):
+        raise ValueError(f"weights have {weights.shape[0]} offsets, radius {radius} needs {len(offsets)}")
+    if method == "auto":
+        method = "sparse" if x.device.type == "cpu" else "stencil"
+    run = {"stencil": _stencil_steps, "sparse": _sparse_steps}.get(method)
+    if run is None:
+        raise ValueError(f"unknown method {method!r}")
+    weights = weights.to(dtype=x.dtype, device=x.device)
+    chunk = x.shape[0] if not channel_chunk else max(1, int(channel_chunk))
+    starts = range(0, x.shape[0], chunk)
+    total = steps * len(starts)
+    outputs = []
+    with _flush_denormals(flush_denormal and x.device.type == "cpu"):
+        for i, start in enumerate(starts):
+            report = None
+            if progress is not None:
+                report = lambda done, _n, offset=i * steps: progress(offset + done, total)  # noqa: E731
+            outputs.append(run(x[start : start + chunk], weights, offsets, steps, report))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+
+def random_walk(
+    x: torch.Tensor,
+    boundary: torch.Tensor,
+    beta: float = 10.0,
+    steps: int = 256,
+    radius: int = 5,
+    **options,
+) -> torch.Tensor:
+    """The reference's ``propagate_to_edge`` without a dense matrix.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(C, h, w)`` maps to propagate (e.g. class or instance CAMs on the
+        stride-4 grid), float32 or float64.
+    boundary : torch.Tensor
+        ``(h, w)`` boundary probabilities in [0, 1].
+    beta : float
+        Exponent on the affinities.
+    steps : int
+        Number of walk steps (the reference uses ``2**8 = 256``).
+    radius : int
+        Neighbourhood radius (5 in the reference).
+    **options
+        ``method``, ``channel_chunk``, ``progress``, ``flush_denormal`` of
+        :func:`apply_transition`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, h, w)``: ``(x ⊙ (1 - boundary)) @ T^steps``, dtype and device of
+        ``x``.
+    """
+    boundary = _check_boundary(boundary).to(dtype=x.dtype, device=x.device)
+    if x.dim() != 3 or x.shape[-2:] != boundary.shape:
+        raise ValueError(f"x must be (C, {boundary.shape[0]}, {boundary.shape[1]}), got {tuple(x.shape)}")
+    weights = transition_weights(boundary, radius=radius, beta=beta)
+    return apply_transition(x * (1.0 - boundary), weights, steps, radius, **options)
+
+
+def random_walk_dense(
+    x: torch.Tensor,
+    boundary: torch.Tensor,
+    beta: float = 10.0,
+    steps: int = 256,
+    radius: int = 5,
+) -> torch.Tensor:
+    """The reference's dense formulation, for tests and benchmarks only.
+
+    Builds the padded dense affinity matrix like the reference (forward
+    affinities on the boundary padded with 1.0 by ``radius`` on the left,
+    right and bottom, their transposes, a unit diagonal), crops it to the
+    image, takes ``T = A^β / colsum``, squares it ``log2(steps)`` times and
+    returns ``(x ⊙ (1 - boundary)) @ T^steps``.  Memory ``O(N²)`` with
+    ``N = h·w``; time ``O(N³ log steps)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(C, h, w)``.
+    boundary : torch.Tensor
+        ``(h, w)`` in [0, 1].
+    beta, steps, radius
+        As in :func:`random_walk`; ``steps`` must be a power of 2.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, h, w)``.
+    """
+    exp_times = int(round(math.log2(steps))) if steps >= 1 else -1
+    if exp_times < 0 or 2**exp_times != steps:
+        raise ValueError(f"steps must be a power of 2, got {steps}")
+    boundary = _check_boundary(boundary).to(dtype=x.dtype, device=x.device)
+    channels, h, w = x.shape
+    r = int(radius)
+    hp, wp = h + r, w + 2 * r
+    padded = F.pad(boundary[None], (r, r, 0, r), value=1.0)
+    index = PathIndex(r, (hp, wp))
+    affinity = boundary_to_affinity(padded, index)[0].reshape(-1)  # (D * n_src,)
+    src = torch.as_tensor(index.src_indices, device=x.device).repeat(index.n_directions)
+    dst = torch.as_tensor(index.dst_indices, device=x.device).reshape(-1)
+    n_padded = hp * wp
+    dense = torch.eye(n_padded, dtype=x.dtype, device=x.device)
+    dense[src, dst] = affinity
+    dense[dst, src] = affinity
+    dense = dense.view(hp, wp, hp, wp)[:h, r : r + w, :h, r : r + w].reshape(h * w, h * w)
+    powered = torch.pow(dense, beta)
+    transition = powered / powered.sum(dim=0, keepdim=True)
+    for _ in range(exp_times):
+        transition = transition @ transition
+    start = (x * (1.0 - boundary)).reshape(channels, h * w)
+    return (start @ transition).reshape(channels, h, w)

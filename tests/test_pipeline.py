@@ -1,0 +1,126 @@
+"""End to end on tiny synthetic data: training loops, prediction, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet.core.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
+from napari_irnet.core.params import Params, TrainParams
+from napari_irnet.core.pipeline import postprocess, predict, run_networks
+from napari_irnet.core.synthetic import CLASS_NAMES
+from napari_irnet.core.training import LabelledImage, make_seeds, train_cam, train_irn
+
+TINY_TRAIN = TrainParams(
+    cam_epochs=1, cam_batch_size=4, cam_crop_size=64, cam_resize_long=(56, 72),
+    irn_epochs=1, irn_batch_size=4, irn_crop_size=64, irn_rescale=(0.9, 1.1), train_radius=5,
+)  # fmt: skip
+FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
+
+
+def _items(samples):
+    return [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]
+
+
+def test_predict_end_to_end_on_64px_image_with_random_tiny_model(tiny_dataset):
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    sample = tiny_dataset[0]
+    outputs, pred = predict(model, sample.image, sample.labels, FAST, "cpu")
+    assert outputs.cam.high_res.shape == (len(sample.labels), 64, 64)
+    assert outputs.cam.strided.shape == (len(sample.labels), 16, 16)
+    assert outputs.irn.boundary.shape == (16, 16) and outputs.irn.displacement.shape == (2, 16, 16)
+    assert 0 <= float(outputs.irn.boundary.min()) and float(outputs.irn.boundary.max()) <= 1
+    inst = pred.instances
+    assert inst.labels.shape == (64, 64) and inst.labels.dtype == np.int32
+    ids = sorted(int(i) for i in np.unique(inst.labels) if i)
+    assert ids == [r["id"] for r in inst.records]
+    assert {r["class_id"] for r in inst.records} <= {CLASS_NAMES.index(c) for c in sample.labels}
+    assert all(0.0 <= r["score"] <= 1.0 for r in inst.records)
+    assert pred.semantic.shape == (64, 64)
+    assert set(np.unique(pred.semantic)) <= {0} | {CLASS_NAMES.index(c) + 1 for c in sample.labels}
+    assert pred.seeds.shape == (64, 64) and pred.clusters.shape == (16, 16)
+    assert pred.centre_points.shape == (pred.clusters.max() + 1, 2)
+
+
+def test_postprocess_reuses_cached_outputs_and_thresholds_matter(tiny_dataset):
+    torch.manual_seed(1)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    sample = tiny_dataset[2]
+    outputs = run_networks(model, sample.image, model.class_ids(sample.labels), FAST, "cpu")
+    low = postprocess(outputs, FAST.replace(instance_bg_threshold=0.05))
+    high = postprocess(outputs, FAST.replace(instance_bg_threshold=0.9))
+    assert (low.instances.labels > 0).sum() > (high.instances.labels > 0).sum()
+
+
+def test_unknown_class_name_is_a_clear_error(tiny_dataset):
+    model = new_model(list(CLASS_NAMES), "tiny")
+    with pytest.raises(ValueError, match="unknown class"):
+        predict(model, tiny_dataset[0].image, ["giraffe"], FAST, "cpu")
+
+
+def test_training_loops_yield_progress_and_save(tmp_path, tiny_dataset):
+    torch.manual_seed(0)
+    items = _items(tiny_dataset)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    records = list(train_cam(model, items, TINY_TRAIN, "cpu"))
+    assert [r["step"] for r in records] == [1, 2] and records[-1]["max_step"] == 2
+    assert all(np.isfinite(r["loss"]) for r in records)
+    seeds = [s for _, s in make_seeds(model, items, FAST, "cpu")]
+    assert all(s.shape == (64, 64) and s.dtype == np.uint8 for s in seeds)
+    model.irn = new_irnet(model, "cam")
+    before = model.irn.fc_edge6.weight.detach().clone()
+    recs = list(train_irn(model, items, seeds, TINY_TRAIN, "cpu"))
+    assert len(recs) == 2 and {"loss", "pos", "neg", "dp_fg", "dp_bg"} <= set(recs[0])
+    assert not torch.equal(before, model.irn.fc_edge6.weight)
+    assert torch.count_nonzero(model.irn.mean_shift.running_mean) > 0
+    assert [h["stage"] for h in model.history] == ["cam", "irn"]
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    back = load_checkpoint(path)
+    img = tiny_dataset[1].image
+    a = run_networks(model, img, [0], FAST, "cpu")
+    b = run_networks(back, img, [0], FAST, "cpu")
+    assert torch.allclose(a.irn.displacement, b.irn.displacement)
+    assert torch.allclose(a.cam.high_res, b.cam.high_res)
+
+
+def test_any_image_size_tiled(tiny_dataset):
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    image = np.tile(tiny_dataset[0].image, (3, 4, 1))[:150, :230]
+    params = FAST.replace(tile_size=64, tile_overlap=16)
+    outputs, pred = predict(model, image, ["round"], params, "cpu")
+    assert outputs.irn.boundary.shape == (38, 58)
+    assert outputs.cam.high_res.shape == (1, 150, 230)
+    assert pred.instances.labels.shape == (150, 230)
+    # tiles are stitched without gaps: every grid cell was written
+    assert torch.all(outputs.irn.boundary > 0)
+
+
+def test_cli_train_and_predict(tmp_path, tiny_dataset):
+    from napari_irnet.cli import main
+    from napari_irnet.core.io import read_label_image
+    from napari_irnet.core.synthetic import write_dataset
+
+    root = write_dataset(tiny_dataset[:4], tmp_path / "ds")
+    common = ["--images", str(root / "images"), "--labels", str(root / "labels.json"), "--device", "cpu"]
+    tiny = ["--cam-epochs", "1", "--cam-batch-size", "2", "--cam-crop-size", "64", "--cam-resize-long", "56", "72"]
+    assert main(["train-cam", *common, "--out", str(tmp_path / "cam.pt"), "--backbone", "tiny", "--weights", "none", *tiny]) == 0
+    irn = ["--irn-epochs", "1", "--irn-batch-size", "2", "--irn-crop-size", "64", "--train-radius", "5", "--cam-scales", "1.0", "--use-crf", "false"]
+    assert main(["train-irn", *common, "--checkpoint", str(tmp_path / "cam.pt"), "--out", str(tmp_path / "irn.pt"), "--irn-backbone", "cam", *irn]) == 0
+    out = tmp_path / "pred"
+    assert main(["predict", *common, "--checkpoint", str(tmp_path / "irn.pt"), "--out", str(out), "--walk-steps", "8", "--centroid-steps", "10"]) == 0
+    name = tiny_dataset[0].name
+    labels = read_label_image(out / f"{name}_instances.tif")
+    assert labels.shape == (64, 64)
+    records = json.loads((out / f"{name}_instances.json").read_text())
+    assert sorted(r["id"] for r in records) == sorted(int(i) for i in np.unique(labels) if i)
+    assert {r["class"] for r in records} <= set(tiny_dataset[0].labels)
+    assert (out / f"{name}_semantic.png").is_file()
+    # a bad labels file is a clear error, exit code 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,classes\nnope.png,round\n")
+    assert main(["predict", "--images", str(root / "images"), "--labels", str(bad), "--checkpoint", str(tmp_path / "irn.pt"), "--out", str(out)]) == 2
