@@ -19,10 +19,11 @@ and path points match it one for one:
 * sources: rows ``[0, h - rf)`` and columns ``[rf, w - rf)`` of the grid, with
   ``rf = ceil(r) - 1``, so that every forward destination lies in the grid.
 
-Pairs are gathered with shifted slices of the ``(h, w)`` grid rather than with
-flat index tensors, which keeps memory at the size of the outputs.  The flat
-indices are still provided (``src_indices``, ``dst_indices``) for callers that
-want them.
+Path maxima: when a gradient is needed, one flat gather + max per group of
+directions with equal path length (its backward is a single ``index_add``,
+like the reference's ``index_select`` + max-pool); otherwise running maxima of
+shifted views, with no temporaries.  Pair endpoints are gathered with the flat
+``src_indices`` / ``dst_indices``.
 
 Shapes use ``B`` for the batch, ``D`` for the number of forward directions
 (34 at radius 5, 152 at radius 10) and ``n_src = (h - rf) * (w - 2 rf)`` for the

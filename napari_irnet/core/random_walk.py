@@ -25,19 +25,19 @@ boundaries).
 This module computes the same ``x @ T^t`` without any ``N × N`` matrix: the
 69 column-normalised weights of every pixel are stored as a ``(K, h, w)``
 stencil (``weights[k, j] = T[j + o_k, j]``) and ``t`` steps are applied, either
-as shifted-slice multiply-adds (``method="stencil"``, any device) or as a
-sparse CSR product (``method="sparse"``, the faster one on CPU with MKL).
+as shifted-slice multiply-adds over all channels (``method="stencil"``, any
+device, best for few channels) or as one fused weighted gather-sum per step
+(``method="gather"``, ``embedding_bag``; best on CPU for many channels).
 Memory is ``O((K + 2C)·N)`` and time ``O(t·K·C·N)``, against ``O(N²)`` memory
 and ``O(N³ log t)`` time for the dense squaring, kept here as
-:func:`random_walk_dense` for tests and benchmarks.
+:func:`random_walk_dense` for tests and benchmarks.  The walk is inference
+only: it runs without autograd.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[int, int], None]
+#: walk(x (C, h, w), steps, progress(done)) -> (C, h, w)
+Walker = Callable[[torch.Tensor, int, Callable[[int], None]], torch.Tensor]
 
 
 def neighbour_offsets(radius: int = 5) -> np.ndarray:
@@ -137,103 +139,95 @@ def transition_weights(
     return unnormalised / unnormalised.sum(dim=0, keepdim=True)
 
 
-@contextmanager
-def _flush_denormals(enabled: bool) -> Iterator[None]:
-    """Flush subnormal floats to zero on CPU while the walk runs.
+def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
+    """Walker applying ``K`` shifted multiply-adds over all channels per step.
 
-    Mass far from the seeds decays below 1e-38 in float32 and subnormal
-    arithmetic is many times slower; flushing changes values by < 1e-38
-    (float32) or < 1e-307 (float64) in absolute terms.  The process-wide
-    setting is switched off again afterwards.
+    Two zero-bordered ``(C, h + 2p, w + 2p)`` buffers are used alternately;
+    each step writes the interior of one from shifted views of the other, so
+    the loop allocates nothing.
     """
-    changed = bool(enabled) and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if changed:
-            torch.set_flush_denormal(False)
-
-
-def _stencil_steps(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    offsets: np.ndarray,
-    steps: int,
-    progress: ProgressCallback | None,
-) -> torch.Tensor:
-    """``steps`` stencil applications; ``x`` (C, h, w), ``weights`` (K, h, w).
-
-    Two zero-bordered buffers are used alternately; each step writes the
-    interior of one from shifted views of the other, without allocating.
-    """
-    channels, h, w = x.shape
-    pad = int(np.abs(offsets).max())
-    buffers = [x.new_zeros(channels, h + 2 * pad, w + 2 * pad) for _ in range(2)]
-    interiors = [b[:, pad : pad + h, pad : pad + w] for b in buffers]
-    views = [
-        [b[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets.tolist()]
-        for b in buffers
-    ]
     per_offset = weights[:, None]  # (K, 1, h, w): broadcast over channels
-    interiors[0].copy_(x)
-    for step in range(steps):
-        src, dst = views[step % 2], interiors[(step + 1) % 2]
-        torch.mul(src[0], per_offset[0], out=dst)
-        for k in range(1, len(src)):
-            dst.addcmul_(src[k], per_offset[k])
-        if progress is not None:
-            progress(step + 1, steps)
-    return interiors[steps % 2].clone()
+    pad = int(np.abs(offsets).max())
+    _, h, w = weights.shape
+
+    def walk(x: torch.Tensor, steps: int, progress: Callable[[int], None]) -> torch.Tensor:
+        buffers = [x.new_zeros(x.shape[0], h + 2 * pad, w + 2 * pad) for _ in range(2)]
+        interiors = [b[:, pad : pad + h, pad : pad + w] for b in buffers]
+        views = [
+            [b[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets.tolist()]
+            for b in buffers
+        ]
+        interiors[0].copy_(x)
+        for step in range(steps):
+            src, dst = views[step % 2], interiors[(step + 1) % 2]
+            torch.mul(src[0], per_offset[0], out=dst)
+            for k in range(1, len(src)):
+                dst.addcmul_(src[k], per_offset[k])
+            progress(step + 1)
+        return interiors[steps % 2].clone()
+
+    return walk
 
 
-def _transition_csr(weights: torch.Tensor, offsets: np.ndarray) -> torch.Tensor:
-    """``Tᵀ`` as an ``(N, N)`` CSR matrix: row ``p`` holds ``T[p + o_k, p]``.
+def _neighbour_table(weights: torch.Tensor, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ``p`` of ``Tᵀ`` as a fixed-size neighbour list.
 
-    Entries leaving the image are dropped; columns are sorted within rows.
-    Indices are int32 where ``N`` allows (faster with MKL).
+    Returns
+    -------
+    index : torch.Tensor
+        ``(N, K)`` flat index of neighbour ``p + o_k`` (int32 where ``N·K``
+        allows, else int64); neighbours outside the image point at ``p``.
+    weight : torch.Tensor
+        ``(N, K)`` ``T[p + o_k, p]``, 0 for neighbours outside the image.
     """
     n_offsets, h, w = weights.shape
-    n = h * w
-    flat = offsets[:, 0] * w + offsets[:, 1]
-    order = np.argsort(flat, kind="stable")  # ascending columns within a row
-    offsets, weights = offsets[order], weights[torch.as_tensor(order, device=weights.device)]
     dev = weights.device
     ys = torch.arange(h, device=dev).view(1, h, 1)
     xs = torch.arange(w, device=dev).view(1, 1, w)
     oy = torch.as_tensor(offsets[:, 0], device=dev).view(-1, 1, 1)
     ox = torch.as_tensor(offsets[:, 1], device=dev).view(-1, 1, 1)
     inside = (ys + oy >= 0) & (ys + oy < h) & (xs + ox >= 0) & (xs + ox < w)
-    cols = (ys * w + xs) + torch.as_tensor(flat[order], device=dev).view(-1, 1, 1)
-    # row-major over pixels, offsets inner: (K, h, w) -> (h, w, K)
-    inside = inside.permute(1, 2, 0).reshape(n, n_offsets)
-    cols = cols.permute(1, 2, 0).reshape(n, n_offsets)[inside]
-    values = weights.permute(1, 2, 0).reshape(n, n_offsets)[inside]
-    index_dtype = torch.int32 if n * n_offsets < 2**31 else torch.int64
-    crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-    crow[1:] = torch.cumsum(inside.sum(dim=1), dim=0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            crow.to(index_dtype), cols.to(index_dtype), values, size=(n, n), check_invariants=False
-        )
+    index = torch.where(inside, (ys + oy) * w + (xs + ox), ys * w + xs)
+    weight = torch.where(inside, weights, torch.zeros((), dtype=weights.dtype, device=dev))
+    index_dtype = torch.int32 if h * w * n_offsets < 2**31 else torch.int64
+    index = index.permute(1, 2, 0).reshape(h * w, n_offsets).to(index_dtype).contiguous()
+    return index, weight.permute(1, 2, 0).reshape(h * w, n_offsets).contiguous()
 
 
-def _sparse_steps(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    offsets: np.ndarray,
-    steps: int,
-    progress: ProgressCallback | None,
-) -> torch.Tensor:
-    """``steps`` products ``x ← x·T`` computed as ``xᵀ ← Tᵀ·xᵀ`` with CSR ``Tᵀ``."""
-    channels, h, w = x.shape
-    matrix = _transition_csr(weights, offsets)
-    state = x.reshape(channels, h * w).t()  # (N, C) view of a (C, N) block
-    for step in range(steps):
-        state = matrix @ state
-        if progress is not None:
-            progress(step + 1, steps)
-    return state.t().reshape(channels, h, w).contiguous()
+def _gather_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
+    """Walker computing ``xᵀ ← Tᵀ·xᵀ`` as one weighted neighbour sum per step.
+
+    ``xᵀ`` is kept as ``(N, C)`` and every step is one
+    ``embedding_bag(mode="sum", per_sample_weights=...)``: for each pixel the
+    ``K`` neighbour rows are gathered, scaled and summed in a single fused
+    kernel (fbgemm on x86 CPUs).  With more than a few channels this beats
+    ``K`` full-array multiply-adds, whose cost is memory traffic.
+    """
+    index, weight = _neighbour_table(weights, offsets)
+    _, h, w = weights.shape
+
+    def walk(x: torch.Tensor, steps: int, progress: Callable[[int], None]) -> torch.Tensor:
+        state = x.reshape(x.shape[0], h * w).t().contiguous()
+        for step in range(steps):
+            state = F.embedding_bag(index, state, per_sample_weights=weight, mode="sum")
+            progress(step + 1)
+        return state.t().reshape(x.shape).contiguous()
+
+    return walk
+
+
+#: on CPU, walks with more channels than this use ``"gather"``, others ``"stencil"``
+GATHER_MIN_CHANNELS = 8
+_WALKERS = {"stencil": _stencil_walker, "gather": _gather_walker}
+
+
+def _choose_method(method: str, device: torch.device, channels: int) -> str:
+    if method == "auto":
+        many = channels > GATHER_MIN_CHANNELS
+        return "gather" if device.type == "cpu" and many else "stencil"
+    if method not in _WALKERS:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(_WALKERS)} or 'auto'")
+    return method
 
 
 def apply_transition(
@@ -245,7 +239,6 @@ def apply_transition(
     method: str = "auto",
     channel_chunk: int | None = None,
     progress: ProgressCallback | None = None,
-    flush_denormal: bool = True,
 ) -> torch.Tensor:
     """Compute ``x @ T^steps`` for maps ``x`` and stencil weights of ``T``.
 
@@ -259,46 +252,45 @@ def apply_transition(
         Number of steps ``t`` (any non-negative integer).
     radius : int
         Radius the weights were built with.
-    method : {"auto", "stencil", "sparse"}
-        ``"stencil"``: 69 shifted multiply-adds per step on any device;
-        ``"sparse"``: a CSR sparse-dense product per step (MKL on CPU);
-        ``"auto"``: ``"sparse"`` on CPU, ``"stencil"`` elsewhere.
+    method : {"auto", "stencil", "gather"}
+        ``"stencil"``: ``K`` shifted multiply-adds over all channels per step,
+        on any device; ``"gather"``: one fused weighted gather-sum
+        (``embedding_bag``) per step; ``"auto"``: ``"gather"`` on CPU when a
+        chunk has more than ``GATHER_MIN_CHANNELS`` channels, else
+        ``"stencil"``.  Both give the same values up to rounding.
     channel_chunk : int, optional
         Walk at most this many channels at a time (bounds the working memory
-        to ``O((K + 2·chunk)·N)``).
+        to ``O(K·N + 2·chunk·N)``).
     progress : callable, optional
         Called as ``progress(done, total)`` after every step of every chunk
         (``total = steps · n_chunks``).
-    flush_denormal : bool
-        Flush subnormal numbers to zero during the walk on CPU (see
-        :func:`_flush_denormals`).
 
     Returns
     -------
     torch.Tensor
-        ``(C, h, w)`` in the dtype and device of ``x``.
+        ``(C, h, w)`` in the dtype and device of ``x``.  Not differentiable.
     """
     if x.dim() != 3 or x.shape[-2:] != weights.shape[-2:]:
         raise ValueError(f"x {tuple(x.shape)} and weights {tuple(weights.shape)} do not match")
     offsets = neighbour_offsets(radius)
     if weights.shape[0] != len(offsets):
         raise ValueError(f"weights have {weights.shape[0]} offsets, radius {radius} needs {len(offsets)}")
-    if method == "auto":
-        method = "sparse" if x.device.type == "cpu" else "stencil"
-    run = {"stencil": _stencil_steps, "sparse": _sparse_steps}.get(method)
-    if run is None:
-        raise ValueError(f"unknown method {method!r}")
-    weights = weights.to(dtype=x.dtype, device=x.device)
-    chunk = x.shape[0] if not channel_chunk else max(1, int(channel_chunk))
-    starts = range(0, x.shape[0], chunk)
+    chunk = min(x.shape[0], int(channel_chunk)) if channel_chunk else x.shape[0]
+    method = _choose_method(method, x.device, chunk)
+    starts = range(0, x.shape[0], max(chunk, 1))
     total = steps * len(starts)
     outputs = []
-    with _flush_denormals(flush_denormal and x.device.type == "cpu"):
+    with torch.no_grad():
+        walk = _WALKERS[method](weights.to(dtype=x.dtype, device=x.device), offsets)
         for i, start in enumerate(starts):
-            report = None
-            if progress is not None:
-                report = lambda done, _n, offset=i * steps: progress(offset + done, total)  # noqa: E731
-            outputs.append(run(x[start : start + chunk], weights, offsets, steps, report))
+
+            def report(done: int, before: int = i * steps) -> None:
+                if progress is not None:
+                    progress(before + done, total)
+
+            outputs.append(walk(x[start : start + chunk], steps, report))
+    if not outputs:
+        return x.clone()
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
 
@@ -326,7 +318,7 @@ def random_walk(
     radius : int
         Neighbourhood radius (5 in the reference).
     **options
-        ``method``, ``channel_chunk``, ``progress``, ``flush_denormal`` of
+        ``method``, ``channel_chunk`` and ``progress`` of
         :func:`apply_transition`.
 
     Returns

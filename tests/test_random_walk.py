@@ -1,0 +1,171 @@
+"""The stencil random walk against the reference's dense formulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet.core.random_walk import (
+    apply_transition,
+    neighbour_offsets,
+    random_walk,
+    random_walk_dense,
+    transition_weights,
+)
+
+METHODS = ["stencil", "gather"]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def random_inputs(shape, channels, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    boundary = torch.rand(shape, generator=g, dtype=dtype) ** 3  # mostly low, some walls
+    x = torch.rand((channels, *shape), generator=g, dtype=dtype)
+    return x, boundary
+
+
+def ring(h: int, w: int, cy: float, cx: float, radius: float) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dist = ((yy - cy) ** 2 + (xx - cx) ** 2).double().sqrt()
+    return dist, ((dist - radius).abs() < 1.0).double()
+
+
+def test_neighbour_offsets():
+    offsets = neighbour_offsets(5)
+    assert offsets.shape == (69, 2)
+    assert offsets[0].tolist() == [0, 0]
+    assert len({tuple(o) for o in offsets.tolist()}) == 69
+    np.testing.assert_array_equal(offsets[35:], -offsets[1:35])
+    assert (offsets**2).sum(axis=1).max() < 25
+
+
+def test_transition_weights_normalised_and_zero_outside():
+    _, boundary = random_inputs((7, 11), 1, seed=1)
+    weights = transition_weights(boundary)
+    assert weights.shape == (69, 7, 11) and weights.dtype == torch.float64
+    torch.testing.assert_close(weights.sum(0), torch.ones(7, 11, dtype=torch.float64))
+    for k, (dy, dx) in enumerate(neighbour_offsets(5).tolist()):
+        yy, xx = np.meshgrid(np.arange(7) + dy, np.arange(11) + dx, indexing="ij")
+        outside = torch.from_numpy((yy < 0) | (yy >= 7) | (xx < 0) | (xx >= 11))
+        assert torch.all(weights[k][outside] == 0)
+
+
+def test_transition_weights_symmetric_before_normalisation():
+    # A^β symmetric: w[fwd δ](p) d(p) == w[bwd δ](p + δ) d(p + δ)
+    _, boundary = random_inputs((9, 10), 1, seed=2)
+    weights = transition_weights(boundary, beta=10.0)
+    degree = 1.0 / weights[0]  # the self weight is 1 / d
+    unnormalised = weights * degree
+    for d, (dy, dx) in enumerate(neighbour_offsets(5)[1:35].tolist()):
+        fwd = unnormalised[1 + d, : 9 - dy, max(0, -dx) : 10 - max(0, dx)]
+        bwd = unnormalised[35 + d, dy:, max(0, dx) : 10 + min(0, dx)]
+        torch.testing.assert_close(fwd, bwd)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("shape", "steps"), [((9, 13), 256), ((16, 16), 256), ((16, 16), 8), ((9, 13), 1)])
+def test_walk_equals_dense_formulation_float64(method, shape, steps):
+    x, boundary = random_inputs(shape, channels=3, seed=sum(shape) + steps)
+    dense = random_walk_dense(x, boundary, beta=10.0, steps=steps, radius=5)
+    walked = random_walk(x, boundary, beta=10.0, steps=steps, radius=5, method=method)
+    assert walked.shape == x.shape and walked.dtype == torch.float64
+    assert relative_error(walked, dense) < 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(3, 5), (1, 1), (2, 9), (12, 4)])
+def test_tiny_and_non_square_grids(method, shape):
+    x, boundary = random_inputs(shape, channels=2, seed=3)
+    dense = random_walk_dense(x, boundary, steps=16)
+    walked = random_walk(x, boundary, steps=16, method=method)
+    assert relative_error(walked, dense) < 1e-10
+
+
+def test_many_channels_auto_and_chunks_match_dense():
+    x, boundary = random_inputs((9, 13), channels=12, seed=9)  # auto -> "gather" on CPU
+    dense = random_walk_dense(x, boundary, steps=32)
+    assert relative_error(random_walk(x, boundary, steps=32), dense) < 1e-10
+    chunked = random_walk(x, boundary, steps=32, channel_chunk=5, method="gather")
+    assert relative_error(chunked, dense) < 1e-10
+
+
+def test_float32_close_to_float64_and_dtype_preserved():
+    x, boundary = random_inputs((10, 12), channels=2, seed=4)
+    reference = random_walk(x, boundary, steps=256)
+    for method in METHODS:
+        single = random_walk(x.float(), boundary.float(), steps=256, method=method)
+        assert single.dtype == torch.float32
+        assert relative_error(single.double(), reference) < 1e-4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_closed_ring_stops_the_walk(method):
+    h, w = 24, 30
+    dist, boundary = ring(h, w, 11.0, 13.0, 6.0)
+    inside = dist <= 5.0  # everything enclosed by the ring 5 < dist < 7
+    outside = dist >= 7.0
+    x = torch.zeros(2, h, w, dtype=torch.float64)
+    x[0][inside] = 1.0  # mass inside the ring
+    x[1][dist < 2.0] = 3.0  # a small blob in the centre
+    walked = random_walk(x, boundary, steps=256, method=method)
+    assert float(walked[:, outside].abs().max()) < 1e-30
+    # a constant inside a closed region is a fixed point
+    torch.testing.assert_close(walked[0][inside], torch.ones_like(walked[0][inside]))
+    # the blob spreads over the whole inside region, and stays there
+    assert float(walked[1][inside].min()) > 0.1
+
+
+def test_invariants_on_zero_boundary():
+    """T = A^β D⁻¹ is column-stochastic, and x ← x·T averages: constants are fixed
+    points and Σ d_j x_j is conserved, with d_j the (unnormalised) degree.  The plain
+    sum Σ x_j is *not* conserved where degrees differ (near the image border)."""
+    h, w = 14, 17
+    boundary = torch.zeros(h, w, dtype=torch.float64)
+    ones = torch.ones(1, h, w, dtype=torch.float64)
+    torch.testing.assert_close(random_walk(ones, boundary, steps=64), ones)
+
+    degree = torch.zeros(h, w, dtype=torch.float64)  # in-image neighbours incl. self
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for dy, dx in neighbour_offsets(5).tolist():
+        degree += ((yy + dy >= 0) & (yy + dy < h) & (xx + dx >= 0) & (xx + dx < w)).double()
+    x, _ = random_inputs((h, w), channels=3, seed=5)
+    x[:, :4, :4] += 5.0  # extra mass near a corner, where degrees are small
+    walked = random_walk(x, boundary, steps=64)
+    torch.testing.assert_close((walked * degree).sum((1, 2)), (x * degree).sum((1, 2)))
+    assert torch.all((walked.sum((1, 2)) - x.sum((1, 2))).abs() > 1.0)
+    # and the dense reference agrees with both statements
+    dense = random_walk_dense(x, boundary, steps=64)
+    torch.testing.assert_close((dense * degree).sum((1, 2)), (x * degree).sum((1, 2)))
+
+
+def test_channel_chunks_and_progress():
+    x, boundary = random_inputs((8, 11), channels=5, seed=6)
+    calls = []
+    whole = random_walk(x, boundary, steps=16)
+    chunked = random_walk(
+        x, boundary, steps=16, channel_chunk=2, progress=lambda d, n: calls.append((d, n))
+    )
+    torch.testing.assert_close(chunked, whole)
+    assert len(calls) == 48 and calls[-1] == (48, 48)
+
+
+def test_apply_transition_validates_inputs():
+    x, boundary = random_inputs((8, 11), channels=1, seed=7)
+    weights = transition_weights(boundary)
+    with pytest.raises(ValueError):
+        apply_transition(x[:, :4], weights, steps=2)
+    with pytest.raises(ValueError):
+        apply_transition(x, weights, steps=2, radius=4)
+    with pytest.raises(ValueError):
+        apply_transition(x, weights, steps=2, method="magic")
+    with pytest.raises(ValueError):
+        random_walk_dense(x, boundary, steps=12)
+
+
+def test_zero_steps_is_masking_only():
+    x, boundary = random_inputs((6, 7), channels=2, seed=8)
+    torch.testing.assert_close(random_walk(x, boundary, steps=0), x * (1 - boundary))
