@@ -22,14 +22,8 @@ from .inference import CAMOutput, IRNetOutput, compute_cams, compute_irnet, reso
 from .params import Params
 from .postprocess import (
     InstanceResult,
-    assign_instances,
-    centroid_points,
-    cluster_centroids,
-    find_centroids,
     instance_cams,
     propagate,
-    seeds_from_cams,
-    semantic_from_walk,
 )
 
 
@@ -102,37 +96,25 @@ def postprocess(
     params: Params,
     image: np.ndarray | None = None,
     device: str | torch.device | None = "cpu",
-    clusters: np.ndarray | None = None,
+    centre_points: np.ndarray | None = None,
 ) -> Prediction:
-    """All stages after the networks.
+    """All stages after the networks, computed once.
+
+    To re-run stages after a parameter change or an edit, keep a
+    :class:`~napari_irnet.core.session.StageCache` instead: it reuses every
+    stage whose inputs did not change.
 
     Parameters
     ----------
     image : (H, W, 3) uint8, optional
         Only used for the CRF refinement of the seeds.
-    clusters : (h, w) int, optional
-        A cluster map to use instead of the one from the displacement field
-        (e.g. after a person edited the centroids).
+    centre_points : (K, 2) float, optional
+        Instance centres (y, x) in image pixels to use instead of the ones
+        found from the displacement field (e.g. after a person edited them).
     """
-    H, W = outputs.image_shape
-    ids = outputs.cam.class_ids
-    seeds = seeds_from_cams(
-        outputs.cam.high_res, ids, params.seed_fg_threshold, params.seed_bg_threshold, image, params.use_crf
-    )
-    disp = outputs.irn.displacement
-    centroids = find_centroids(disp, params.centroid_steps)
-    if clusters is None:
-        clusters = cluster_centroids(centroids, disp, params.cluster_threshold)
-    points = centroid_points(centroids, clusters) * 4.0
-    k = int(clusters.max()) + 1
-    walk = walk_instances(outputs, clusters, params, device)
-    instances = assign_instances(
-        walk, np.repeat(ids, k), (H, W), params.instance_bg_threshold, params.min_fragment_fraction
-    )
-    dev = walk.device
-    sem_walk = propagate(outputs.cam.strided.to(dev), outputs.irn.boundary.to(dev), params.beta, params.walk_steps, params.radius)
-    semantic = semantic_from_walk(sem_walk, ids, (H, W), params.semantic_bg_threshold)
-    return Prediction(ids, seeds, centroids, clusters, points, instances, semantic)
+    from .session import StageCache
+
+    return StageCache(outputs, params, image, device).update(centre_points=centre_points)
 
 
 def predict(

@@ -181,7 +181,7 @@ def propagate(
     return random_walk(scores, boundary.to(scores.device, scores.dtype), beta=beta, steps=steps, radius=radius)
 
 
-def _upsampled_argmax(walk: torch.Tensor, shape: tuple[int, int], chunk: int = 16):
+def upsampled_argmax(walk: torch.Tensor, shape: tuple[int, int], chunk: int = 16):
     """Bilinear x4 upsampling of (P, h, w), cropped to ``shape``, reduced on the fly.
 
     Returns (best value (H, W), best plane (H, W), global max) without holding
@@ -236,10 +236,25 @@ def assign_instances(
     ``bg_threshold`` is background; every 4-connected component of pixels won
     by one plane is an instance.
     """
+    argmax = upsampled_argmax(walk, image_shape) if walk.shape[0] else None
+    return assign_from_argmax(argmax, plane_classes, image_shape, bg_threshold, min_fragment_fraction)
+
+
+def assign_from_argmax(
+    argmax: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    plane_classes: Sequence[int],
+    image_shape: tuple[int, int],
+    bg_threshold: float = 0.25,
+    min_fragment_fraction: float = 0.01,
+) -> InstanceResult:
+    """:func:`assign_instances` from the output of :func:`upsampled_argmax` (None: no planes).
+
+    Split out so that a threshold change does not redo the upsampling.
+    """
     H, W = image_shape
-    if walk.shape[0] == 0:
+    if argmax is None:
         return InstanceResult(np.zeros((H, W), np.int32), [])
-    best, arg, gmax = _upsampled_argmax(walk, (H, W))
+    best, arg, gmax = argmax
     gmax = float(gmax) if float(gmax) > 0 else 1.0
     norm = (best / gmax).cpu().numpy()
     plane = arg.cpu().numpy() + 1
@@ -272,10 +287,21 @@ def semantic_from_walk(
 
     Returns (H, W) int32: class id + 1, 0 = background.
     """
+    argmax = upsampled_argmax(walk, image_shape) if walk.shape[0] else None
+    return semantic_from_argmax(argmax, class_ids, image_shape, bg_threshold)
+
+
+def semantic_from_argmax(
+    argmax: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    class_ids: Sequence[int],
+    image_shape: tuple[int, int],
+    bg_threshold: float = 0.25,
+) -> np.ndarray:
+    """:func:`semantic_from_walk` from the output of :func:`upsampled_argmax` (None: no planes)."""
     H, W = image_shape
-    if walk.shape[0] == 0:
+    if argmax is None:
         return np.zeros((H, W), np.int32)
-    best, arg, gmax = _upsampled_argmax(walk, (H, W))
+    best, arg, gmax = argmax
     gmax = float(gmax) if float(gmax) > 0 else 1.0
     keys = np.asarray(class_ids, dtype=np.int32) + 1
     out = keys[arg.cpu().numpy()]

@@ -1,0 +1,255 @@
+"""The stage cache: re-run only what a parameter change or an edit touches.
+
+A :class:`StageCache` holds one image's network outputs (computed once) and
+the result of every cheap stage below them (see DESIGN.md, "Stages, and
+what is cached"). :meth:`StageCache.update` takes new parameters, or edited
+centroids, and recomputes the stages whose inputs changed, reusing the
+rest::
+
+    cache = StageCache(outputs, params, image)
+    prediction = cache.update()                                  # everything
+    prediction = cache.update(params.replace(instance_bg_threshold=0.4))  # argmax reused
+    prediction = cache.update(centre_points=moved_points)        # walk re-runs
+
+The stages and the parameters each depends on:
+
+========================  ==================================================
+stage                     inputs
+========================  ==================================================
+seeds                     seed_fg_threshold, seed_bg_threshold, use_crf
+centroids                 centroid_steps
+clusters                  cluster_threshold, or the edited centre points
+instance walk + argmax    clusters, beta, walk_steps, radius
+instances                 instance_bg_threshold, min_fragment_fraction
+semantic walk + argmax    beta, walk_steps, radius
+semantic                  semantic_bg_threshold
+========================  ==================================================
+
+The class holds no GUI state; it is used by the napari widget, the
+interactive benchmark and anyone scripting the stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .inference import resolve_device
+from .params import Params
+from .pipeline import NetworkOutputs, Prediction
+from .postprocess import (
+    upsampled_argmax,
+    assign_from_argmax,
+    centroid_points,
+    cluster_centroids,
+    find_centroids,
+    instance_cams,
+    propagate,
+    seeds_from_cams,
+    semantic_from_argmax,
+)
+
+__all__ = ["STAGE_INPUTS", "StageCache", "clusters_from_points"]
+
+#: parameters read by each cached stage (see the module docstring)
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "seeds": ("seed_fg_threshold", "seed_bg_threshold", "use_crf"),
+    "centroids": ("centroid_steps",),
+    "clusters": ("cluster_threshold",),
+    "walk": ("beta", "walk_steps", "radius"),
+    "instances": ("instance_bg_threshold", "min_fragment_fraction"),
+    "semantic": ("semantic_bg_threshold",),
+}
+
+#: stride of the network grid in image pixels
+STRIDE = 4
+
+
+def clusters_from_points(centroids: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Assign each grid pixel to the centre point nearest its converged centroid.
+
+    Used when a person moved, added or deleted centroids: instead of the
+    weak-displacement regions of :func:`cluster_centroids`, the clusters are
+    the Voronoi cells of the given points, taken at the position each pixel
+    reached along the displacement field.
+
+    Parameters
+    ----------
+    centroids : (2, h, w) int
+        Converged (y, x) grid position of every pixel (:func:`find_centroids`).
+    points : (K, 2) float
+        Centre points (y, x) in grid units; K >= 1.
+
+    Returns
+    -------
+    (h, w) int32: index of the nearest point, 0..K-1.
+    """
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    if len(points) == 0:
+        raise ValueError("at least one centre point is needed to form clusters")
+    pos = centroids.reshape(2, -1).T.astype(np.float32)  # (N, 2)
+    best = np.full(pos.shape[0], np.inf, np.float32)
+    arg = np.zeros(pos.shape[0], np.int32)
+    for k, p in enumerate(points):  # K is small; avoids an (N, K) temporary
+        d = ((pos - p) ** 2).sum(axis=1)
+        closer = d < best
+        best[closer] = d[closer]
+        arg[closer] = k
+    return arg.reshape(centroids.shape[1:])
+
+
+def _key(params: Params, names: tuple[str, ...]) -> tuple:
+    return tuple(getattr(params, n) for n in names)
+
+
+@dataclass
+class _Slot:
+    key: Any = None
+    value: Any = None
+
+
+class StageCache:
+    """One image's network outputs plus the cached results of every later stage.
+
+    Parameters
+    ----------
+    outputs : NetworkOutputs
+        From :func:`~napari_irnet.core.pipeline.run_networks`.
+    params : Params
+        Initial parameters.
+    image : (H, W, 3) uint8, optional
+        Only needed for the CRF refinement of the seeds.
+    device : str or torch.device
+        Where the walk runs ("auto" picks CUDA when present).
+    """
+
+    def __init__(
+        self,
+        outputs: NetworkOutputs,
+        params: Params | None = None,
+        image: np.ndarray | None = None,
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        self.outputs = outputs
+        self.params = params or Params()
+        self.image = image
+        self.device = resolve_device(device)
+        self._points: np.ndarray | None = None  # edited centre points, grid units
+        self._slots = {name: _Slot() for name in ("seeds", "centroids", "clusters", "iwalk", "instances", "swalk", "semantic")}
+        #: names of the stages recomputed by the last :meth:`update`
+        self.last_recomputed: list[str] = []
+
+    # ------------------------------------------------------------------
+    def _stage(self, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
+        slot = self._slots[name]
+        if slot.key != key or slot.value is None:
+            slot.value = compute()
+            slot.key = key
+            self.last_recomputed.append(name)
+        return slot.value
+
+    @property
+    def edited_points(self) -> np.ndarray | None:
+        """Centre points (K, 2) in image pixels set by :meth:`update`, or None."""
+        return None if self._points is None else self._points * STRIDE
+
+    def reset_points(self) -> None:
+        """Forget edited centre points: clusters come from the displacement field again."""
+        self._points = None
+
+    def update(
+        self,
+        params: Params | None = None,
+        centre_points: np.ndarray | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Prediction:
+        """Recompute what changed and return every stage's result.
+
+        Parameters
+        ----------
+        params : Params, optional
+            New parameters (default: the current ones).
+        centre_points : (K, 2) float, optional
+            Edited instance centres (y, x) in image pixels; they replace the
+            clusters found from the displacement field until
+            :meth:`reset_points`. An empty array removes every instance
+            centre (all pixels then share one cluster).
+        should_stop : callable, optional
+            Polled between stages; when it returns True, :class:`InterruptedError`
+            is raised (results computed so far stay cached).
+        """
+        if params is not None:
+            params.validate()
+            self.params = params
+        if centre_points is not None:
+            self._points = np.asarray(centre_points, dtype=np.float32).reshape(-1, 2) / STRIDE
+        p = self.params
+        out = self.outputs
+        H, W = out.image_shape
+        ids = out.cam.class_ids
+        self.last_recomputed = []
+
+        def check() -> None:
+            if should_stop is not None and should_stop():
+                raise InterruptedError("stopped")
+
+        seeds = self._stage(
+            "seeds",
+            _key(p, STAGE_INPUTS["seeds"]),
+            lambda: seeds_from_cams(out.cam.high_res, ids, p.seed_fg_threshold, p.seed_bg_threshold, self.image, p.use_crf),
+        )
+        check()
+        centroids = self._stage(
+            "centroids", _key(p, STAGE_INPUTS["centroids"]), lambda: find_centroids(out.irn.displacement, p.centroid_steps)
+        )
+        if self._points is not None and len(self._points):
+            points_key = ("points", self._points.tobytes(), _key(p, STAGE_INPUTS["centroids"]))
+            clusters = self._stage("clusters", points_key, lambda: clusters_from_points(centroids, self._points))
+        elif self._points is not None:
+            clusters = self._stage("clusters", ("points", b"", 0), lambda: np.zeros(centroids.shape[1:], np.int32))
+        else:
+            cluster_key = _key(p, STAGE_INPUTS["clusters"]) + _key(p, STAGE_INPUTS["centroids"])
+            clusters = self._stage(
+                "clusters", cluster_key, lambda: cluster_centroids(centroids, out.irn.displacement, p.cluster_threshold)
+            )
+        check()
+        walk_key = _key(p, STAGE_INPUTS["walk"])
+        boundary = out.irn.boundary.to(self.device)
+        k = int(clusters.max()) + 1
+
+        def instance_walk():
+            scores = instance_cams(out.cam.strided.to(self.device), clusters)
+            walked = propagate(scores, boundary, p.beta, p.walk_steps, p.radius)
+            if walked.shape[0] == 0:
+                return None
+            return upsampled_argmax(walked, (H, W))
+
+        iwalk = self._stage("iwalk", (self._slots["clusters"].key, walk_key), instance_walk)
+        check()
+        instances = self._stage(
+            "instances",
+            (self._slots["iwalk"].key, _key(p, STAGE_INPUTS["instances"])),
+            lambda: assign_from_argmax(
+                iwalk, np.repeat(ids, k), (H, W), p.instance_bg_threshold, p.min_fragment_fraction
+            ),
+        )
+        check()
+
+        def semantic_walk():
+            walked = propagate(out.cam.strided.to(self.device), boundary, p.beta, p.walk_steps, p.radius)
+            return None if walked.shape[0] == 0 else upsampled_argmax(walked, (H, W))
+
+        swalk = self._stage("swalk", walk_key, semantic_walk)
+        semantic = self._stage(
+            "semantic",
+            (walk_key, _key(p, STAGE_INPUTS["semantic"])),
+            lambda: semantic_from_argmax(swalk, ids, (H, W), p.semantic_bg_threshold),
+        )
+        points = centroid_points(centroids, clusters) * float(STRIDE)
+        if self._points is not None:
+            points = self._points * float(STRIDE)
+        return Prediction(ids, seeds, centroids, clusters, points, instances, semantic)

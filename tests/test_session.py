@@ -1,0 +1,117 @@
+"""The stage cache re-runs exactly the stages whose inputs changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_irnet.core.inference import CAMOutput, IRNetOutput
+from napari_irnet.core.params import Params
+from napari_irnet.core.pipeline import NetworkOutputs, postprocess
+from napari_irnet.core.session import StageCache, clusters_from_points
+
+FAST = Params(cam_scales=(1.0,), walk_steps=32, centroid_steps=40, use_crf=False, min_fragment_fraction=0.0)
+CENTRES = np.array([[8.0, 8.0], [8.0, 24.0]])  # grid units on a 16 x 32 grid
+
+
+def _two_blobs() -> NetworkOutputs:
+    """Two discs of one class, a boundary wall between them, displacement to their centres."""
+    h, w = 16, 32
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dist = np.stack([np.hypot(yy - cy, xx - cx) for cy, cx in CENTRES])
+    nearest = dist.argmin(0)
+    cam = np.exp(-(dist.min(0) / 5.0) ** 2).astype(np.float32)[None]
+    disp = np.stack([CENTRES[nearest, 0] - yy, CENTRES[nearest, 1] - xx]).astype(np.float32)
+    boundary = np.zeros((h, w), np.float32)
+    boundary[:, 15:17] = 1.0
+    strided = torch.from_numpy(cam)
+    high = F.interpolate(strided[None], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)[0]
+    return NetworkOutputs((4 * h, 4 * w), CAMOutput(np.array([1]), strided, high), IRNetOutput(torch.from_numpy(boundary), torch.from_numpy(disp)))
+
+
+def test_first_update_runs_every_stage_and_matches_postprocess():
+    outputs = _two_blobs()
+    cache = StageCache(outputs, FAST)
+    pred = cache.update()
+    assert set(cache.last_recomputed) == {"seeds", "centroids", "clusters", "iwalk", "instances", "swalk", "semantic"}
+    ref = postprocess(outputs, FAST)
+    np.testing.assert_array_equal(pred.instances.labels, ref.instances.labels)
+    np.testing.assert_array_equal(pred.semantic, ref.semantic)
+    # the two discs are two instances of class 1, split at the wall
+    assert len(pred.instances.records) == 2
+    assert {r["class_id"] for r in pred.instances.records} == {1}
+    left, right = pred.instances.labels[32, 32], pred.instances.labels[32, 96]
+    assert left and right and left != right
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"instance_bg_threshold": 0.5}, {"instances"}),
+        ({"min_fragment_fraction": 0.2}, {"instances"}),
+        ({"semantic_bg_threshold": 0.5}, {"semantic"}),
+        ({"seed_fg_threshold": 0.5}, {"seeds"}),
+        ({"cluster_threshold": 1.0}, {"clusters", "iwalk", "instances"}),
+        ({"beta": 5.0}, {"iwalk", "instances", "swalk", "semantic"}),
+        ({"walk_steps": 8}, {"iwalk", "instances", "swalk", "semantic"}),
+        ({"centroid_steps": 10}, {"centroids", "clusters", "iwalk", "instances"}),
+    ],
+)
+def test_a_parameter_change_reruns_only_its_stages(change, expected):
+    cache = StageCache(_two_blobs(), FAST)
+    cache.update()
+    cache.update(FAST.replace(**change))
+    assert set(cache.last_recomputed) == expected
+    cache.update()
+    assert cache.last_recomputed == []
+
+
+def test_cached_threshold_change_equals_a_fresh_run():
+    outputs = _two_blobs()
+    cache = StageCache(outputs, FAST)
+    cache.update()
+    changed = FAST.replace(instance_bg_threshold=0.6, semantic_bg_threshold=0.6)
+    cached = cache.update(changed)
+    fresh = postprocess(outputs, changed)
+    np.testing.assert_array_equal(cached.instances.labels, fresh.instances.labels)
+    assert cached.instances.records == fresh.instances.records
+    np.testing.assert_array_equal(cached.semantic, fresh.semantic)
+    # and the threshold did something: fewer foreground pixels
+    first = postprocess(outputs, FAST)
+    assert (cached.instances.labels > 0).sum() < (first.instances.labels > 0).sum()
+
+
+def test_edited_centre_points_drive_the_clusters():
+    cache = StageCache(_two_blobs(), FAST.replace(walk_steps=0))
+    two = cache.update()
+    assert len(two.instances.records) == 2
+    # delete the right centre: one cluster left, both discs become one class-1 region per disc
+    one = cache.update(centre_points=CENTRES[:1] * 4)
+    assert "clusters" in cache.last_recomputed and "seeds" not in cache.last_recomputed
+    np.testing.assert_allclose(one.centre_points, CENTRES[:1] * 4)
+    assert one.clusters.max() == 0
+    # moving a centre moves the partition
+    moved = cache.update(centre_points=np.array([[8.0, 8.0], [8.0, 12.0]]) * 4)
+    assert set(np.unique(moved.clusters)) == {0, 1}
+    cache.reset_points()
+    back = cache.update()
+    np.testing.assert_array_equal(back.clusters, two.clusters)
+
+
+def test_clusters_from_points_is_nearest_point_of_the_converged_centroid():
+    centroids = np.array([[[0, 0, 9]], [[0, 5, 9]]])  # (2, 1, 3): three pixels
+    points = np.array([[0.0, 0.0], [9.0, 9.0]])
+    np.testing.assert_array_equal(clusters_from_points(centroids, points), [[0, 0, 1]])
+    with pytest.raises(ValueError, match="at least one"):
+        clusters_from_points(centroids, np.zeros((0, 2)))
+
+
+def test_should_stop_interrupts_and_keeps_finished_stages():
+    cache = StageCache(_two_blobs(), FAST)
+    with pytest.raises(InterruptedError):
+        cache.update(should_stop=lambda: True)
+    assert cache.last_recomputed == ["seeds"]
+    cache.update()
+    assert "seeds" not in cache.last_recomputed and "iwalk" in cache.last_recomputed
