@@ -92,7 +92,12 @@ class CAMDataset(Dataset):
 
 
 class RelationDataset(Dataset):
-    """Images with seed labels: rescale, normalise, flip, crop, labels x0.25 (reference ``train_irn``)."""
+    """Images with relation labels: rescale, normalise, flip, crop, labels x0.25 (reference ``train_irn``).
+
+    Labels are (H, W) integer maps: 0 background, 255 ignore, any other value
+    a region whose pixels relate positively to each other (a class in the
+    CAM seeds, an instance in :func:`~napari_irnet.core.targets.relation_labels`).
+    """
 
     def __init__(self, items: Sequence[LabelledImage], seeds: Sequence[np.ndarray], tp: TrainParams, seed: int = 0):
         self.items, self.seeds, self.tp = list(items), list(seeds), tp
@@ -107,14 +112,14 @@ class RelationDataset(Dataset):
         s = lo + float(torch.rand(1, generator=self.gen)) * (hi - lo)
         h, w = image.shape[:2]
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        img, lab = _resize(image, size, 3), _resize(seed_map, size, 0)
+        img, lab = _resize(image, size, 3), _resize(np.asarray(seed_map, np.int32), size, 0)
         x = normalize_image(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         y = torch.from_numpy(lab.astype(np.int64))
         if torch.rand(1, generator=self.gen) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         x, y = _random_crop(x, y, self.tp.irn_crop_size, self.gen)
         grid = strided_size(y.shape, 4)
-        y = torch.from_numpy(_resize(y.numpy().astype(np.uint8), grid, 0).astype(np.int64))
+        y = torch.from_numpy(_resize(y.numpy().astype(np.int32), grid, 0).astype(np.int64))
         return x, y
 
 

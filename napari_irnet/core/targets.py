@@ -1,0 +1,100 @@
+"""Exact training targets from an instance map (ground truth or a person's corrections).
+
+The weak pipeline learns from CAM seeds, where "related" means "same class".
+An instance map says more: pixels of one instance are related, pixels of
+two instances are not, even when the instances touch and share a class.
+These functions turn an instance map into
+
+* relation labels for :func:`~napari_irnet.core.training.train_irn` (pairs
+  inside one instance positive, pairs across instances or instance and
+  background negative), the targets of the fully supervised upper bound and
+  of fine-tuning from corrections;
+* a boundary target and a displacement target on the stride-4 grid, for
+  inspection and for direct supervision (DESIGN.md, "Human-in-the-loop
+  training").
+
+Shapes: full-resolution maps are (H, W); grid maps are (h, w) with
+h = ceil(H / 4), w = ceil(W / 4), sampled at the grid cell's top-left pixel
+(nearest-neighbour downsampling, as the relation labels are in training).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+from .postprocess import IGNORE
+
+__all__ = ["boundary_target", "displacement_target", "relation_labels", "to_grid"]
+
+
+def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -> np.ndarray:
+    """Instance map to relation labels: one positive region per instance.
+
+    Parameters
+    ----------
+    instances : (H, W) int
+        Instance ids, 0 = background.
+    reviewed : (H, W) bool, optional
+        Pixels a person has checked; the rest become ignore (255) so that
+        they add no pairs. Default: all reviewed.
+
+    Returns
+    -------
+    (H, W) int32: 0 background, 255 ignore, and one distinct value per
+    instance (1, 2, ..., skipping 255).
+    """
+    instances = np.asarray(instances)
+    if instances.ndim != 2:
+        raise ValueError(f"instances must be a 2-D label map, got shape {instances.shape}")
+    ids, inverse = np.unique(instances, return_inverse=True)
+    inverse = inverse.reshape(instances.shape).astype(np.int32)
+    if ids[0] != 0:  # no background pixel: every value is an instance
+        inverse += 1
+    inverse[inverse >= IGNORE] += 1  # keep 255 for "ignore"
+    if reviewed is not None:
+        reviewed = np.asarray(reviewed, bool)
+        if reviewed.shape != instances.shape:
+            raise ValueError(f"reviewed {reviewed.shape} and instances {instances.shape} differ in shape")
+        inverse[~reviewed] = IGNORE
+    return inverse
+
+
+def to_grid(labels: np.ndarray, stride: int = 4) -> np.ndarray:
+    """Nearest-neighbour downsampling of a label map to the stride grid: (ceil(H/s), ceil(W/s))."""
+    return np.asarray(labels)[::stride, ::stride]
+
+
+def boundary_target(instances: np.ndarray, stride: int = 4) -> np.ndarray:
+    """Grid cells on the edge of an instance (against another instance or background).
+
+    Returns
+    -------
+    (h, w) bool: True on both sides of every edge between two labels
+    (including background) of the downsampled instance map.
+    """
+    return find_boundaries(to_grid(instances, stride), connectivity=1, mode="thick")
+
+
+def displacement_target(instances: np.ndarray, stride: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Vector from each grid cell to the centroid of its instance.
+
+    Returns
+    -------
+    displacement : (2, h, w) float32
+        (dy, dx) in grid cells; 0 on background.
+    valid : (h, w) bool
+        True inside instances (where the target is defined).
+    """
+    grid = to_grid(instances, stride)
+    h, w = grid.shape
+    ids, inverse = np.unique(grid, return_inverse=True)
+    inverse = inverse.ravel()
+    yy, xx = np.mgrid[0:h, 0:w]
+    count = np.bincount(inverse, minlength=ids.size).astype(np.float64)
+    cy = np.bincount(inverse, weights=yy.ravel(), minlength=ids.size) / count
+    cx = np.bincount(inverse, weights=xx.ravel(), minlength=ids.size) / count
+    valid = grid > 0
+    disp = np.stack([cy[inverse].reshape(h, w) - yy, cx[inverse].reshape(h, w) - xx]).astype(np.float32)
+    disp[:, ~valid] = 0.0
+    return disp, valid
