@@ -57,7 +57,7 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
     dev = resolve_device(args.device)
     torch.manual_seed(0)
     model = new_model([f"c{i}" for i in range(20)], args.backbone)
-    params = Params(use_crf=False)
+    params = Params(use_crf=False, cam_scales=tuple(args.cam_scales))
     image = (np.random.default_rng(0).random(size + (3,)) * 255).astype(np.uint8)
     ids = list(range(args.classes))
 
@@ -76,7 +76,7 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
         return out
 
     for _ in range(args.repeat):
-        cam = timed("CAM (4 scales + flip)", lambda: compute_cams(model.cam, image, ids, params, dev))
+        cam = timed("CAM", lambda: compute_cams(model.cam, image, ids, params, dev))
         irn = timed("IRNet forward", lambda: compute_irnet(model.irn, image, params, dev))
         irn.displacement = _field(*irn.boundary.shape, args.instances)
         outputs = NetworkOutputs(size, cam, irn)
@@ -103,11 +103,13 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--instances", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--cam-scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
+    bench((96, 96), args)  # warm-up: first-call library initialisation is not counted
     rows = []
     for s in args.sizes:
         h, w = (int(v) for v in s.split("x")) if "x" in s else (int(s), int(s))
@@ -117,7 +119,7 @@ def main() -> int:
         print(f"{h}x{w}: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + f", total {sum(t.values()):.2f}s", file=sys.stderr, flush=True)
     stages = list(rows[0][1])
     short = stages
-    print(f"\nbackbone {args.backbone}, device {args.device}, {args.threads} threads, {args.classes} classes, {args.instances} instances\n")
+    print(f"\nbackbone {args.backbone}, device {args.device}, {args.threads} threads, CAM scales {args.cam_scales} + flips, {args.classes} classes, {args.instances} instances\n")
     print("| image (walk channels) | " + " | ".join(short) + " | total |")
     print("|---" * (len(stages) + 2) + "|")
     for name, t in rows:
