@@ -1,4 +1,4 @@
-"""Command line: ``napari-irnet train-cam | train-irn | predict | import-reference``.
+"""Command line: ``napari-irnet train-cam | train-irn | predict | evaluate | import-reference``.
 
 Parameter options are generated from :class:`~napari_irnet.core.params.Params`
 and :class:`~napari_irnet.core.params.TrainParams`: the field ``beta`` is
@@ -143,6 +143,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_ready(value: Any) -> Any:
+    """NaN -> None, numpy scalars/arrays -> plain numbers/lists, dict keys -> str (strict JSON)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .core.evaluate import evaluate_folder, format_table
+    from .core.io import atomic_write
+
+    results = evaluate_folder(args.predictions, args.ground_truth, classes=args.classes, gt_format=args.gt_format)
+    print(format_table(results), end="")
+    if args.out is not None:
+        text = json.dumps(_json_ready(results), indent=1, allow_nan=False) + "\n"
+        atomic_write(args.out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _add_evaluate_parser(sub) -> None:
+    from .core.evaluate import GT_FORMATS
+
+    p = sub.add_parser("evaluate", help="score predictions (instance mAP^r, semantic mIoU) against ground truth")
+    p.add_argument("--predictions", type=Path, required=True, help="folder written by predict (<name>_instances.tif/.json, <name>_semantic.png)")
+    p.add_argument("--ground-truth", type=Path, required=True, help="VOC folder (SegmentationObject/, SegmentationClass/), label folder (inst/ [sem/, instances.json]) or COCO .json")
+    p.add_argument("--gt-format", default="auto", choices=GT_FORMATS, help="ground-truth layout (default: auto, from what the path holds)")
+    p.add_argument("--classes", nargs="+", help="class names in the order of the class values 1, 2, ... (default: from the ground truth; VOC: the 20 VOC classes)")
+    p.add_argument("--out", type=Path, help="write every number as JSON here (NaN as null)")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def cmd_import_reference(args: argparse.Namespace) -> int:
     from .core.checkpoint import VOC_CLASSES, import_reference, save_checkpoint
 
@@ -190,12 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, Params, _PARAM_HELP)
     p.set_defaults(func=cmd_predict)
 
+    _add_evaluate_parser(sub)
+
     p = sub.add_parser("import-reference", help="convert reference-implementation weights (res50_cam.pth, res50_irn.pth)")
     p.add_argument("--cam", type=Path, help="res50_cam.pth")
     p.add_argument("--irn", type=Path, help="res50_irn.pth")
     p.add_argument("--classes", nargs="+", help="class names in the classifier's order (default: the 20 VOC classes)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_import_reference)
+    from ._cli_project import add_project_commands
+    add_project_commands(sub)
     return ap
 
 

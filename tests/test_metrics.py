@@ -479,3 +479,194 @@ def test_coco_ap_is_our_envelope_sampled_at_101_points(threshold):
     if threshold >= 0.5:  # disjoint masks above 0.5: chainercv's rule gives the same AP
         voc = instance_average_precision(preds, gts, (threshold,), num_classes=3)[threshold]
         np.testing.assert_allclose(voc["AP"], ours["AP"])
+
+
+# ------------------------------------------------- more hand cases and cross-checks
+
+
+def test_hand_case_11_point_rule_differs():
+    # The docstring number above: VOC2007's 11-point rule on the hand case gives
+    # (6 * 1 + 5 * 2/3) / 11, which we do NOT report; the area rule gives 5/6.
+    pred, gt = hand_case()
+    res = instance_average_precision([pred], [gt], (0.5,))[0.5]
+    env = np.maximum.accumulate(res["precision"][0][::-1])[::-1]
+    eleven = np.mean([env[res["recall"][0] >= t].max() if (res["recall"][0] >= t).any() else 0 for t in np.linspace(0, 1, 11)])
+    assert eleven == pytest.approx((6 + 5 * 2 / 3) / 11)
+    assert res["AP"][0] == pytest.approx(5 / 6) and abs(res["AP"][0] - eleven) > 0.01
+
+
+def test_two_classes_two_images_by_hand():
+    # class 0: image 1 TP (0.9), image 2 FP (0.8) and a missed GT -> ranks TP, FP, 2 GT:
+    #   precision 1, 1/2 at recall 1/2, 1/2 -> AP 1/2
+    # class 1: image 2 TP (0.3) on its only GT -> AP 1; mAP = 3/4.
+    shape = (10, 30)
+    a, b, c = rect(shape, (0, 10), (0, 10)), rect(shape, (0, 10), (10, 20)), rect(shape, (0, 10), (20, 30))
+    preds = [iset([a], [0], [0.9]), iset([c, b], [0, 1], [0.8, 0.3])]
+    gts = [iset([a], [0]), iset([a, b], [0, 1])]
+    res = instance_average_precision(preds, gts, (0.5,))[0.5]
+    np.testing.assert_allclose(res["AP"], [0.5, 1.0])
+    assert res["mAP"] == pytest.approx(0.75)
+    assert res["n_pos"].tolist() == [2, 1] and res["n_pred"].tolist() == [2, 1]
+
+
+def _chainercv_like(preds, gts, threshold):
+    """A plain loop over chainercv's eval_instance_segmentation_voc rules (independent of metrics.py).
+
+    Per image and class: predictions in score order, each takes its best-IoU GT of
+    the class; below the threshold -> FP; difficult -> ignored; already taken -> FP.
+    Then per class over all images a stable score sort, cumulative TP/FP and the
+    area under the precision envelope.
+    """
+    records, n_pos = {}, {}
+    for pred, gt in zip(preds, gts):
+        difficult = gt.difficult if gt.difficult is not None else np.zeros(len(gt), bool)
+        for c in set(pred.labels.tolist()) | set(gt.labels.tolist()):
+            g_idx = [j for j in range(len(gt)) if gt.labels[j] == c]
+            n_pos[c] = n_pos.get(c, 0) + sum(not difficult[j] for j in g_idx)
+            p_idx = sorted([i for i in range(len(pred)) if pred.labels[i] == c], key=lambda i: -pred.scores[i])
+            taken = set()
+            for i in p_idx:
+                if not g_idx:
+                    records.setdefault(c, []).append((pred.scores[i], 0))
+                    continue
+                ious = [brute_iou(pred.masks[i : i + 1], gt.masks[j : j + 1])[0, 0] for j in g_idx]
+                best = int(np.argmax(ious))
+                j = g_idx[best]
+                if ious[best] < threshold:
+                    flag = 0
+                elif difficult[j]:
+                    flag = -1
+                else:
+                    flag = 0 if j in taken else 1
+                if ious[best] >= threshold:
+                    taken.add(j)
+                records.setdefault(c, []).append((pred.scores[i], flag))
+    ap = {}
+    for c, npos in n_pos.items():
+        if npos == 0:
+            continue
+        recs = sorted(records.get(c, []), key=lambda r: -r[0])
+        flags = np.array([f for _, f in recs if f >= 0], int)
+        tp, fp = np.cumsum(flags == 1), np.cumsum(flags == 0)
+        prec = tp / np.maximum(tp + fp, 1)
+        rec = tp / npos
+        mrec = np.concatenate([[0], rec, [1]])
+        mpre = np.concatenate([[0], prec, [0]])
+        for k in range(mpre.size - 1, 0, -1):
+            mpre[k - 1] = max(mpre[k - 1], mpre[k])
+        idx = np.where(mrec[1:] != mrec[:-1])[0]
+        ap[c] = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+    return ap
+
+
+@pytest.mark.parametrize("threshold", [0.25, 0.5, 0.7])
+def test_random_overlapping_masks_match_a_plain_loop(threshold):
+    # overlapping predictions and GT, duplicates, difficult GT, distinct scores
+    rng = np.random.default_rng(11)
+    preds, gts = [], []
+    for _ in range(5):
+        shape = (24, 24)
+
+        def blobs(n):
+            out = []
+            for _ in range(n):
+                y, x = rng.integers(0, 18, 2)
+                h, w = rng.integers(3, 8, 2)
+                out.append(rect(shape, (y, y + h), (x, x + w)))
+            return out
+
+        g = blobs(4)
+        p = [np.roll(m, rng.integers(-1, 2, 2), axis=(0, 1)) for m in g] + blobs(3)
+        gts.append(iset(g, rng.integers(0, 2, 4), difficult=rng.random(4) < 0.2))
+        preds.append(iset(p, rng.integers(0, 2, 7), rng.random(7)))
+    ours = instance_average_precision(preds, gts, (threshold,), num_classes=2)[threshold]["AP"]
+    ref = _chainercv_like(preds, gts, threshold)
+    for c in range(2):
+        if c in ref:
+            assert ours[c] == pytest.approx(ref[c], abs=1e-12)
+        else:
+            assert np.isnan(ours[c])
+
+
+def test_difficult_gt_versus_coco_crowd():
+    # Where they agree: a prediction lying exactly on a difficult (COCO: crowd) GT is
+    # ignored by both and the AP is that of the other predictions.
+    pred, gt = hand_case()
+    g3 = rect(SHAPE, (0, 10), (34, 40))
+    with_crowd = iset([G1, G2, g3], [0, 0, 0], difficult=[False, False, True])
+    on_crowd = iset([*pred.masks, g3], [0] * 4, [0.9, 0.8, 0.7, 0.95])
+    assert instance_average_precision([on_crowd], [with_crowd], (0.5,))[0.5]["AP"][0] == pytest.approx(5 / 6)
+    assert coco_mask_ap([on_crowd], [with_crowd], 0.5)["AP"][0] == pytest.approx((51 + 100 / 3) / 101, abs=1e-12)
+    # Where they differ: a small prediction inside a big difficult region. Its IoU with
+    # the region is 12 / 60 = 0.2 -> a FP under VOC; COCO measures a crowd overlap as
+    # intersection / prediction area = 1 -> ignored.
+    shape = (10, 40)
+    big = rect(shape, (0, 10), (34, 40))  # 60 px
+    small = rect(shape, (0, 2), (34, 40))  # 12 px
+    gt = iset([G1, G2, big], [0, 0, 0], difficult=[False, False, True])
+    pred = iset([G1, small, G2], [0, 0, 0], [0.9, 0.8, 0.7])
+    voc = instance_average_precision([pred], [gt], (0.5,))[0.5]["AP"][0]
+    coco = coco_mask_ap([pred], [gt], 0.5)["AP"][0]
+    assert voc == pytest.approx(0.5 + 0.5 * 2 / 3)  # TP, FP, TP
+    assert coco == pytest.approx(1.0, abs=1e-12)  # TP, ignored, TP
+
+
+def test_box_ap_per_image_matches_equal_cocoeval_bbox():
+    # pycocotools' bbox evaluation on [x, y, w, h] boxes: the same IoU as ours for
+    # [x0, y0, x1, y1] with exclusive ends, the same greedy matching above 0.5, so
+    # the same TP/FP per detection; AP differs only by COCO's 101-point sampling.
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(5)
+    n_img = 6
+    gt_boxes, gt_labels, pred_boxes, pred_labels, pred_scores = [], [], [], [], []
+    images, gt_anns, dt_anns = [], [], []
+    for i in range(n_img):
+        g = np.concatenate([rng.integers(0, 60, (5, 2)), np.zeros((5, 2))], 1)
+        g[:, 2:] = g[:, :2] + rng.integers(4, 20, (5, 2))
+        gl = rng.integers(0, 2, 5)
+        p = np.concatenate([g + rng.integers(-3, 4, (5, 4)), g[:2] + 8])
+        p[:, 2:] = np.maximum(p[:, 2:], p[:, :2] + 1)
+        pl = np.concatenate([gl, rng.integers(0, 2, 2)])
+        ps = rng.random(7)
+        gt_boxes.append(g), gt_labels.append(gl), pred_boxes.append(p), pred_labels.append(pl), pred_scores.append(ps)
+        images.append({"id": i + 1, "height": 100, "width": 100})
+        for b, c in zip(g, gl):
+            w, h = b[2] - b[0], b[3] - b[1]
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": i + 1, "category_id": int(c) + 1,
+                            "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
+        for b, c, s in zip(p, pl, ps):
+            dt_anns.append({"image_id": i + 1, "category_id": int(c) + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": gt_anns, "categories": [{"id": 1}, {"id": 2}]}
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dt_anns), iouType="bbox")
+        ev.params.iouThrs = np.array([0.5])
+        ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [[0, 1e10]], ["all"], [100]
+        ev.evaluate()
+        ev.accumulate()
+    coco_match = {}
+    for e in ev.evalImgs:
+        if e is not None:
+            for dt, m in zip(e["dtIds"], e["dtMatches"][0]):
+                coco_match[dt] = int(m)
+    dt_id, n_tp = 1, 0
+    for i in range(n_img):
+        status, index = match_predictions(
+            box_iou(pred_boxes[i], gt_boxes[i]), pred_labels[i], pred_scores[i], gt_labels[i], None, 0.5
+        )
+        for j in range(7):
+            expected = 5 * i + int(index[j]) + 1 if status[j] == 1 else 0  # GT ids run 1.. image by image
+            assert coco_match[dt_id] == expected
+            n_tp += status[j] == 1
+            dt_id += 1
+    assert n_tp > 10
+    ours = box_average_precision(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, iou_thresholds=(0.5,), matching="coco")[0.5]
+    for c in range(2):
+        sampled = coco_101(ours["precision"][c], ours["recall"][c])
+        assert ev.eval["precision"][0, :, c, 0, 0].mean() == pytest.approx(sampled, abs=1e-9)
