@@ -1,0 +1,567 @@
+"""Corrections of an instance map: small pure functions on label arrays.
+
+The napari widget turns a person's actions into calls of these functions and
+applies what they return; nothing here knows about napari or Qt.
+
+- An *instance map* is an ``(H, W)`` integer array: 0 background, k > 0 the
+  pixels of instance k.
+- An *instance table* maps each id to an :class:`InstanceInfo` (class name,
+  score, state). States: ``"proposed"`` (made by the pipeline), ``"edited"``
+  (touched by a person), ``"accepted"`` (confirmed by a person). Edited and
+  accepted instances are *protected*: a re-run of the pipeline never
+  overwrites them (:func:`merge_protected`).
+- Every edit returns a :class:`LabelDiff`, the pixels it changes with their
+  old and new values, so it can be applied, undone and redone exactly
+  (:class:`History`).
+
+Typical use::
+
+    diff = merge(labels, [3, 7])          # instance 7 becomes part of 3
+    diff.apply(labels)                    # in place
+    diff.apply(labels, reverse=True)      # undo
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "INSTANCE_STATES",
+    "PROTECTED_STATES",
+    "EditRecord",
+    "History",
+    "InstanceInfo",
+    "LabelDiff",
+    "delete",
+    "features_table",
+    "instance_at",
+    "instance_ids",
+    "merge",
+    "merge_protected",
+    "next_free_id",
+    "set_class",
+    "set_state",
+    "split_by_line",
+    "split_by_seeds",
+    "table_from_records",
+]
+
+#: states of one instance, in the order of a person's involvement
+INSTANCE_STATES = ("proposed", "edited", "accepted")
+#: states a re-run of the pipeline must not overwrite
+PROTECTED_STATES = frozenset({"edited", "accepted"})
+
+
+class EditError(ValueError):
+    """An edit that cannot be done as asked (the message says why)."""
+
+
+# --------------------------------------------------------------------------
+# the instance table
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What is known about one instance besides its pixels."""
+
+    class_name: str
+    score: float = 1.0
+    state: str = "proposed"
+
+    def __post_init__(self) -> None:
+        if self.state not in INSTANCE_STATES:
+            raise ValueError(f"instance state must be one of {INSTANCE_STATES}, got {self.state!r}")
+
+    @property
+    def protected(self) -> bool:
+        return self.state in PROTECTED_STATES
+
+
+def table_from_records(records: Iterable[Mapping[str, Any]], classes: Sequence[str]) -> dict[int, InstanceInfo]:
+    """Instance table of a pipeline result (records with ``id``, ``class_id``, ``score``)."""
+    return {
+        int(r["id"]): InstanceInfo(str(classes[int(r["class_id"])]), float(r["score"]), "proposed") for r in records
+    }
+
+
+def set_class(table: Mapping[int, InstanceInfo], ids: Iterable[int], class_name: str) -> dict[int, InstanceInfo]:
+    """A copy of ``table`` where ``ids`` have class ``class_name`` and state ``edited``.
+
+    Accepted instances stay accepted (their class was changed by a person).
+    """
+    out = dict(table)
+    for i in ids:
+        i = int(i)
+        info = out.get(i, InstanceInfo(class_name))
+        state = "accepted" if info.state == "accepted" else "edited"
+        out[i] = replace(info, class_name=class_name, state=state)
+    return out
+
+
+def set_state(table: Mapping[int, InstanceInfo], ids: Iterable[int], state: str) -> dict[int, InstanceInfo]:
+    """A copy of ``table`` with the state of ``ids`` set (ids not in the table are skipped)."""
+    out = dict(table)
+    for i in ids:
+        if int(i) in out:
+            out[int(i)] = replace(out[int(i)], state=state)
+    return out
+
+
+def instance_ids(labels: np.ndarray) -> np.ndarray:
+    """Sorted ids of the instances present (0 excluded)."""
+    ids = np.unique(labels)
+    return ids[ids != 0]
+
+
+def instance_at(labels: np.ndarray, point: Sequence[float]) -> int:
+    """Id under the pixel nearest ``point`` (y, x); 0 outside the image or on background."""
+    y, x = (int(round(float(v))) for v in point[-2:])
+    if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+        return 0
+    return int(labels[y, x])
+
+
+def next_free_id(labels: np.ndarray, table: Iterable[int] = ()) -> int:
+    """The smallest id above every id in use, in the map or in the table."""
+    top = int(labels.max()) if labels.size else 0
+    for i in table:
+        top = max(top, int(i))
+    return top + 1
+
+
+def features_table(
+    labels: np.ndarray, table: Mapping[int, InstanceInfo], default_class: str = ""
+) -> dict[str, np.ndarray]:
+    """Per-instance columns for a napari Labels layer (``features``).
+
+    One row per id present in ``labels`` plus row 0 for the background, with
+    the columns ``index`` (the id), ``class``, ``score``, ``state`` and
+    ``area`` (pixels). Ids missing from ``table`` get ``default_class``,
+    score 1 and state ``edited`` (a person painted them).
+    """
+    flat = np.asarray(labels).ravel()
+    if flat.size and flat.min() < 0:
+        raise ValueError("instance ids must be >= 0")
+    counts = np.bincount(flat) if flat.size else np.zeros(1, np.int64)
+    ids = np.flatnonzero(counts)
+    ids = ids[ids != 0]
+    rows = [table.get(int(i), InstanceInfo(default_class, 1.0, "edited")) for i in ids]
+    return {
+        "index": np.concatenate([[0], ids]).astype(np.int64),
+        "class": np.array([""] + [r.class_name for r in rows], dtype=object),
+        "score": np.array([0.0] + [r.score for r in rows], dtype=np.float64),
+        "state": np.array(["background"] + [r.state for r in rows], dtype=object),
+        "area": np.concatenate([[counts[0] if counts.size else 0], counts[ids]]).astype(np.int64),
+    }
+
+
+# --------------------------------------------------------------------------
+# label differences
+
+
+@dataclass
+class LabelDiff:
+    """The pixels an edit changes: flat indices with their old and new values.
+
+    ``index`` is sorted and unique; ``old[i] != new[i]`` for every entry.
+    """
+
+    shape: tuple[int, ...]
+    index: np.ndarray
+    old: np.ndarray
+    new: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: Sequence[int]) -> "LabelDiff":
+        z = np.zeros(0, np.int64)
+        return cls(tuple(shape), z, z.copy(), z.copy())
+
+    @classmethod
+    def between(cls, before: np.ndarray, after: np.ndarray) -> "LabelDiff":
+        """The difference from ``before`` to ``after`` (same shape)."""
+        if before.shape != after.shape:
+            raise ValueError(f"shapes differ: {before.shape} and {after.shape}")
+        b, a = before.ravel(), after.ravel()
+        idx = np.flatnonzero(b != a)
+        return cls(tuple(before.shape), idx, b[idx].astype(np.int64), a[idx].astype(np.int64))
+
+    @classmethod
+    def assign(cls, labels: np.ndarray, index: np.ndarray, value: int | np.ndarray) -> "LabelDiff":
+        """The diff that sets flat ``index`` of ``labels`` to ``value`` (unchanged pixels dropped)."""
+        index = np.asarray(index, dtype=np.int64).ravel()
+        new = np.broadcast_to(np.asarray(value, dtype=np.int64), index.shape)
+        order = np.argsort(index, kind="stable")
+        index, new = index[order], new[order]
+        old = labels.ravel()[index].astype(np.int64)
+        keep = old != new
+        return cls(tuple(labels.shape), index[keep], old[keep], np.array(new[keep]))
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def __bool__(self) -> bool:
+        return self.index.size > 0
+
+    def indices(self) -> tuple[np.ndarray, ...]:
+        """The changed pixels as a tuple of index arrays (numpy fancy indexing)."""
+        return np.unravel_index(self.index, self.shape)
+
+    def inverted(self) -> "LabelDiff":
+        return LabelDiff(self.shape, self.index, self.new, self.old)
+
+    def apply(self, labels: np.ndarray, reverse: bool = False) -> np.ndarray:
+        """Write the new (``reverse``: old) values into ``labels`` in place; returns ``labels``."""
+        if labels.shape != self.shape:
+            raise ValueError(f"diff for shape {self.shape} applied to shape {labels.shape}")
+        flat = labels.reshape(-1)
+        if not np.shares_memory(flat, labels):
+            raise ValueError("labels must be contiguous to be edited in place")
+        flat[self.index] = self.old if reverse else self.new
+        return labels
+
+    def then(self, later: "LabelDiff") -> "LabelDiff":
+        """The single diff doing ``self`` and then ``later``."""
+        if later.shape != self.shape:
+            raise ValueError("diffs of different shapes")
+        index = np.union1d(self.index, later.index)
+        old = np.empty(index.size, np.int64)
+        new = np.empty(index.size, np.int64)
+        in_first = np.isin(index, self.index, assume_unique=True)
+        in_later = np.isin(index, later.index, assume_unique=True)
+        old[in_first] = self.old[np.searchsorted(self.index, index[in_first])]
+        only_later = ~in_first
+        old[only_later] = later.old[np.searchsorted(later.index, index[only_later])]
+        new[in_later] = later.new[np.searchsorted(later.index, index[in_later])]
+        only_first = ~in_later
+        new[only_first] = self.new[np.searchsorted(self.index, index[only_first])]
+        keep = old != new
+        return LabelDiff(self.shape, index[keep], old[keep], new[keep])
+
+    def ids(self) -> np.ndarray:
+        """Every non-zero id the diff touches (old or new)."""
+        ids = np.union1d(self.old, self.new)
+        return ids[ids != 0]
+
+
+# --------------------------------------------------------------------------
+# object edits
+
+
+def _present(labels: np.ndarray, ids: Iterable[int]) -> list[int]:
+    ids = [int(i) for i in ids]
+    missing = [i for i in ids if i == 0 or not np.any(labels == i)]
+    if missing:
+        raise EditError(f"no instance with id {missing[0]} in the map")
+    return ids
+
+
+def merge(labels: np.ndarray, ids: Sequence[int]) -> LabelDiff:
+    """Merge the instances ``ids`` into the first of them."""
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    if len(ids) < 2:
+        raise EditError("merge needs two different instances")
+    _present(labels, ids)
+    idx = np.flatnonzero(np.isin(labels.ravel(), ids[1:]))
+    return LabelDiff.assign(labels, idx, ids[0])
+
+
+def delete(labels: np.ndarray, ids: Iterable[int]) -> LabelDiff:
+    """Remove the instances ``ids`` (their pixels become background)."""
+    ids = _present(labels, ids)
+    if not ids:
+        raise EditError("nothing to delete")
+    return LabelDiff.assign(labels, np.flatnonzero(np.isin(labels.ravel(), ids)), 0)
+
+
+def _bbox(mask: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask)
+    return (
+        slice(max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, shape[0])),
+        slice(max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, shape[1])),
+    )
+
+
+def _line_mask(shape: tuple[int, int], line: np.ndarray) -> np.ndarray:
+    """8-connected pixels of a polyline (y, x), clipped to the image."""
+    from skimage.draw import line as draw_line
+
+    mask = np.zeros(shape, bool)
+    pts = np.rint(np.asarray(line, dtype=np.float64)[:, -2:]).astype(np.int64)
+    if len(pts) == 1:
+        pts = np.concatenate([pts, pts])
+    for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:]):
+        rr, cc = draw_line(int(y0), int(x0), int(y1), int(x1))
+        ok = (rr >= 0) & (rr < shape[0]) & (cc >= 0) & (cc < shape[1])
+        mask[rr[ok], cc[ok]] = True
+    return mask
+
+
+def _fill_from_nearest(parts: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Give every unassigned pixel of ``mask`` the value of the nearest assigned one."""
+    from scipy.ndimage import distance_transform_edt
+
+    todo = mask & (parts == 0)
+    if not todo.any() or not (parts > 0).any():
+        return parts
+    _, (iy, ix) = distance_transform_edt(parts == 0, return_indices=True)
+    out = parts.copy()
+    out[todo] = parts[iy[todo], ix[todo]]
+    return out
+
+
+def _relabel_parts(
+    labels: np.ndarray, window: tuple[slice, slice], parts: np.ndarray, label_id: int, new_id: int
+) -> tuple[LabelDiff, list[int]]:
+    """Parts 1..n of one instance inside ``window``: the largest keeps ``label_id``."""
+    n = int(parts.max())
+    sizes = np.bincount(parts.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-sizes, kind="stable") + 1  # part numbers, largest first
+    values = np.zeros(n + 1, np.int64)
+    values[order[0]] = label_id
+    new_ids = list(range(new_id, new_id + n - 1))
+    values[order[1:]] = new_ids
+    ys, xs = np.nonzero(parts)
+    flat = np.ravel_multi_index((ys + window[0].start, xs + window[1].start), labels.shape)
+    return LabelDiff.assign(labels, flat, values[parts[ys, xs]]), new_ids
+
+
+def split_by_line(
+    labels: np.ndarray, line: np.ndarray, label_id: int | None = None, new_id: int | None = None
+) -> tuple[LabelDiff, list[int]]:
+    """Cut an instance in two (or more) along a drawn polyline.
+
+    Parameters
+    ----------
+    line : (N, 2) float
+        Vertices (y, x) in pixels; N >= 2.
+    label_id : int, optional
+        The instance to cut; default the one the line crosses most.
+    new_id : int, optional
+        First id for the new parts; default :func:`next_free_id`.
+
+    Returns
+    -------
+    (diff, new ids)
+        The largest part keeps ``label_id``; the others get new ids. Pixels
+        on the line itself go to the nearest part.
+
+    Raises
+    ------
+    EditError
+        The line misses every instance or does not cut it apart.
+    """
+    line = np.asarray(line, dtype=np.float64).reshape(-1, 2)
+    if len(line) < 2:
+        raise EditError("a split line needs at least two points")
+    cut = _line_mask(labels.shape, line)
+    if label_id is None:
+        under = labels[cut]
+        under = under[under != 0]
+        if under.size == 0:
+            raise EditError("the split line crosses no instance")
+        label_id = int(np.bincount(under).argmax())
+    mask = labels == label_id
+    if not mask.any():
+        raise EditError(f"no instance with id {label_id} in the map")
+    window = _bbox(mask, 1, labels.shape)
+    sub_mask, sub_cut = mask[window], cut[window]
+    from skimage.measure import label as connected_components
+
+    parts = connected_components(sub_mask & ~sub_cut, connectivity=1, background=0)
+    if parts.max() < 2:
+        raise EditError(f"the line does not cut instance {label_id} apart: draw it across the whole instance")
+    parts = _fill_from_nearest(parts, sub_mask)
+    if new_id is None:
+        new_id = next_free_id(labels)
+    return _relabel_parts(labels, window, parts, label_id, new_id)
+
+
+def split_by_seeds(
+    labels: np.ndarray,
+    seeds: np.ndarray,
+    new_id: int | None = None,
+    image: np.ndarray | None = None,
+) -> tuple[LabelDiff, list[int]]:
+    """Split one instance between two (or more) clicked seeds with a watershed.
+
+    The landscape is the negative distance to the instance border (touching
+    round objects part at their neck), plus the image gradient when ``image``
+    is given (parts follow edges).
+
+    Parameters
+    ----------
+    seeds : (S, 2) float
+        Points (y, x) inside the same instance, S >= 2.
+    image : (H, W) or (H, W, 3), optional
+        Intensities whose edges guide the split.
+
+    Returns
+    -------
+    (diff, new ids)
+        The part of the first seed keeps the instance's id.
+    """
+    from scipy.ndimage import distance_transform_edt
+    from skimage.segmentation import watershed
+
+    seeds = np.asarray(seeds, dtype=np.float64).reshape(-1, 2)
+    if len(seeds) < 2:
+        raise EditError("a split needs two seeds inside one instance")
+    ids = {instance_at(labels, s) for s in seeds}
+    if 0 in ids:
+        raise EditError("every seed must lie inside an instance")
+    if len(ids) != 1:
+        raise EditError(f"the seeds lie in different instances ({sorted(ids)}); put both inside the one to split")
+    label_id = ids.pop()
+    pix = np.rint(seeds).astype(np.int64)
+    if len({tuple(p) for p in pix}) < len(pix):
+        raise EditError("two seeds fall on the same pixel")
+    mask = labels == label_id
+    window = _bbox(mask, 1, labels.shape)
+    sub = mask[window]
+    landscape = -distance_transform_edt(sub)
+    if image is not None:
+        from skimage.filters import sobel
+
+        img = np.asarray(image, dtype=np.float64)
+        gray = img.mean(axis=-1) if img.ndim == 3 else img
+        grad = sobel(gray[window])
+        scale = np.abs(landscape).max() / (grad[sub].max() + 1e-9)
+        landscape = landscape + grad * scale
+    markers = np.zeros(sub.shape, np.int64)
+    for k, (y, x) in enumerate(pix, start=1):
+        markers[y - window[0].start, x - window[1].start] = k
+    parts = watershed(landscape, markers, mask=sub)
+    if new_id is None:
+        new_id = next_free_id(labels)
+    # the first seed's part keeps the id; the others get new ids in seed order
+    values = np.zeros(len(pix) + 1, np.int64)
+    values[1] = label_id
+    new_ids = list(range(new_id, new_id + len(pix) - 1))
+    values[2:] = new_ids
+    ys, xs = np.nonzero(parts)
+    flat = np.ravel_multi_index((ys + window[0].start, xs + window[1].start), labels.shape)
+    return LabelDiff.assign(labels, flat, values[parts[ys, xs]]), new_ids
+
+
+def merge_protected(
+    proposed: np.ndarray,
+    proposed_table: Mapping[int, InstanceInfo],
+    current: np.ndarray,
+    current_table: Mapping[int, InstanceInfo],
+    min_area: int = 1,
+) -> tuple[np.ndarray, dict[int, InstanceInfo]]:
+    """A new pipeline result that keeps every protected instance of the current map.
+
+    Protected (edited or accepted) instances of ``current`` keep their
+    pixels and ids; proposed instances fill the rest of the image with ids
+    above every protected id. A proposal left with fewer than ``min_area``
+    pixels is dropped.
+
+    Returns
+    -------
+    (labels, table)
+    """
+    if proposed.shape != current.shape:
+        raise ValueError(f"shapes differ: {proposed.shape} and {current.shape}")
+    keep_ids = np.array([i for i, info in current_table.items() if info.protected], dtype=np.int64)
+    keep_ids = keep_ids[np.isin(keep_ids, current)] if keep_ids.size else keep_ids
+    if keep_ids.size == 0:
+        return proposed.astype(np.int32, copy=True), dict(proposed_table)
+    keep = np.isin(current, keep_ids)
+    free = np.where(keep, 0, proposed)
+    counts = np.bincount(free.ravel(), minlength=int(proposed.max()) + 1)
+    survivors = [i for i in range(1, counts.size) if counts[i] >= max(min_area, 1)]
+    offset = int(keep_ids.max())
+    lut = np.zeros(counts.size, np.int64)
+    for k, i in enumerate(survivors, start=1):
+        lut[i] = offset + k
+    out = np.where(keep, current, lut[free]).astype(np.int32)
+    table = {int(i): current_table[int(i)] for i in keep_ids}
+    for i in survivors:
+        info = proposed_table.get(i)
+        if info is not None:
+            table[int(lut[i])] = info
+    return out, table
+
+
+# --------------------------------------------------------------------------
+# undo / redo
+
+
+@dataclass
+class EditRecord:
+    """One undoable step: a label diff plus snapshots of anything else it changed.
+
+    ``before`` and ``after`` hold whatever the caller needs to restore
+    (instance table, centroid points, parameters, image state); keys present
+    in one are present in the other. ``kind`` is ``"edit"`` for a person's
+    edit and ``"update"`` for a re-run of the pipeline; consecutive updates
+    are merged into one step (:meth:`History.push`).
+    """
+
+    name: str
+    diff: LabelDiff | None = None
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    kind: str = "edit"
+
+
+class History:
+    """Undo and redo stacks of :class:`EditRecord` with a size limit."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = int(limit)
+        self._undo: list[EditRecord] = []
+        self._redo: list[EditRecord] = []
+
+    def push(self, record: EditRecord, coalesce: bool = True) -> None:
+        """Add a step (clears redo). An ``update`` on top of an ``update`` merges with it."""
+        self._redo.clear()
+        top = self._undo[-1] if self._undo else None
+        if coalesce and top is not None and record.kind == "update" and top.kind == "update":
+            if top.diff is not None and record.diff is not None:
+                diff = top.diff.then(record.diff)
+            else:
+                diff = record.diff if top.diff is None else top.diff
+            before = {**record.before, **top.before}
+            after = {**top.after, **record.after}
+            self._undo[-1] = EditRecord(record.name, diff, before, after, "update")
+            return
+        self._undo.append(record)
+        del self._undo[: max(0, len(self._undo) - self.limit)]
+
+    def undo(self) -> EditRecord | None:
+        """The step to revert (moved to the redo stack), or None."""
+        if not self._undo:
+            return None
+        record = self._undo.pop()
+        self._redo.append(record)
+        return record
+
+    def redo(self) -> EditRecord | None:
+        """The step to do again (moved back to the undo stack), or None."""
+        if not self._redo:
+            return None
+        record = self._redo.pop()
+        self._undo.append(record)
+        return record
+
+    def clear(self) -> None:
+        self._undo.clear()
+        self._redo.clear()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def names(self) -> list[str]:
+        """Names of the undoable steps, oldest first."""
+        return [r.name for r in self._undo]
