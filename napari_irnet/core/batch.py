@@ -1,0 +1,170 @@
+"""Batch prediction over a project: every image that needs it, resumable.
+
+::
+
+    run = ProjectPrediction(project, device="cpu")
+    print(len(run.names), "to predict")
+    for event in run:          # one event per image, after its result is stored
+        print(event.name, event.status)
+
+Each image's result is committed (see :mod:`~napari_irnet.core.project`)
+before the next one starts, so a run that is killed loses at most the image
+it was working on, and the next run skips every image already done. An image
+that cannot be read is recorded with its error and skipped; the run goes on.
+A failed write (disk full, read-only folder) stops the run with an
+:class:`~napari_irnet.core.io.OutputError`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import CheckpointError, Model, load_checkpoint
+from .io import InputError
+from .params import Params
+from .project import Project, ProjectError
+
+__all__ = ["BatchEvent", "ProjectPrediction", "predict_image"]
+
+
+@dataclass
+class BatchEvent:
+    """What happened to one image of a batch run.
+
+    ``status`` is ``"predicted"``, ``"failed"`` (``error`` says why; the
+    image stays ``new``) or ``"skipped"`` (an annotator corrected or accepted
+    it while the run was going).
+    """
+
+    name: str
+    index: int
+    total: int
+    status: str
+    instances: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def predict_image(project: Project, model: Model, name: str, params: Params, device="auto"):
+    """Predict one project image; returns (instances, records with class names, semantic, labels used)."""
+    from .pipeline import predict, predict_classes
+
+    image = project.read_image(name)
+    labels = project.entry(name).labels
+    names = labels if labels is not None else predict_classes(model, image, device=device)
+    _, pred = predict(model, image, names, params, device)
+    records = [
+        {"id": r["id"], "class": model.classes[r["class_id"]], "score": r["score"]} for r in pred.instances.records
+    ]
+    # the model's class order may differ from the project's
+    lut = np.zeros(len(model.classes) + 1, np.uint8)
+    for i, cls in enumerate(model.classes):
+        if cls in project.classes:
+            lut[i + 1] = project.classes.index(cls) + 1
+    semantic = lut[np.asarray(pred.semantic)]
+    return pred.instances.labels, records, semantic, labels
+
+
+class ProjectPrediction:
+    """A batch prediction run over the images of a project that need it.
+
+    Parameters
+    ----------
+    project
+        The open project.
+    model
+        The model to use; default: the project's checkpoint (which must
+        know every project class).
+    checkpoint
+        Use (and record in the project) this checkpoint instead.
+    params
+        Use (and record in the project) these parameters instead of the
+        project's.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    force
+        Predict every ``new`` and ``proposed`` image, even up-to-date ones.
+    limit
+        Predict at most this many images.
+    names
+        Only consider these images.
+
+    Attributes
+    ----------
+    names : list of str
+        The images this run will predict, in order.
+    model_key : str
+        The key results are stored with (see :meth:`Project.model_key`).
+    """
+
+    def __init__(
+        self,
+        project: Project,
+        model: Model | None = None,
+        *,
+        checkpoint=None,
+        params: Params | None = None,
+        device="auto",
+        force: bool = False,
+        limit: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.project = project
+        self.device = device
+        if checkpoint is not None:
+            model = load_checkpoint(checkpoint, classes=project.classes)
+            project.set_checkpoint(checkpoint)
+        if model is None:
+            path = project.checkpoint_path
+            if path is None:
+                raise ProjectError(f"{project.root}: no checkpoint set; give one (predict --checkpoint PATH)")
+            model = load_checkpoint(path, classes=project.classes)
+        else:
+            unknown = [c for c in project.classes if c not in model.classes]
+            if unknown:
+                raise CheckpointError(f"the model was trained for classes {model.classes}, which lack {unknown}")
+        if model.cam is None or model.irn is None:
+            raise CheckpointError(f"{project.checkpoint_path}: the checkpoint lacks a trained CAM network or IRNet")
+        self.model = model
+        if params is not None and params != project.params:
+            project.set_params(params)
+        self.params = project.params
+        self.model_key = project.model_key(params=self.params)
+        if self.model_key is None:  # a model given in memory, not from a file
+            self.model_key = f"memory-{id(model):x}"
+        states = project.states()
+        wanted = list(names) if names is not None else project.names
+        chosen = []
+        for name in wanted:
+            st = states[name]
+            if st.state in ("new", "proposed") and (force or project.needs_prediction(name, self.model_key, st)):
+                chosen.append(name)
+        self.names = chosen[:limit] if limit is not None else chosen
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[BatchEvent]:
+        total = len(self.names)
+        with self.project.batch_lock():
+            for index, name in enumerate(self.names):
+                start = time.perf_counter()
+                try:
+                    instances, records, semantic, labels = predict_image(
+                        self.project, self.model, name, self.params, self.device
+                    )
+                except InputError as exc:
+                    self.project.record_error(name, str(exc))
+                    yield BatchEvent(name, index, total, "failed", seconds=time.perf_counter() - start, error=str(exc))
+                    continue
+                stored = self.project.save_result(name, instances, records, semantic, self.model_key, labels)
+                status = "predicted" if stored else "skipped"
+                del instances, semantic
+                if index % 50 == 49:
+                    gc.collect()
+                yield BatchEvent(name, index, total, status, len(records), time.perf_counter() - start)

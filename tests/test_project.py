@@ -1,0 +1,345 @@
+"""The project store: creation, states, atomic commits, upgrades, and bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_irnet.core.project as project_module
+from napari_irnet.core.io import InputError, OutputError
+from napari_irnet.core.params import Params
+from napari_irnet.core.project import ProjectError, create_project, open_project
+from napari_irnet.core.synthetic import write_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path, tiny_dataset):
+    return write_dataset(tiny_dataset[:4], tmp_path / "ds")
+
+
+@pytest.fixture
+def project(tmp_path, dataset):
+    return create_project(tmp_path / "P", dataset / "images", dataset / "labels.csv")
+
+
+def _gt(sample):
+    """Ground-truth instances and records of a synthetic sample."""
+    records = [{"id": i, "class": c} for i, c in sample.instance_classes.items()]
+    return sample.instances.astype(np.int32), records
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_create_and_open(project, dataset, tiny_dataset):
+    assert project.classes == ["blob", "rod", "round"]  # sorted names seen in the CSV
+    manifest = json.loads((project.root / "project.json").read_text())
+    assert manifest["format"] == "napari-irnet-project" and manifest["format_version"] == 1
+    assert manifest["image_dir"] == "../ds/images"  # relative: project and images can move together
+    back = open_project(project.root)
+    assert back.names == [f"{s.name}.png" for s in tiny_dataset[:4]]
+    assert back.entry(back.names[0]).labels == tiny_dataset[0].labels
+    assert (back.entry(back.names[0]).height, back.entry(back.names[0]).width) == (64, 64)
+    assert back.params == Params()
+    assert back.counts() == {"new": 4, "proposed": 0, "corrected": 0, "accepted": 0}
+    assert back.pending("any-key") == back.names
+    np.testing.assert_array_equal(back.read_image(back.names[1]), tiny_dataset[1].image)
+
+
+def test_states_results_and_corrections(project, tiny_dataset):
+    name = project.names[0]
+    inst, records = _gt(tiny_dataset[0])
+    scored = [{**r, "score": 0.5} for r in records]
+    assert project.save_result(name, inst, scored, np.zeros_like(inst), "model-a", project.entry(name).labels)
+    st = project.state(name)
+    assert st.state == "proposed" and st.result["model"] == "model-a" and st.result["instances"] == len(records)
+    assert not project.needs_prediction(name, "model-a")
+    assert project.needs_prediction(name, "model-b")  # another checkpoint or other parameters
+    masks = project.load_masks(name)
+    np.testing.assert_array_equal(masks.instances, inst)
+    assert [r["id"] for r in masks.records] == sorted(tiny_dataset[0].instance_classes)
+    first = masks.records[0]
+    ys, xs = np.nonzero(inst == first["id"])
+    assert first["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] and first["area"] == len(ys)
+    # new image-level labels make the proposal stale
+    project.set_labels(name, ["round"])
+    assert project.needs_prediction(name, "model-a")
+    assert open_project(project.root).entry(name).labels == ["round"]
+
+    # the annotator corrects it: prediction no longer touches it
+    inst2 = inst.copy()
+    inst2[inst2 == first["id"]] = 0
+    project.save_correction(name, inst2, records)
+    assert project.state(name).state == "corrected"
+    assert not project.needs_prediction(name, "model-b")
+    assert not project.save_result(name, inst, scored, np.zeros_like(inst), "model-b", None)
+    masks = project.load_masks(name)
+    assert masks.source == "correction" and first["id"] not in [r["id"] for r in masks.records]
+    assert all(r["score"] == 1.0 for r in masks.records)
+    lut = {r["id"]: project.classes.index(r["class"]) + 1 for r in masks.records}
+    expected_sem = np.vectorize(lambda i: lut.get(i, 0))(inst2)
+    np.testing.assert_array_equal(masks.semantic, expected_sem)
+    np.testing.assert_array_equal(project.load_masks(name, "result").instances, inst)  # the model's is kept
+    project.accept(name)
+    assert project.state(name).state == "accepted"
+    project.reopen(name)
+    assert project.state(name).state == "corrected"
+    # only the current result and correction remain on disk
+    assert sorted(p.name for p in project.item_dir(name).iterdir()) == ["correction-000002", "result-000001", "state.json"]
+
+    # accepting a proposal keeps the model's masks as the accepted ones
+    other = project.names[1]
+    inst3, rec3 = _gt(tiny_dataset[1])
+    project.save_result(other, inst3, [{**r, "score": 0.7} for r in rec3], np.zeros_like(inst3), "m", None)
+    project.accept(other)
+    acc = project.load_masks(other)
+    assert project.state(other).state == "accepted" and acc.source == "correction"
+    np.testing.assert_array_equal(acc.instances, inst3)
+    assert all(r["score"] == 0.7 for r in acc.records)
+    with pytest.raises(ProjectError, match="nothing to accept"):
+        project.accept(project.names[2])
+    assert project.counts() == {"new": 2, "proposed": 0, "corrected": 1, "accepted": 1}
+
+
+def test_correction_is_checked(project, tiny_dataset):
+    name = project.names[0]
+    inst, records = _gt(tiny_dataset[0])
+    with pytest.raises(ValueError, match="unknown class 'giraffe'"):
+        project.save_correction(name, inst, [{**records[0], "class": "giraffe"}, *records[1:]])
+    with pytest.raises(ValueError, match="have no record"):
+        project.save_correction(name, inst, records[1:])
+    with pytest.raises(ValueError, match="shape"):
+        project.save_correction(name, inst[:10], records)
+    with pytest.raises(ValueError, match="state must be"):
+        project.save_correction(name, inst, records, state="proposed")
+    # class_id is an index into the project's classes
+    project.save_correction(name, inst, [{"id": r["id"], "class_id": 2} for r in records], state="accepted")
+    assert {r["class"] for r in project.load_masks(name).records} == {"round"}
+    assert project.state(project.names[1]).state == "new"
+    assert sorted(p.name for p in project.item_dir(project.names[1]).parent.iterdir()) == [name]
+
+
+def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monkeypatch):
+    """Disk full while saving a correction: the old one stays, nothing half-written is left."""
+    name = project.names[0]
+    inst, records = _gt(tiny_dataset[0])
+    project.save_correction(name, inst, records)
+    before_state = (project.item_dir(name) / "state.json").read_bytes()
+    before_files = _files(project.root)
+
+    calls = {"n": 0}
+    real = project_module.write_instances_json
+
+    def full_disk(path, recs):
+        calls["n"] += 1
+        with open(path.with_name(".partial.tmp"), "w") as f:  # what a dying writer leaves
+            f.write("[")
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(project_module, "write_instances_json", full_disk)
+    with pytest.raises(OutputError, match="No space left"):
+        project.save_correction(name, np.zeros_like(inst), [])
+    assert calls["n"] == 1
+    assert (project.item_dir(name) / "state.json").read_bytes() == before_state
+    assert _files(project.root) == before_files
+    masks = open_project(project.root).load_masks(name)
+    np.testing.assert_array_equal(masks.instances, inst)
+    # and the same for a state file that cannot be replaced
+    monkeypatch.setattr(project_module, "write_instances_json", real)
+    import napari_irnet.core.io as io_module
+
+    real_replace = io_module.os.replace
+
+    def no_replace(src, dst):
+        if str(dst).endswith("state.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_module.os, "replace", no_replace)
+    with pytest.raises(OutputError, match=r"state\.json.*No space left"):
+        project.save_correction(name, np.zeros_like(inst), [])
+    assert (project.item_dir(name) / "state.json").read_bytes() == before_state
+    assert _files(project.root) == before_files
+
+
+def test_failed_manifest_write_keeps_the_manifest(project, monkeypatch):
+    before = (project.root / "project.json").read_bytes()
+
+    def full_disk(path, writer):
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(project_module, "atomic_write", full_disk)
+    with pytest.raises(OutputError):
+        project.set_params(Params(beta=3.0))
+    assert project.params == Params()  # memory and disk agree
+    assert (project.root / "project.json").read_bytes() == before
+    with pytest.raises(OutputError):
+        project.set_labels(project.names[0], [])
+    assert open_project(project.root).entry(project.names[0]).labels == project.entry(project.names[0]).labels
+
+
+def test_interrupted_write_leaves_a_consistent_project(project, tiny_dataset):
+    """A process killed after writing a revision's files but before the state: the old state holds."""
+    name = project.names[0]
+    inst, records = _gt(tiny_dataset[0])
+    project.save_correction(name, inst, records)
+    # what a killed writer leaves: a complete but unreferenced revision, a half one, a temp file
+    (project.item_dir(name) / "correction-000007").mkdir()
+    (project.item_dir(name) / "correction-000007" / "instances.tif").write_bytes(b"II*\x00")
+    (project.item_dir(name) / ".state.json.1234.tmp.json").write_text("{")
+    back = open_project(project.root)
+    assert back.state(name).state == "corrected"
+    np.testing.assert_array_equal(back.load_masks(name).instances, inst)
+    assert back.cleanup() == 2
+    assert sorted(p.name for p in back.item_dir(name).iterdir()) == ["correction-000001", "state.json"]
+    back.save_correction(name, inst, records, state="accepted")
+    assert back.state(name).correction["rev"] == 2
+
+
+def test_open_errors_and_upgrades(project, monkeypatch, tmp_path):
+    root = project.root
+    with pytest.raises(ProjectError, match="not a napari-irnet project"):
+        open_project(tmp_path)
+    with pytest.raises(ProjectError, match="project folder not found"):
+        open_project(tmp_path / "nope")
+    manifest = json.loads((root / "project.json").read_text())
+
+    def write(**changes):
+        (root / "project.json").write_text(json.dumps({**manifest, **changes}))
+
+    write(format_version=7)
+    with pytest.raises(ProjectError, match="version 7 was written by a newer napari-irnet.*upgrade napari-irnet"):
+        open_project(root)
+    write(format_version="one")
+    with pytest.raises(ProjectError, match="must be a positive integer"):
+        open_project(root)
+    (root / "project.json").write_text('{"format": "napari-irnet-project", ')
+    with pytest.raises(ProjectError, match=r"project\.json: project manifest is not valid JSON"):
+        open_project(root)
+    write()
+    (root / "images.json").write_text("[]")
+    with pytest.raises(ProjectError, match=r"images\.json: not an image table"):
+        open_project(root)
+    project._write_images()
+
+    # this napari-irnet pretends to write format 3 and knows how to upgrade 2 -> 3 only
+    def two_to_three(r, m):
+        m["upgraded_from_2"] = True
+        return m
+
+    monkeypatch.setattr(project_module, "FORMAT_VERSION", 3)
+    monkeypatch.setattr(project_module, "_UPGRADES", {2: two_to_three})
+    write(format_version=2)
+    upgraded = open_project(root)
+    assert upgraded.manifest["format_version"] == 3 and upgraded.manifest["upgraded_from_2"]
+    assert json.loads((root / "project.json").read_text())["format_version"] == 3
+    assert json.loads((root / "project.json.v2.bak").read_text())["format_version"] == 2
+    write(format_version=1)
+    with pytest.raises(ProjectError, match="version 1 cannot be upgraded to 3.*no upgrade step"):
+        open_project(root)
+
+
+def test_batch_lock_allows_one_run(project):
+    with project.batch_lock():
+        with pytest.raises(ProjectError, match="another napari-irnet run is predicting"):
+            with open_project(project.root).batch_lock():
+                pass
+    with project.batch_lock():  # released
+        pass
+
+
+# ---------------------------------------------------------------- bad input at init
+
+
+def test_init_refuses_a_non_empty_folder(project, dataset):
+    with pytest.raises(ProjectError, match="not an empty folder"):
+        create_project(project.root, dataset / "images", dataset / "labels.csv")
+
+
+def test_init_bad_images_are_named_and_can_be_left_out(tmp_path, dataset):
+    images = dataset / "images"
+    names = sorted(p.name for p in images.iterdir())
+    data = (images / names[1]).read_bytes()
+    (images / names[1]).write_bytes(data[: len(data) // 2])  # truncated
+    (images / names[2]).write_bytes(b"not an image at all")  # corrupt
+    with pytest.raises(InputError) as err:
+        create_project(tmp_path / "P", images, dataset / "labels.csv")
+    msg = str(err.value)
+    assert "2 image(s) cannot be used" in msg and names[1] in msg and names[2] in msg
+    assert not (tmp_path / "P").exists()
+    notes = []
+    proj = create_project(tmp_path / "P", images, dataset / "labels.csv", skip_bad_images=True, on_warning=notes.append)
+    assert proj.names == [names[0], names[3]]
+    assert len(notes) == 2 and all(n.startswith("left out:") for n in notes)
+
+
+def test_init_image_size_limit(tmp_path, dataset):
+    with pytest.raises(InputError, match=r"64 x 64 = 4,096 pixels, more than this project's limit of 1,000"):
+        create_project(tmp_path / "P", dataset / "images", dataset / "labels.csv", max_pixels=1000)
+
+
+def test_init_labels_problems(tmp_path, dataset):
+    images = dataset / "images"
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="empty.csv: label file is empty"):
+        create_project(tmp_path / "P1", images, empty)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"image_labels": {"a.png": ["round"],}}')
+    with pytest.raises(InputError, match=r"bad\.json: malformed JSON at line 1"):
+        create_project(tmp_path / "P2", images, bad_json)
+    missing = tmp_path / "missing.csv"
+    missing.write_text("image,classes\nsynth_0000.png,round\nghost.png,rod\n")
+    with pytest.raises(InputError, match=r"missing\.csv: 1 listed image is not in .*ghost\.png"):
+        create_project(tmp_path / "P3", images, missing)
+    with pytest.raises(InputError, match=r"labels\.csv, line \d+: image .*: unknown class '(round|blob)'"):
+        create_project(tmp_path / "P4", images, dataset / "labels.csv", classes=["rod"])
+    assert not any((tmp_path / f"P{i}").exists() for i in range(1, 5))
+
+
+def test_init_unlabelled_images(tmp_path, dataset):
+    part = tmp_path / "part.csv"
+    part.write_text("image,classes\nsynth_0000.png,round\n")
+    notes = []
+    proj = create_project(tmp_path / "P", dataset / "images", part, on_warning=notes.append)
+    assert proj.names == ["synth_0000.png"] and "3 image(s)" in notes[0] and "left out" in notes[0]
+    proj = create_project(tmp_path / "Q", dataset / "images", part, include_unlabelled=True, classes=["round", "rod"])
+    assert len(proj.names) == 4 and proj.entry("synth_0001.png").labels is None
+    assert proj.classes == ["round", "rod"]
+
+
+def test_init_multichannel_tiff_needs_channels(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(folder / "five.tif", rng.integers(0, 4000, (5, 32, 40), dtype=np.uint16))
+    labels = tmp_path / "l.csv"
+    labels.write_text("image,classes\nfive.tif,cell\n")
+    with pytest.raises(InputError, match=r"five\.tif: has 5 channels.*channels=\(i,\)"):
+        create_project(tmp_path / "P", folder, labels)
+    proj = create_project(tmp_path / "P", folder, labels, channels=(0, 2, 4))
+    assert proj.channels == (0, 2, 4)
+    image = open_project(proj.root).read_image("five.tif")  # 16-bit, scaled to 8-bit
+    assert image.shape == (32, 40, 3) and image.dtype == np.uint8
+    # the image changed on disk since it was added: clear error naming it
+    tifffile.imwrite(folder / "five.tif", rng.integers(0, 4000, (5, 16, 16), dtype=np.uint16))
+    with pytest.raises(InputError, match=r"five\.tif: image is 16 x 16 now but was 40 x 32"):
+        proj.read_image("five.tif")
+
+
+def test_project_module_imports_no_torch_or_gui():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_irnet.core.project; "
+        "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt5', 'PyQt6') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
