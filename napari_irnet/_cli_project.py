@@ -100,7 +100,8 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     if params is not None:
         print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}")
     total_images = len(project.images)
-    print(f"{len(run)} of {total_images} images need prediction ({project.checkpoint_path.name})")
+    limited = f"; predicting {len(run)} (--limit)" if len(run) < run.needed else ""
+    print(f"{run.needed} of {total_images} images need prediction ({project.checkpoint_path.name}){limited}")
     done = failed = skipped = 0
     failures: list[str] = []
     start = time.perf_counter()

@@ -144,6 +144,8 @@ class ProjectPrediction:
             st = states[name]
             if st.state in ("new", "proposed") and (force or project.needs_prediction(name, self.model_key, st)):
                 chosen.append(name)
+        #: how many images need prediction (before ``limit``)
+        self.needed = len(chosen)
         self.names = chosen[:limit] if limit is not None else chosen
 
     def __len__(self) -> int:

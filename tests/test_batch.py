@@ -1,0 +1,119 @@
+"""Batch prediction over a project: resumable, failures recorded, checkpoints checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_irnet.core.project as project_module
+from napari_irnet.core.batch import ProjectPrediction
+from napari_irnet.core.checkpoint import CheckpointError, new_model, save_checkpoint
+from napari_irnet.core.io import OutputError
+from napari_irnet.core.params import Params
+from napari_irnet.core.project import ProjectError, create_project, open_project
+from napari_irnet.core.synthetic import CLASS_NAMES, write_dataset
+
+FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False)
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_dataset):
+    root = write_dataset(tiny_dataset[:4], tmp_path / "ds")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(new_model(list(CLASS_NAMES), "tiny"), tmp_path / "m.pt")
+    project = create_project(tmp_path / "P", root / "images", root / "labels.json", params=FAST, checkpoint=ckpt)
+    return project, ckpt, root
+
+
+def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
+    project, ckpt, _ = setup
+    run = ProjectPrediction(project, device="cpu", limit=2)
+    assert run.names == project.names[:2]
+    events = list(run)
+    assert [e.status for e in events] == ["predicted", "predicted"] and [e.total for e in events] == [2, 2]
+    assert project.counts()["proposed"] == 2
+    masks = project.load_masks(project.names[0])
+    assert masks.instances.shape == (64, 64)
+    assert {r["class"] for r in masks.records} <= set(tiny_dataset[0].labels)
+    assert set(np.unique(masks.semantic)) <= {0} | {project.classes.index(c) + 1 for c in tiny_dataset[0].labels}
+    first_state = (project.item_dir(project.names[0]) / "state.json").read_bytes()
+    # the next run does only the rest; the one after that nothing
+    rest = ProjectPrediction(open_project(project.root), device="cpu")
+    assert rest.names == project.names[2:]
+    assert len(list(rest)) == 2
+    assert len(ProjectPrediction(project, device="cpu")) == 0
+    assert (project.item_dir(project.names[0]) / "state.json").read_bytes() == first_state
+    # corrected images are never predicted again, even with --force; proposed ones are
+    inst = masks.instances
+    project.save_correction(project.names[0], inst, masks.records)
+    assert ProjectPrediction(project, device="cpu", force=True).names == project.names[1:]
+    # other parameters make proposals stale
+    stale = ProjectPrediction(project, device="cpu", params=FAST.replace(beta=5.0))
+    assert stale.names == project.names[1:]
+    assert open_project(project.root).params.beta == 5.0
+
+
+def test_interrupted_run_loses_nothing(setup, monkeypatch):
+    """A run stopped while storing its third image: two are kept, the third is redone, nothing else."""
+    project, _, _ = setup
+    real = project_module.write_semantic_png
+    calls = {"n": 0}
+
+    def dies_on_third(path, semantic, palette=True):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # like Ctrl-C or a kill between two files
+        return real(path, semantic, palette)
+
+    monkeypatch.setattr(project_module, "write_semantic_png", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        list(ProjectPrediction(project, device="cpu"))
+    monkeypatch.setattr(project_module, "write_semantic_png", real)
+    back = open_project(project.root)
+    assert [back.state(n).state for n in back.names] == ["proposed", "proposed", "new", "new"]
+    assert not any(back.item_dir(back.names[2]).glob("result-*"))  # the half revision was removed
+    assert ProjectPrediction(back, device="cpu").names == back.names[2:]
+
+
+def test_disk_full_stops_the_run_and_keeps_the_results(setup, monkeypatch):
+    project, _, _ = setup
+    list(ProjectPrediction(project, device="cpu", limit=1))
+    real = project_module.write_instance_tiff
+
+    def full(path, instances):
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(project_module, "write_instance_tiff", full)
+    with pytest.raises(OutputError, match=r"instances\.tif: cannot write \(No space left"):
+        list(ProjectPrediction(project, device="cpu"))
+    monkeypatch.setattr(project_module, "write_instance_tiff", real)
+    assert [project.state(n).state for n in project.names] == ["proposed", "new", "new", "new"]
+    assert project.load_masks(project.names[0]) is not None
+
+
+def test_unreadable_image_is_recorded_and_the_run_goes_on(setup):
+    project, _, root = setup
+    bad = project.names[1]
+    (root / "images" / bad).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    events = list(ProjectPrediction(project, device="cpu"))
+    assert [e.status for e in events] == ["predicted", "failed", "predicted", "predicted"]
+    assert bad in events[1].error and "not a readable image" in events[1].error
+    st = project.state(bad)
+    assert st.state == "new" and bad in st.error["message"]
+    assert ProjectPrediction(project, device="cpu").names == [bad]  # retried next time
+
+
+def test_checkpoint_problems_are_clear(setup, tmp_path):
+    project, _, _ = setup
+    other = save_checkpoint(new_model(["cat", "dog"], "tiny"), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: trained for classes \['cat', 'dog'\], which lack"):
+        ProjectPrediction(project, checkpoint=other)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(CheckpointError, match=r"corrupt\.pt: not a readable checkpoint"):
+        ProjectPrediction(project, checkpoint=corrupt)
+    assert open_project(project.root).checkpoint_path.name == "m.pt"  # unchanged
+    project.set_checkpoint(None)
+    with pytest.raises(ProjectError, match="no checkpoint set"):
+        ProjectPrediction(project)
