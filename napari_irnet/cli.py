@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--checkpoint", type=Path, help="continue from this checkpoint")
-    p.add_argument("--backbone", default="resnet50", choices=("resnet50", "resnet18", "tiny"))
+    p.add_argument("--backbone", default="resnet50", choices=("resnet50", "resnet18", "tiny", "efficientnet_lite0"))
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH of torchvision-layout weights (default imagenet)")
     _add_dataclass_options(p, TrainParams, "training parameters")
     _add_dataclass_options(p, Params, _PARAM_HELP)
