@@ -137,6 +137,12 @@ class TrainParams:
     poly_power: float = 0.9
     #: learning-rate multiplier of the new layers (classifier, displacement head)
     new_layer_lr_mult: float = 10.0
+    #: epochs of fine-tuning IRNet from corrections (over the mixed data set)
+    finetune_epochs: int = 5
+    #: learning rate of fine-tuning (a tenth of ``irn_learning_rate``: the heads are trained already)
+    finetune_learning_rate: float = 0.01
+    #: how many times a corrected image is drawn per epoch against once for a weakly labelled one
+    correction_weight: int = 4
     #: mixed precision on CUDA
     amp: bool = True
     seed: int = 0

@@ -1,0 +1,129 @@
+"""Fine-tuning from corrections: labels, loop, stop and resume, versions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet.core.checkpoint import CheckpointError, load_checkpoint, new_irnet, new_model
+from napari_irnet.core.finetune import VersionStore, finetune, finetune_labels
+from napari_irnet.core.params import Params, TrainParams
+from napari_irnet.core.synthetic import CLASS_NAMES
+from napari_irnet.core.training import LabelledImage
+
+TP = TrainParams(
+    irn_batch_size=2, irn_crop_size=64, irn_rescale=(0.9, 1.1), train_radius=5,
+    finetune_epochs=2, finetune_learning_rate=0.05, correction_weight=2,
+)  # fmt: skip
+FAST = Params(cam_scales=(1.0,), use_crf=False)
+
+
+@pytest.fixture
+def setup(tiny_dataset):
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    model.irn = new_irnet(model, "cam")
+    samples = tiny_dataset[:4]
+    items = [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]
+    corrections = [samples[0].instances, None, samples[2].instances, None]
+    return model, items, corrections, samples
+
+
+def _labels(model, items, corrections):
+    out = {i: (lab, strong) for i, lab, strong in finetune_labels(model, items, corrections, params=FAST, device="cpu")}
+    return [out[i][0] for i in range(len(items))], [out[i][1] for i in range(len(items))]
+
+
+def test_labels_are_exact_where_corrected_and_weak_elsewhere(setup):
+    model, items, corrections, samples = setup
+    labels, strong = _labels(model, items, corrections)
+    assert strong == [True, False, True, False]
+    # corrected: one value per instance (touching instances of one class stay apart)
+    assert len(np.unique(labels[0])) == len(np.unique(samples[0].instances))
+    assert not (labels[0] == 255).any()
+    # weak: CAM seeds, values are classes + 1 or ignore
+    allowed = {0, 255} | {CLASS_NAMES.index(c) + 1 for c in samples[1].labels}
+    assert set(np.unique(labels[1])) <= allowed
+    with pytest.raises(ValueError, match="shape"):
+        list(finetune_labels(model, items, [samples[0].instances[:10]] + corrections[1:], params=FAST, device="cpu"))
+
+
+def test_finetune_changes_the_heads_and_records_history(setup):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    before = {k: v.clone() for k, v in model.irn.state_dict().items()}
+    records = list(finetune(model, items, labels, strong, TP, "cpu"))
+    # 4 images, 2 corrected drawn twice -> 6 per epoch, batch 2 -> 3 steps, 2 epochs
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) and r["images_per_second"] > 0 for r in records)
+    after = model.irn.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "fc_edge" in k or "fc_dp" in k)
+    assert model.history[-1]["stage"] == "finetune" and model.history[-1]["corrected_images"] == 2
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    start = {k: v.clone() for k, v in model.irn.state_dict().items()}
+
+    full = list(finetune(model, items, labels, strong, TP, "cpu"))
+    reference = {k: v.clone() for k, v in model.irn.state_dict().items()}
+
+    model.irn.load_state_dict(start)
+    resume = tmp_path / "finetune.resume"
+    calls = {"n": 0}
+
+    def stop_after_four() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    first = list(finetune(model, items, labels, strong, TP, "cpu", should_stop=stop_after_four, resume_file=resume))
+    assert first[-1]["stopped"] and first[-1]["step"] == 4 and resume.exists()
+
+    model.irn.load_state_dict(start)  # as after a crash: the weights in memory are gone
+    second = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    assert second[0]["resumed_from"] == 4 and [r["step"] for r in second] == [5, 6]
+    assert not resume.exists()
+    for key, value in reference.items():
+        torch.testing.assert_close(model.irn.state_dict()[key], value, msg=key)
+    assert [r["loss"] for r in full[4:]] == pytest.approx([r["loss"] for r in second], rel=1e-5)
+
+
+def test_resume_file_of_another_run_is_not_used(setup, tmp_path):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    resume = tmp_path / "finetune.resume"
+    list(finetune(model, items, labels, strong, TP, "cpu", should_stop=lambda: True, resume_file=resume))
+    assert resume.exists()
+    other = dataclasses.replace(TP, finetune_epochs=1)
+    records = list(finetune(model, items, labels, strong, other, "cpu", resume_file=resume))
+    assert records[0]["step"] == 1 and "resumed_from" not in records[0]
+    resume.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="finetune.resume"):
+        next(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+
+
+def test_version_store_rolls_back(setup, tmp_path):
+    model, *_ = setup
+    store = VersionStore(tmp_path / "versions")
+    assert store.versions() == [] and store.latest() is None
+    with pytest.raises(CheckpointError, match="no model versions"):
+        store.load()
+    first = store.save(model, note="weak")
+    original = {k: v.clone() for k, v in model.irn.state_dict().items()}
+    with torch.no_grad():
+        for p in model.irn.parameters():
+            p.add_(1.0)
+    second = store.save(model, note="after 5 corrections")
+    assert (first["version"], second["version"], second["parent"]) == (1, 2, 1)
+    assert [r["note"] for r in store.versions()] == ["weak", "after 5 corrections"]
+    old = store.load(1)
+    for key, value in original.items():
+        torch.testing.assert_close(old.irn.state_dict()[key], value)
+    assert not torch.equal(store.load().irn.state_dict()["fc_edge1.0.weight"], original["fc_edge1.0.weight"])
+    assert load_checkpoint(store.path(2)).classes == model.classes
+    with pytest.raises(CheckpointError, match="no version 7"):
+        store.path(7)
