@@ -1,4 +1,4 @@
-"""Command line: ``napari-irnet train-cam | train-irn | predict | evaluate | import-reference``.
+"""Command line: ``napari-irnet train-cam | train-irn | predict | evaluate | finetune | import-reference | init | status | export``.
 
 Parameter options are generated from :class:`~napari_irnet.core.params.Params`
 and :class:`~napari_irnet.core.params.TrainParams`: the field ``beta`` is
@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_reference)
     from ._cli_project import add_project_commands
     add_project_commands(sub)
+    from ._cli_finetune import add_finetune_command
+
+    add_finetune_command(sub)
     return ap
 
 

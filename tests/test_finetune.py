@@ -127,3 +127,34 @@ def test_version_store_rolls_back(setup, tmp_path):
     assert load_checkpoint(store.path(2)).classes == model.classes
     with pytest.raises(CheckpointError, match="no version 7"):
         store.path(7)
+
+
+def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, capsys):
+    from napari_irnet.cli import main
+    from napari_irnet.core.checkpoint import save_checkpoint
+    from napari_irnet.core.io import write_instance_tiff
+    from napari_irnet.core.synthetic import write_dataset
+
+    model, _, _, samples = setup
+    model.params, model.train_params = FAST, TP
+    root = write_dataset(samples, tmp_path / "ds")
+    start = save_checkpoint(model, tmp_path / "start.pt")
+    start_bytes = start.read_bytes()
+    corrections = tmp_path / "corrections"
+    write_instance_tiff(corrections / f"{samples[1].name}.tif", samples[1].instances)
+    common = ["--checkpoint", str(start), "--images", str(root / "images"), "--labels", str(root / "labels.json"), "--device", "cpu"]
+    out = tmp_path / "tuned.pt"
+    assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1"]) == 0
+    assert "1 corrected and 3 weakly labelled" in capsys.readouterr().out
+    assert start.read_bytes() == start_bytes
+    tuned = load_checkpoint(out)
+    assert tuned.history[-1]["stage"] == "finetune" and tuned.history[-1]["corrected_images"] == 1
+    assert not torch.equal(tuned.irn.state_dict()["fc_edge1.0.weight"], model.irn.state_dict()["fc_edge1.0.weight"])
+    # a correction of the wrong size and an empty corrections folder are clear errors (exit 2)
+    write_instance_tiff(corrections / f"{samples[2].name}.tif", samples[2].instances[:20])
+    assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(tmp_path / "x.pt")]) == 2
+    assert f"{samples[2].name}.tif" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["finetune", *common, "--corrections", str(tmp_path / "empty"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "no corrected or accepted" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
