@@ -117,3 +117,19 @@ def test_checkpoint_problems_are_clear(setup, tmp_path):
     project.set_checkpoint(None)
     with pytest.raises(ProjectError, match="no checkpoint set"):
         ProjectPrediction(project)
+
+
+def test_unlabelled_and_empty_label_images(tmp_path, tiny_dataset):
+    root = write_dataset(tiny_dataset[:3], tmp_path / "ds")
+    labels = tmp_path / "l.csv"
+    labels.write_text("image,classes\nsynth_0000.png,\n")  # no classes: nothing to find
+    ckpt = save_checkpoint(new_model(list(CLASS_NAMES), "tiny"), tmp_path / "m.pt")
+    project = create_project(
+        tmp_path / "P", root / "images", labels, classes=list(CLASS_NAMES), params=FAST, checkpoint=ckpt, include_unlabelled=True
+    )
+    assert [project.entry(n).labels for n in project.names] == [[], None, None]
+    assert [e.status for e in ProjectPrediction(project, device="cpu")] == ["predicted"] * 3
+    empty = project.load_masks(project.names[0])
+    assert empty.records == [] and empty.instances.max() == 0
+    assert project.state(project.names[1]).result["labels"] is None  # the classifier chose
+    assert len(ProjectPrediction(project, device="cpu")) == 0

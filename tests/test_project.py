@@ -267,15 +267,21 @@ def test_init_bad_images_are_named_and_can_be_left_out(tmp_path, dataset):
     data = (images / names[1]).read_bytes()
     (images / names[1]).write_bytes(data[: len(data) // 2])  # truncated
     (images / names[2]).write_bytes(b"not an image at all")  # corrupt
+    nan = np.ones((64, 64), np.float32)
+    nan[3, 4] = np.nan
+    tifffile.imwrite(images / "nan.tif", nan)
+    labels = dataset / "labels.csv"
+    labels.write_text(labels.read_text() + "nan.tif,round\n")
     with pytest.raises(InputError) as err:
-        create_project(tmp_path / "P", images, dataset / "labels.csv")
+        create_project(tmp_path / "P", images, labels)
     msg = str(err.value)
-    assert "2 image(s) cannot be used" in msg and names[1] in msg and names[2] in msg
+    assert "3 image(s) cannot be used" in msg and names[1] in msg and names[2] in msg
+    assert "nan.tif: 1 of 4096 pixel values are not finite" in msg
     assert not (tmp_path / "P").exists()
     notes = []
     proj = create_project(tmp_path / "P", images, dataset / "labels.csv", skip_bad_images=True, on_warning=notes.append)
     assert proj.names == [names[0], names[3]]
-    assert len(notes) == 2 and all(n.startswith("left out:") for n in notes)
+    assert len(notes) == 3 and all(n.startswith("left out:") for n in notes)
 
 
 def test_init_image_size_limit(tmp_path, dataset):
