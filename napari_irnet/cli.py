@@ -58,13 +58,26 @@ def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None
     return labels.classes, items
 
 
+def _save_on_main(model, path: Path) -> None:
+    """Write the checkpoint from rank 0 only (every process holds the same weights)."""
+    from .core.checkpoint import save_checkpoint
+    from .core.distributed import barrier, is_main
+
+    if is_main():
+        save_checkpoint(model, path)
+        print(f"saved {path}")
+    barrier()
+
+
 def _progress(gen, desc: str):
     from tqdm import tqdm
+
+    from .core.distributed import is_main
 
     bar = None
     for rec in gen:
         if bar is None:
-            bar = tqdm(total=rec.get("max_step"), desc=desc, unit="step", disable=None)
+            bar = tqdm(total=rec.get("max_step"), desc=desc, unit="step", disable=None if is_main() else True)
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
     if bar is not None:
@@ -72,7 +85,7 @@ def _progress(gen, desc: str):
 
 
 def cmd_train_cam(args: argparse.Namespace) -> int:
-    from .core.checkpoint import load_checkpoint, new_model, save_checkpoint
+    from .core.checkpoint import load_checkpoint, new_model
     from .core.params import Params, TrainParams
     from .core.training import train_cam
 
@@ -82,20 +95,23 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
     else:
         classes, items = _load_dataset(args.images, args.labels)
         weights = None if args.weights == "none" else args.weights
+        import torch
+
+        # new layers start from the training seed: reproducible, and equal in every torchrun process
+        torch.manual_seed(_overrides(args, TrainParams).get("seed", TrainParams().seed))
         model = new_model(classes, args.backbone, weights)
         model.params = Params(**_overrides(args, Params))
     model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
     print(f"training the CAM network ({model.backbone}) on {len(items)} images, classes {classes}")
     _progress(train_cam(model, items, device=args.device), "CAM")
-    save_checkpoint(model, args.out)
-    print(f"saved {args.out}")
+    _save_on_main(model, args.out)
     return 0
 
 
 def cmd_train_irn(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.checkpoint import load_checkpoint, new_irnet, save_checkpoint
+    from .core.checkpoint import load_checkpoint, new_irnet
     from .core.params import Params, TrainParams
     from .core.training import make_seeds, train_irn
 
@@ -106,14 +122,16 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     model.params = Params(**{**model.params.to_dict(), **_overrides(args, Params)})
     model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
     _, items = _load_dataset(args.images, args.labels, model.classes)
+    import torch
+
+    torch.manual_seed(model.train_params.seed)  # new heads: reproducible, equal in every torchrun process
     model.irn = new_irnet(model, args.irn_backbone)
     seeds = [None] * len(items)
     for i, seed in tqdm(make_seeds(model, items, device=args.device), total=len(items), desc="seeds", disable=None):
         seeds[i] = seed
     print(f"training IRNet on {len(items)} images")
     _progress(train_irn(model, items, seeds, device=args.device), "IRNet")
-    save_checkpoint(model, args.out)
-    print(f"saved {args.out}")
+    _save_on_main(model, args.out)
     return 0
 
 
@@ -123,6 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.checkpoint import load_checkpoint
     from .core.io import list_images, read_image, read_labels, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.params import Params
+    from .core.distributed import barrier, is_main, shard
     from .core.pipeline import predict, predict_classes
 
     model = load_checkpoint(args.checkpoint)
@@ -130,7 +149,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels, args.images, classes=model.classes) if args.labels else None
     paths = [args.images / n for n in labels.image_labels] if labels else list_images(args.images)
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(paths, desc="predict", unit="image", disable=None):
+    total = len(paths)
+    paths = shard(paths)  # under torchrun: every world-size-th image
+    for path in tqdm(paths, desc="predict", unit="image", disable=None if is_main() else True):
         image = read_image(path)
         names = labels.image_labels[path.name] if labels else predict_classes(model, image, device=args.device)
         _, pred = predict(model, image, names, params, args.device)
@@ -139,7 +160,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_semantic_png(args.out / f"{stem}_semantic.png", pred.semantic.astype("uint8"))
         records = [{**r, "class": model.classes[r["class_id"]]} for r in pred.instances.records]
         write_instances_json(args.out / f"{stem}_instances.json", records)
-    print(f"wrote {len(paths)} predictions to {args.out}")
+    barrier()
+    if is_main():
+        print(f"wrote {total} predictions to {args.out}")
     return 0
 
 
@@ -256,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     from .core.checkpoint import CheckpointError
     from .core.io import InputError, OutputError
 
+    from .core.distributed import init_from_env, shutdown
+
     try:
+        if hasattr(args, "device"):
+            args.device = init_from_env(args.device)
         return args.func(args)
     except (InputError, OutputError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -264,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

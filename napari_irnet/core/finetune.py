@@ -174,7 +174,6 @@ def finetune(
         if state.get("digest") == digest:
             net.load_state_dict(state["irn_state"])
             opt.load_state_dict(state["optimizer"])
-            dataset.gen.set_state(state["augmentation_rng"])
             step = int(state["step"])
             sched.step_count = step
 
@@ -185,7 +184,6 @@ def finetune(
                 "step": step,
                 "irn_state": net.state_dict(),
                 "optimizer": opt.state_dict(),
-                "augmentation_rng": dataset.gen.get_state(),
             }
             _atomic_torch_save(state, resume_file)
 
@@ -197,6 +195,7 @@ def finetune(
         # the epoch's order depends on the epoch only, so a resumed run draws the same batches
         perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(tp.seed * 1000 + epoch))
         batches = perm[: steps_per_epoch * batch].view(steps_per_epoch, batch).tolist()
+        dataset.set_epoch(epoch)
         for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
             if should_stop is not None and should_stop():
                 save_state()

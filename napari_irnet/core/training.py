@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpoint import Model
+from .distributed import distributed_context
 from .inference import compute_cams, resolve_device, strided_size
 from .losses import affinity_displacement_loss
 from .networks import normalize_image
@@ -65,33 +66,51 @@ def _random_crop(
     return image, label
 
 
-class CAMDataset(Dataset):
+class _Augmented(Dataset):
+    """Random augmentation drawn from a generator seeded by (seed, epoch, index).
+
+    So a sample's augmentation does not depend on which process or data
+    loader worker draws it, nor on what was drawn before: distributed runs,
+    multi-worker loading and resumed runs see the same crops and flips.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rng(self, i: int) -> torch.Generator:
+        return torch.Generator().manual_seed(((self.seed * 100_003 + self.epoch) * 1_000_003 + int(i)) % (2**63))
+
+
+class CAMDataset(_Augmented):
     """Random long-side resize, normalise, flip, random crop (reference ``train_cam``)."""
 
     def __init__(self, items: Sequence[LabelledImage], num_classes: int, tp: TrainParams, seed: int = 0):
+        super().__init__(seed)
         self.items, self.num_classes, self.tp = list(items), num_classes, tp
-        self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        item = self.items[i]
+        item, gen = self.items[i], self._rng(i)
         h, w = item.image.shape[:2]
         lo, hi = self.tp.cam_resize_long
-        target = int(torch.randint(lo, hi + 1, (1,), generator=self.gen))
+        target = int(torch.randint(lo, hi + 1, (1,), generator=gen))
         s = target / max(h, w)
         img = _resize(item.image, (max(1, round(h * s)), max(1, round(w * s))), 3)
         x = normalize_image(torch.from_numpy(np.array(img)).permute(2, 0, 1))
-        if torch.rand(1, generator=self.gen) < 0.5:
+        if torch.rand(1, generator=gen) < 0.5:
             x = x.flip(-1)
-        x, _ = _random_crop(x, None, self.tp.cam_crop_size, self.gen)
+        x, _ = _random_crop(x, None, self.tp.cam_crop_size, gen)
         y = torch.zeros(self.num_classes)
         y[item.class_ids] = 1.0
         return x, y
 
 
-class RelationDataset(Dataset):
+class RelationDataset(_Augmented):
     """Images with relation labels: rescale, normalise, flip, crop, labels x0.25 (reference ``train_irn``).
 
     Labels are (H, W) integer maps: 0 background, 255 ignore, any other value
@@ -100,24 +119,24 @@ class RelationDataset(Dataset):
     """
 
     def __init__(self, items: Sequence[LabelledImage], seeds: Sequence[np.ndarray], tp: TrainParams, seed: int = 0):
+        super().__init__(seed)
         self.items, self.seeds, self.tp = list(items), list(seeds), tp
-        self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        image, seed_map = self.items[i].image, self.seeds[i]
+        image, seed_map, gen = self.items[i].image, self.seeds[i], self._rng(i)
         lo, hi = self.tp.irn_rescale
-        s = lo + float(torch.rand(1, generator=self.gen)) * (hi - lo)
+        s = lo + float(torch.rand(1, generator=gen)) * (hi - lo)
         h, w = image.shape[:2]
         size = (max(1, round(h * s)), max(1, round(w * s)))
         img, lab = _resize(image, size, 3), _resize(np.asarray(seed_map, np.int32), size, 0)
         x = normalize_image(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         y = torch.from_numpy(lab.astype(np.int64))
-        if torch.rand(1, generator=self.gen) < 0.5:
+        if torch.rand(1, generator=gen) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
-        x, y = _random_crop(x, y, self.tp.irn_crop_size, self.gen)
+        x, y = _random_crop(x, y, self.tp.irn_crop_size, gen)
         grid = strided_size(y.shape, 4)
         y = torch.from_numpy(_resize(y.numpy().astype(np.int32), grid, 0).astype(np.int64))
         return x, y
@@ -157,16 +176,42 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 def _loader(dataset: Dataset, batch_size: int, tp: TrainParams, device: torch.device, seed: int) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
+    """Shuffled batches; under ``torch.distributed`` each process gets its share.
+
+    ``batch_size`` is the global batch: with W processes each takes
+    ``batch_size / W`` samples per step, and the W shares of a step are
+    exactly the samples a single process would take (the same
+    :class:`DistributedSampler` permutation, seeded by ``seed + epoch``).
+    """
+    rank, world = distributed_context()
+    batch = max(1, min(batch_size, len(dataset)))
+    if batch % world:
+        raise ValueError(f"batch size {batch} cannot be split evenly over {world} processes")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
         dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=True,
+        batch_size=batch // world,
+        sampler=sampler,
         drop_last=True,
         num_workers=tp.num_workers,
         pin_memory=device.type == "cuda",
-        generator=gen,
     )
+
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+
+
+def _parallel(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` wrapped in DistributedDataParallel when several processes train, else ``net``."""
+    if distributed_context()[1] == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    # the frozen first stage keeps parameters that get no gradient
+    return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
 
 
 def train_cam(
@@ -184,12 +229,14 @@ def train_cam(
     opt = _optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
     sched = PolySchedule(opt, max_step, tp.poly_power)
     step, t0 = 0, time.perf_counter()
+    forward = _parallel(net, dev)
     for epoch in range(tp.cam_epochs):
+        _set_epoch(loader, epoch)
         for x, y in loader:
             lr = sched.step()
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with _autocast(dev, tp.amp):
-                logits = net(x)
+                logits = forward(x)
             loss = F.multilabel_soft_margin_loss(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -240,13 +287,15 @@ def train_irn(
     sched = PolySchedule(opt, max_step, tp.poly_power)
     step, t0 = 0, time.perf_counter()
     record: dict = {}
+    forward = _parallel(net, dev)
     for epoch in range(tp.irn_epochs):
+        _set_epoch(loader, epoch)
         for x, y in loader:
             lr = sched.step()
             x = x.to(dev, non_blocking=True)
             bg_pos, fg_pos, neg = (t.to(dev) for t in pair_labels(y, index))
             with _autocast(dev, tp.amp):
-                edge, disp = net(x)
+                edge, disp = forward(x)
             losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -285,6 +334,7 @@ __all__ = [
     "LabelledImage",
     "PolySchedule",
     "RelationDataset",
+    "distributed_context",
     "estimate_displacement_mean",
     "make_seeds",
     "train_cam",
