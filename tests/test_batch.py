@@ -133,3 +133,16 @@ def test_unlabelled_and_empty_label_images(tmp_path, tiny_dataset):
     assert empty.records == [] and empty.instances.max() == 0
     assert project.state(project.names[1]).result["labels"] is None  # the classifier chose
     assert len(ProjectPrediction(project, device="cpu")) == 0
+
+
+def test_model_in_memory_is_keyed_by_its_weights(setup):
+    project, ckpt, _ = setup
+    list(ProjectPrediction(project, device="cpu", limit=1))
+    from napari_irnet.core.checkpoint import load_checkpoint
+
+    same = load_checkpoint(ckpt)
+    key = ProjectPrediction(project, same, device="cpu").model_key
+    assert key == ProjectPrediction(project, load_checkpoint(ckpt), device="cpu").model_key
+    torch.manual_seed(5)
+    other = ProjectPrediction(project, new_model(list(CLASS_NAMES), "tiny"), device="cpu")
+    assert other.model_key != key and other.names == project.names  # its proposal is stale for another model

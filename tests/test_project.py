@@ -349,3 +349,12 @@ def test_project_module_imports_no_torch_or_gui():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_init_after_an_interrupted_init(tmp_path, dataset):
+    root = tmp_path / "P"
+    root.mkdir()
+    (root / "images.json").write_text('{"images": [')  # killed before the manifest was written
+    with pytest.raises(ProjectError, match="not a napari-irnet project"):
+        open_project(root)
+    assert create_project(root, dataset / "images", dataset / "labels.csv").names

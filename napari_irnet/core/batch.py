@@ -18,6 +18,7 @@ A failed write (disk full, read-only folder) stops the run with an
 from __future__ import annotations
 
 import gc
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from .io import InputError
 from .params import Params
 from .project import Project, ProjectError
 
-__all__ = ["BatchEvent", "ProjectPrediction", "predict_image"]
+__all__ = ["BatchEvent", "ProjectPrediction", "model_fingerprint", "predict_image"]
 
 
 @dataclass
@@ -68,6 +69,21 @@ def predict_image(project: Project, model: Model, name: str, params: Params, dev
             lut[i + 1] = project.classes.index(cls) + 1
     semantic = lut[np.asarray(pred.semantic)]
     return pred.instances.labels, records, semantic, labels
+
+
+def model_fingerprint(model: Model) -> str:
+    """SHA-256 of a model's classes, backbone and weights (for a model that is not a file)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([model.classes, model.backbone]).encode())
+    for net in (model.cam, model.irn):
+        if net is None:
+            digest.update(b"none")
+            continue
+        for key, tensor in net.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class ProjectPrediction:
@@ -116,6 +132,7 @@ class ProjectPrediction:
     ) -> None:
         self.project = project
         self.device = device
+        given_in_memory = model is not None and checkpoint is None
         if checkpoint is not None:
             model = load_checkpoint(checkpoint, classes=project.classes)
             project.set_checkpoint(checkpoint)
@@ -134,9 +151,10 @@ class ProjectPrediction:
         if params is not None and params != project.params:
             project.set_params(params)
         self.params = project.params
-        self.model_key = project.model_key(params=self.params)
-        if self.model_key is None:  # a model given in memory, not from a file
-            self.model_key = f"memory-{id(model):x}"
+        if given_in_memory:  # it may differ from the project's checkpoint file
+            self.model_key = project.model_key(params=self.params, fingerprint=model_fingerprint(model))
+        else:
+            self.model_key = project.model_key(params=self.params)
         states = project.states()
         wanted = list(names) if names is not None else project.names
         chosen = []

@@ -84,6 +84,7 @@ __all__ = [
     "ProjectError",
     "STATES",
     "create_project",
+    "file_fingerprint",
     "image_size",
     "item_folder_name",
     "open_project",
@@ -458,17 +459,26 @@ class Project:
             )
         return list(dict.fromkeys(labels))
 
-    def model_key(self, checkpoint: str | os.PathLike[str] | None = None, params: Params | None = None) -> str | None:
+    def model_key(
+        self,
+        checkpoint: str | os.PathLike[str] | None = None,
+        params: Params | None = None,
+        fingerprint: str | None = None,
+    ) -> str | None:
         """What identifies a result's model: the checkpoint's contents and the parameters.
 
-        ``None`` when no checkpoint is given nor set, or its file is missing.
+        ``fingerprint`` stands for the checkpoint's contents when the model
+        is not (or not yet) a file, e.g. from :func:`~napari_irnet.core.batch.model_fingerprint`.
+        ``None`` when no fingerprint, no checkpoint is given nor set, or its file is missing.
         """
-        path = Path(checkpoint) if checkpoint is not None else self.checkpoint_path
-        if path is None or not path.is_file():
-            return None
+        if fingerprint is None:
+            path = Path(checkpoint) if checkpoint is not None else self.checkpoint_path
+            if path is None or not path.is_file():
+                return None
+            fingerprint = file_fingerprint(path)
         params = params or self.params
         phash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
-        return f"{file_fingerprint(path)[:16]}-{phash[:8]}"
+        return f"{fingerprint[:16]}-{phash[:8]}"
 
     # ------------------------------------------------------------ states
     def state(self, name: str) -> ItemState:
@@ -899,8 +909,13 @@ def create_project(
     warn = on_warning or (lambda msg: None)
     root = Path(root)
     image_dir = Path(image_dir)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ProjectError(f"{root}: exists and is not an empty folder; choose a new project folder")
+    if root.exists():
+        # an empty folder, or what an interrupted init leaves (no manifest yet), may be used
+        leftovers = {IMAGE_TABLE, LOCK_FILE}
+        if not root.is_dir() or any(
+            p.name not in leftovers and not p.name.startswith(".") for p in root.iterdir()
+        ):
+            raise ProjectError(f"{root}: exists and is not an empty folder; choose a new project folder")
     if isinstance(labels, ImageLabels):
         table = labels
         if not table.unlabelled and image_dir.is_dir():
@@ -1018,7 +1033,7 @@ def _upgrade(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             )
         backup = root / f"{MANIFEST}.v{version}.bak"
         if not backup.exists():
-            shutil.copy2(path, backup)
+            atomic_write(backup, lambda tmp, src=path: shutil.copyfile(src, tmp))
         manifest = step(root, dict(manifest))
         version += 1
         manifest["format_version"] = version
