@@ -1,0 +1,128 @@
+"""The plugin's background jobs as plain functions and generators.
+
+They call the core and nothing else: no napari, no Qt. The widget wraps them
+with ``napari.qt.threading.create_worker`` at the GUI edge; tests and scripts
+can call them directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._llvm_guard import avoid_llvm_clash
+
+avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
+import torchvision  # noqa: E402,F401  (imported once here, not first inside a worker thread)
+
+from .core.checkpoint import Model, load_checkpoint  # noqa: E402
+from .core.inference import resolve_device
+from .core.params import Params
+from .core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks
+from .core.session import StageCache
+
+#: steps :func:`run_job` yields (for a progress bar)
+RUN_STEPS = 4
+
+_model_cache: dict[tuple[str, float, int], Model] = {}
+
+
+def load_model(path: str | os.PathLike[str]) -> Model:
+    """Load a checkpoint, reusing the last load of the same unchanged file."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_mtime, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _model_cache:
+        return _model_cache[key]
+    model = load_checkpoint(p)
+    if key is not None:
+        _model_cache.clear()  # keep one model in memory
+        _model_cache[key] = model
+    return model
+
+
+@dataclass
+class RunResult:
+    """What one run of the networks gives the widget."""
+
+    model: Model
+    checkpoint: str
+    classes: list[str]
+    outputs: NetworkOutputs
+    cache: StageCache
+    prediction: Prediction
+    device: str
+
+
+def run_job(
+    checkpoint: str | os.PathLike[str],
+    image: np.ndarray,
+    classes: Sequence[str],
+    params: Params,
+    device: str = "auto",
+    centre_points: np.ndarray | None = None,
+) -> Iterator[str]:
+    """Load the model, run both networks once, then every cheap stage.
+
+    Yields a short description before each of :data:`RUN_STEPS` steps (the
+    widget advances its progress bar and a Cancel takes effect there);
+    returns a :class:`RunResult`. Without ``classes`` the classifier picks
+    the image's classes.
+    """
+    yield "loading checkpoint"
+    model = load_model(checkpoint)
+    dev = resolve_device(device)
+    classes = list(classes)
+    if not classes:
+        yield "finding the image's classes"
+        classes = predict_classes(model, image, device=dev)
+        if not classes:
+            raise ValueError("the classifier finds none of its classes in this image: choose the image's classes")
+    else:
+        yield "classes given"
+    yield "CAM + IRNet"
+    outputs = run_networks(model, image, model.class_ids(classes), params, dev)
+    yield "post-processing"
+    cache = StageCache(outputs, params, image, dev)
+    prediction = cache.update(centre_points=centre_points)
+    return RunResult(model, str(checkpoint), classes, outputs, cache, prediction, str(dev))
+
+
+@dataclass
+class UpdateResult:
+    """The stages re-run by :func:`update_job` (None when it was superseded)."""
+
+    prediction: Prediction
+    recomputed: list[str]
+    params: Params
+    generation: int
+
+
+def update_job(
+    cache: StageCache,
+    params: Params,
+    centre_points: np.ndarray | None,
+    reset_points: bool,
+    generation: int,
+    is_current: Callable[[int], bool],
+) -> UpdateResult | None:
+    """Re-run only the stages a parameter change or a centroid edit touches.
+
+    ``is_current(generation)`` is polled between stages; once a newer request
+    exists it returns False and the job stops early, returning None ("latest
+    wins"; stages already computed stay cached for the next request).
+    """
+    if reset_points:
+        cache.reset_points()
+    try:
+        prediction = cache.update(params, centre_points=centre_points, should_stop=lambda: not is_current(generation))
+    except InterruptedError:
+        return None
+    return UpdateResult(prediction, list(cache.last_recomputed), params, generation)
