@@ -13,7 +13,10 @@ def sample_cells():
     Returns napari LayerDataTuples: the RGB image and the ground-truth
     instance labels (hidden, for comparison).
     """
-    sample = make_dataset(1, shape=(256, 256), seed=7, prefix="sample")[0]
+    from .demo import DEMO_SCALE, DEMO_SHAPE
+
+    # the cell size the bundled demo checkpoint was trained on
+    sample = make_dataset(1, shape=DEMO_SHAPE, seed=7, prefix="sample", scale=DEMO_SCALE)[0]
     meta = {"napari_irnet": {"role": "sample", "labels": sample.labels}}
     return [
         (sample.image, {"name": "synthetic cells", "rgb": True, "metadata": meta}, "image"),

@@ -7,8 +7,9 @@ The images are deterministic (seed 2026): rerunning rewrites identical files.
 from pathlib import Path
 
 from napari_irnet.core.synthetic import make_dataset, write_dataset
+from napari_irnet.demo import DEMO_SCALE, DEMO_SHAPE
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent / "cells"
-    write_dataset(make_dataset(6, shape=(192, 192), seed=2026, prefix="cells"), out)
+    write_dataset(make_dataset(6, shape=DEMO_SHAPE, seed=2026, prefix="cells", scale=DEMO_SCALE), out)
     print(f"wrote {out}")
