@@ -1,0 +1,189 @@
+"""Human in the loop on CoNSeP: how much do k corrected patches improve IRNet?
+
+    python benchmarks/bench_hitl.py [--ks 0 5 10 20 50] [--weak-images 100] [--finetune-epochs 2]
+                                    [bench_quality options, e.g. --backbone efficientnet_lite0]
+
+Starts from the weakly supervised models of ``benchmarks/bench_quality.py``
+(the CAM network and the IRNet trained from CAM seeds, reused from its cache
+``bench_output/quality/consep`` or trained there first), then simulates an
+annotator: the ground-truth instances of k training patches are taken as
+their corrections. For every k, IRNet is fine-tuned from the weak model with
+:func:`napari_irnet.core.finetune.finetune` on those k patches (exact
+relation labels, drawn ``correction_weight`` times per epoch) plus a fixed
+subset of ``--weak-images`` uncorrected patches with their CAM seeds, and
+scored on the test patches (instance mAP^r at 0.5 and 0.7, semantic mIoU,
+VOC protocol). k = 0 is the same fine-tuning budget without corrections, the
+fair control. The corrected patches are nested (the 5 of k = 5 are among the
+10 of k = 10, ...) and spread over the training tiles. The upper bound is
+bench_quality's IRNet trained from the masks of all training patches.
+
+Prints a markdown table, writes ``hitl.json`` and ``hitl.png`` (mAP^r 0.5
+against k) to the output folder (``--figure-dir`` copies the plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_quality as bq  # noqa: E402
+
+
+def pick_corrected(items, k_max: int, seed: int = 0) -> list[int]:
+    """Indices of k_max training patches, round-robin over tiles, in a fixed random order."""
+    rng = np.random.default_rng(seed)
+    tiles: dict[str, list[int]] = {}
+    for i in rng.permutation(len(items)):
+        tiles.setdefault(items[i].name.rsplit("_", 1)[0], []).append(int(i))
+    order, queues = [], [tiles[t] for t in sorted(tiles)]
+    while len(order) < k_max and any(queues):
+        for q in queues:
+            if q and len(order) < k_max:
+                order.append(q.pop(0))
+    return order
+
+
+def plot(rows: list[dict], upper: float | None, path: Path, size=(520, 360)) -> None:
+    """mAP^r 0.5 against k as a PNG line chart (PIL only)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, size[0] - 20, 30, size[1] - 50
+    ks = [r["k"] for r in rows]
+    values = [r["mAP@0.5"] for r in rows]
+    ymax = max([v for v in values if v == v] + ([upper] if upper else []) + [0.05]) * 1.15
+    xs = {k: left + (right - left) * i / max(1, len(ks) - 1) for i, k in enumerate(ks)}
+
+    def y(v: float) -> float:
+        return bottom - (bottom - top) * v / ymax
+
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+    for t in np.linspace(0, ymax, 5):
+        draw.line([(left - 4, y(t)), (left, y(t))], fill="black")
+        draw.text((8, y(t) - 6), f"{t:.2f}", fill="black")
+    for k, x in xs.items():
+        draw.text((x - 6, bottom + 6), str(k), fill="black")
+    draw.text(((left + right) / 2 - 80, bottom + 24), "k corrected training patches", fill="black")
+    draw.text((left, 8), "CoNSeP test: instance mAP^r at IoU 0.5", fill="black")
+    if upper is not None:
+        draw.line([(left, y(upper)), (right, y(upper))], fill=(200, 0, 0))
+        draw.text((right - 150, y(upper) - 14), f"fully supervised {upper:.3f}", fill=(200, 0, 0))
+    points = [(xs[k], y(v)) for k, v in zip(ks, values) if v == v]
+    if len(points) > 1:
+        draw.line(points, fill=(0, 90, 200), width=2)
+    for px, py in points:
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(0, 90, 200))
+    img.save(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    ap.add_argument("--ks", type=int, nargs="+", default=[0, 5, 10, 20, 50])
+    ap.add_argument("--weak-images", type=int, default=100, help="uncorrected patches in every fine-tuning set")
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--finetune-lr", type=float, default=0.01)
+    ap.add_argument("--correction-weight", type=int, default=4)
+    own, rest = ap.parse_known_args(argv)
+    args = bq.parse_args(["--dataset", "consep", *rest])
+    data = args.data or bq.ROOT.parent / "shared" / "data" / "consep"
+    if not data.is_dir():
+        print(f"skipped: no data at {data} (see the shared data README; the benchmark needs CoNSeP)")
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from napari_irnet.core.finetune import finetune
+    from napari_irnet.core.inference import resolve_device
+    from napari_irnet.core.params import Params
+    from napari_irnet.core.targets import relation_labels
+    from napari_irnet.core.training import LabelledImage
+
+    device = resolve_device(args.device)
+    out = args.out or bq.ROOT / "bench_output" / "quality" / "consep"
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict = {}
+    classes, train = bq.load_consep(data, "train", args.long_side, args.train_limit)
+    _, test = bq.load_consep(data, "test", args.long_side, args.test_limit)
+    params = Params(cam_scales=tuple(args.cam_scales), min_fragment_fraction=args.min_fragment)
+    cam_key = "_".join(f"{s:g}" for s in params.cam_scales)
+
+    cam_model = bq.get_cam_model(args, classes, train, out, timings)
+    cam_model.params = params
+    cams = {}
+    cams.update(bq.get_cams(cam_model, train, params, device, out / f"cams_train_{cam_key}.pt", timings, "train"))
+    cams.update(bq.get_cams(cam_model, test, params, device, out / f"cams_test_{cam_key}.pt", timings, "test"))
+    seeds = bq.get_seeds(train, cams, params, out / f"seeds_{cam_key}_{params.seed_fg_threshold:g}_{params.seed_bg_threshold:g}.npz")
+    weak = bq.get_irn_model(args, cam_model, train, seeds, out / "irn_weak.pt", "weak", timings)
+    full_labels = [relation_labels(it.gt_inst_work) for it in train]
+    full = bq.get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings)
+    irn_full = bq.get_irn_outputs(full, test, params, device, out / "irn_full_test.pt", timings, "full_test")
+
+    ks = sorted(set(own.ks))
+    corrected = pick_corrected(train, max(ks))
+    rng = np.random.default_rng(1)
+    pool = [i for i in rng.permutation(len(train)) if i not in set(corrected)]
+    weak_subset = [int(i) for i in pool[: own.weak_images]]
+    tp = bq.train_params(args)
+    tp.finetune_epochs, tp.finetune_learning_rate, tp.correction_weight = own.finetune_epochs, own.finetune_lr, own.correction_weight
+
+    def score(irn_outputs, with_upper: bool = False) -> tuple[dict, dict | None]:
+        res, _, _ = bq.evaluate_split(test, cams, irn_outputs, irn_full if with_upper else None, params, device, classes)
+        return res["IRNet"], res.get("(c) upper bound")
+
+    rows = []
+    bq._log("scoring the weak model (no fine-tuning)")
+    base, upper = score(bq.get_irn_outputs(weak, test, params, device, out / "irn_weak_test.pt", timings, "weak_test"), True)
+    rows.append({"k": "weak", "mAP@0.5": base["mAP"][0.5], "mAP@0.7": base["mAP"][0.7], "mIoU": base["mIoU"], "minutes": 0.0, "images": 0})
+    for k in ks:
+        strong_idx = corrected[:k]
+        idx = strong_idx + weak_subset
+        items = [LabelledImage(train[i].name, train[i].image, train[i].class_ids) for i in idx]
+        labels = [full_labels[i] for i in strong_idx] + [seeds[i].astype(np.int32) for i in weak_subset]
+        strong = [True] * k + [False] * len(weak_subset)
+        model = copy.deepcopy(weak)
+        t0 = time.perf_counter()
+        history = bq._run_loop(finetune(model, items, labels, strong, tp, device), f"fine-tune k={k}", every=20)
+        minutes = (time.perf_counter() - t0) / 60
+        outputs = bq.get_irn_outputs(model, test, params, device, out / f"irn_hitl_k{k}_test.pt", timings, f"k{k}")
+        res, _ = score(outputs)
+        rows.append({
+            "k": k, "mAP@0.5": res["mAP"][0.5], "mAP@0.7": res["mAP"][0.7], "mIoU": res["mIoU"], "minutes": minutes,
+            "images": len(items), "steps": history[-1]["step"] if history else 0,
+            "images_per_second": history[-1].get("images_per_second") if history else None,
+        })  # fmt: skip
+        bq._log(f"k={k}: mAP@0.5 {res['mAP'][0.5]:.3f}, mAP@0.7 {res['mAP'][0.7]:.3f}, mIoU {res['mIoU']:.3f}")
+        (out / f"irn_hitl_k{k}_test.pt").unlink(missing_ok=True)  # outputs depend on this run's fine-tuning
+    ub = {"mAP@0.5": upper["mAP"][0.5], "mAP@0.7": upper["mAP"][0.7], "mIoU": upper["mIoU"]}
+
+    print(f"\nCoNSeP test ({len(test)} patches), fine-tuned from the weak model; {len(weak_subset)} uncorrected patches "
+          f"in every fine-tuning set, {tp.finetune_epochs} epochs, lr {tp.finetune_learning_rate:g}, "
+          f"corrected patches drawn {tp.correction_weight}x; device {device}, {args.threads} threads\n")  # fmt: skip
+    print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | % of upper bound (0.5) | fine-tune minutes |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        frac = r["mAP@0.5"] / ub["mAP@0.5"] * 100 if ub["mAP@0.5"] else float("nan")
+        print(f"| {r['k']} | {r['mAP@0.5']:.3f} | {r['mAP@0.7']:.3f} | {r['mIoU']:.3f} | {frac:.0f}% | {r['minutes']:.1f} |")
+    print(f"| fully supervised (all {len(train)} patches) | {ub['mAP@0.5']:.3f} | {ub['mAP@0.7']:.3f} | {ub['mIoU']:.3f} | 100% | |")
+    record = {"rows": rows, "upper_bound": ub, "corrected": [train[i].name for i in corrected], "weak_subset": len(weak_subset),
+              "train_params": tp.to_dict(), "params": params.to_dict(), "device": str(device), "threads": args.threads}  # fmt: skip
+    (out / "hitl.json").write_text(json.dumps(bq._json_ready(record), indent=1))
+    plot([r for r in rows if r["k"] != "weak"], ub["mAP@0.5"], out / "hitl.png")
+    if args.figure_dir:
+        args.figure_dir.mkdir(parents=True, exist_ok=True)
+        (args.figure_dir / "hitl_consep.png").write_bytes((out / "hitl.png").read_bytes())
+    print(f"\nwrote {out / 'hitl.json'} and {out / 'hitl.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
