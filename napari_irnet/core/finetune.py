@@ -33,17 +33,16 @@ from torch.utils.data import default_collate
 from .checkpoint import CheckpointError, Model, _atomic_torch_save, load_checkpoint, save_checkpoint
 from .inference import resolve_device, strided_size
 from .io import atomic_path
-from .losses import affinity_displacement_loss
 from .params import Params, TrainParams
-from .path_index import PathIndex, pair_labels
+from .path_index import PathIndex
 from .targets import relation_labels
 from .training import (
     LabelledImage,
     PolySchedule,
     RelationDataset,
-    _autocast,
     _optimizer,
     estimate_displacement_mean,
+    irn_step,
     make_seeds,
 )
 
@@ -204,20 +203,11 @@ def finetune(
                 return
             x, y = default_collate([dataset[i] for i in batches[b]])
             lr = sched.step()
-            x = x.to(dev, non_blocking=True)
-            bg_pos, fg_pos, neg = (t.to(dev) for t in pair_labels(y, index))
-            with _autocast(dev, tp.amp):
-                edge, disp = net(x)
-            losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
+            losses = irn_step(net, opt, x, y, index, dev, tp.amp)
             step += 1
             seen += x.shape[0]
             elapsed = time.perf_counter() - t0
-            record = {"stage": "finetune", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": elapsed}
-            record.update({k: float(v.detach()) for k, v in losses.items()})
-            record["loss"] = record.pop("total")
+            record = {"stage": "finetune", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": elapsed, **losses}
             record["images_per_second"] = seen / elapsed if elapsed > 0 else 0.0
             if resumed_from and step == resumed_from + 1:
                 record["resumed_from"] = resumed_from

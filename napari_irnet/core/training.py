@@ -292,22 +292,39 @@ def train_irn(
         _set_epoch(loader, epoch)
         for x, y in loader:
             lr = sched.step()
-            x = x.to(dev, non_blocking=True)
-            bg_pos, fg_pos, neg = (t.to(dev) for t in pair_labels(y, index))
-            with _autocast(dev, tp.amp):
-                edge, disp = forward(x)
-            losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
+            losses = irn_step(forward, opt, x, y, index, dev, tp.amp)
             step += 1
             record = {"stage": "irn", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": time.perf_counter() - t0}
-            record.update({k: float(v.detach()) for k, v in losses.items()})
-            record["loss"] = record.pop("total")
-            yield record
+            yield {**record, **losses}
     estimate_displacement_mean(model, items, tp, dev)
     net.eval()
     model.history.append({"stage": "irn", "steps": step, "final_loss": record.get("loss"), "seconds": time.perf_counter() - t0})
+
+
+def irn_step(
+    forward: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: PathIndex,
+    device: torch.device,
+    amp: bool,
+) -> dict[str, float]:
+    """One optimisation step of IRNet on a batch: images (B, 3, H, W), relation labels (B, h, w).
+
+    Returns the losses as floats: ``loss`` (the total), ``pos``, ``neg``, ``dp_fg``, ``dp_bg``.
+    """
+    x = x.to(device, non_blocking=True)
+    bg_pos, fg_pos, neg = (t.to(device) for t in pair_labels(y, index))
+    with _autocast(device, amp):
+        edge, disp = forward(x)
+    losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["loss"] = out.pop("total")
+    return out
 
 
 @torch.no_grad()
@@ -336,6 +353,7 @@ __all__ = [
     "RelationDataset",
     "distributed_context",
     "estimate_displacement_mean",
+    "irn_step",
     "make_seeds",
     "train_cam",
     "train_irn",
