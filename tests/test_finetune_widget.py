@@ -1,0 +1,175 @@
+"""The Fine-tune panel under a (virtual) display: images, Start to the end, Stop, versions, Compare."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet.core.params import Params, TrainParams
+from napari_irnet.core.synthetic import CLASS_NAMES
+
+FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
+TINY_TP = TrainParams(irn_crop_size=64, irn_batch_size=2, irn_rescale=(0.9, 1.1), train_radius=5, finetune_epochs=1, correction_weight=2)
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Config and corrections of images without a file go to tmp_path."""
+    monkeypatch.setenv("NAPARI_IRNET_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NAPARI_IRNET_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture
+def checkpoint(env):
+    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    model.irn = new_irnet(model, "cam")
+    model.params = FAST
+    model.train_params = TINY_TP
+    return save_checkpoint(model, env / "tiny.pt")
+
+
+@pytest.fixture
+def sample():
+    from napari_irnet.core.synthetic import make_dataset
+
+    return make_dataset(1, shape=(96, 96), seed=5, prefix="f")[0]
+
+
+def _save_corrections(name, sample, state="accepted"):
+    from napari_irnet.core.corrections import Corrections, corrections_folder, image_fingerprint, save_corrections
+    from napari_irnet.core.edits import InstanceInfo
+
+    inst = sample.instances.astype(np.int32)
+    table = {int(i): InstanceInfo(sample.labels[0], 1.0, "accepted") for i in np.unique(inst) if i}
+    corr = Corrections(inst, table, state, name, image_fingerprint(sample.image), list(sample.labels))
+    return save_corrections(corrections_folder(name, sample.image), corr)
+
+
+def _digest(path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _dock(viewer, name="Fine-tune IRNet"):
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-irnet", name)
+    return widget
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.idle, timeout=WAIT_MS)
+
+
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.viewer
+def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_viewer_proxy, qtbot, env, sample):
+    _save_corrections("cells", sample, "accepted")
+    other = sample.image[::-1].copy()
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(sample.image, name="cells", rgb=True)
+    viewer.add_image(other, name="untouched", rgb=True)
+    widget = _dock(viewer)
+    _wait(qtbot, widget)
+    for name in ("finetune_epochs", "finetune_learning_rate", "correction_weight"):
+        assert name in TrainParams.__dataclass_fields__ and getattr(widget, name).name == name
+    assert widget.device_in_use.value == "cpu"
+    assert widget.refresh_images() == ["cells"]
+    assert list(widget.images.value) == ["cells"]
+    assert widget.selected_images()[0].state == "accepted"
+    # proposed corrections are not training data
+    _save_corrections("cells", sample, "proposed")
+    assert widget.refresh_images() == []
+    # Start without a checkpoint or images warns instead of running
+    widget.start()
+    assert widget.idle and widget.loss_plot.points == []
+
+
+@pytest.mark.viewer
+def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layers(
+    make_napari_viewer_proxy, qtbot, checkpoint, sample
+):
+    from napari_irnet.core.finetune import VersionStore
+
+    _save_corrections("cells", sample)
+    original = _digest(checkpoint)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(sample.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(sample.labels)}})
+    irnet = _dock(viewer, "IRNet")
+    irnet.set_checkpoint(checkpoint)
+    qtbot.waitUntil(lambda: irnet.idle, timeout=WAIT_MS)
+    irnet.run()
+    qtbot.waitUntil(lambda: irnet.idle, timeout=WAIT_MS)
+    assert irnet.session is not None and irnet.session.state == "accepted"
+
+    widget = _dock(viewer)
+    _wait(qtbot, widget)
+    assert str(widget.checkpoint.value) == str(checkpoint)  # taken from the IRNet panel
+    assert widget.finetune_epochs.value == 1 and widget.correction_weight.value == 2  # the checkpoint's settings
+    assert list(widget.images.value) == ["cells"]
+    widget.start()
+    assert widget.running
+    _wait(qtbot, widget)
+    result = widget.last_result
+    assert result is not None and not result.stopped, widget.status.value
+    # 1 image drawn twice per epoch, batch 2: one step
+    assert [s for s, _ in widget.loss_plot.points] == [1] and np.isfinite(widget.loss_plot.points[0][1])
+    widget.loss_plot.grab()  # paints without error
+    store = VersionStore(checkpoint.parent / "tiny.versions")
+    assert [r["version"] for r in store.versions()] == [1] and store.versions()[0]["parent"] == 0
+    new = store.folder / "v0001.pt"
+    assert new.is_file() and result.path == str(new)
+    assert _digest(checkpoint) == original
+    assert store.load(1).history[-1]["stage"] == "finetune"
+    # the IRNet panel runs the next image with the new version; fine-tuning goes on from it
+    assert str(irnet.checkpoint.value) == str(new)
+    assert str(widget.checkpoint.value) == str(new)
+    assert list(widget.versions.choices) == [str(checkpoint), str(new)] and widget.versions.value == str(new)
+
+    widget.compare()
+    _wait(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert "instances (v1)" in names and "semantic (v1)" in names, widget.status.value
+    assert "instances" in names
+    assert viewer.layers["instances (v1)"].data.shape == (96, 96)
+    # the shown instances are the accepted ones: the old model's proposal comes as a layer too
+    assert "instances (tiny)" in names
+    # the IRNet panel still finds its own instances layer, not the comparison
+    from napari_irnet._session import find_layer
+
+    assert find_layer(viewer.layers, irnet.session.image_id, "instances").name == "instances"
+
+    # roll back: the original again, here and in the IRNet panel
+    widget.use_version(str(checkpoint))
+    assert str(irnet.checkpoint.value) == str(checkpoint) and str(widget.checkpoint.value) == str(checkpoint)
+    _wait(qtbot, widget)
+
+
+@pytest.mark.viewer
+def test_stop_mid_run_makes_no_version_and_keeps_the_checkpoint(make_napari_viewer_proxy, qtbot, checkpoint, sample):
+    _save_corrections("cells", sample)
+    original = _digest(checkpoint)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(sample.image, name="cells", rgb=True)
+    widget = _dock(viewer)
+    widget.set_checkpoint(checkpoint)
+    _wait(qtbot, widget)
+    widget.finetune_epochs.value = 200  # far more steps than the test waits for
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.points) >= 1, timeout=WAIT_MS)
+    widget.stop()
+    _wait(qtbot, widget)
+    result = widget.last_result
+    assert result is not None and result.stopped and result.path is None
+    assert 1 <= len(widget.loss_plot.points) < 200
+    assert not list((checkpoint.parent / "tiny.versions").glob("v*.pt"))
+    assert _digest(checkpoint) == original
+    assert widget.start_button.enabled and not widget.stop_button.enabled
+    assert "no new version" in widget.status.value
