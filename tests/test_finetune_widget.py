@@ -173,3 +173,70 @@ def test_stop_mid_run_makes_no_version_and_keeps_the_checkpoint(make_napari_view
     assert _digest(checkpoint) == original
     assert widget.start_button.enabled and not widget.stop_button.enabled
     assert "no new version" in widget.status.value
+
+
+# --------------------------------------------------------------------------
+# the panel's job without a viewer
+
+
+def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample, monkeypatch):
+    from napari_irnet._finetune_jobs import TrainingImage, finetune_job, store_of, version_choices
+
+    original = _digest(checkpoint)
+    images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
+    settings = {"finetune_epochs": 3}  # 3 steps
+
+    def drain(gen):
+        records = []
+        try:
+            while True:
+                records.append(next(gen))
+        except StopIteration as stop:
+            return records, stop.value
+
+    polls = {"n": 0}
+
+    def stop_after_first_step() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 2  # one poll after the labels, one before step 1
+
+    records, result = drain(finetune_job(checkpoint, images, settings, "cpu", stop_after_first_step))
+    assert result.stopped and result.version is None and [r["step"] for r in records if r["stage"] == "finetune"] == [1]
+    store, number = store_of(checkpoint)
+    assert number == 0 and store.versions() == [] and _digest(checkpoint) == original
+    # the same images and settings continue from the stopped step
+    records, result = drain(finetune_job(checkpoint, images, settings, "cpu"))
+    steps = [r for r in records if r["stage"] == "finetune"]
+    assert [r["step"] for r in steps] == [2, 3] and steps[0]["resumed_from"] == 1
+    assert result.version["version"] == 1 and not list(store.folder.glob("*.resume"))
+    # fine-tuning a stored version adds to the same store, with that version as parent
+    store2, number2 = store_of(result.path)
+    assert store2.folder == store.folder and number2 == 1
+    _, again = drain(finetune_job(result.path, images, {"finetune_epochs": 1}, "cpu"))
+    assert again.version["version"] == 2 and again.version["parent"] == 1
+    assert [p for _, p in version_choices(again.path)] == [str(checkpoint), str(store.folder / "v0001.pt"), str(store.folder / "v0002.pt")]
+
+
+def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, sample, tmp_path):
+    from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
+    from napari_irnet.core.corrections import Corrections, save_corrections
+    from PIL import Image
+
+    from napari_irnet.core.io import InputError
+
+    weak_only = [TrainingImage("cells", sample.image, list(sample.labels))]
+    with pytest.raises(InputError, match="corrected or accepted"):
+        list(finetune_job(checkpoint, weak_only, device="cpu"))
+    # a folder: one image with the plugin's accepted corrections, one without
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(sample.image).save(folder / "a.png")
+    Image.fromarray(sample.image[::-1].copy()).save(folder / "b.png")
+    (tmp_path / "labels.csv").write_text("image,classes\na.png," + ";".join(sample.labels) + "\nb.png," + sample.labels[0] + "\n")
+    save_corrections(folder / "napari-irnet" / "a.png", Corrections(sample.instances.astype(np.int32), {}, "accepted", "a.png"))
+    found = folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES)
+    assert [(f.name, f.strong, f.state) for f in found] == [("a", True, "accepted"), ("b", False, "new")]
+    assert [f.name for f in folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES, weak=False)] == ["a"]
+    source = FolderSource(folder, tmp_path / "labels.csv", weak=False)
+    records = list(finetune_job(checkpoint, [], {"finetune_epochs": 1}, "cpu", folder=source))
+    assert any(r["stage"] == "finetune" for r in records)
