@@ -20,7 +20,7 @@ VISIBLE_STAGES = ("centroids", "instances")
 META_KEY = "napari_irnet"
 _CAM_COLORMAPS = ("magenta", "cyan", "yellow", "green", "red", "blue", "orange", "bop purple")
 #: at most this many displacement arrows along the longer image side
-_ARROWS_PER_SIDE = 48
+_ARROWS_PER_SIDE = 24
 
 
 def _meta(stage: str, image_name: str, **extra) -> dict:

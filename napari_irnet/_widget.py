@@ -28,6 +28,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSlider,
+    FloatSpinBox,
     Label,
     PushButton,
     Select,
@@ -77,14 +78,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: the live parameters: Params field -> (widget class, min, max, step, label)
 LIVE_PARAMS: dict[str, tuple[type, float, float, float, str]] = {
-    "seed_fg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "seed fg threshold"),
-    "seed_bg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "seed bg threshold"),
-    "beta": (FloatSlider, 1.0, 30.0, 0.5, "β (affinity exponent)"),
+    "seed_fg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "seed fg"),
+    "seed_bg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "seed bg"),
+    "beta": (FloatSlider, 1.0, 30.0, 0.5, "β"),
     "walk_steps": (Slider, 0, 1024, 16, "walk steps"),
-    "cluster_threshold": (FloatSlider, 0.1, 10.0, 0.1, "cluster threshold"),
-    "instance_bg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "instance bg threshold"),
-    "semantic_bg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "semantic bg threshold"),
-    "min_fragment_fraction": (FloatSlider, 0.0, 0.05, 0.0005, "min fragment (image fraction)"),
+    "cluster_threshold": (FloatSlider, 0.1, 10.0, 0.1, "cluster thr."),
+    "instance_bg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "instance bg"),
+    "semantic_bg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "semantic bg"),
+    "min_fragment_fraction": (FloatSpinBox, 0.0, 0.05, 0.0005, "min fragment"),
 }
 #: ms of quiet after the last slider change before the stages re-run
 DEBOUNCE_MS = 25
@@ -101,6 +102,8 @@ _SHORTCUTS = {
     "undo": "Control-Z",
     "redo": "Control-Shift-Z",
 }
+#: how the shortcuts are written on the buttons
+_KEY_TEXT = {"Shift-": "⇧", "Control-": "Ctrl+"}
 
 
 def _device_choices() -> list[str]:
@@ -160,7 +163,7 @@ class IRNetWidget(Container):
     """Dock widget: image, checkpoint, classes, device, Run; live parameters; stages; corrections."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
-        super().__init__(scrollable=True)
+        super().__init__(scrollable=True, labels=False)
         self._viewer = napari_viewer
         self._sessions: dict[str, ImageSession] = {}
         self._current: ImageSession | None = None
@@ -180,27 +183,32 @@ class IRNetWidget(Container):
         # --- input ---------------------------------------------------
         self.image = create_widget(annotation=Image, label="image", name="image")
         self.checkpoint = ComboBox(label="checkpoint", name="checkpoint", choices=self._checkpoint_choices)
-        self.browse = PushButton(text="Browse…", name="browse", tooltip="Choose a checkpoint file (.pt)")
-        self.classes = Select(label="image classes", name="classes", choices=self._class_choices)
+        self.browse = PushButton(text="Browse…", name="browse", tooltip="Choose a checkpoint file (.pt, .pth)")
+        self.classes = Select(label="classes", name="classes", choices=self._class_choices)
         self.classes.tooltip = "The classes present in this image (image-level labels); none chosen: the classifier decides"
-        self.classes.native.setMaximumHeight(90)
+        self.classes.native.setMaximumHeight(72)
         self.device = ComboBox(label="device", name="device", choices=_device_choices(), value="auto")
         self.device_in_use = Label(label="in use", name="device_in_use", value=self._resolved_device("auto"))
         self.run_button = PushButton(text="Run", name="run_button", tooltip="Run both networks once, then every stage")
         self.cancel_button = PushButton(text="Cancel", name="cancel_button", enabled=False)
         self.status = Label(label="status", name="status", value="choose an image and a checkpoint, then Run")
+        self.status.native.setWordWrap(True)
+        ckpt_row = Container(widgets=[self.checkpoint, self.browse], layout="horizontal", labels=False, label="checkpoint")
+        input_box = Container(
+            widgets=[self.image, ckpt_row, self.classes, self.device, self.device_in_use, self.status], name="input_box"
+        )
         run_row = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
-        ckpt_row = Container(widgets=[self.checkpoint, self.browse], layout="horizontal", labels=False)
 
         # --- live parameters ----------------------------------------
         self.param_widgets: dict[str, Any] = {}
         defaults = Params()
         for name, (cls, lo, hi, step, label) in LIVE_PARAMS.items():
             w = cls(name=name, label=label, min=lo, max=hi, step=step, value=getattr(defaults, name))
+            w.tooltip = f"Params.{name}" + (" (fraction of the image area)" if name == "min_fragment_fraction" else "")
             w.changed.connect(self._on_param_changed)
             self.param_widgets[name] = w
-        self.reset_params_button = PushButton(text="Reset to checkpoint", name="reset_params_button")
-        params_box = Container(widgets=list(self.param_widgets.values()) + [self.reset_params_button], name="parameters")
+        self.reset_params_button = PushButton(text="Reset to the checkpoint's values", name="reset_params_button")
+        params_box = Container(widgets=list(self.param_widgets.values()), name="parameters")
 
         # --- stage visibility ----------------------------------------
         self.show_stage: dict[str, CheckBox] = {}
@@ -209,64 +217,70 @@ class IRNetWidget(Container):
             cb.changed.connect(lambda value, s=stage: self._on_show_changed(s, value))
             self.show_stage[stage] = cb
         stages = list(self.show_stage.values())
-        stages_box = Container(
-            widgets=[
-                Container(widgets=stages[:4], layout="horizontal", labels=False),
-                Container(widgets=stages[4:], layout="horizontal", labels=False),
-            ],
-            labels=False,
-            name="stages",
-        )
+        stage_rows = [
+            Container(widgets=stages[i : i + 4], layout="horizontal", labels=False) for i in range(0, len(stages), 4)
+        ]
 
         # --- corrections ---------------------------------------------
         s = _SHORTCUTS
         self.edit_class = ComboBox(label="class", name="edit_class", choices=self._edit_class_choices)
+        self.edit_class.tooltip = "Class for Set class and for newly painted instances"
         self.picked = Label(label="picked", name="picked", value="–")
-        self.merge_button = PushButton(text=f"Merge [{s['merge']}]", name="merge_button", tooltip="Merge the picked instances into the first")
-        self.split_button = PushButton(text=f"Split [{s['split']}]", name="split_button", tooltip="Split along the drawn split line, or between two picks in one instance")
-        self.delete_button = PushButton(text=f"Delete [{s['delete']}]", name="delete_button", tooltip="Delete the picked instances (or the selected label)")
-        self.set_class_button = PushButton(text=f"Set class [{s['set_class']}]", name="set_class_button", tooltip="Give the picked instances the class chosen above")
-        self.next_id_button = PushButton(text=f"New id [{s['next_id']}]", name="next_id_button", tooltip="Select the next free id and start painting")
-        self.draw_line_button = PushButton(text="Draw split line", name="draw_line_button", tooltip="Add a path in the 'split line' layer across one instance, then Split")
-        self.clear_picks_button = PushButton(text=f"Clear picks [{s['clear_picks']}]", name="clear_picks_button")
-        self.undo_button = PushButton(text="Undo [Ctrl-Z]", name="undo_button", enabled=False)
-        self.redo_button = PushButton(text="Redo [Ctrl-Shift-Z]", name="redo_button", enabled=False)
-        self.accept_button = PushButton(text=f"Accept image [{s['accept']}]", name="accept_button", tooltip="Mark every instance and the image as done; saved with the image")
-        self.reset_centroids_button = PushButton(text="Centroids from displacement", name="reset_centroids_button", tooltip="Forget edited centroids")
-        self.discard_button = PushButton(text="Discard corrections…", name="discard_button", tooltip="Replace everything with the model's proposal (asks first)")
-        self.image_state = Label(label="image state", name="image_state", value="–")
-        corrections_box = Container(
-            widgets=[
-                self.edit_class,
-                self.picked,
-                Container(widgets=[self.merge_button, self.split_button, self.delete_button], layout="horizontal", labels=False),
-                Container(widgets=[self.set_class_button, self.next_id_button, self.draw_line_button], layout="horizontal", labels=False),
-                Container(widgets=[self.clear_picks_button, self.undo_button, self.redo_button], layout="horizontal", labels=False),
-                Container(widgets=[self.accept_button, self.reset_centroids_button], layout="horizontal", labels=False),
-                Container(widgets=[self.discard_button], layout="horizontal", labels=False),
-                self.image_state,
-            ],
-            name="corrections",
-        )
+        self.picked.tooltip = "Click instances to pick them (the instances layer in pan/zoom mode, a click without dragging)"
+        self.image_state = Label(label="image", name="image_state", value="–")
+
+        def button(name: str, text: str, key: str | None, tip: str) -> PushButton:
+            keys = s[key] if key else ""
+            for long, short in _KEY_TEXT.items():
+                keys = keys.replace(long, short)
+            label = f"{text}  {keys}" if key else text
+            return PushButton(text=label, name=name, tooltip=tip + (f" (shortcut {s[key]} on the instances layer)" if key else ""))
+
+        self.merge_button = button("merge_button", "Merge", "merge", "Merge the picked instances into the first one picked")
+        self.split_button = button("split_button", "Split", "split", "Split along the path drawn in 'split line', or between two picks in one instance")
+        self.delete_button = button("delete_button", "Delete", "delete", "Delete the picked instances (or the selected label)")
+        self.set_class_button = button("set_class_button", "Set class", "set_class", "Give the picked instances the class chosen above")
+        self.next_id_button = button("next_id_button", "New id", "next_id", "Select the next free id in 'instances' and start painting")
+        self.draw_line_button = button("draw_line_button", "Draw split line", None, "Draw a path across one instance in the 'split line' layer, then Split")
+        self.clear_picks_button = button("clear_picks_button", "Clear picks", "clear_picks", "Forget the picked instances")
+        self.accept_button = button("accept_button", "Accept image", "accept", "Mark every instance and the image as done; saved with the image")
+        self.undo_button = button("undo_button", "Undo", "undo", "Undo the last edit, brush stroke or parameter change")
+        self.redo_button = button("redo_button", "Redo", "redo", "Redo")
+        self.reset_centroids_button = button("reset_centroids_button", "Centroids from field", None, "Forget edited centroids: clusters come from the displacement field again")
+        self.discard_button = button("discard_button", "Discard corrections…", None, "Replace every instance with the model's proposal (asks first; undoable)")
+
+        def row(*widgets) -> Container:
+            return Container(widgets=list(widgets), layout="horizontal", labels=False)
+
+        edit_box = Container(widgets=[self.edit_class, self.picked, self.image_state], name="edit_box")
+        buttons = [
+            row(self.merge_button, self.split_button),
+            row(self.delete_button, self.set_class_button),
+            row(self.next_id_button, self.draw_line_button),
+            row(self.undo_button, self.redo_button),
+            row(self.clear_picks_button, self.reset_centroids_button),
+            row(self.accept_button, self.discard_button),
+        ]
 
         self.extend(
             [
                 Label(value="<b>Input</b>"),
-                self.image,
-                ckpt_row,
-                self.classes,
-                self.device,
-                self.device_in_use,
+                input_box,
                 run_row,
-                self.status,
                 Label(value="<b>Live parameters</b>"),
                 params_box,
+                self.reset_params_button,
                 Label(value="<b>Stages shown</b>"),
-                stages_box,
+                *stage_rows,
                 Label(value="<b>Corrections</b>"),
-                corrections_box,
+                edit_box,
+                *buttons,
             ]
         )
+
+        scroll = self.root_native_widget
+        if hasattr(scroll, "widget") and scroll.widget() is not None:  # wide enough for the controls
+            scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + 24)
 
         self._debounce = QTimer(self.native)
         self._debounce.setSingleShot(True)
@@ -301,6 +315,11 @@ class IRNetWidget(Container):
             self._on_checkpoint_changed(self.checkpoint.value)
         self._on_image_changed(self.image.value)
         self._refresh_controls()
+
+    @property
+    def native(self):
+        """The scroll area around the controls, so napari docks a widget that scrolls."""
+        return self.root_native_widget
 
     # ------------------------------------------------------------------
     # small helpers
