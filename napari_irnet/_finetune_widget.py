@@ -177,6 +177,7 @@ class FinetuneWidget(Container):
         self._skipped: dict[str, str] = {}  # layer name -> why its corrections are not used
         #: the last finished or stopped run
         self.last_result: FinetuneResult | None = None
+        self._closed = False  # the Qt widget is gone (viewer closed): workers' late results are dropped
 
         defaults = TrainParams()
         # --- what to train -----------------------------------------
@@ -271,6 +272,7 @@ class FinetuneWidget(Container):
         events = self._viewer.layers.events
         events.inserted.connect(self._schedule_refresh)
         events.removed.connect(self._schedule_refresh)
+        self.native.destroyed.connect(self._on_destroyed)
 
         self.take_panel_checkpoint()
         self.refresh_images()
@@ -278,6 +280,12 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------
     # helpers
+
+    def _on_destroyed(self, *_) -> None:
+        """The panel was closed: a running fine-tuning stops at its next step, late results are dropped."""
+        self._closed = True
+        self._stop_requested = True
+        self._refresh_timer = None
 
     @property
     def idle(self) -> bool:
@@ -354,16 +362,20 @@ class FinetuneWidget(Container):
             path,
             _connect={
                 "returned": lambda model, p=path: self._on_model_loaded(model, p),
-                "errored": lambda exc, p=path: self._set_status(f"cannot read {Path(p).name}: {exc}"),
+                "errored": lambda exc, p=path: None if self._closed else self._set_status(f"cannot read {Path(p).name}: {exc}"),
                 "finished": self._on_load_finished,
             },
         )
 
     def _on_load_finished(self) -> None:
         self._load_worker = None
+        if self._closed:
+            return
         self._refresh_controls()
 
     def _on_model_loaded(self, model, path: str) -> None:
+        if self._closed:
+            return
         if path != self._checkpoint_path():
             return
         tp = model.train_params
@@ -393,7 +405,8 @@ class FinetuneWidget(Container):
     # images
 
     def _schedule_refresh(self, *_) -> None:
-        self._refresh_timer.start()
+        if not self._closed:
+            self._refresh_timer.start()
 
     def _image_choices(self, *_) -> list[tuple[str, str]]:
         found = getattr(self, "_found", {})
@@ -407,7 +420,7 @@ class FinetuneWidget(Container):
         found: dict[str, TrainingImage] = {}
         skipped: dict[str, str] = {}
         for layer in list(self._viewer.layers):
-            if not isinstance(layer, Image) or _layers.stage_of(layer.metadata) is not None:
+            if not isinstance(layer, Image) or layer.multiscale or _layers.stage_of(layer.metadata) is not None:
                 continue
             try:
                 image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
@@ -499,6 +512,8 @@ class FinetuneWidget(Container):
         return self._stop_requested
 
     def _on_yielded(self, record: dict) -> None:
+        if self._closed:
+            return
         stage = record.get("stage")
         if stage == "loading":
             self._set_status("loading the checkpoint and images …")
@@ -513,6 +528,8 @@ class FinetuneWidget(Container):
             self._set_status(f"epoch {record['epoch'] + 1}, step {record['step']}/{record['max_step']}: loss {record['loss']:.4f}{resumed}")
 
     def _on_returned(self, result: FinetuneResult) -> None:
+        if self._closed:
+            return
         self.last_result = result
         self.device_in_use.value = result.device
         if result.stopped or result.path is None:
@@ -533,11 +550,15 @@ class FinetuneWidget(Container):
         show_info(f"napari-irnet: fine-tuned model saved as {label}")
 
     def _on_error(self, exc: Exception) -> None:
+        if self._closed:
+            return
         self._set_status(f"fine-tuning failed: {exc}")
         show_error(f"napari-irnet: fine-tuning failed: {exc}")
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._closed:
+            return
         self._stop_requested = False
         self._refresh_controls()
 
@@ -578,9 +599,13 @@ class FinetuneWidget(Container):
     def _on_compare_finished(self) -> None:
         self._compare_worker = None
         self._compare_args = None
+        if self._closed:
+            return
         self._refresh_controls()
 
     def _on_compare_returned(self, result: RunResult) -> None:
+        if self._closed:
+            return
         session, path = self._compare_args["session"], self._compare_args["path"]
         classes = list(result.model.classes)
         new_label = version_label(path)

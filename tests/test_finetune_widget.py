@@ -84,10 +84,23 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
     assert widget.refresh_images() == ["cells"]
     assert list(widget.images.value) == ["cells"]
     assert widget.selected_images()[0].state == "accepted"
+    # a broken checkpoint: an error notification naming it, not a crash
+    from napari.utils.notifications import notification_manager
+
+    bad = env / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    widget.set_checkpoint(bad)
+    _wait(qtbot, widget)
+    n = len(notification_manager.records)
+    widget.start()
+    _wait(qtbot, widget)
+    assert any("broken.pt" in str(r.message) for r in notification_manager.records[n:])
+    assert "failed" in widget.status.value and widget.start_button.enabled
     # proposed corrections are not training data
     _save_corrections("cells", sample, "proposed")
     assert widget.refresh_images() == []
     # Start without a checkpoint or images warns instead of running
+    widget.checkpoint.value = None
     widget.start()
     assert widget.idle and widget.loss_plot.points == []
 
@@ -150,6 +163,7 @@ def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layer
     widget.use_version(str(checkpoint))
     assert str(irnet.checkpoint.value) == str(checkpoint) and str(widget.checkpoint.value) == str(checkpoint)
     _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: irnet.idle, timeout=WAIT_MS)
 
 
 @pytest.mark.viewer
@@ -173,6 +187,12 @@ def test_stop_mid_run_makes_no_version_and_keeps_the_checkpoint(make_napari_view
     assert _digest(checkpoint) == original
     assert widget.start_button.enabled and not widget.stop_button.enabled
     assert "no new version" in widget.status.value
+    # closing the viewer mid-run stops the training too
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.points) >= 1, timeout=WAIT_MS)
+    viewer.close()
+    _wait(qtbot, widget)
+    assert not list((checkpoint.parent / "tiny.versions").glob("v*.pt"))
 
 
 # --------------------------------------------------------------------------
