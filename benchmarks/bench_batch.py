@@ -188,6 +188,8 @@ def main() -> int:
     to_do = set(run.names)
     assert to_do.isdisjoint(proposed_before) and len(to_do) + len(proposed_before) == args.n
     rows = []
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cpu_start = sum(os.times()[:2])
     start = time.perf_counter()
     last_t, last_i = start, 0
     rss_start = rss_mib()
@@ -200,6 +202,8 @@ def main() -> int:
             rows.append((i, now - start, (i - last_i) / (now - last_t), rss_mib()))
             last_t, last_i = now, i
     t_resume = time.perf_counter() - start
+    cpu_per_image = (sum(os.times()[:2]) - cpu_start) / max(len(to_do), 1)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     # ---- check: nothing lost, nothing redone
     project = open_project(project_dir)
@@ -212,6 +216,8 @@ def main() -> int:
     print(f"## Batch prediction: {args.n} synthetic {args.size}x{args.size} images\n")
     print(f"- model: {model_desc}; parameters: preset `{args.preset}` ({'1 CAM scale, 64 walk steps, 100 centroid steps' if args.preset == 'fast' else 'paper: 4 CAM scales + flips, 256 walk steps, 300 centroid steps'}), no CRF")
     print(f"- device: {args.device}, torch threads {args.threads} (machine has {cpu} cores; shared, so times vary)")
+    print(f"- load average (1 min) at the start and end of run 2: {load_start:.1f}, {load_end:.1f}; "
+          f"run 2 used {cpu_per_image:.2f} CPU-seconds per image (user + system, all threads)")
     print(f"- data: {t_data:.0f} s to make or reuse the images; `init` (reads and checks every image): {t_init:.1f} s\n")
     print("| run | images | seconds | images/s | notes |")
     print("|---|---:|---:|---:|---|")

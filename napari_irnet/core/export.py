@@ -48,7 +48,6 @@ from .io import (
     OutputError,
     atomic_write,
     read_label_image,
-    voc_palette,
     write_instance_tiff,
     write_instances_json,
     write_semantic_png,
