@@ -97,12 +97,14 @@ def run_job(
 
 @dataclass
 class UpdateResult:
-    """The stages re-run by :func:`update_job` (None when it was superseded)."""
+    """The stages re-run by :func:`update_job`."""
 
     prediction: Prediction
     recomputed: list[str]
     params: Params
     generation: int
+    #: False for the first result of a re-run (instances; the semantic walk still to come)
+    final: bool = True
 
 
 def update_job(
@@ -112,17 +114,26 @@ def update_job(
     reset_points: bool,
     generation: int,
     is_current: Callable[[int], bool],
-) -> UpdateResult | None:
+) -> Iterator[UpdateResult]:
     """Re-run only the stages a parameter change or a centroid edit touches.
 
-    ``is_current(generation)`` is polled between stages; once a newer request
-    exists it returns False and the job stops early, returning None ("latest
-    wins"; stages already computed stay cached for the next request).
+    Yields the instances as soon as they are ready (without the semantic
+    walk), then returns the result with the semantic map. ``is_current``
+    is polled between stages; once it returns False (a newer request
+    exists) the job stops early and returns None ("latest wins"; stages
+    already computed stay cached for the next request).
     """
     if reset_points:
         cache.reset_points()
+    stop = lambda: not is_current(generation)  # noqa: E731
     try:
-        prediction = cache.update(params, centre_points=centre_points, should_stop=lambda: not is_current(generation))
+        first = cache.update(params, centre_points=centre_points, should_stop=stop, with_semantic=False)
+        done = list(cache.last_recomputed)
+        if done:
+            yield UpdateResult(first, done, params, generation, final=False)
+        if stop():
+            return None
+        full = cache.update(should_stop=stop)
     except InterruptedError:
         return None
-    return UpdateResult(prediction, list(cache.last_recomputed), params, generation)
+    return UpdateResult(full, list(cache.last_recomputed), params, generation)

@@ -57,11 +57,18 @@ class ImageSession:
     def model_classes(self) -> list[str]:
         return list(self.result.model.classes)
 
+    #: ids present in ``labels`` as of the last features update (None: not known)
+    present: np.ndarray | None = None
+
+    def present_ids(self) -> np.ndarray:
+        if self.present is None:
+            ids = np.unique(self.labels)
+            self.present = ids[ids != 0]
+        return self.present
+
     def protected_count(self) -> int:
-        present = set(np.unique(self.labels).tolist()) - {0}
-        return sum(1 for i in present if i in self.table and self.table[i].protected) + sum(
-            1 for i in present if i not in self.table
-        )
+        """Instances a re-run keeps: edited, accepted, or painted by hand (not in the table)."""
+        return sum(1 for i in self.present_ids().tolist() if i not in self.table or self.table[i].protected)
 
 
 def find_layer(layers, image_id: str, stage: str, class_name: str | None = None):

@@ -132,6 +132,7 @@ class _Request:
     keep_instances: bool = False
     session: ImageSession | None = None
     cache: Any = None  # the StageCache it ran on
+    applied: bool = False  # its instances are shown already (only the semantic map is to come)
 
     def then(self, later: "_Request") -> "_Request":
         """One request doing ``self`` and then ``later`` (snapshots: oldest before, newest after)."""
@@ -682,13 +683,18 @@ class IRNetWidget(Container):
     def _put_instances(self, session: ImageSession):
         tup = _layers.instances_layer(session.image_id, session.labels, session.table, session.model_classes)
         tup[1]["metadata"]["napari_irnet"]["image_name"] = session.image_name
+        session.present = tup[1]["features"]["index"][1:]
         layer = self._put(tup, "instances")
         return layer
 
-    def _refresh_features(self, session: ImageSession) -> None:
+    def _refresh_features(self, session: ImageSession, instances: bool = True) -> None:
+        """Features of the instances layer (and the centroids') after an edit."""
         layer = find_layer(self._viewer.layers, session.image_id, "instances")
-        if layer is not None:
-            layer.features = features_table(session.labels, session.table)
+        if instances:
+            feats = features_table(session.labels, session.table)
+            session.present = feats["index"][1:]
+            if layer is not None:
+                layer.features = feats
         pts = find_layer(self._viewer.layers, session.image_id, "centroids")
         if pts is not None and len(pts.data) == len(session.points):
             pts.features = _layers.centroid_features(session.points, session.labels, session.table)
@@ -724,9 +730,11 @@ class IRNetWidget(Container):
     def _request(self, request: _Request) -> None:
         """Queue a re-run of the cheap stages; a running one that is now stale stops early."""
         request.session = request.session or self._current
-        if self._running_request is not None and self._update_worker is not None:
-            # the running request's result will be dropped: fold it into this one
-            request = self._running_request.then(request)
+        running = self._running_request
+        if running is not None and self._update_worker is not None:
+            if not running.applied:
+                # the running request's result will be dropped: fold it into this one
+                request = running.then(request)
             self._running_request = None
         self._pending = request if self._pending is None else self._pending.then(request)
         self._start_update()
@@ -752,25 +760,34 @@ class IRNetWidget(Container):
             request.reset_points,
             self._generation,
             self._is_current,
-            _connect={"returned": self._on_update_returned, "errored": self._on_update_error, "finished": self._on_update_finished},
+            _connect={
+                "yielded": self._on_update_result,
+                "returned": self._on_update_result,
+                "errored": self._on_update_error,
+                "finished": self._on_update_finished,
+            },
         )
 
     def _is_current(self, generation: int) -> bool:
         """Polled by the worker between stages: False once a newer request waits."""
         return generation == self._generation and self._pending is None
 
-    def _on_update_returned(self, result: UpdateResult | None) -> None:
+    def _on_update_result(self, result: UpdateResult | None) -> None:
+        """Instances first (yielded), then the semantic map (returned)."""
         request = self._running_request
         if result is None or request is None or result.generation != self._generation:
             return
-        self._running_request = None
+        if result.final:
+            self._running_request = None
         session = request.session
         if session is None or session.result.cache is not request.cache:
             return  # a new run replaced the cache meanwhile
         before = {"params": session.params, **request.before}
         session.params = result.params
         after = {**request.after, "params": result.params}
-        self._apply_prediction(session, result.prediction, result.recomputed, request.name, request.kind, before, after, keep_instances=request.keep_instances)
+        if result.recomputed:
+            self._apply_prediction(session, result.prediction, result.recomputed, request.name, request.kind, before, after, keep_instances=request.keep_instances)
+        request.applied = True
 
     def _on_update_error(self, exc: Exception) -> None:
         self._running_request = None
@@ -822,7 +839,7 @@ class IRNetWidget(Container):
                 session.labels, session.table = labels, table
                 session.known = labels.copy()
                 self._put_instances(session)
-                self._refresh_features(session)
+                self._refresh_features(session, instances=False)
                 if kind == "edit":
                     self._after_edit(session)
         self._refresh_controls()
@@ -1274,7 +1291,7 @@ class IRNetWidget(Container):
         self.undo_button.enabled = has and session.history.can_undo
         self.redo_button.enabled = has and session.history.can_redo
         if has:
-            n = len(np.unique(session.labels)) - 1
+            n = len(session.present_ids())
             self.image_state.value = f"{session.state} · {n} instances · {session.protected_count()} edited/accepted"
         else:
             self.image_state.value = "–"

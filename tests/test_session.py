@@ -115,3 +115,16 @@ def test_should_stop_interrupts_and_keeps_finished_stages():
     assert cache.last_recomputed == ["seeds"]
     cache.update()
     assert "seeds" not in cache.last_recomputed and "iwalk" in cache.last_recomputed
+
+
+def test_instances_first_then_semantic():
+    cache = StageCache(_two_blobs(), FAST)
+    full = cache.update()
+    first = cache.update(FAST.replace(beta=5.0), with_semantic=False)
+    assert set(cache.last_recomputed) == {"iwalk", "instances"}
+    assert first.semantic is full.semantic  # the last one computed, not yet redone
+    second = cache.update()
+    assert set(cache.last_recomputed) == {"swalk", "semantic"}
+    fresh = postprocess(_two_blobs(), FAST.replace(beta=5.0))
+    np.testing.assert_array_equal(second.semantic, fresh.semantic)
+    np.testing.assert_array_equal(second.instances.labels, first.instances.labels)

@@ -166,6 +166,7 @@ class StageCache:
         params: Params | None = None,
         centre_points: np.ndarray | None = None,
         should_stop: Callable[[], bool] | None = None,
+        with_semantic: bool = True,
     ) -> Prediction:
         """Recompute what changed and return every stage's result.
 
@@ -181,6 +182,11 @@ class StageCache:
         should_stop : callable, optional
             Polled between stages; when it returns True, :class:`InterruptedError`
             is raised (results computed so far stay cached).
+        with_semantic : bool
+            False skips the semantic walk, so instances arrive sooner; the
+            returned ``semantic`` is then the last one computed (possibly for
+            other parameters; None if there is none yet). A later
+            ``update()`` computes it.
         """
         if params is not None:
             params.validate()
@@ -243,12 +249,15 @@ class StageCache:
             walked = propagate(out.cam.strided.to(self.device), boundary, p.beta, p.walk_steps, p.radius)
             return None if walked.shape[0] == 0 else upsampled_argmax(walked, (H, W))
 
-        swalk = self._stage("swalk", walk_key, semantic_walk)
-        semantic = self._stage(
-            "semantic",
-            (walk_key, _key(p, STAGE_INPUTS["semantic"])),
-            lambda: semantic_from_argmax(swalk, ids, (H, W), p.semantic_bg_threshold),
-        )
+        if with_semantic:
+            swalk = self._stage("swalk", walk_key, semantic_walk)
+            semantic = self._stage(
+                "semantic",
+                (walk_key, _key(p, STAGE_INPUTS["semantic"])),
+                lambda: semantic_from_argmax(swalk, ids, (H, W), p.semantic_bg_threshold),
+            )
+        else:
+            semantic = self._slots["semantic"].value
         points = centroid_points(centroids, clusters) * float(STRIDE)
         if self._points is not None:
             points = self._points * float(STRIDE)

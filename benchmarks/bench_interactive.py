@@ -1,0 +1,265 @@
+"""Time from a live-parameter change to the updated ``instances`` layer.
+
+    python benchmarks/bench_interactive.py [--backbone tiny|resnet18] [--size 512] [--threads 2]
+                                           [--instances 12] [--classes 3] [--repeat 5] [--viewer]
+
+Networks run once with random weights (their cost does not matter here: a
+parameter change never re-runs them). As in ``bench_pipeline.py``, the
+displacement field is replaced by one pointing at ``--instances`` centres so
+the walk propagates a realistic classes x clusters channels.
+
+For each change the script times what the widget does:
+
+- *core*: :meth:`StageCache.update` with the new value (the stages below it),
+  without the semantic walk, as the widget's worker does before it shows
+  the instances; the semantic walk follows (*semantic layer after*);
+- *layer*: the main-thread work after it, as in the widget: the proposal as an
+  instance table, merging it with protected instances, the undo diff, and
+  writing data and features into a napari ``Labels`` layer (plus the seeds,
+  semantic or centroids layer when those stages changed).
+
+With ``--viewer`` (needs a display or Xvfb) it also drives the real widget in
+a napari window: set the slider, wait until the instances layer holds the
+new result (for seeds and semantic changes: until the widget is idle), Qt
+events processed, the widget's debounce included.
+
+Prints a markdown table; times in seconds, median of ``--repeat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+#: change -> (parameter, two values alternated, goal in seconds)
+CHANGES = [
+    ("instance bg threshold", "instance_bg_threshold", (0.30, 0.35), 0.1),
+    ("min fragment size", "min_fragment_fraction", (0.002, 0.004), 0.1),
+    ("semantic bg threshold", "semantic_bg_threshold", (0.30, 0.35), 0.1),
+    ("seed fg threshold", "seed_fg_threshold", (0.35, 0.40), 0.1),
+    ("cluster threshold", "cluster_threshold", (2.0, 3.0), 1.0),
+    ("β", "beta", (8.0, 12.0), 1.0),
+    ("walk steps", "walk_steps", (240, 272), 1.0),
+    ("move a centroid", None, None, 1.0),
+]
+
+
+def _field(h: int, w: int, n: int, seed: int = 0):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform([2, 2], [h - 3, w - 3], size=(n, 2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    owner = d.argmin(0)
+    return torch.from_numpy(np.stack([centres[owner, 0] - yy, centres[owner, 1] - xx]).astype(np.float32))
+
+
+def setup(args):
+    """Model, image and network outputs with a realistic displacement field."""
+    import numpy as np
+    import torch
+
+    from napari_irnet.core.checkpoint import new_irnet, new_model
+    from napari_irnet.core.params import Params
+    from napari_irnet.core.pipeline import run_networks
+    from napari_irnet.core.synthetic import make_dataset
+
+    torch.manual_seed(0)
+    classes = [f"c{i}" for i in range(max(args.classes, 1))]
+    model = new_model(classes, args.backbone)
+    model.irn = new_irnet(model, "cam")
+    model.params = Params(use_crf=False, cam_scales=(1.0,), min_fragment_fraction=0.001)
+    image = make_dataset(1, shape=(args.size, args.size), seed=3)[0].image
+    outputs = run_networks(model, image, list(range(args.classes)), model.params, "cpu")
+    h, w = outputs.irn.displacement.shape[1:]
+    outputs.irn.displacement = _field(h, w, args.instances)
+    return model, image, outputs, np
+
+
+def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
+    """change -> (stages re-run, median core and layer-update times to instances, then semantic)."""
+    import napari
+    import numpy as np
+
+    from napari_irnet import _layers
+    from napari_irnet.core.edits import LabelDiff, features_table, merge_protected, table_from_records
+    from napari_irnet.core.session import StageCache
+
+    model, image, outputs, _ = setup(args)
+    cache = StageCache(outputs, model.params, image, "cpu")
+    pred = cache.update()
+    labels = pred.instances.labels.astype(np.int32)
+    table = table_from_records(pred.instances.records, model.classes)
+    inst_layer = napari.layers.Labels(labels, features=features_table(labels, table))
+    seeds_layer = napari.layers.Labels(pred.seeds.astype(np.int32))
+    sem_layer = napari.layers.Labels(pred.semantic)
+    pts_layer = napari.layers.Points(pred.centre_points)
+    params = model.params
+    points = np.asarray(pred.centre_points, dtype=np.float64)
+    results = {}
+    for name, field, values, _goal in CHANGES:
+        core_t, layer_t, sem_t, stages = [], [], [], []
+        for k in range(args.repeat):
+            # as the widget's worker: instances first, the semantic walk after
+            if field is None:
+                moved = points.copy()
+                moved[0] += (6.0, 6.0) if k % 2 == 0 else (-6.0, -6.0)
+                t0 = time.perf_counter()
+                pred = cache.update(params, centre_points=moved, with_semantic=False)
+            else:
+                p = params.replace(**{field: values[k % 2]})
+                t0 = time.perf_counter()
+                pred = cache.update(p, with_semantic=False)
+            t1 = time.perf_counter()
+            done = set(cache.last_recomputed)
+            if done & {"centroids", "clusters", "iwalk", "instances"}:
+                ptable = table_from_records(pred.instances.records, model.classes)
+                new_labels, new_table = merge_protected(pred.instances.labels, ptable, labels, table)
+                LabelDiff.between(labels, new_labels)
+                labels, table = new_labels, new_table
+                inst_layer.data = labels
+                inst_layer.features = features_table(labels, table)
+                pts_layer.features = _layers.centroid_features(pred.centre_points, labels, table)
+            if "seeds" in done:
+                seeds_layer.data = pred.seeds.astype(np.int32)
+            if done & {"centroids", "clusters"} and field is not None:
+                pts_layer.data = pred.centre_points
+            t2 = time.perf_counter()
+            pred = cache.update()  # the semantic walk, if the change needs it
+            sem_done = set(cache.last_recomputed)
+            if sem_done:
+                sem_layer.data = pred.semantic
+            t3 = time.perf_counter()
+            core_t.append(t1 - t0)
+            layer_t.append(t2 - t1)
+            sem_t.append(t3 - t2)
+            stages = sorted(done | sem_done)
+        cache.update(params)  # back to the start
+        cache.reset_points()
+        cache.update(params)
+        results[name] = (stages, statistics.median(core_t), statistics.median(layer_t), statistics.median(sem_t))
+    return results
+
+
+def bench_viewer(args) -> dict[str, float]:
+    """change -> median seconds from setting the widget's slider to the updated instances layer."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    import napari_irnet._jobs as jobs
+    from napari_irnet.core.checkpoint import save_checkpoint
+
+    model, image, outputs, _ = setup(args)
+    run_networks = jobs.run_networks
+
+    def with_field(*a, **k):  # the widget's run gets the same displacement field as above
+        out = run_networks(*a, **k)
+        out.irn.displacement = outputs.irn.displacement
+        return out
+
+    jobs.run_networks = with_field
+    tmp = Path(tempfile.mkdtemp(prefix="bench_interactive_"))
+    os.environ["NAPARI_IRNET_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["NAPARI_IRNET_DATA_DIR"] = str(tmp / "data")
+    ckpt = save_checkpoint(model, tmp / "model.pt")
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.add_image(image, name="image", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")
+    widget.set_checkpoint(ckpt)
+
+    def wait(cond, timeout=600.0):
+        t0 = time.perf_counter()
+        while not cond():
+            app.processEvents()
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(widget.status.value)
+        app.processEvents()
+
+    wait(lambda: widget.idle)
+    widget.classes.value = model.classes[: args.classes]
+    widget.run()
+    wait(lambda: widget.idle and widget.session is not None)
+
+    from napari_irnet._session import find_layer
+
+    def instances_data():
+        return find_layer(viewer.layers, widget.session.image_id, "instances").data
+
+    results = {}
+    for name, field, values, _goal in CHANGES:
+        times = []
+        for k in range(args.repeat):
+            before = instances_data()
+            touches_instances = not name.startswith(("seed", "semantic"))
+            t0 = time.perf_counter()
+            if field is None:
+                pts = widget.session.points.copy()
+                pts[0] += (6.0, 6.0) if k % 2 == 0 else (-6.0, -6.0)
+                widget.move_centroids(pts)
+            else:
+                widget.param_widgets[field].value = values[k % 2]
+            if touches_instances:  # until the layer shows the new instances (drawn: Qt events processed)
+                wait(lambda: instances_data() is not before)
+            else:  # seeds or semantic only: until the widget is idle
+                wait(lambda: widget.idle)
+            times.append(time.perf_counter() - t0)
+            wait(lambda: widget.idle)
+        results[name] = statistics.median(times)
+        widget.reset_params()
+        widget.reset_centroids()
+        wait(lambda: widget.idle)
+    viewer.close()
+    jobs.run_networks = run_networks
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="tiny", choices=["tiny", "resnet18", "resnet50"])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--instances", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--viewer", action="store_true", help="also time the real widget in a napari window (display or Xvfb)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    core = bench_core(args)
+    viewer = bench_viewer(args) if args.viewer else {}
+    print(
+        f"\n{args.size}x{args.size} image, {args.backbone} backbone (random weights), {args.classes} classes x "
+        f"{args.instances} centres, {torch.get_num_threads()} threads, median of {args.repeat}\n"
+    )
+    head = "| change | stages re-run | core to instances (s) | layer update (s) | **to updated instances (s)** | semantic layer after (s) |"
+    sep = "|---|---|---|---|---|---|"
+    if viewer:
+        head += " widget in napari: slider to layer (s) |"
+        sep += "---|"
+    head += " goal (instances) |"
+    sep += "---|"
+    print(head)
+    print(sep)
+    for name, _field, _values, goal in CHANGES:
+        stages, c, l, sem = core[name]
+        row = f"| {name} | {', '.join(stages) or '–'} | {c:.3f} | {l:.3f} | **{c + l:.3f}** | {sem:.3f} |"
+        if viewer:
+            row += f" {viewer[name]:.3f} |"
+        row += f" ≤ {goal:g} |"
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
