@@ -321,3 +321,40 @@ def test_sample_with_the_bundled_demo_model_in_one_click(make_napari_viewer_prox
     _wait_idle(qtbot, widget)
     inst = _layer(viewer, "instances")
     assert inst.data.shape == (256, 256) and inst.data.max() >= 3
+
+
+def test_keyboard_shortcuts_on_the_instances_layer(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+
+    def press(key):
+        layer.keymap[coerce_keybinding(key)](layer)
+
+    widget.pick_at((15, 15))
+    widget.pick_at((15, 50))
+    press("Shift-M")
+    assert set(np.unique(layer.data)) == {0, 1, 3}
+    press("Control-Z")  # ours on this layer, not napari's paint-only undo
+    np.testing.assert_array_equal(layer.data, _blobs())
+    press("Control-Shift-Z")
+    assert 2 not in layer.data
+    press("Shift-A")
+    assert widget.session.state == "accepted"
+
+
+def test_adding_and_deleting_centroids_reclusters(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _run(qtbot, viewer, checkpoint, image)
+    widget.param_widgets["instance_bg_threshold"].value = 0.0
+    _wait_idle(qtbot, widget)
+    points = _layer(viewer, "centroids")
+    points.data = np.array([[48.0, 48.0]])  # one centre: at most one instance per class
+    _wait_idle(qtbot, widget)
+    one = len(np.unique(_layer(viewer, "instances").data)) - 1
+    points.add(np.array([[10.0, 10.0], [85.0, 85.0], [10.0, 85.0]]))
+    _wait_idle(qtbot, widget)
+    more = len(np.unique(_layer(viewer, "instances").data)) - 1
+    assert one <= len(image.labels) and more > one
