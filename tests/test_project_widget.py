@@ -1,0 +1,245 @@
+"""The Project panel under a (virtual) display: states, Next/Previous, autosave, Accept, reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet._project_jobs import Snapshot, records_for, step_index
+from napari_irnet.core.params import Params
+from napari_irnet.core.synthetic import CLASS_NAMES
+
+FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
+WAIT_MS = 30_000
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_IRNET_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NAPARI_IRNET_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture
+def samples():
+    from napari_irnet.core.synthetic import make_dataset
+
+    return make_dataset(4, shape=(64, 64), seed=11, prefix="p")
+
+
+@pytest.fixture
+def project_dir(env, samples):
+    """Four images: proposed, accepted, new, proposed; a tiny checkpoint."""
+    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
+    from napari_irnet.core.project import create_project
+    from napari_irnet.core.synthetic import write_dataset
+
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    model.irn = new_irnet(model, "cam")
+    model.params = FAST
+    ckpt = save_checkpoint(model, env / "tiny.pt")
+    ds = write_dataset(samples, env / "ds")
+    project = create_project(env / "P", ds / "images", ds / "labels.csv", checkpoint=ckpt, params=FAST)
+    names = project.names
+    for i in (0, 1, 3):
+        s = samples[i]
+        inst = s.instances.astype(np.int32)
+        recs = [{"id": k, "class": c, "score": 0.9} for k, c in s.instance_classes.items()]
+        project.save_result(names[i], inst, recs, np.zeros_like(inst, dtype=np.uint8), "m", None)
+    project.accept(names[1])
+    return env / "P"
+
+
+def _dock(viewer, name="Project"):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-irnet", name)
+    return widget
+
+
+def _wait(qtbot, widget, timeout=WAIT_MS):
+    qtbot.waitUntil(lambda: widget.idle, timeout=timeout)
+
+
+def _open(qtbot, viewer, project_dir, skip=True):
+    widget = _dock(viewer)
+    widget.skip_accepted.value = skip
+    assert widget.open_project(project_dir) is not None
+    _wait(qtbot, widget)
+    return widget
+
+
+def _states(project_dir):
+    from napari_irnet.core.project import open_project
+
+    return {n: st.state for n, st in open_project(project_dir).states().items()}
+
+
+# ------------------------------------------------------------------ GUI-free
+
+
+def test_step_index_skips_accepted_and_stops_at_the_ends():
+    states = ["proposed", "accepted", "new", "accepted"]
+    assert step_index(states, None, 1) == 0
+    assert step_index(states, 0, 1) == 1
+    assert step_index(states, 0, 1, skip_accepted=True) == 2
+    assert step_index(states, 2, 1, skip_accepted=True) is None
+    assert step_index(states, 2, -1, skip_accepted=True) == 0
+    assert step_index(states, 0, -1) is None
+    assert step_index(states, None, -1, skip_accepted=True) == 2
+
+
+def test_records_give_unknown_ids_the_fallback_class():
+    labels = np.array([[0, 1], [2, 5]])
+    recs = records_for(labels, {1: "rod", 2: "cat"}, ["rod", "blob"], "blob", {1: 0.5})
+    assert recs == [{"id": 1, "class": "rod", "score": 0.5}, {"id": 2, "class": "blob", "score": 1.0}, {"id": 5, "class": "blob", "score": 1.0}]
+    a = Snapshot(labels, {1: "rod"}, state="corrected")
+    assert a.same_as(a.copy()) and not a.same_as(Snapshot(labels, {1: "blob"}, state="corrected"))
+
+
+def test_reader_accepts_only_project_folders(project_dir, tmp_path):
+    from napari_irnet._project_reader import get_project_reader
+
+    assert callable(get_project_reader(str(project_dir)))
+    assert get_project_reader(str(tmp_path / "ds")) is None
+    assert get_project_reader(str(project_dir / "images.json")) is None
+
+
+# ------------------------------------------------------------------ viewer
+
+
+@pytest.mark.viewer
+def test_list_states_and_next_previous(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    widget = _open(qtbot, viewer, project_dir)
+    names = widget.project.names
+    assert list(widget.states().values()) == ["proposed", "accepted", "new", "proposed"]
+    assert widget.image_list.count() == 4
+    assert "accepted" in widget.image_list.item(1).text()
+    assert widget.current_name == names[0]
+    inst = widget.instances_layer
+    assert inst is not None and inst.name == "instances"
+    np.testing.assert_array_equal(inst.data, widget.project.load_masks(names[0]).instances)
+    assert inst.metadata["napari_irnet"]["stage"] == "instances"
+    assert widget.next() == names[2]  # the accepted one is passed over
+    _wait(qtbot, widget)
+    assert widget.current_name == names[2]
+    assert widget.instances_layer is None  # a new image has no masks yet
+    images = [ly for ly in viewer.layers if ly.metadata.get("napari_irnet", {}).get("project_image")]
+    assert len(images) == 1  # the previous project image was replaced
+    widget.skip_accepted.value = False
+    assert widget.previous() == names[1]
+    _wait(qtbot, widget)
+    assert widget.current_name == names[1]
+    assert widget.previous() == names[0]
+    _wait(qtbot, widget)
+    assert widget.previous() is None  # no wrap-around
+    # the viewer shortcut
+    from napari_irnet._project_widget import NEXT_KEY
+
+    bound = {str(k): f for k, f in viewer.keymap.items()}
+    bound[NEXT_KEY](viewer)
+    _wait(qtbot, widget)
+    assert widget.current_name == names[1]
+
+
+@pytest.mark.viewer
+def test_painting_autosaves_and_accept_survives_reopening(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    widget = _open(qtbot, viewer, project_dir)
+    name = widget.current_name
+    layer = widget.instances_layer
+    new_id = int(layer.data.max()) + 1
+    layer.paint((5, 5), new_id)  # a brush dab with a new id
+    _wait(qtbot, widget)  # the debounced autosave has run
+    assert _states(project_dir)[name] == "corrected"
+    assert widget.states()[name] == "corrected"
+    from napari_irnet.core.project import open_project
+
+    masks = open_project(project_dir).load_masks(name)
+    assert masks.source == "correction"
+    np.testing.assert_array_equal(masks.instances, layer.data)
+    assert {r["class"] for r in masks.records} <= set(widget.project.classes)
+    # an edit right before Next is saved at once
+    layer.paint((40, 40), new_id + 1)
+    widget.next()
+    after = open_project(project_dir).load_masks(name).instances
+    assert (after == new_id + 1).any()
+    _wait(qtbot, widget)
+    widget.show_image(name)
+    _wait(qtbot, widget)
+    assert widget.accept()
+    assert _states(project_dir)[name] == "accepted"
+    np.testing.assert_array_equal(open_project(project_dir).load_masks(name).instances, after)
+
+    fresh = make_napari_viewer_proxy()
+    again = _open(qtbot, fresh, project_dir, skip=False)
+    assert again.states()[name] == "accepted"
+    np.testing.assert_array_equal(again.instances_layer.data, after)
+    again.reopen()
+    assert _states(project_dir)[name] == "corrected"
+
+
+@pytest.mark.viewer
+def test_failed_save_keeps_the_edits_and_saves_them_later(make_napari_viewer_proxy, qtbot, project_dir, monkeypatch):
+    from napari_irnet.core.io import OutputError
+    from napari_irnet.core.project import Project
+
+    viewer = make_napari_viewer_proxy()
+    widget = _open(qtbot, viewer, project_dir)
+    name = widget.current_name
+    real = Project.save_correction
+
+    def full_disk(self, *args, **kwargs):
+        raise OutputError("instances.tif: cannot write (No space left on device)")
+
+    monkeypatch.setattr(Project, "save_correction", full_disk)
+    layer = widget.instances_layer
+    layer.paint((5, 5), 77)
+    assert not widget.save_now()
+    assert "NOT SAVED" in widget.status.value
+    assert _states(project_dir)[name] == "proposed"
+    widget.next()  # moving on keeps the edits in memory
+    _wait(qtbot, widget)
+    monkeypatch.setattr(Project, "save_correction", real)
+    assert widget.save_now()  # the next save stores them
+    assert _states(project_dir)[name] == "corrected"
+    from napari_irnet.core.project import open_project
+
+    assert (open_project(project_dir).load_masks(name).instances == 77).any()
+
+
+@pytest.mark.viewer
+def test_closing_the_viewer_saves_pending_edits(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    widget = _open(qtbot, viewer, project_dir)
+    name = widget.current_name
+    widget.instances_layer.paint((5, 5), 55)
+    viewer.close()  # before the autosave delay is over
+    assert _states(project_dir)[name] == "corrected"
+
+
+@pytest.mark.viewer
+def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    panel = _dock(viewer, "IRNet")
+    widget = _open(qtbot, viewer, project_dir, skip=False)
+    widget.show_image(1)  # the accepted image
+    _wait(qtbot, widget)
+    assert panel.image.value.metadata["napari_irnet"]["image_id"] == widget.image_layer.metadata["napari_irnet"]["image_id"]
+    assert panel.checkpoint.value  # the project's checkpoint
+    _wait(qtbot, panel)
+    stored = widget.instances_layer.data.copy()
+    panel.run_button.native.click()  # Run hands the masks over to the panel's own layer
+    _wait(qtbot, panel)
+    qtbot.waitUntil(lambda: widget.instances_layer is not None and widget.instances_layer.metadata["napari_irnet"]["stage"] == "instances" and panel.session is not None, timeout=WAIT_MS)
+    qtbot.wait(50)
+    inst = [ly for ly in viewer.layers if ly.metadata.get("napari_irnet", {}).get("stage") in ("instances", "project instances")]
+    assert len(inst) == 1 and inst[0].name == "instances"
+    np.testing.assert_array_equal(widget.instances_layer.data, stored)  # accepted: kept as it was
+    name = widget.current_name
+    widget.instances_layer.paint((3, 3), 99)
+    _wait(qtbot, widget)
+    from napari_irnet.core.project import open_project
+
+    assert (open_project(project_dir).load_masks(name).instances == 99).any()
