@@ -128,3 +128,13 @@ def test_instances_first_then_semantic():
     fresh = postprocess(_two_blobs(), FAST.replace(beta=5.0))
     np.testing.assert_array_equal(second.semantic, fresh.semantic)
     np.testing.assert_array_equal(second.instances.labels, first.instances.labels)
+
+
+def test_an_image_without_classes_is_cached_too():
+    outputs = _two_blobs()
+    outputs.cam = CAMOutput(np.zeros(0, np.int64), outputs.cam.strided[:0], outputs.cam.high_res[:0])
+    cache = StageCache(outputs, FAST)
+    pred = cache.update()
+    assert pred.instances.records == [] and not pred.semantic.any()
+    cache.update()
+    assert cache.last_recomputed == []

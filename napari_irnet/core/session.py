@@ -106,9 +106,12 @@ def _key(params: Params, names: tuple[str, ...]) -> tuple:
     return tuple(getattr(params, n) for n in names)
 
 
+_UNSET = object()  # a slot never computed (None is a valid value: no planes to walk)
+
+
 @dataclass
 class _Slot:
-    key: Any = None
+    key: Any = _UNSET
     value: Any = None
 
 
@@ -146,7 +149,7 @@ class StageCache:
     # ------------------------------------------------------------------
     def _stage(self, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
         slot = self._slots[name]
-        if slot.key != key or slot.value is None:
+        if slot.key is _UNSET or slot.key != key:
             slot.value = compute()
             slot.key = key
             self.last_recomputed.append(name)
@@ -258,7 +261,8 @@ class StageCache:
             )
         else:
             semantic = self._slots["semantic"].value
-        points = centroid_points(centroids, clusters) * float(STRIDE)
         if self._points is not None:
             points = self._points * float(STRIDE)
+        else:
+            points = centroid_points(centroids, clusters) * float(STRIDE)
         return Prediction(ids, seeds, centroids, clusters, points, instances, semantic)
