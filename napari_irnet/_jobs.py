@@ -65,19 +65,22 @@ def run_job(
     checkpoint: str | os.PathLike[str],
     image: np.ndarray,
     classes: Sequence[str],
-    params: Params,
+    params: Params | None = None,
     device: str = "auto",
     centre_points: np.ndarray | None = None,
+    live: dict | None = None,
 ) -> Iterator[str]:
     """Load the model, run both networks once, then every cheap stage.
 
     Yields a short description before each of :data:`RUN_STEPS` steps (the
     widget advances its progress bar and a Cancel takes effect there);
     returns a :class:`RunResult`. Without ``classes`` the classifier picks
-    the image's classes.
+    the image's classes. ``params`` defaults to the checkpoint's, with the
+    fields in ``live`` (the widget's sliders) replaced.
     """
     yield "loading checkpoint"
     model = load_model(checkpoint)
+    params = (params or model.params).replace(**(live or {}))
     dev = resolve_device(device)
     classes = list(classes)
     if not classes:

@@ -176,6 +176,7 @@ class IRNetWidget(Container):
         self._generation = 0
         self._load_worker = None
         self._load_path: str | None = None
+        self._loaded_params: dict[str, Params] = {}
         self._model_classes: list[str] = []
         self._applying = False  # our own writes into layers: ignore their events
         self._paint_check_queued = False
@@ -358,19 +359,21 @@ class IRNetWidget(Container):
         """The image being worked on (None before the first run)."""
         return self._current
 
-    @property
-    def params(self) -> Params:
-        """The checkpoint's parameters with the live ones taken from the sliders."""
-        base = self._current.params if self._current is not None else self._checkpoint_params()
+    def live_values(self) -> dict[str, Any]:
+        """The sliders' values by ``Params`` field name."""
         live = {name: w.value for name, w in self.param_widgets.items()}
         live["walk_steps"] = int(live["walk_steps"])
-        return base.replace(**live)
+        return live
+
+    @property
+    def params(self) -> Params:
+        """The current image's (else the checkpoint's) parameters with the sliders' values."""
+        base = self._current.params if self._current is not None else self._checkpoint_params()
+        return base.replace(**self.live_values())
 
     def _checkpoint_params(self) -> Params:
-        try:
-            return load_model(self.checkpoint.value).params if self.checkpoint.value else Params()
-        except Exception:
-            return Params()
+        """Parameters of the chosen checkpoint once it has been read (never blocks)."""
+        return self._loaded_params.get(str(self.checkpoint.value), Params())
 
     @property
     def idle(self) -> bool:
@@ -438,6 +441,7 @@ class IRNetWidget(Container):
         if path is not None and path != self.checkpoint.value:
             return  # an older choice finished loading late
         self._model_classes = list(model.classes)
+        self._loaded_params[str(path or self.checkpoint.value)] = model.params
         keep = [c for c in self.classes.value if c in self._model_classes]
         self.classes.reset_choices()
         self.classes.value = keep or self._image_labels_for(self.image.value)
@@ -522,9 +526,10 @@ class IRNetWidget(Container):
             self.checkpoint.value,
             image,
             classes,
-            self.params,
+            None,  # the checkpoint's parameters ...
             self.device.value,
             points,
+            self.live_values(),  # ... with the sliders' values
             _progress={"total": RUN_STEPS, "desc": "napari-irnet"},
             _connect={
                 "yielded": self._set_status,
