@@ -9,7 +9,8 @@ The widget holds no algorithm: the project store is
 - Choosing an image (the list, Next / Previous, or the viewer shortcuts
   PageDown / PageUp) replaces the previous project image: the image layer,
   its ``instances`` Labels layer (the project's current masks: the
-  correction, else the model's proposal) and the IRNet panel's stage layers
+  correction, else the model's proposal; empty for a new image, to paint
+  from scratch) and the IRNet panel's stage layers
   of the previous image. The IRNet panel is pointed at the new image (and
   given the project's checkpoint when it has none), so Run and the sliders
   work on it.
@@ -390,12 +391,13 @@ class ProjectWidget(Container):
         meta = {"image_id": self._image_id, "labels": list(labels or []), PROJECT_KEY: str(self.project.root), "project_image": name}
         self._image_layer = self._viewer.add_image(image, name=Path(name).stem, rgb=True, metadata={_layers.META_KEY: meta})
         self._own_layers = [self._image_layer]
-        if shown is not None:
-            self._add_instances(shown, accepted=state == "accepted")
+        entry = self.project.entry(name)
+        empty = Snapshot(np.zeros((entry.height, entry.width), np.int32), state=state)
+        self._add_instances(shown if shown is not None else empty, accepted=state == "accepted")
         self._seed_panel_corrections(shown, state)
         self._point_panel()
         n = 0 if shown is None else len(np.unique(shown.labels)) - 1
-        what = "no masks yet: Run in the IRNet panel, or paint" if shown is None else f"{n} instances"
+        what = "no masks yet: Run in the IRNet panel, or paint into 'instances'" if shown is None else f"{n} instances"
         self._set_status(f"{name} ({i + 1}/{len(self._states)}, {state}): {what}")
         self._refresh_controls()
 

@@ -124,7 +124,7 @@ def test_list_states_and_next_previous(make_napari_viewer_proxy, qtbot, project_
     assert widget.next() == names[2]  # the accepted one is passed over
     _wait(qtbot, widget)
     assert widget.current_name == names[2]
-    assert widget.instances_layer is None  # a new image has no masks yet
+    assert not widget.instances_layer.data.any()  # a new image: nothing yet, paint from scratch
     images = [ly for ly in viewer.layers if ly.metadata.get("napari_irnet", {}).get("project_image")]
     assert len(images) == 1  # the previous project image was replaced
     widget.skip_accepted.value = False
@@ -243,3 +243,14 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     from napari_irnet.core.project import open_project
 
     assert (open_project(project_dir).load_masks(name).instances == 99).any()
+    # the panel's own edits are autosaved too
+    victim = int(stored[stored > 0][0])
+    point = np.argwhere(widget.instances_layer.data == victim)[0]
+    assert panel.pick_at(point) == victim
+    panel.delete_picked()
+    _wait(qtbot, widget)
+    masks = open_project(project_dir).load_masks(name)
+    assert not (masks.instances == victim).any() and (masks.instances == 99).any()
+    assert _states(project_dir)[name] == "corrected"
+    widget.accept()  # through the panel: both agree
+    assert panel.session.state == "accepted" and _states(project_dir)[name] == "accepted"
