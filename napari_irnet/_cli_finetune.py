@@ -51,7 +51,7 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> np.ndar
 def cmd_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cli import _load_dataset, _overrides
+    from .cli import _load_dataset, _overrides, _progress
     from .core.checkpoint import load_checkpoint, save_checkpoint
     from .core.finetune import finetune, finetune_labels
     from .core.io import InputError, read_labels
@@ -75,14 +75,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for i, lab, is_strong in tqdm(gen, total=len(items), desc="labels", disable=None):
         labels[i], strong[i] = lab, is_strong
     resume = args.out.with_name(args.out.name + ".resume")
-    bar = None
-    for rec in finetune(model, items, labels, strong, device=args.device, resume_file=resume):
-        if bar is None:
-            bar = tqdm(total=rec["max_step"], initial=rec.get("resumed_from", 0), desc="fine-tune", unit="step", disable=None)
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
-    if bar is not None:
-        bar.close()
+    _progress(finetune(model, items, labels, strong, device=args.device, resume_file=resume), "fine-tune")
     save_checkpoint(model, args.out)
     print(f"saved {args.out} ({args.checkpoint} unchanged)")
     return 0

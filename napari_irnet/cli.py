@@ -77,9 +77,12 @@ def _progress(gen, desc: str):
     bar = None
     for rec in gen:
         if bar is None:
-            bar = tqdm(total=rec.get("max_step"), desc=desc, unit="step", disable=None if is_main() else True)
+            # a resumed run starts its bar where the interrupted one stopped
+            start = rec.get("resumed_from", 0)
+            bar = tqdm(total=rec.get("max_step"), initial=start, desc=desc, unit="step", disable=None if is_main() else True)
         bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if "loss" in rec:
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
     if bar is not None:
         bar.close()
 
