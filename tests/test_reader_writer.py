@@ -49,8 +49,11 @@ def test_manifest_offers_reader_for_label_names_only():
     from npe2 import PluginManifest
 
     pm = PluginManifest.from_distribution("napari-irnet")
-    (reader,) = pm.contributions.readers
+    readers = {r.command: r for r in pm.contributions.readers}
+    reader = readers["napari-irnet.get_reader"]
     assert "*instances.tif" in reader.filename_patterns and "*.png" not in reader.filename_patterns
+    project = readers["napari-irnet.get_project_reader"]  # project folders only, never files
+    assert project.accepts_directories and not project.filename_patterns
     exts = {e for w in pm.contributions.writers for e in w.filename_extensions}
     assert {".tif", ".json"} <= exts
     assert pm.contributions.widgets and pm.contributions.sample_data
