@@ -234,7 +234,7 @@ def main() -> int:
     print("| check | result |")
     print("|---|---|")
     print(f"| images stored before the kill | {len(proposed_before)} |")
-    print(f"| killed project opens; every stored proposal loads | yes |")
+    print("| killed project opens; every stored proposal loads | yes |")
     print(f"| unreferenced leftovers of the killed write | {leftovers} (removed by the next write of that image) |")
     print(f"| resumed run predicted exactly the others | {len(to_do)} = {args.n} - {len(proposed_before)} |")
     print(f"| states of images done before the kill unchanged | {'yes' if untouched else 'NO'} |")

@@ -5,7 +5,7 @@
 
 Starts from the weakly supervised models of ``benchmarks/bench_quality.py``
 (the CAM network and the IRNet trained from CAM seeds, reused from its cache
-``bench_output/quality/consep`` or trained there first), then simulates an
+``bench_output/quality/consep_512`` or trained there first), then simulates an
 annotator: the ground-truth instances of k training patches are taken as
 their corrections. For every k, IRNet is fine-tuned from the weak model with
 :func:`napari_irnet.core.finetune.finetune` on those k patches (exact
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -105,17 +104,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from napari_irnet.core.finetune import finetune
     from napari_irnet.core.inference import resolve_device
-    from napari_irnet.core.params import Params
+    from napari_irnet.core.io import json_ready, write_json
     from napari_irnet.core.targets import relation_labels
     from napari_irnet.core.training import LabelledImage
 
     device = resolve_device(args.device)
-    out = args.out or bq.ROOT / "bench_output" / "quality" / "consep"
+    out = bq.output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict = {}
     classes, train = bq.load_consep(data, "train", args.long_side, args.train_limit)
     _, test = bq.load_consep(data, "test", args.long_side, args.test_limit)
-    params = Params(cam_scales=tuple(args.cam_scales), min_fragment_fraction=args.min_fragment)
+    params = bq.make_params(args)
     cam_key = "_".join(f"{s:g}" for s in params.cam_scales)
 
     cam_model = bq.get_cam_model(args, classes, train, out, timings)
@@ -182,7 +181,7 @@ def main(argv=None) -> int:
     print(f"| fully supervised (all {len(train)} patches) | {ub['mAP@0.5']:.3f} | {ub['mAP@0.7']:.3f} | {ub['mIoU']:.3f} | 100% | |")
     record = {"rows": rows, "upper_bound": ub, "corrected": [train[i].name for i in corrected], "weak_subset": len(weak_subset),
               "train_params": tp.to_dict(), "params": params.to_dict(), "device": str(device), "threads": args.threads}  # fmt: skip
-    (hitl / "hitl.json").write_text(json.dumps(bq._json_ready(record), indent=1))
+    write_json(hitl / "hitl.json", json_ready(record))
     plot([r for r in rows if r["k"] != "weak"], ub["mAP@0.5"] if upper else None, hitl / "hitl.png")
     if args.figure_dir:
         args.figure_dir.mkdir(parents=True, exist_ok=True)

@@ -85,9 +85,9 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
         clusters = cen[1]
         k = int(clusters.max()) + 1
         walk = timed("walk instances", lambda: walk_instances(outputs, clusters, params, dev))
-        timed("instances", lambda: assign_instances(walk, np.repeat(ids, k), size, 0.25, 0.01))
+        timed("instances", lambda w=walk: assign_instances(w, np.repeat(ids, k), size, 0.25, 0.01))
         sem = timed("walk semantic", lambda: propagate(cam.strided.to(dev), irn.boundary.to(dev), 10, 256, 5))
-        timed("semantic", lambda: semantic_from_walk(sem, ids, size, 0.25))
+        timed("semantic", lambda s=sem: semantic_from_walk(s, ids, size, 0.25))
         del walk, sem
     out = {k: statistics.median(v) for k, v in times.items()}
     out["_channels"] = args.classes * k

@@ -346,7 +346,7 @@ def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, kee
 
     k = len(classes)
     scorers = {m: Scorer(k, instances=m != "CAM") for m in METHODS if m != "(c) upper bound" or irn_full is not None}
-    diag = {"disp_err_weak": [], "disp_err_full": [], "clusters_weak": [], "clusters_full": [], "gt_instances": [],
+    diag = {"disp_err_weak": [], "disp_err_full": [], "clusters_weak": [], "clusters_full": [], "clusters_oracle": [], "gt_instances": [],
             "boundary_on_edges_weak": [], "boundary_inside_weak": [], "boundary_on_edges_full": [], "boundary_inside_full": [],
             "seconds_per_image": []}  # fmt: skip
     figure = {}
@@ -398,6 +398,7 @@ def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, kee
             keep[tag] = pred
             keep[f"boundary_{tag}"], keep[f"disp_{tag}"] = boundary.numpy(), disp.numpy()
         diag["gt_instances"].append(len(it.gt_labels))
+        diag["clusters_oracle"].append(oracle_clusters(it.gt_inst_work, params))
         diag["seconds_per_image"].append(time.perf_counter() - t0)
         if it.name in keep_for_figure:
             figure[it.name] = {"item": it, "cam": high.numpy(), "cam_cc": instances_from_class_map(cam_map, cam_score, params.min_fragment_fraction).labels, **keep}
@@ -406,6 +407,22 @@ def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, kee
     results = {m: s.result() for m, s in scorers.items()}
     summary = {key: (float(np.mean(v)) if v else None) for key, v in diag.items()}
     return results, summary, figure
+
+
+def oracle_clusters(instances: np.ndarray, params) -> int:
+    """Centres found by the clustering from the ideal displacement field of ``instances``.
+
+    The field is :func:`~napari_irnet.core.targets.displacement_target` inside
+    the instances and zero elsewhere (what IRNet is trained to predict); its
+    cluster count is the most the post-processing can find at this image scale
+    and ``cluster_threshold``.
+    """
+    from napari_irnet.core.postprocess import cluster_centroids, find_centroids
+    from napari_irnet.core.targets import displacement_target
+
+    target, valid = displacement_target(instances)
+    field = np.where(valid[None], target, 0).astype(np.float32)
+    return int(cluster_centroids(find_centroids(field, params.centroid_steps), field, params.cluster_threshold).max()) + 1
 
 
 def seed_quality(items, seeds) -> dict:
@@ -535,28 +552,20 @@ def table(results: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # --------------------------------------------------------------------------- main
 
 DEFAULTS = {
-    # CoNSeP: 256 px patches at their size, nuclei of ~17 px: single-scale CAMs,
-    # fragments kept down to 0.05% of the patch (33 px)
-    "consep": dict(long_side=0, crop=256, cam_resize_long=(224, 320), cam_scales=(1.0,), min_fragment=0.0005,
-                   cam_epochs=3, irn_epochs=2, batch_size=16),  # fmt: skip
+    # CoNSeP: 256 px patches upscaled 2x (nuclei of ~17 px become ~34 px, about
+    # 8 cells of IRNet's stride-4 grid across; at their own size even the
+    # ground-truth displacement field finds 2 centres per patch instead of 66,
+    # see "oracle" in the diagnostics), single-scale CAMs, a lower cluster
+    # threshold (the nuclei's displacements are short), fragments kept down to
+    # 0.05% of the patch (33 px of the original)
+    "consep": dict(long_side=512, crop=256, cam_resize_long=(448, 640), cam_scales=(1.0,), min_fragment=0.0005,
+                   cam_epochs=3, irn_epochs=8, batch_size=16, cluster_threshold=1.5),  # fmt: skip
     # coco_voc: photos resized to 320 px on the long side, the reference's multi-scale CAM minus scale 2
     "coco_voc": dict(long_side=320, crop=320, cam_resize_long=(240, 400), cam_scales=(1.0, 0.5, 1.5), min_fragment=0.01,
-                     cam_epochs=8, irn_epochs=6, batch_size=8),  # fmt: skip
+                     cam_epochs=8, irn_epochs=6, batch_size=8, cluster_threshold=2.5),  # fmt: skip
 }
 
 
@@ -564,7 +573,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(DEFAULTS), default="consep")
     ap.add_argument("--data", type=Path, help="data folder (default: ../shared/data/<dataset> from the repository root)")
-    ap.add_argument("--out", type=Path, help="cache and results folder (default: bench_output/quality/<dataset>)")
+    ap.add_argument("--out", type=Path, help="cache and results folder (default: bench_output/quality/<dataset>_<long side>)")
     ap.add_argument("--figure-dir", type=Path, help="also copy the figure PNG here (e.g. docs/images)")
     ap.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 | resnet50 | resnet18 | tiny")
     ap.add_argument("--weights", default="imagenet", help="imagenet | none | PATH")
@@ -605,12 +614,32 @@ def parse_args(argv=None):
     g.add_argument("--tag", default="", help="suffix of results/tables files (post-processing variants)")
     args = ap.parse_args(argv)
     d = DEFAULTS[args.dataset]
-    for key in ("long_side", "crop", "cam_resize_long", "cam_epochs", "irn_epochs", "batch_size", "cam_scales", "min_fragment"):
+    for key in ("long_side", "crop", "cam_resize_long", "cam_epochs", "irn_epochs", "batch_size", "cam_scales", "min_fragment",
+                "cluster_threshold"):
         if getattr(args, key) is None:
             setattr(args, key, d[key])
     if args.retrain_cam:
         args.retrain_irn = True
     return args
+
+
+def make_params(args):
+    """The post-processing :class:`~napari_irnet.core.params.Params` of a run (data set defaults, then options)."""
+    from napari_irnet.core.params import Params
+
+    keys = ("cam_eval_threshold", "seed_fg_threshold", "seed_bg_threshold", "instance_bg_threshold",
+            "semantic_bg_threshold", "beta", "walk_steps")  # fmt: skip
+    return Params(
+        cam_scales=tuple(args.cam_scales),
+        min_fragment_fraction=args.min_fragment,
+        cluster_threshold=args.cluster_threshold,
+        **{k: getattr(args, k) for k in keys if getattr(args, k) is not None},
+    )
+
+
+def output_dir(args) -> Path:
+    """The cache and results folder: ``--out``, or one per data set and working size."""
+    return args.out or ROOT / "bench_output" / "quality" / f"{args.dataset}_{args.long_side}"
 
 
 def main(argv=None) -> int:
@@ -624,11 +653,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from napari_irnet.core.inference import resolve_device
-    from napari_irnet.core.params import Params
+    from napari_irnet.core.io import json_ready, write_json
     from napari_irnet.core.targets import relation_labels
 
     device = resolve_device(args.device)
-    out = args.out or ROOT / "bench_output" / "quality" / args.dataset
+    out = output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict = {}
     t_start = time.perf_counter()
@@ -641,12 +670,7 @@ def main(argv=None) -> int:
         test = []
         splits = {"train (pseudo labels)": train[:: args.train_eval_every]}
     _log(f"{args.dataset}: {len(train)} training images, {len(test)} test images, classes {classes}")
-    params = Params(
-        cam_scales=tuple(args.cam_scales),
-        min_fragment_fraction=args.min_fragment,
-        **{k: getattr(args, k) for k in ("cam_eval_threshold", "seed_fg_threshold", "seed_bg_threshold", "instance_bg_threshold",
-                                          "semantic_bg_threshold", "cluster_threshold", "beta", "walk_steps") if getattr(args, k) is not None},
-    )  # fmt: skip
+    params = make_params(args)
     if args.retrain_cam:
         for f in out.glob("cams_*.pt"):
             f.unlink()
@@ -724,7 +748,7 @@ def main(argv=None) -> int:
         "timings_min": timings,
         "training_history": histories,
     }
-    (out / f"results{tag}.json").write_text(json.dumps(_json_ready(record), indent=1))
+    write_json(out / f"results{tag}.json", json_ready(record))
     tables = "\n".join(table(r, f"{args.dataset}, {s}") for s, r in all_results.items())
     (out / f"tables{tag}.md").write_text(tables)
     _log(f"wrote {out / f'results{tag}.json'}, {out / f'tables{tag}.md'}, {fig_path}; timings (min): "

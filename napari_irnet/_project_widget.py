@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, EmptyWidget, Label, PushButton
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QListWidget, QListWidgetItem, QVBoxLayout

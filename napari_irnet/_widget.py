@@ -42,7 +42,7 @@ from qtpy.QtCore import QTimer
 
 from . import _layers
 from ._jobs import RUN_STEPS, RunResult, UpdateResult, load_model, run_job, update_job
-from ._layers import STAGES, VISIBLE_STAGES, stage_of
+from ._layers import STAGES, VISIBLE_STAGES
 from ._recent import checkpoint_choices, remember_checkpoint
 from ._session import ImageSession, find_layer, put_layer, stage_layers
 from .core.corrections import (

@@ -169,34 +169,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN -> None, numpy scalars/arrays -> plain numbers/lists, dict keys -> str (strict JSON)."""
-    import math
-
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from .core.evaluate import evaluate_folder, format_table
-    from .core.io import atomic_write
+    from .core.io import json_ready, write_json
 
     results = evaluate_folder(args.predictions, args.ground_truth, classes=args.classes, gt_format=args.gt_format)
     print(format_table(results), end="")
     if args.out is not None:
-        text = json.dumps(_json_ready(results), indent=1, allow_nan=False) + "\n"
-        atomic_write(args.out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_json(args.out, json_ready(results))
         print(f"wrote {args.out}")
     return 0
 

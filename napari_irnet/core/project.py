@@ -70,6 +70,7 @@ from .io import (
     list_images,
     write_instance_tiff,
     write_instances_json,
+    write_json,
     write_semantic_png,
 )
 from .params import Params
@@ -199,11 +200,6 @@ def _name_list(names: Sequence[str], limit: int = _MAX_NAMES_SHOWN) -> str:
     if len(names) > limit:
         shown += f", ... and {len(names) - limit} more"
     return shown
-
-
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -407,10 +403,10 @@ class Project:
     # ------------------------------------------------------------ manifest
     def _write_manifest(self) -> None:
         self.manifest["modified"] = _now()
-        _write_json(self.root / MANIFEST, self.manifest)
+        write_json(self.root / MANIFEST, self.manifest)
 
     def _write_images(self) -> None:
-        _write_json(self.root / IMAGE_TABLE, {"images": [e.to_dict() for e in self.images]})
+        write_json(self.root / IMAGE_TABLE, {"images": [e.to_dict() for e in self.images]})
 
     def set_params(self, params: Params) -> None:
         """Save new pipeline parameters (``proposed`` results made with others become stale)."""
@@ -520,7 +516,7 @@ class Project:
         return [n for n, st in self.states().items() if self.needs_prediction(n, model_key, st)]
 
     def _write_state(self, name: str, st: ItemState) -> None:
-        _write_json(self.item_dir(name) / STATE_FILE, {"name": name, **st.to_dict()})
+        write_json(self.item_dir(name) / STATE_FILE, {"name": name, **st.to_dict()})
 
     def _new_rev(self, name: str, kind: str, st: ItemState) -> tuple[int, Path]:
         used = [0]
@@ -1038,7 +1034,7 @@ def _upgrade(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         version += 1
         manifest["format_version"] = version
         manifest["modified"] = _now()
-        _write_json(path, manifest)  # the version moves on only once the step is done
+        write_json(path, manifest)  # the version moves on only once the step is done
     return manifest
 
 
