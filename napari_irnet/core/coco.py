@@ -18,6 +18,29 @@ from .edits import InstanceInfo
 UNNAMED_CLASS = "object"
 
 
+def encode_mask(mask: np.ndarray) -> tuple[dict[str, Any], int, list[float]]:
+    """COCO RLE of one binary mask (pycocotools), JSON-ready, with its area and bbox.
+
+    Parameters
+    ----------
+    mask : (H, W) bool or 0/1 array
+
+    Returns
+    -------
+    rle : dict
+        ``{"size": [H, W], "counts": str}``.
+    area : int
+        Pixel count.
+    bbox : list of 4 float
+        ``[x, y, width, height]`` in pixels.
+    """
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle, int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+
+
 def coco_from_instances(
     labels: np.ndarray,
     table: Mapping[int, InstanceInfo] | None = None,
@@ -39,8 +62,6 @@ def coco_from_instances(
     file_name : str
         The image's file name in ``images``.
     """
-    from pycocotools import mask as mask_utils
-
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"a COCO export needs a 2D instance map, got shape {labels.shape}")
@@ -57,10 +78,7 @@ def coco_from_instances(
     H, W = labels.shape
     annotations = []
     for i in ids:
-        mask = np.asfortranarray((labels == i).astype(np.uint8))
-        rle = mask_utils.encode(mask)
-        rle["counts"] = rle["counts"].decode("ascii")
-        x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+        rle, area, bbox = encode_mask(labels == i)
         info = table.get(i)
         name = info.class_name if info is not None and info.class_name else default
         ann = {
@@ -68,8 +86,8 @@ def coco_from_instances(
             "image_id": 1,
             "category_id": cats.index(name) + 1,
             "segmentation": rle,
-            "area": float(mask_utils.area(rle)),
-            "bbox": [x, y, w, h],
+            "area": float(area),
+            "bbox": bbox,
             "iscrowd": 0,
         }
         if info is not None:

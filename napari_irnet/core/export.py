@@ -37,7 +37,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tifffile
@@ -162,17 +161,10 @@ def _check_out(out: Path) -> None:
 # COCO
 
 
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
 def _coco_annotations(masks: Masks, image_id: int, classes: list[str], first_id: int, with_score: bool):
-    from pycocotools import mask as mask_utils
     from scipy import ndimage
+
+    from .coco import encode_mask
 
     anns = []
     slices = ndimage.find_objects(masks.instances)
@@ -183,14 +175,14 @@ def _coco_annotations(masks: Masks, image_id: int, classes: list[str], first_id:
             continue
         full = np.zeros((h, w), np.uint8, order="F")
         full[sl] = masks.instances[sl] == rec["id"]
-        rle = _rle(full)
+        rle, area, bbox = encode_mask(full)
         ann = {
             "id": first_id + len(anns),
             "image_id": image_id,
             "category_id": classes.index(rec["class"]) + 1,
             "segmentation": rle,
-            "area": int(mask_utils.area(rle)),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "area": area,
+            "bbox": bbox,
             "iscrowd": 0,
         }
         if with_score:
