@@ -261,18 +261,28 @@ def assign_from_argmax(
     plane[norm < bg_threshold] = 0
     # argmax ties against the background plane go to background, as torch.argmax does
     plane[norm == bg_threshold] = 0
-    labels = connected_components(plane, connectivity=1, background=0).astype(np.int32)
+    keys = np.asarray(plane_classes, dtype=np.int64)
+    return _components(plane, norm, min_fragment_fraction, lambda key: int(keys[key - 1]))
+
+
+def _components(key_map: np.ndarray, score_map: np.ndarray, min_fragment_fraction: float, class_of) -> InstanceResult:
+    """The 4-connected components of equal non-zero ``key_map`` values as instances.
+
+    Records: id (1..M, raster order), ``class_of(key)``, score (maximum of
+    ``score_map`` inside; 0 under ``min_fragment_fraction`` of the image),
+    bbox ``[x0, y0, x1, y1]`` (end exclusive) and area in pixels.
+    """
+    H, W = key_map.shape
+    labels = connected_components(key_map, connectivity=1, background=0).astype(np.int32)
     min_area = min_fragment_fraction * H * W
     records = []
-    for region in regionprops(labels, intensity_image=norm):
+    for region in regionprops(labels, intensity_image=score_map):
         y0, x0, y1, x1 = region.bbox
-        p = int(plane[tuple(region.coords[0])]) - 1
-        score = 0.0 if region.area < min_area else float(region.intensity_max)
         records.append(
             {
                 "id": int(region.label),
-                "class_id": int(plane_classes[p]),
-                "score": score,
+                "class_id": class_of(int(key_map[tuple(region.coords[0])])),
+                "score": 0.0 if region.area < min_area else float(region.intensity_max),
                 "bbox": [int(x0), int(y0), int(x1), int(y1)],
                 "area": int(region.area),
             }
@@ -358,19 +368,4 @@ def instances_from_class_map(
     score_map = np.asarray(score_map, dtype=np.float64)
     if score_map.shape != class_map.shape:
         raise ValueError(f"score_map {score_map.shape} and class_map {class_map.shape} differ in shape")
-    labels = connected_components(class_map, connectivity=1, background=0).astype(np.int32)
-    min_area = min_fragment_fraction * H * W
-    records = []
-    for region in regionprops(labels, intensity_image=score_map):
-        y0, x0, y1, x1 = region.bbox
-        cls = int(class_map[tuple(region.coords[0])]) - 1
-        records.append(
-            {
-                "id": int(region.label),
-                "class_id": cls,
-                "score": 0.0 if region.area < min_area else float(region.intensity_max),
-                "bbox": [int(x0), int(y0), int(x1), int(y1)],
-                "area": int(region.area),
-            }
-        )
-    return InstanceResult(labels, records)
+    return _components(class_map, score_map, min_fragment_fraction, lambda key: key - 1)
