@@ -58,14 +58,15 @@ from .core.edits import (
     EditRecord,
     InstanceInfo,
     LabelDiff,
+    accept_all,
     delete,
     features_table,
     instance_at,
+    instance_ids,
     merge,
     merge_protected,
     next_free_id,
     set_class,
-    set_state,
     split_by_line,
     split_by_seeds,
     table_from_records,
@@ -1137,13 +1138,10 @@ class IRNetWidget(Container):
         if session is None:
             show_warning("napari-irnet: run the model on an image first")
             return
-        ids = [int(i) for i in np.unique(session.labels) if i]
-        table = dict(session.table)
-        for i in ids:
-            if i not in table:
-                table[i] = InstanceInfo(self.edit_class.value or "", 1.0, "edited")
-        self._edit("accept image", None, set_state(table, ids, "accepted"), state="accepted")
-        self._set_status(f"{session.image_name} accepted ({len(ids)} instances); saved in {session.folder}")
+        table = accept_all(session.labels, session.table, self.edit_class.value or "")
+        self._edit("accept image", None, table, state="accepted")
+        n = len(instance_ids(session.labels))
+        self._set_status(f"{session.image_name} accepted ({n} instances); saved in {session.folder}")
 
     def set_instances(self, labels: np.ndarray, classes: dict[int, str] | None = None) -> None:
         """Replace the instances with a given map (e.g. from another tool); undoable.

@@ -205,3 +205,16 @@ def test_history_undo_redo_and_update_coalescing():
     h.undo()
     h.push(EditRecord("e", d))
     assert not h.can_redo
+
+
+def test_accept_all_marks_every_present_instance():
+    from napari_irnet.core.edits import InstanceInfo, accept_all
+
+    labels = np.array([[0, 1, 1], [2, 2, 5]], np.int32)
+    table = {1: InstanceInfo("a", 0.7, "proposed"), 2: InstanceInfo("b", 0.4, "edited"), 9: InstanceInfo("a", 0.2, "proposed")}
+    out = accept_all(labels, table, "c")
+    assert out[1] == InstanceInfo("a", 0.7, "accepted")
+    assert out[2] == InstanceInfo("b", 0.4, "accepted")
+    assert out[5] == InstanceInfo("c", 1.0, "accepted")  # painted with a new id
+    assert out[9] == table[9]  # no longer in the map: untouched
+    assert table[1].state == "proposed"  # the input is not changed

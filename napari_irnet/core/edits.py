@@ -111,6 +111,19 @@ def set_state(table: Mapping[int, InstanceInfo], ids: Iterable[int], state: str)
     return out
 
 
+def accept_all(labels: np.ndarray, table: Mapping[int, InstanceInfo], default_class: str = "") -> dict[int, InstanceInfo]:
+    """The table of an accepted image: every instance in ``labels`` marked ``accepted``.
+
+    Instances without an entry (painted with a new id) get ``default_class``
+    and score 1; entries of ids no longer in ``labels`` are kept unchanged.
+    """
+    ids = [int(i) for i in instance_ids(labels)]
+    out = dict(table)
+    for i in ids:
+        out.setdefault(i, InstanceInfo(default_class, 1.0, "edited"))
+    return set_state(out, ids, "accepted")
+
+
 def instance_ids(labels: np.ndarray) -> np.ndarray:
     """Sorted ids of the instances present (0 excluded)."""
     ids = np.unique(labels)
