@@ -59,6 +59,7 @@ from ._finetune_jobs import (
 )
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
 from .core.edits import features_table, table_from_records
+from .core.inference import describe_device, device_choices
 from .core.io import InputError
 from .core.params import TrainParams
 
@@ -69,24 +70,6 @@ if TYPE_CHECKING:  # pragma: no cover
 COMPARE_STAGE = "compare"
 #: ms of quiet after layer changes before the image list is refreshed
 REFRESH_MS = 300
-
-
-def _device_choices() -> list[str]:
-    import torch
-
-    choices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        choices.append("cuda")
-    return choices
-
-
-def _resolved(choice: str) -> str:
-    from .core.inference import resolve_device
-
-    try:
-        return str(resolve_device(choice))
-    except RuntimeError as exc:
-        return f"unavailable ({exc})"
 
 
 class LossPlot(QWidget):
@@ -203,8 +186,8 @@ class FinetuneWidget(Container):
         self.finetune_learning_rate.native.setDecimals(6)
         self.correction_weight = SpinBox(label="correction weight", name="correction_weight", min=1, max=1000, value=defaults.correction_weight)
         self.correction_weight.tooltip = "How many times a corrected image is drawn per epoch (a weakly labelled one: once)"
-        self.device = ComboBox(label="device", name="device", choices=_device_choices(), value="auto")
-        self.device_in_use = Label(label="in use", name="device_in_use", value=_resolved("auto"))
+        self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
+        self.device_in_use = Label(label="in use", name="device_in_use", value=describe_device("auto"))
 
         # --- run --------------------------------------------------------
         self.start_button = PushButton(text="Start", name="start_button")
@@ -266,7 +249,7 @@ class FinetuneWidget(Container):
         self.refresh_button.changed.connect(self.refresh_images)
         self.from_panel_button.changed.connect(self.take_panel_checkpoint)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)
-        self.device.changed.connect(lambda v: setattr(self.device_in_use, "value", _resolved(v)))
+        self.device.changed.connect(lambda v: setattr(self.device_in_use, "value", describe_device(v)))
         self.use_version_button.changed.connect(lambda *_: self.use_version())
         self.compare_button.changed.connect(self.compare)
         events = self._viewer.layers.events

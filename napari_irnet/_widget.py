@@ -71,6 +71,7 @@ from .core.edits import (
     split_by_seeds,
     table_from_records,
 )
+from .core.inference import describe_device, device_choices
 from .core.io import InputError, OutputError
 from .core.params import Params
 
@@ -105,18 +106,6 @@ _SHORTCUTS = {
 }
 #: how the shortcuts are written on the buttons
 _KEY_TEXT = {"Shift-": "⇧", "Control-": "Ctrl+"}
-
-
-def _device_choices() -> list[str]:
-    import torch
-
-    choices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        choices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        choices.append("mps")
-    return choices
 
 
 @dataclass
@@ -190,8 +179,8 @@ class IRNetWidget(Container):
         self.classes = Select(label="classes", name="classes", choices=self._class_choices)
         self.classes.tooltip = "The classes present in this image (image-level labels); none chosen: the classifier decides"
         self.classes.native.setMaximumHeight(72)
-        self.device = ComboBox(label="device", name="device", choices=_device_choices(), value="auto")
-        self.device_in_use = Label(label="in use", name="device_in_use", value=self._resolved_device("auto"))
+        self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
+        self.device_in_use = Label(label="in use", name="device_in_use", value=describe_device("auto"))
         self.run_button = PushButton(text="Run", name="run_button", tooltip="Run both networks once, then every stage")
         self.cancel_button = PushButton(text="Cancel", name="cancel_button", enabled=False)
         self.status = Label(label="status", name="status", value="choose an image and a checkpoint, then Run")
@@ -294,7 +283,7 @@ class IRNetWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.browse.changed.connect(self._browse_checkpoint)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)
-        self.device.changed.connect(lambda v: setattr(self.device_in_use, "value", self._resolved_device(v)))
+        self.device.changed.connect(lambda v: setattr(self.device_in_use, "value", describe_device(v)))
         self.image.changed.connect(self._on_image_changed)
         self.reset_params_button.changed.connect(self.reset_params)
         self.merge_button.changed.connect(self.merge_picked)
@@ -326,15 +315,6 @@ class IRNetWidget(Container):
 
     # ------------------------------------------------------------------
     # small helpers
-
-    @staticmethod
-    def _resolved_device(choice: str) -> str:
-        from .core.inference import resolve_device
-
-        try:
-            return str(resolve_device(choice))
-        except RuntimeError as exc:
-            return f"unavailable ({exc})"
 
     def _checkpoint_choices(self, *_) -> list[tuple[str, str]]:
         choices = checkpoint_choices()

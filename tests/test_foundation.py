@@ -62,3 +62,18 @@ def test_sample_opens_in_viewer(make_napari_viewer_proxy):
     names = [layer.name for layer in viewer.layers]
     assert "synthetic cells" in names and "ground truth" in names
     assert viewer.layers["synthetic cells"].rgb
+
+
+def test_device_choices_and_description():
+    import torch
+
+    from napari_irnet.core.inference import describe_device, device_choices, resolve_device
+
+    choices = device_choices()
+    assert choices[:2] == ["auto", "cpu"]
+    assert ("cuda" in choices) == torch.cuda.is_available()
+    assert describe_device("cpu") == "cpu"
+    assert describe_device("auto") == str(resolve_device("auto"))
+    if not torch.cuda.is_available():
+        text = describe_device("cuda")
+        assert text.startswith("unavailable (") and "CUDA" in text

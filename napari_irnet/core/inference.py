@@ -45,6 +45,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def device_choices() -> list[str]:
+    """The device names a user can pick here: ``auto``, ``cpu``, then ``cuda`` and ``mps`` when present."""
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        choices.append("mps")
+    return choices
+
+
+def describe_device(choice: str) -> str:
+    """The device ``choice`` resolves to, as text; ``unavailable (why)`` when it cannot be used."""
+    try:
+        return str(resolve_device(choice))
+    except RuntimeError as exc:
+        return f"unavailable ({exc})"
+
+
 def strided_size(shape: Sequence[int], stride: int = 4) -> tuple[int, int]:
     """Grid size ceil(H/stride), ceil(W/stride) as in the reference."""
     return ((shape[0] - 1) // stride + 1, (shape[1] - 1) // stride + 1)
