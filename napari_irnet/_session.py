@@ -17,6 +17,7 @@ import numpy as np
 
 from ._jobs import RunResult
 from ._layers import stage_of
+from .core.corrections import image_fingerprint
 from .core.edits import History, InstanceInfo
 from .core.params import Params
 
@@ -47,6 +48,16 @@ class ImageSession:
     prediction: Any = None
     #: classes offered for edits (the image's, then the model's others)
     edit_classes: list[str] = field(default_factory=list)
+
+    #: fingerprint of ``image``'s pixels (computed once, on the first save)
+    _fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`~napari_irnet.core.corrections.image_fingerprint` of the image, cached."""
+        if self._fingerprint is None:
+            self._fingerprint = image_fingerprint(self.image)
+        return self._fingerprint
 
     @property
     def classes(self) -> list[str]:

@@ -49,7 +49,6 @@ from .core.corrections import (
     Corrections,
     corrections_folder,
     delete_corrections,
-    image_fingerprint,
     load_corrections,
     save_corrections,
 )
@@ -1253,7 +1252,7 @@ class IRNetWidget(Container):
                 instances=session.table,
                 state=session.state,
                 image_name=session.image_name,
-                fingerprint=image_fingerprint(session.image),
+                fingerprint=session.fingerprint,
                 classes=session.classes,
                 checkpoint=session.result.checkpoint,
                 params=session.params.to_dict(),
