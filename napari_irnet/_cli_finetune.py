@@ -51,15 +51,14 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> np.ndar
 def cmd_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cli import _load_dataset, _overrides, _progress
+    from .cli import _load_dataset, _progress, _with_overrides
     from .core.checkpoint import load_checkpoint, save_checkpoint
     from .core.finetune import finetune, finetune_labels
     from .core.io import InputError, read_labels
-    from .core.params import Params, TrainParams
 
     model = load_checkpoint(args.checkpoint)
-    model.params = Params(**{**model.params.to_dict(), **_overrides(args, Params)})
-    model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
+    model.params = _with_overrides(model.params, args)
+    model.train_params = _with_overrides(model.train_params, args)
     _, items = _load_dataset(args.images, args.labels, model.classes)
     folder = args.corrections or args.images / "napari-irnet"
     if not folder.is_dir():

@@ -31,7 +31,7 @@ def _tqdm_progress(desc: str):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .cli import _overrides
+    from .cli import _with_overrides
     from .core.checkpoint import load_checkpoint
     from .core.io import read_labels
     from .core.params import Params
@@ -56,8 +56,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 f"{args.checkpoint}: trained for classes {model.classes}, which lack {unknown} "
                 f"(classes of {args.labels or '--classes'})"
             )
-    base = model.params.to_dict() if model is not None else Params().to_dict()
-    params = Params(**{**base, **_overrides(args, Params)})
+    params = _with_overrides(model.params if model is not None else Params(), args)
     project = create_project(
         args.project,
         args.images,
@@ -86,14 +85,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_predict_project(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cli import _overrides
+    from .cli import _overrides, _with_overrides
     from .core.batch import ProjectPrediction
     from .core.params import Params
     from .core.project import open_project
 
     project = open_project(args.project)
     overrides = _overrides(args, Params)
-    params = Params(**{**project.params.to_dict(), **overrides}) if overrides else None
+    params = _with_overrides(project.params, args) if overrides else None
     run = ProjectPrediction(
         project, checkpoint=args.checkpoint, params=params, device=args.device, force=args.force, limit=args.limit
     )

@@ -43,6 +43,11 @@ def _overrides(args: argparse.Namespace, cls) -> dict[str, Any]:
     return out
 
 
+def _with_overrides(base, args: argparse.Namespace):
+    """A copy of a ``Params`` or ``TrainParams`` with the options given on the command line."""
+    return dataclasses.replace(base, **_overrides(args, type(base)))
+
+
 def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None = None):
     """Training items from an image folder and a labels file."""
     from .core.io import read_image, read_labels
@@ -104,7 +109,7 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
         torch.manual_seed(_overrides(args, TrainParams).get("seed", TrainParams().seed))
         model = new_model(classes, args.backbone, weights)
         model.params = Params(**_overrides(args, Params))
-    model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
+    model.train_params = _with_overrides(model.train_params, args)
     print(f"training the CAM network ({model.backbone}) on {len(items)} images, classes {classes}")
     _progress(train_cam(model, items, device=args.device), "CAM")
     _save_on_main(model, args.out)
@@ -115,15 +120,14 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.checkpoint import load_checkpoint, new_irnet
-    from .core.params import Params, TrainParams
     from .core.training import make_seeds, train_irn
 
     model = load_checkpoint(args.checkpoint)
     if model.cam is None:
         print(f"error: {args.checkpoint} has no CAM network; run train-cam first", file=sys.stderr)
         return 2
-    model.params = Params(**{**model.params.to_dict(), **_overrides(args, Params)})
-    model.train_params = TrainParams(**{**model.train_params.to_dict(), **_overrides(args, TrainParams)})
+    model.params = _with_overrides(model.params, args)
+    model.train_params = _with_overrides(model.train_params, args)
     _, items = _load_dataset(args.images, args.labels, model.classes)
     import torch
 
@@ -143,12 +147,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .core.checkpoint import load_checkpoint
     from .core.io import list_images, read_image, read_labels, write_instance_tiff, write_instances_json, write_semantic_png
-    from .core.params import Params
     from .core.distributed import barrier, is_main, shard
     from .core.pipeline import predict, predict_classes
 
     model = load_checkpoint(args.checkpoint)
-    params = Params(**{**model.params.to_dict(), **_overrides(args, Params)})
+    params = _with_overrides(model.params, args)
     labels = read_labels(args.labels, args.images, classes=model.classes) if args.labels else None
     paths = [args.images / n for n in labels.image_labels] if labels else list_images(args.images)
     args.out.mkdir(parents=True, exist_ok=True)
