@@ -336,7 +336,8 @@ def estimate_displacement_mean(model: Model, items: Sequence[LabelledImage], tp:
     size = tp.irn_crop_size
     total, count = torch.zeros(2, device=dev), 0
     for item in items:
-        x = normalize_image(torch.from_numpy(np.ascontiguousarray(item.image)).permute(2, 0, 1))[:, :size, :size]
+        crop = np.array(item.image[:size, :size])  # a writable copy of the top-left crop
+        x = normalize_image(torch.from_numpy(crop).permute(2, 0, 1))
         x = F.pad(x, [0, size - x.shape[-1], 0, size - x.shape[-2]])
         _, disp = net(x[None].to(dev))
         total += disp[0].float().mean(dim=(1, 2))
