@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[qt,test]"
+	$(PY) -m pip install --quiet -e ".[qt,test,efficientnet]"
 	@touch $(STAMP)
 
 # Xvfb and the Qt system libraries (root on Debian/Ubuntu); otherwise a notice.
