@@ -67,15 +67,22 @@ class TrainingImage:
         return self.instances is not None
 
 
-def viewer_image(name: str, image: np.ndarray, image_path: str | os.PathLike[str] | None = None) -> TrainingImage | None:
+def viewer_image(
+    name: str,
+    image: np.ndarray,
+    image_path: str | os.PathLike[str] | None = None,
+    folder: str | os.PathLike[str] | None = None,
+) -> TrainingImage | None:
     """An image shown in the viewer with its stored corrections, None when it has none usable.
 
     The corrections are looked up where the IRNet panel keeps them
-    (:func:`~napari_irnet.core.corrections.corrections_folder`). Raises
+    (:func:`~napari_irnet.core.corrections.corrections_folder`, or ``folder``
+    when the caller knows it already). Raises
     :class:`~napari_irnet.core.io.InputError` for unreadable or foreign
     corrections.
     """
-    folder = corrections_folder(name, image, image_path=image_path)
+    if folder is None:
+        folder = corrections_folder(name, image, image_path=image_path)
     stored = load_corrections(folder, image)
     if stored is None or stored.state not in USABLE_STATES:
         return None

@@ -58,6 +58,7 @@ from ._finetune_jobs import (
     viewer_image,
 )
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
+from .core.corrections import STATE_FILE, corrections_folder
 from .core.edits import features_table, table_from_records
 from .core.inference import describe_device, device_choices
 from .core.io import InputError
@@ -70,6 +71,15 @@ if TYPE_CHECKING:  # pragma: no cover
 COMPARE_STAGE = "compare"
 #: ms of quiet after layer changes before the image list is refreshed
 REFRESH_MS = 300
+
+
+def _state_stamp(folder: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a corrections folder's state file; None when there is none."""
+    try:
+        st = (Path(folder) / STATE_FILE).stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 class LossPlot(QWidget):
@@ -157,6 +167,8 @@ class FinetuneWidget(Container):
         self._load_worker = None
         self._found: dict[str, TrainingImage] = {}  # layer name -> image with corrections
         self._seen: set[str] = set()
+        #: layer name -> (its data, RGB image, corrections folder, state-file stamp, result): see refresh_images
+        self._layer_cache: dict[str, tuple] = {}
         self._skipped: dict[str, str] = {}  # layer name -> why its corrections are not used
         #: the last finished or stopped run
         self.last_result: FinetuneResult | None = None
@@ -402,21 +414,32 @@ class FinetuneWidget(Container):
         """
         found: dict[str, TrainingImage] = {}
         skipped: dict[str, str] = {}
+        cache: dict[str, tuple] = {}
         for layer in list(self._viewer.layers):
             if not isinstance(layer, Image) or layer.multiscale or _layers.stage_of(layer.metadata) is not None:
                 continue
-            try:
-                image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
-            except ValueError:
-                continue
             path = getattr(getattr(layer, "source", None), "path", None)
-            try:
-                item = viewer_image(layer.name, image, path)
-            except (InputError, OSError, ValueError) as exc:
-                skipped[layer.name] = str(exc)
-                continue
-            if item is not None:
-                found[layer.name] = item
+            entry = self._layer_cache.get(layer.name)
+            if entry is None or entry[0] is not layer.data:
+                # converting and fingerprinting the pixels is the costly part: once per data array
+                try:
+                    image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
+                except ValueError:
+                    continue
+                entry = (layer.data, image, corrections_folder(layer.name, image, image_path=path), None, None)
+            _, image, folder, stamp, result = entry
+            now = _state_stamp(folder)
+            if now != stamp or now is None:  # the corrections changed (or cannot be stamped): read them again
+                try:
+                    result = viewer_image(layer.name, image, path, folder=folder)
+                except (InputError, OSError, ValueError) as exc:
+                    result = exc
+            cache[layer.name] = (layer.data, image, folder, now, result)
+            if isinstance(result, Exception):
+                skipped[layer.name] = str(result)
+            elif result is not None:
+                found[layer.name] = result
+        self._layer_cache = cache
         before = set(self.images.value)
         new = [n for n in found if n not in self._seen]
         self._found, self._skipped = found, skipped

@@ -106,6 +106,31 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
 
 
 @pytest.mark.viewer
+def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
+    make_napari_viewer_proxy, qtbot, env, sample, monkeypatch
+):
+    import napari_irnet._finetune_widget as fw
+
+    _save_corrections("cells", sample, "accepted")
+    viewer = make_napari_viewer_proxy()
+    layer = viewer.add_image(sample.image, name="cells", rgb=True)
+    widget = _dock(viewer)
+    _wait(qtbot, widget)
+    assert widget.refresh_images() == ["cells"]
+    looked_up, real = [], fw.corrections_folder
+    monkeypatch.setattr(fw, "corrections_folder", lambda name, *a, **k: looked_up.append(name) or real(name, *a, **k))
+    for _ in range(3):
+        assert widget.refresh_images() == ["cells"]
+    assert looked_up == []  # same pixels: no new conversion or fingerprint
+    _save_corrections("cells", sample, "proposed")
+    assert widget.refresh_images() == [] and looked_up == []  # the corrections are read again, the pixels are not
+    layer.data = np.ascontiguousarray(sample.image[::-1])  # new pixels: another image, looked up once
+    assert widget.refresh_images() == []
+    assert widget.refresh_images() == []
+    assert looked_up == ["cells"]
+
+
+@pytest.mark.viewer
 def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layers(
     make_napari_viewer_proxy, qtbot, checkpoint, sample
 ):
