@@ -36,6 +36,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Config and corrections of images without a file go to tmp_path."""
+    monkeypatch.setenv("NAPARI_IRNET_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NAPARI_IRNET_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture
 def tiny_dataset():
     """Eight 64x64 synthetic images (deterministic)."""
     from napari_irnet.core.synthetic import make_dataset

@@ -17,14 +17,6 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Config and corrections of images without a file go to tmp_path."""
-    monkeypatch.setenv("NAPARI_IRNET_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("NAPARI_IRNET_DATA_DIR", str(tmp_path / "data"))
-    return tmp_path
-
-
-@pytest.fixture
 def checkpoint(env):
     from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
 

@@ -15,13 +15,6 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_IRNET_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("NAPARI_IRNET_DATA_DIR", str(tmp_path / "data"))
-    return tmp_path
-
-
-@pytest.fixture
 def samples():
     from napari_irnet.core.synthetic import make_dataset
 
