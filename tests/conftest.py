@@ -44,6 +44,27 @@ def env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def make_tiny_checkpoint(env):
+    """``make(params, train_params=None)``: a random ``tiny`` CAM + IRNet checkpoint (seed 0) in tmp_path."""
+
+    def make(params, train_params=None):
+        import torch
+
+        from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
+        from napari_irnet.core.synthetic import CLASS_NAMES
+
+        torch.manual_seed(0)
+        model = new_model(list(CLASS_NAMES), "tiny")
+        model.irn = new_irnet(model, "cam")
+        model.params = params
+        if train_params is not None:
+            model.train_params = train_params
+        return save_checkpoint(model, env / "tiny.pt")
+
+    return make
+
+
+@pytest.fixture
 def tiny_dataset():
     """Eight 64x64 synthetic images (deterministic)."""
     from napari_irnet.core.synthetic import make_dataset

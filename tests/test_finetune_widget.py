@@ -6,7 +6,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 
 from napari_irnet.core.params import Params, TrainParams
 from napari_irnet.core.synthetic import CLASS_NAMES
@@ -17,15 +16,8 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture
-def checkpoint(env):
-    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model = new_model(list(CLASS_NAMES), "tiny")
-    model.irn = new_irnet(model, "cam")
-    model.params = FAST
-    model.train_params = TINY_TP
-    return save_checkpoint(model, env / "tiny.pt")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint(FAST, TINY_TP)
 
 
 @pytest.fixture

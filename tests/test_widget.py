@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_irnet.core.params import Params
-from napari_irnet.core.synthetic import CLASS_NAMES
 
 pytestmark = pytest.mark.viewer
 
@@ -16,14 +14,8 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture
-def checkpoint(env):
-    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model = new_model(list(CLASS_NAMES), "tiny")
-    model.irn = new_irnet(model, "cam")
-    model.params = FAST
-    return save_checkpoint(model, env / "tiny.pt")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint(FAST)
 
 
 @pytest.fixture
