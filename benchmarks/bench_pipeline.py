@@ -25,15 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _field(h: int, w: int, n: int, seed: int = 0):
+    """A displacement field (2, h, w) towards ``n`` random centres (the shape a trained IRNet's takes)."""
     import numpy as np
     import torch
 
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform([0, 0], [h - 1, w - 1], size=(n, 2))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    d = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
-    owner = d.argmin(0)
-    return torch.from_numpy(np.stack([centres[owner, 0] - yy, centres[owner, 1] - xx]).astype(np.float32))
+    from napari_irnet.core.synthetic import centre_field
+
+    centres = np.random.default_rng(seed).uniform([0, 0], [h - 1, w - 1], size=(n, 2))
+    return torch.from_numpy(centre_field((h, w), centres)[0])
 
 
 def bench(size: tuple[int, int], args) -> dict[str, float]:

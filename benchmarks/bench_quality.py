@@ -210,24 +210,32 @@ def get_cam_model(args, classes, items, out: Path, timings: dict):
     return model
 
 
-def get_cams(model, items, params, device, path: Path, timings: dict, key: str) -> dict:
-    """{name: (strided fp16, high_res fp16)} of every item, cached."""
+def _cached_per_image(items, path: Path, compute, timings: dict, key: str, label: str) -> dict:
+    """{name: compute(item)} of every item, kept in ``path`` (torch) and completed when items are missing."""
     import torch
-
-    from napari_irnet.core.inference import compute_cams
 
     cache = torch.load(path, weights_only=True) if path.is_file() else {}
     todo = [it for it in items if it.name not in cache]
     if todo:
         t0 = time.perf_counter()
         for n, it in enumerate(todo, 1):
-            cam = compute_cams(model.cam, it.image, it.class_ids, params, device)
-            cache[it.name] = (cam.strided.half(), cam.high_res.half())
+            cache[it.name] = compute(it)
             if n % 50 == 0:
-                _log(f"CAMs {key}: {n}/{len(todo)}")
-        timings[f"cams_{key}_min"] = (time.perf_counter() - t0) / 60
+                _log(f"{label}: {n}/{len(todo)}")
+        timings[key] = (time.perf_counter() - t0) / 60
         torch.save(cache, path)
     return cache
+
+
+def get_cams(model, items, params, device, path: Path, timings: dict, key: str) -> dict:
+    """{name: (strided fp16, high_res fp16)} of every item, cached."""
+    from napari_irnet.core.inference import compute_cams
+
+    def compute(it):
+        cam = compute_cams(model.cam, it.image, it.class_ids, params, device)
+        return cam.strided.half(), cam.high_res.half()
+
+    return _cached_per_image(items, path, compute, timings, f"cams_{key}_min", f"CAMs {key}")
 
 
 def get_seeds(items, cams, params, path: Path) -> list[np.ndarray]:
@@ -269,20 +277,13 @@ def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timing
 
 def get_irn_outputs(model, items, params, device, path: Path, timings: dict, key: str) -> dict:
     """{name: (boundary (h, w), displacement (2, h, w))}, cached."""
-    import torch
-
     from napari_irnet.core.inference import compute_irnet
 
-    cache = torch.load(path, weights_only=True) if path.is_file() else {}
-    todo = [it for it in items if it.name not in cache]
-    if todo:
-        t0 = time.perf_counter()
-        for it in todo:
-            out = compute_irnet(model.irn, it.image, params, device)
-            cache[it.name] = (out.boundary, out.displacement)
-        timings[f"irn_{key}_min"] = (time.perf_counter() - t0) / 60
-        torch.save(cache, path)
-    return cache
+    def compute(it):
+        out = compute_irnet(model.irn, it.image, params, device)
+        return out.boundary, out.displacement
+
+    return _cached_per_image(items, path, compute, timings, f"irn_{key}_min", f"IRNet outputs {key}")
 
 
 # --------------------------------------------------------------------- evaluation

@@ -73,3 +73,19 @@ def test_write_dataset_layout(tmp_path):
     np.testing.assert_array_equal(inst, samples[1].instances)
     img = np.array(Image.open(root / "images" / f"{samples[1].name}.png"))
     np.testing.assert_array_equal(img, samples[1].image)
+
+
+def test_centre_field_points_every_pixel_at_its_nearest_centre():
+    import numpy as np
+
+    from napari_irnet.core.synthetic import centre_field
+
+    centres = np.array([[1.0, 1.0], [6.0, 8.5]])
+    disp, owner = centre_field((8, 10), centres)
+    assert disp.shape == (2, 8, 10) and disp.dtype == np.float32
+    assert owner[0, 0] == 0 and owner[7, 9] == 1
+    yy, xx = np.mgrid[0:8, 0:10]
+    np.testing.assert_allclose(yy + disp[0], centres[owner, 0])
+    np.testing.assert_allclose(xx + disp[1], centres[owner, 1])
+    d = [(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in centres]
+    assert np.all(np.minimum(d[0], d[1]) == np.where(owner == 0, d[0], d[1]))

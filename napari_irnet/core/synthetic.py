@@ -231,6 +231,30 @@ def make_sample(
     return SyntheticSample(name, image, out, semantic, keep, tuple(classes))
 
 
+def centre_field(shape: tuple[int, int], centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An ideal displacement field for a Voronoi partition: every pixel points at its nearest centre.
+
+    Parameters
+    ----------
+    shape : (h, w)
+        Grid size (IRNet's stride-4 grid when used as a displacement field).
+    centres : (K, 2) float
+        Centre positions (y, x) in grid units.
+
+    Returns
+    -------
+    displacement : (2, h, w) float32
+        (dy, dx) from each pixel to its centre, grid units.
+    owner : (h, w) int
+        Index of each pixel's centre.
+    """
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    dist = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    owner = dist.argmin(0)
+    return np.stack([centres[owner, 0] - yy, centres[owner, 1] - xx]).astype(np.float32), owner
+
+
 def make_dataset(
     n: int,
     shape: tuple[int, int] = (128, 128),
