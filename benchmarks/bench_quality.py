@@ -16,9 +16,11 @@ and post-processing parameters can be re-run without retraining:
 2. computes the CAMs of every evaluated image (``cams_<split>.pt``) and the
    seeds of the training images (``seeds.npz``);
 3. trains IRNet on relations mined from those seeds (``irn_weak.pt``) and, for
-   the upper bound, the same IRNet from the ground-truth instances through
-   :func:`napari_irnet.core.targets.relation_labels` (``irn_full.pt``; its CAM
-   network is the weakly trained one: only IRNet sees masks);
+   the upper bound, the same networks from the ground truth: IRNet from the
+   instances through :func:`napari_irnet.core.targets.relation_labels`
+   (``irn_full.pt``) and the CAM network per pixel from the class maps
+   (:func:`napari_irnet.core.training.train_cam_from_masks`, ``cam_full.pt``,
+   its CAMs ``cams_full_<split>.pt``), with the same budgets;
 4. runs both IRNets on the evaluated images (``irn_<model>_<split>.pt``);
 5. scores, per split, with the PASCAL VOC protocol of
    :mod:`napari_irnet.core.metrics`:
@@ -28,7 +30,7 @@ and post-processing parameters can be re-run without retraining:
    - ``(b) CAM + RW + CC``: the CAMs propagated by the random walk over IRNet's
      boundaries (no displacement), then connected components;
    - ``IRNet``: the full pipeline (displacement clusters, instance walk);
-   - ``(c) upper bound``: the full pipeline with the IRNet trained from masks.
+   - ``(c) upper bound``: the full pipeline with both networks trained from masks.
 
 6. prints markdown tables, writes ``results.json``, ``tables.md`` and a figure
    (``figure_<dataset>.png``; ``--figure-dir`` copies it elsewhere).
@@ -210,6 +212,29 @@ def get_cam_model(args, classes, items, out: Path, timings: dict):
     return model
 
 
+def get_cam_model_full(args, classes, items, out: Path, timings: dict):
+    """The CAM network trained per pixel from the ground-truth class maps (upper bound), cached in ``cam_full.pt``."""
+    from napari_irnet.core.checkpoint import load_checkpoint, new_model, save_checkpoint
+    from napari_irnet.core.targets import class_map_target
+    from napari_irnet.core.training import LabelledImage, train_cam_from_masks
+
+    path = out / "cam_full.pt"
+    if path.is_file() and not args.retrain_cam:
+        _log(f"reusing {path}")
+        return load_checkpoint(path)
+    weights = None if args.weights == "none" else args.weights
+    model = new_model(classes, args.backbone, weights)
+    model.train_params = train_params(args)
+    data = [LabelledImage(it.name, it.image, it.class_ids) for it in items]
+    maps = [class_map_target(it.gt_inst_work, it.gt_labels) for it in items]
+    t0 = time.perf_counter()
+    history = _run_loop(train_cam_from_masks(model, data, maps, device=args.device), "CAM from masks")
+    timings["train_cam_full_min"] = (time.perf_counter() - t0) / 60
+    model.history.append({"stage": "bench_cam_full", "losses": [h["loss"] for h in history], "minutes": timings["train_cam_full_min"]})
+    save_checkpoint(model, path)
+    return model
+
+
 def _cached_per_image(items, path: Path, compute, timings: dict, key: str, label: str) -> dict:
     """{name: compute(item)} of every item, kept in ``path`` (torch) and completed when items are missing."""
     import torch
@@ -331,8 +356,14 @@ class Scorer:
         return out
 
 
-def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, keep_for_figure=()) -> tuple[dict, dict, dict]:
-    """Scores of every method on one split, diagnostics, and the stage outputs of the figure images."""
+def evaluate_split(
+    items, cams, irn_weak, irn_full, params, device, classes, keep_for_figure=(), cams_full=None, baselines=True
+) -> tuple[dict, dict, dict]:
+    """Scores of every method on one split, diagnostics, and the stage outputs of the figure images.
+
+    ``cams_full``: the upper bound's CAMs (default: ``cams``); ``baselines=False``
+    skips (a) and (b).
+    """
     from napari_irnet.core.inference import CAMOutput, IRNetOutput
     from napari_irnet.core.pipeline import NetworkOutputs
     from napari_irnet.core.postprocess import (
@@ -346,7 +377,9 @@ def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, kee
     from napari_irnet.core.targets import boundary_target, displacement_target
 
     k = len(classes)
-    scorers = {m: Scorer(k, instances=m != "CAM") for m in METHODS if m != "(c) upper bound" or irn_full is not None}
+    wanted = [m for m in METHODS if (m != "(c) upper bound" or irn_full is not None) and (baselines or not m.startswith("("))]
+    scorers = {m: Scorer(k, instances=m != "CAM") for m in wanted}
+    cams_full = cams if cams_full is None else cams_full
     diag = {"disp_err_weak": [], "disp_err_full": [], "clusters_weak": [], "clusters_full": [], "clusters_oracle": [], "gt_instances": [],
             "boundary_on_edges_weak": [], "boundary_inside_weak": [], "boundary_on_edges_full": [], "boundary_inside_full": [],
             "seconds_per_image": []}  # fmt: skip
@@ -362,17 +395,19 @@ def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, kee
         if len(ids):
             arg = np.argmax(np.concatenate([np.full((1, h, w), params.cam_eval_threshold, np.float32), high.numpy()]), 0)
             cam_score = np.where(arg > 0, np.take_along_axis(high.numpy(), np.maximum(arg - 1, 0)[None], 0)[0], 0)
-        scorers["(a) CAM + CC"].add(it, cam_map, instances_from_class_map(cam_map, cam_score, params.min_fragment_fraction))
+        if baselines:
+            scorers["(a) CAM + CC"].add(it, cam_map, instances_from_class_map(cam_map, cam_score, params.min_fragment_fraction))
         keep = {}
         for tag, outputs in (("weak", irn_weak), ("full", irn_full)):
             if outputs is None:
                 continue
             boundary, disp = outputs[it.name]
-            net_out = NetworkOutputs((h, w), CAMOutput(ids, strided, high), IRNetOutput(boundary, disp))
+            s4, hr = (strided, high) if tag == "weak" else (t.float() for t in cams_full[it.name])
+            net_out = NetworkOutputs((h, w), CAMOutput(ids, s4, hr), IRNetOutput(boundary, disp))
             pred = StageCache(net_out, params, None, device).update()
             method = "IRNet" if tag == "weak" else "(c) upper bound"
             scorers[method].add(it, pred.semantic, pred.instances)
-            if tag == "weak":
+            if tag == "weak" and baselines:
                 # (b): the same semantic walk, then connected components
                 walked = propagate(strided.to(device), boundary.to(device), params.beta, params.walk_steps, params.radius)
                 argmax = upsampled_argmax(walked, (h, w)) if walked.shape[0] else None
@@ -401,7 +436,7 @@ def evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, kee
         diag["gt_instances"].append(len(it.gt_labels))
         diag["clusters_oracle"].append(oracle_clusters(it.gt_inst_work, params))
         diag["seconds_per_image"].append(time.perf_counter() - t0)
-        if it.name in keep_for_figure:
+        if it.name in keep_for_figure and baselines:
             figure[it.name] = {"item": it, "cam": high.numpy(), "cam_cc": instances_from_class_map(cam_map, cam_score, params.min_fragment_fraction).labels, **keep}
         if n % 25 == 0:
             _log(f"evaluated {n}/{len(items)}")
@@ -708,6 +743,12 @@ def main(argv=None) -> int:
     elif not args.no_upper_bound:
         full_labels = [relation_labels(it.gt_inst_work) for it in train]
         full = get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings)
+    cams_full = {}
+    if full is not None:
+        cam_full = get_cam_model_full(args, classes, train, out, timings)
+        for split_items, key in ((train[:: args.train_eval_every], "train"), (test, "test")):
+            if split_items:
+                cams_full.update(get_cams(cam_full, split_items, params, device, out / f"cams_full_{key}_{cam_key}.pt", timings, f"full_{key}"))
 
     # 4-5: outputs and scores
     all_results, all_diag, figure = {}, {}, {}
@@ -717,7 +758,7 @@ def main(argv=None) -> int:
         irn_full = get_irn_outputs(full, items, params, device, out / f"irn_{full_name}_{key}.pt", timings, f"full_{key}") if full else None
         chosen = sorted(items, key=lambda it: -len(it.gt_labels))[: args.figure_images] if not figure else []
         t0 = time.perf_counter()
-        res, diag, fig = evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, {it.name for it in chosen})
+        res, diag, fig = evaluate_split(items, cams, irn_weak, irn_full, params, device, classes, {it.name for it in chosen}, cams_full or None)
         timings[f"evaluate_{key}_min"] = (time.perf_counter() - t0) / 60
         figure.update(fig)
         all_results[split], all_diag[split] = res, diag

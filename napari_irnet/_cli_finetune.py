@@ -8,9 +8,13 @@ DIR``, in either layout:
   ``accepted``); ``DIR`` defaults to ``<images>/napari-irnet``, where the
   plugin keeps them;
 * plain label images, ``DIR/<stem>.tif|.tiff|.png`` or
-  ``DIR/<stem>_instances.tif`` (as ``predict`` and ``export`` write them).
+  ``DIR/<stem>_instances.tif`` (as ``predict`` and ``export`` write them),
+  with the instances' classes from ``DIR/<stem>_instances.json`` (records
+  with ``id`` and ``class``, as ``predict`` writes them) when there is one.
 
-Images without a correction keep the weak labels from the CAMs. The input
+Images without a correction keep the weak labels from the CAMs. The classes
+of corrected instances also train the CAM network per pixel
+(``--finetune-cam``, on by default). The input
 checkpoint is never written: the result goes to ``--out`` (atomically, at the
 end), and an interrupted run resumes from ``<out>.resume``.
 """
@@ -26,16 +30,19 @@ import numpy as np
 _LABEL_NAMES = ("{stem}.tif", "{stem}.tiff", "{stem}.png", "{stem}_instances.tif")
 
 
-def find_correction(folder: Path, image_file: str, image: np.ndarray) -> np.ndarray | None:
-    """The corrected instance map of one image in ``folder``, or None."""
+def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[np.ndarray, dict[int, str] | None] | None:
+    """The corrected instance map of one image in ``folder`` and its instances' classes, or None.
+
+    The classes are ``{instance id: class name}``, None when nothing says them.
+    """
     from .core.corrections import load_corrections
-    from .core.io import InputError, read_label_image
+    from .core.io import InputError, read_instances_json, read_label_image
 
     plugin_folder = folder / image_file
     if plugin_folder.is_dir():
         stored = load_corrections(plugin_folder, image)
         if stored is not None and stored.state in ("corrected", "accepted"):
-            return stored.labels
+            return stored.labels, {int(i): info.class_name for i, info in stored.instances.items() if info.class_name}
         return None
     stem = Path(image_file).stem
     for pattern in _LABEL_NAMES:
@@ -44,7 +51,9 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> np.ndar
             labels = read_label_image(path)
             if labels.shape != image.shape[:2]:
                 raise InputError(f"{path}: label image is {labels.shape}, its image {image_file} is {image.shape[:2]}")
-            return labels
+            records = folder / f"{stem}_instances.json"
+            table = {int(r["id"]): str(r["class"]) for r in read_instances_json(records)} if records.is_file() else None
+            return labels, table
     return None
 
 
@@ -53,7 +62,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from .cli import _load_dataset, _progress, _with_overrides
     from .core.checkpoint import load_checkpoint, save_checkpoint
-    from .core.finetune import finetune, finetune_labels
+    from .core.finetune import correction_class_maps, finetune, finetune_labels
     from .core.io import InputError, read_labels
 
     model = load_checkpoint(args.checkpoint)
@@ -64,17 +73,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise InputError(f"{folder}: corrections folder not found")
     files = list(read_labels(args.labels, args.images, classes=model.classes).image_labels)
-    corrections = [find_correction(folder, name, item.image) for name, item in zip(files, items)]
+    found = [find_correction(folder, name, item.image) for name, item in zip(files, items)]
+    corrections = [f[0] if f is not None else None for f in found]
+    class_maps = correction_class_maps(corrections, [f[1] if f is not None else None for f in found], model.classes)
     n_strong = sum(c is not None for c in corrections)
     if n_strong == 0:
         raise InputError(f"{folder}: no corrected or accepted instance map for any of the {len(items)} images")
-    print(f"fine-tuning IRNet on {n_strong} corrected and {len(items) - n_strong} weakly labelled images")
+    n_maps = sum(m is not None for m in class_maps) if model.train_params.finetune_cam else 0
+    print(f"fine-tuning IRNet on {n_strong} corrected and {len(items) - n_strong} weakly labelled images"
+          + (f", the CAM network on the class maps of {n_maps}" if n_maps else ""))  # fmt: skip
     labels, strong = [None] * len(items), [False] * len(items)
     gen = finetune_labels(model, items, corrections, params=model.params, device=args.device)
     for i, lab, is_strong in tqdm(gen, total=len(items), desc="labels", disable=None):
         labels[i], strong[i] = lab, is_strong
     resume = args.out.with_name(args.out.name + ".resume")
-    _progress(finetune(model, items, labels, strong, device=args.device, resume_file=resume), "fine-tune")
+    _progress(finetune(model, items, labels, strong, device=args.device, resume_file=resume, class_maps=class_maps), "fine-tune")
     save_checkpoint(model, args.out)
     print(f"saved {args.out} ({args.checkpoint} unchanged)")
     return 0

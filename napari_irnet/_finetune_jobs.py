@@ -34,7 +34,7 @@ import torchvision  # noqa: E402,F401  (imported here once, not first inside a w
 
 from .core.checkpoint import load_checkpoint  # noqa: E402
 from .core.corrections import corrections_folder, load_corrections, user_data_dir  # noqa: E402
-from .core.finetune import VersionStore, finetune, finetune_labels  # noqa: E402
+from .core.finetune import VersionStore, correction_class_maps, finetune, finetune_labels  # noqa: E402
 from .core.inference import resolve_device  # noqa: E402
 from .core.io import InputError  # noqa: E402
 from .core.params import Params, TrainParams  # noqa: E402
@@ -43,7 +43,7 @@ from .core.training import LabelledImage  # noqa: E402
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")
 #: the TrainParams fields the panel sets
-PANEL_TRAIN_PARAMS = ("finetune_epochs", "finetune_learning_rate", "correction_weight")
+PANEL_TRAIN_PARAMS = ("finetune_epochs", "finetune_learning_rate", "correction_weight", "finetune_cam")
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.pt$")
 
 
@@ -52,7 +52,9 @@ class TrainingImage:
     """One image for fine-tuning.
 
     ``instances`` is the corrected instance map (None: weak labels from the
-    CAMs); ``classes`` the image-level class names.
+    CAMs); ``classes`` the image-level class names; ``instance_classes`` the
+    class name of each corrected instance (for the CAM network's class maps;
+    None when unknown).
     """
 
     name: str
@@ -61,6 +63,7 @@ class TrainingImage:
     instances: np.ndarray | None = None
     state: str = "new"
     source: str = ""  # the image file, or "" for an image without one
+    instance_classes: dict[int, str] | None = None
 
     @property
     def strong(self) -> bool:
@@ -87,7 +90,8 @@ def viewer_image(
     if stored is None or stored.state not in USABLE_STATES:
         return None
     classes = list(dict.fromkeys(list(stored.classes) + [i.class_name for i in stored.instances.values() if i.class_name]))
-    return TrainingImage(name, image, classes, stored.labels, stored.state, str(image_path or ""))
+    table = {int(i): info.class_name for i, info in stored.instances.items() if info.class_name}
+    return TrainingImage(name, image, classes, stored.labels, stored.state, str(image_path or ""), table)
 
 
 def folder_images(
@@ -113,14 +117,15 @@ def folder_images(
     out = []
     for file, names in labels.image_labels.items():
         image = read_image(images_dir / file)
-        inst = find_correction(folder, file, image) if folder.is_dir() else None
-        if inst is None and not weak:
+        found = find_correction(folder, file, image) if folder.is_dir() else None
+        if found is None and not weak:
             continue
+        inst, table = found if found is not None else (None, None)
         state = "corrected" if inst is not None else "new"
         if inst is not None and (folder / file).is_dir():
             stored = load_corrections(folder / file, image)
             state = stored.state if stored is not None else state
-        out.append(TrainingImage(Path(file).stem, image, list(names), inst, state, str(images_dir / file)))
+        out.append(TrainingImage(Path(file).stem, image, list(names), inst, state, str(images_dir / file), table))
     return out
 
 
@@ -258,7 +263,7 @@ def finetune_job(
     :class:`FinetuneResult`.
 
     ``settings`` overrides TrainParams fields (the panel's
-    ``finetune_epochs``, ``finetune_learning_rate``, ``correction_weight``);
+    :data:`PANEL_TRAIN_PARAMS`);
     the others come from the checkpoint. When ``should_stop()`` becomes true
     the run ends at its next step without a new version; with ``resume``, the
     training state is kept in the store so that a new run on the same images
@@ -308,7 +313,9 @@ def finetune_job(
             return result
     store, parent = store_of(checkpoint)
     resume_file = store.folder / f"finetune-from-{'original' if parent == 0 else f'v{parent:04d}'}.resume" if resume else None
-    for record in finetune(model, items, labels, strong, tp, dev, should_stop=should_stop, resume_file=resume_file):
+    class_maps = correction_class_maps(corrections, [im.instance_classes for im in images], model.classes)
+    run = finetune(model, items, labels, strong, tp, dev, should_stop=should_stop, resume_file=resume_file, class_maps=class_maps)
+    for record in run:
         if record.get("stopped"):
             result.stopped = True
             return result

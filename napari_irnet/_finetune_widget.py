@@ -49,6 +49,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 from . import _layers
 from ._finetune_jobs import (
+    PANEL_TRAIN_PARAMS,
     FolderSource,
     FinetuneResult,
     TrainingImage,
@@ -198,6 +199,8 @@ class FinetuneWidget(Container):
         self.finetune_learning_rate.native.setDecimals(6)
         self.correction_weight = SpinBox(label="correction weight", name="correction_weight", min=1, max=1000, value=defaults.correction_weight)
         self.correction_weight.tooltip = "How many times a corrected image is drawn per epoch (a weakly labelled one: once)"
+        self.finetune_cam = CheckBox(text="CAM network learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)
+        self.finetune_cam.tooltip = "Also train the CAM network per pixel on the class maps of the corrected images"
         self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
         self.device_in_use = Label(label="in use", name="device_in_use", value=describe_device("auto"))
 
@@ -238,6 +241,7 @@ class FinetuneWidget(Container):
                 self.finetune_epochs,
                 self.finetune_learning_rate,
                 self.correction_weight,
+                self.finetune_cam,
                 self.device,
                 self.device_in_use,
                 Container(widgets=[self.start_button, self.stop_button], layout="horizontal", labels=False),
@@ -317,6 +321,7 @@ class FinetuneWidget(Container):
             "finetune_epochs": int(self.finetune_epochs.value),
             "finetune_learning_rate": float(self.finetune_learning_rate.value),
             "correction_weight": int(self.correction_weight.value),
+            "finetune_cam": bool(self.finetune_cam.value),
         }
 
     def _refresh_controls(self) -> None:
@@ -326,7 +331,7 @@ class FinetuneWidget(Container):
         self.compare_button.enabled = self._compare_worker is None and bool(self.versions.value)
         self.use_version_button.enabled = not running and bool(self.versions.value)
         for w in (self.checkpoint, self.from_panel_button, self.images_dir, self.labels_file, self.corrections_dir,
-                  self.finetune_epochs, self.finetune_learning_rate, self.correction_weight, self.device):
+                  self.finetune_epochs, self.finetune_learning_rate, self.correction_weight, self.finetune_cam, self.device):
             w.enabled = not running
 
     # ------------------------------------------------------------------
@@ -374,7 +379,7 @@ class FinetuneWidget(Container):
         if path != self._checkpoint_path():
             return
         tp = model.train_params
-        for name in ("finetune_epochs", "finetune_learning_rate", "correction_weight"):
+        for name in PANEL_TRAIN_PARAMS:
             getattr(self, name).value = getattr(tp, name)
         if model.irn is None:
             self._set_status(f"{Path(path).name} has no IRNet yet: train it first (napari-irnet train-irn)")

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from napari_irnet.core.checkpoint import CheckpointError, load_checkpoint, new_irnet, new_model
-from napari_irnet.core.finetune import VersionStore, finetune, finetune_labels
+from napari_irnet.core.finetune import VersionStore, correction_class_maps, finetune, finetune_labels
 from napari_irnet.core.params import Params, TrainParams
 from napari_irnet.core.synthetic import CLASS_NAMES
 from napari_irnet.core.training import LabelledImage
 
 TP = TrainParams(
     irn_batch_size=2, irn_crop_size=64, irn_rescale=(0.9, 1.1), train_radius=5,
+    cam_batch_size=2, cam_crop_size=64, cam_resize_long=(56, 72),
     finetune_epochs=2, finetune_learning_rate=0.05, correction_weight=2,
 )  # fmt: skip
 FAST = Params(cam_scales=(1.0,), use_crf=False)
@@ -64,15 +65,25 @@ def test_finetune_changes_the_heads_and_records_history(setup):
     assert model.history[-1]["stage"] == "finetune" and model.history[-1]["corrected_images"] == 2
 
 
-def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
-    model, items, corrections, _ = setup
-    labels, strong = _labels(model, items, corrections)
-    start = {k: v.clone() for k, v in model.irn.state_dict().items()}
+def _class_maps(corrections, samples):
+    return correction_class_maps(corrections, [s.instance_classes for s in samples], list(CLASS_NAMES))
 
-    full = list(finetune(model, items, labels, strong, TP, "cpu"))
+
+@pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])
+def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path, with_cam):
+    model, items, corrections, samples = setup
+    labels, strong = _labels(model, items, corrections)
+    maps = _class_maps(corrections, samples) if with_cam else None
+    start = {k: v.clone() for k, v in model.irn.state_dict().items()}
+    cam_start = {k: v.clone() for k, v in model.cam.state_dict().items()}
+
+    full = list(finetune(model, items, labels, strong, TP, "cpu", class_maps=maps))
     reference = {k: v.clone() for k, v in model.irn.state_dict().items()}
+    cam_reference = {k: v.clone() for k, v in model.cam.state_dict().items()}
+    assert ("cam_loss" in full[0]) == with_cam
 
     model.irn.load_state_dict(start)
+    model.cam.load_state_dict(cam_start)
     resume = tmp_path / "finetune.resume"
     calls = {"n": 0}
 
@@ -80,16 +91,49 @@ def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
         calls["n"] += 1
         return calls["n"] > 4
 
-    first = list(finetune(model, items, labels, strong, TP, "cpu", should_stop=stop_after_four, resume_file=resume))
+    first = list(finetune(model, items, labels, strong, TP, "cpu", should_stop=stop_after_four, resume_file=resume, class_maps=maps))
     assert first[-1]["stopped"] and first[-1]["step"] == 4 and resume.exists()
 
     model.irn.load_state_dict(start)  # as after a crash: the weights in memory are gone
-    second = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    model.cam.load_state_dict(cam_start)
+    second = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume, class_maps=maps))
     assert second[0]["resumed_from"] == 4 and [r["step"] for r in second] == [5, 6]
     assert not resume.exists()
     for key, value in reference.items():
         torch.testing.assert_close(model.irn.state_dict()[key], value, msg=key)
+    for key, value in cam_reference.items():
+        torch.testing.assert_close(model.cam.state_dict()[key], value, msg=key)
     assert [r["loss"] for r in full[4:]] == pytest.approx([r["loss"] for r in second], rel=1e-5)
+    if with_cam:
+        assert [r["cam_loss"] for r in full[4:]] == pytest.approx([r["cam_loss"] for r in second], rel=1e-5)
+
+
+def test_corrected_classes_train_the_cam_network_only_when_asked(setup):
+    model, items, corrections, samples = setup
+    labels, strong = _labels(model, items, corrections)
+    maps = _class_maps(corrections, samples)
+    assert maps[1] is None and maps[3] is None
+    for i in (0, 2):  # each corrected instance carries its class
+        for iid, name in samples[i].instance_classes.items():
+            assert (maps[i][samples[i].instances == iid] == CLASS_NAMES.index(name) + 1).all()
+    # an unknown class name drops that instance to ignore; no known class at all gives no map
+    tables = [{**samples[0].instance_classes, 1: "unicorn"}, None, {1: "unicorn"}, None]
+    dropped = correction_class_maps(corrections, tables, list(CLASS_NAMES))
+    assert (dropped[0][samples[0].instances == 1] == 255).all() and dropped[2] is None
+
+    cam_before = {k: v.clone() for k, v in model.cam.state_dict().items()}
+    off = dataclasses.replace(TP, finetune_cam=False)
+    records = list(finetune(model, items, labels, strong, off, "cpu", class_maps=maps))
+    assert "cam_loss" not in records[-1] and not model.history[-1]["cam_trained"]
+    assert all(torch.equal(cam_before[k], v) for k, v in model.cam.state_dict().items())
+
+    records = list(finetune(model, items, labels, strong, TP, "cpu", class_maps=maps))
+    assert all(np.isfinite(r["cam_loss"]) for r in records) and model.history[-1]["cam_trained"]
+    changed = [k for k, v in model.cam.state_dict().items() if not torch.equal(cam_before[k], v)]
+    assert "classifier.weight" in changed and any(k.startswith("backbone.layer4") for k in changed)
+    assert not model.cam.training
+    with pytest.raises(ValueError, match="class maps for"):
+        next(finetune(model, items, labels, strong, TP, "cpu", class_maps=maps[:2]))
 
 
 def test_resume_file_of_another_run_is_not_used(setup, tmp_path):
@@ -132,7 +176,7 @@ def test_version_store_rolls_back(setup, tmp_path):
 def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, capsys):
     from napari_irnet.cli import main
     from napari_irnet.core.checkpoint import save_checkpoint
-    from napari_irnet.core.io import write_instance_tiff
+    from napari_irnet.core.io import write_instance_tiff, write_instances_json
     from napari_irnet.core.synthetic import write_dataset
 
     model, _, _, samples = setup
@@ -145,11 +189,19 @@ def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, c
     common = ["--checkpoint", str(start), "--images", str(root / "images"), "--labels", str(root / "labels.json"), "--device", "cpu"]
     out = tmp_path / "tuned.pt"
     assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1"]) == 0
-    assert "1 corrected and 3 weakly labelled" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "1 corrected and 3 weakly labelled" in said and "CAM network" not in said  # no classes known: IRNet only
     assert start.read_bytes() == start_bytes
     tuned = load_checkpoint(out)
     assert tuned.history[-1]["stage"] == "finetune" and tuned.history[-1]["corrected_images"] == 1
     assert not torch.equal(tuned.irn.state_dict()["fc_edge1.0.weight"], model.irn.state_dict()["fc_edge1.0.weight"])
+    assert torch.equal(tuned.cam.state_dict()["classifier.weight"], model.cam.state_dict()["classifier.weight"])
+    # the instances' classes beside the label image (as predict writes them) train the CAM network too
+    records = [{"id": i, "class": c, "score": 1.0, "bbox": [0, 0, 1, 1], "area": 1} for i, c in samples[1].instance_classes.items()]
+    write_instances_json(corrections / f"{samples[1].name}_instances.json", records)
+    assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1"]) == 0
+    assert "the CAM network on the class maps of 1" in capsys.readouterr().out
+    assert not torch.equal(load_checkpoint(out).cam.state_dict()["classifier.weight"], model.cam.state_dict()["classifier.weight"])
     # a correction of the wrong size and an empty corrections folder are clear errors (exit 2)
     write_instance_tiff(corrections / f"{samples[2].name}.tif", samples[2].instances[:20])
     assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(tmp_path / "x.pt")]) == 2

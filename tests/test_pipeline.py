@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from napari_irnet.core.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
+from napari_irnet.core.networks import normalize_image
 from napari_irnet.core.params import Params, TrainParams
 from napari_irnet.core.pipeline import postprocess, predict, run_networks
 from napari_irnet.core.synthetic import CLASS_NAMES
-from napari_irnet.core.training import LabelledImage, make_seeds, train_cam, train_irn
+from napari_irnet.core.training import LabelledImage, cam_pixel_loss, make_seeds, train_cam, train_cam_from_masks, train_irn
 
 TINY_TRAIN = TrainParams(
     cam_epochs=1, cam_batch_size=4, cam_crop_size=64, cam_resize_long=(56, 72),
@@ -85,6 +86,40 @@ def test_training_loops_yield_progress_and_save(tmp_path, tiny_dataset):
     b = run_networks(back, img, [0], FAST, "cpu")
     assert torch.allclose(a.irn.displacement, b.irn.displacement)
     assert torch.allclose(a.cam.high_res, b.cam.high_res)
+
+
+def test_cam_pixel_loss_by_hand():
+    # one 1x2 grid over a 2x4 class map: left cell half class 1 (index 0), half ignore; right cell background
+    y = torch.tensor([[[1, 255, 0, 0], [1, 255, 0, 0]]])
+    logits = torch.zeros(1, 2, 1, 2)
+    # every logit 0: BCE is log 2 whatever the target, so the mean is log 2
+    assert float(cam_pixel_loss(logits, y)) == pytest.approx(np.log(2))
+    logits[0, 0, 0, 0] = 3.0  # class 0 in the left cell, target 1 (the ignored half does not count), weight 1/2
+    # sum: left 0.5 * (softplus(-3) + log 2), right 1 * (2 log 2); over (0.5 + 1) cells x 2 classes
+    expected = (0.5 * (np.log1p(np.exp(-3.0)) + np.log(2)) + 2 * np.log(2)) / 3.0
+    assert float(cam_pixel_loss(logits, y)) == pytest.approx(expected, rel=1e-6)
+    ignored = torch.full((1, 2, 4), 255)
+    assert float(cam_pixel_loss(torch.randn(1, 2, 1, 2), ignored)) == 0.0
+
+
+def test_cam_from_masks_learns_where_the_classes_are(tiny_dataset):
+    torch.manual_seed(0)
+    items = _items(tiny_dataset)
+    maps = [s.semantic.astype(np.int32) for s in tiny_dataset]
+    model = new_model(list(CLASS_NAMES), "tiny")
+    tp = TrainParams(cam_epochs=6, cam_batch_size=4, cam_crop_size=64, cam_resize_long=(64, 64), cam_learning_rate=0.05, momentum=0.9)
+
+    def loss() -> float:
+        with torch.no_grad():
+            x = torch.stack([normalize_image(torch.from_numpy(it.image).permute(2, 0, 1)) for it in items])
+            return float(cam_pixel_loss(model.cam.eval()(x, pixels=True), torch.from_numpy(np.stack(maps)).long()))
+
+    before = loss()
+    records = list(train_cam_from_masks(model, items, maps, tp, "cpu"))
+    assert [r["step"] for r in records] == list(range(1, 13)) and records[0]["stage"] == "cam_masks"
+    assert loss() < 0.8 * before and model.history[-1]["stage"] == "cam_masks"
+    with pytest.raises(ValueError, match="shape"):
+        next(train_cam_from_masks(model, items, [m[:10] for m in maps], tp, "cpu"))
 
 
 def test_any_image_size_tiled(tiny_dataset):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_irnet.core.path_index import PathIndex, pair_labels
-from napari_irnet.core.targets import boundary_target, displacement_target, relation_labels
+from napari_irnet.core.targets import boundary_target, class_map_target, displacement_target, relation_labels
 
 
 def _two_touching() -> np.ndarray:
@@ -72,3 +72,20 @@ def test_relation_dataset_keeps_instance_values_above_255():
     assert y.shape == (16, 16)
     values = set(np.unique(y.numpy()))
     assert values == set(range(1, 602, 40))  # one per stripe, none cast to 8 bits
+
+
+def test_class_map_target_gives_each_instance_its_class_and_ignores_the_unknown():
+    inst = _two_touching()
+    inst[0:2, 0:2] = 300  # an instance whose class nobody gave
+    out = class_map_target(inst, {7: 0, 9: 2})
+    assert out.dtype == np.int32
+    assert (out[inst == 7] == 1).all() and (out[inst == 9] == 3).all()
+    assert (out[inst == 300] == 255).all() and (out[inst == 0] == 0).all()
+    reviewed = np.zeros(inst.shape, bool)
+    reviewed[:, :8] = True
+    partly = class_map_target(inst, {7: 0, 9: 2}, reviewed)
+    assert (partly[:, 8:] == 255).all() and np.array_equal(partly[:, :8], out[:, :8])
+    with pytest.raises(ValueError, match="out of range"):
+        class_map_target(inst, {7: 254})
+    with pytest.raises(ValueError, match="2-D"):
+        class_map_target(inst[None], {7: 0})

@@ -9,6 +9,13 @@ displacement heads on the mix, drawing every corrected image
 ``correction_weight`` times per epoch, from the current weights and at a lower
 learning rate. Pixels a person did not review can be excluded with a mask.
 
+The classes of the corrected instances give class maps
+(:func:`~napari_irnet.core.targets.class_map_target`); with
+``TrainParams.finetune_cam`` every step also trains the CAM network per pixel
+on a batch of them (:func:`~napari_irnet.core.training.cam_pixel_loss`), so
+that corrections fix what the image-level labels could not teach it: where
+each class is. The uncorrected images do not train the CAM network.
+
 The loop is a generator (one progress dict per step) with a stop flag, and
 can be resumed after an interruption from a resume file written every
 ``save_every`` steps and on stop. It only changes the model in memory: the
@@ -23,7 +30,7 @@ import datetime as _dt
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +42,20 @@ from .inference import resolve_device, strided_size
 from .io import atomic_path
 from .params import Params, TrainParams
 from .path_index import PathIndex
-from .targets import relation_labels
+from .targets import class_map_target, relation_labels
 from .training import (
     LabelledImage,
+    ClassMapDataset,
     PolySchedule,
     RelationDataset,
     _optimizer,
+    cam_step,
     estimate_displacement_mean,
     irn_step,
     make_seeds,
 )
 
-__all__ = ["VersionStore", "finetune", "finetune_labels"]
+__all__ = ["VersionStore", "correction_class_maps", "finetune", "finetune_labels"]
 
 
 def finetune_labels(
@@ -93,11 +102,47 @@ def finetune_labels(
         yield weak[j], seeds.astype(np.int32), False
 
 
-def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams) -> str:
+def correction_class_maps(
+    corrections: Sequence[np.ndarray | None],
+    instance_classes: Sequence[Mapping[int, str] | None],
+    classes: Sequence[str],
+    reviewed: Sequence[np.ndarray | None] | None = None,
+) -> list[np.ndarray | None]:
+    """Class maps of the corrected images for :func:`finetune` (None where there is nothing to learn).
+
+    Parameters
+    ----------
+    corrections : (H, W) int or None, one per image
+        Corrected instance maps, as for :func:`finetune_labels`.
+    instance_classes : {instance id: class name} or None, one per image
+        The class of each corrected instance; instances without one, or with
+        a class the model does not know, are ignored.
+    classes : the model's class names.
+    reviewed : (H, W) bool or None, one per image, optional
+        The reviewed part of each image; the rest is ignored.
+
+    Returns
+    -------
+    (H, W) int32 class maps (0 background, class + 1, 255 ignore), None for
+    an image without a correction or without any known instance class.
+    """
+    if len(instance_classes) != len(corrections):
+        raise ValueError(f"{len(instance_classes)} instance class tables for {len(corrections)} corrections")
+    reviewed = list(reviewed) if reviewed is not None else [None] * len(corrections)
+    index = {name: i for i, name in enumerate(classes)}
+    out: list[np.ndarray | None] = []
+    for inst, table, seen in zip(corrections, instance_classes, reviewed):
+        known = {int(k): index[v] for k, v in (table or {}).items() if v in index}
+        out.append(None if inst is None or not known else class_map_target(inst, known, seen))
+    return out
+
+
+def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams, with_maps: Sequence[int] = ()) -> str:
     """Identifies a fine-tuning run, so that a resume file is only used for the same run."""
     h = hashlib.sha256()
     for item, s in zip(items, strong):
         h.update(f"{item.name}:{item.image.shape}:{int(s)};".encode())
+    h.update(f"cam:{list(with_maps)};".encode())
     h.update(json.dumps(tp.to_dict(), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -112,8 +157,9 @@ def finetune(
     should_stop: Callable[[], bool] | None = None,
     resume_file: str | Path | None = None,
     save_every: int = 50,
+    class_maps: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[dict]:
-    """Continue training ``model.irn`` on corrected and weakly labelled images.
+    """Continue training ``model.irn`` (and ``model.cam``) on corrected and weakly labelled images.
 
     Parameters
     ----------
@@ -123,8 +169,16 @@ def finetune(
         Which labels come from corrections; those images are drawn
         ``tp.correction_weight`` times per epoch.
     tp : TrainParams
-        ``finetune_epochs``, ``finetune_learning_rate``, ``correction_weight``
-        and the IRNet crop, batch and augmentation settings.
+        ``finetune_epochs``, ``finetune_learning_rate``, ``correction_weight``,
+        ``finetune_cam`` and the IRNet and CAM crop, batch and augmentation
+        settings.
+    class_maps : (H, W) int or None, one per item, optional
+        Class maps of the corrected images (0 background, class + 1, 255
+        ignore; :func:`~napari_irnet.core.targets.class_map_target`). With
+        ``tp.finetune_cam`` and a CAM network, each IRNet step is followed by
+        a CAM step on a batch of ``tp.cam_batch_size`` of them (cycling
+        through them in a fresh order each time they are used up) at the same
+        learning rate and schedule.
     should_stop : callable, optional
         Polled before every step; when it returns True the loop writes the
         resume file (if any), yields a last record with ``"stopped": True``
@@ -140,8 +194,9 @@ def finetune(
     dict
         ``stage`` ("finetune"), ``epoch``, ``step``, ``max_step``, ``lr``,
         the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``),
-        ``seconds``, ``images_per_second``; ``resumed_from`` on the first
-        record of a resumed run.
+        ``seconds``, ``images_per_second``; ``cam_loss`` when the CAM
+        network trains too; ``resumed_from`` on the first record of a resumed
+        run.
     """
     tp = tp or model.train_params
     if model.irn is None:
@@ -150,6 +205,10 @@ def finetune(
         raise ValueError(f"{len(items)} images, {len(labels)} label maps and {len(strong)} strong flags differ")
     if not items:
         raise ValueError("no training images")
+    if class_maps is not None and len(class_maps) != len(items):
+        raise ValueError(f"{len(class_maps)} class maps for {len(items)} images")
+    with_maps = [i for i in range(len(items)) if class_maps is not None and class_maps[i] is not None]
+    train_cam = bool(tp.finetune_cam and model.cam is not None and with_maps)
     dev = resolve_device(device)
     torch.manual_seed(tp.seed)
     order = [i for i in range(len(items)) for _ in range(tp.correction_weight if strong[i] else 1)]
@@ -162,7 +221,15 @@ def finetune(
     max_step = steps_per_epoch * tp.finetune_epochs
     opt = _optimizer(net.parameter_groups(), tp.finetune_learning_rate, tp)
     sched = PolySchedule(opt, max_step, tp.poly_power)
-    digest = _config_digest(items, strong, tp)
+    cam_net = cam_opt = cam_sched = cam_data = None
+    cam_batch = 1
+    if train_cam:
+        cam_data = ClassMapDataset([items[i] for i in with_maps], [class_maps[i] for i in with_maps], tp, tp.seed)
+        cam_net = model.cam.to(dev).train()
+        cam_batch = max(1, min(tp.cam_batch_size, len(cam_data)))
+        cam_opt = _optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp)
+        cam_sched = PolySchedule(cam_opt, max_step, tp.poly_power)
+    digest = _config_digest(items, strong, tp, with_maps if train_cam else [])
     resume_file = Path(resume_file) if resume_file is not None else None
     step = 0
     if resume_file is not None and resume_file.exists():
@@ -175,6 +242,10 @@ def finetune(
             opt.load_state_dict(state["optimizer"])
             step = int(state["step"])
             sched.step_count = step
+            if train_cam:
+                cam_net.load_state_dict(state["cam_state"])
+                cam_opt.load_state_dict(state["cam_optimizer"])
+                cam_sched.step_count = step
 
     def save_state() -> None:
         if resume_file is not None:
@@ -184,7 +255,17 @@ def finetune(
                 "irn_state": net.state_dict(),
                 "optimizer": opt.state_dict(),
             }
+            if train_cam:
+                state["cam_state"], state["cam_optimizer"] = cam_net.state_dict(), cam_opt.state_dict()
             _atomic_torch_save(state, resume_file)
+
+    def cam_batch_at(n: int) -> list[int]:
+        # batch n of an endless stream of shuffled passes over the class maps (a function of n, so resumable)
+        per_pass = max(1, len(cam_data) // cam_batch)
+        p, b = divmod(n, per_pass)
+        perm = torch.randperm(len(cam_data), generator=torch.Generator().manual_seed(tp.seed * 7919 + p))
+        cam_data.set_epoch(p)
+        return perm[b * cam_batch : (b + 1) * cam_batch].tolist()
 
     resumed_from = step
     t0 = time.perf_counter()
@@ -199,11 +280,17 @@ def finetune(
             if should_stop is not None and should_stop():
                 save_state()
                 net.eval()
+                if train_cam:
+                    cam_net.eval()
                 yield {**record, "stage": "finetune", "step": step, "max_step": max_step, "stopped": True}
                 return
             x, y = default_collate([dataset[i] for i in batches[b]])
             lr = sched.step()
             losses = irn_step(net, opt, x, y, index, dev, tp.amp)
+            if train_cam:
+                cam_sched.step()
+                cx, cy = default_collate([cam_data[i] for i in cam_batch_at(step)])
+                losses["cam_loss"] = cam_step(cam_net, cam_opt, cx, cy, dev, tp.amp)
             step += 1
             seen += x.shape[0]
             elapsed = time.perf_counter() - t0
@@ -216,10 +303,13 @@ def finetune(
             yield record
     estimate_displacement_mean(model, items, tp, dev)
     net.eval()
+    if train_cam:
+        cam_net.eval()
     model.history.append(
         {
             "stage": "finetune",
             "steps": step,
+            "cam_trained": train_cam,
             "corrected_images": int(sum(bool(s) for s in strong)),
             "weak_images": int(sum(not s for s in strong)),
             "final_loss": record.get("loss"),

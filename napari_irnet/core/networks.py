@@ -53,9 +53,16 @@ class CAMNet(nn.Module):
             x = x.detach()
         return b.layer4(b.layer3(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B, 3, H, W) -> class logits (B, num_classes)."""
+    def forward(self, x: torch.Tensor, pixels: bool = False) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) -> class logits (B, num_classes).
+
+        With ``pixels`` the logits of every feature-grid cell instead,
+        (B, num_classes, H/16, W/16): the CAMs before the ReLU, for training
+        from class maps.
+        """
         f = self.features(x)
+        if pixels:
+            return self.classifier(f)
         return self.classifier(F.adaptive_avg_pool2d(f, 1)).flatten(1)
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,8 @@ class TrainParams:
     finetune_learning_rate: float = 0.01
     #: how many times a corrected image is drawn per epoch against once for a weakly labelled one
     correction_weight: int = 4
+    #: fine-tuning also trains the CAM network per pixel on the corrected images' class maps
+    finetune_cam: bool = True
     #: mixed precision on CUDA
     amp: bool = True
     seed: int = 0

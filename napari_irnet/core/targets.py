@@ -11,7 +11,10 @@ These functions turn an instance map into
   of fine-tuning from corrections;
 * a boundary target and a displacement target on the stride-4 grid, for
   inspection and for direct supervision (DESIGN.md, "Human-in-the-loop
-  training").
+  training");
+* a class map for the CAM network (:func:`class_map_target`), which
+  :func:`~napari_irnet.core.training.train_cam_from_masks` and fine-tuning
+  learn per pixel.
 
 Shapes: full-resolution maps are (H, W); grid maps are (h, w) with
 h = ceil(H / 4), w = ceil(W / 4), sampled at the grid cell's top-left pixel
@@ -20,12 +23,14 @@ h = ceil(H / 4), w = ceil(W / 4), sampled at the grid cell's top-left pixel
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from skimage.segmentation import find_boundaries
 
 from .postprocess import IGNORE
 
-__all__ = ["boundary_target", "displacement_target", "relation_labels", "to_grid"]
+__all__ = ["boundary_target", "class_map_target", "displacement_target", "relation_labels", "to_grid"]
 
 
 def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -> np.ndarray:
@@ -58,6 +63,47 @@ def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -
             raise ValueError(f"reviewed {reviewed.shape} and instances {instances.shape} differ in shape")
         inverse[~reviewed] = IGNORE
     return inverse
+
+
+def class_map_target(
+    instances: np.ndarray, instance_classes: Mapping[int, int], reviewed: np.ndarray | None = None
+) -> np.ndarray:
+    """Instance map and the class of each instance to a class map.
+
+    Parameters
+    ----------
+    instances : (H, W) int
+        Instance ids, 0 = background.
+    instance_classes : {instance id: 0-based class index}
+        Instances missing here (class unknown) become ignore.
+    reviewed : (H, W) bool, optional
+        Pixels a person has checked; the rest become ignore. Default: all.
+
+    Returns
+    -------
+    (H, W) int32: 0 background, class index + 1 inside instances, 255 ignore
+    (the convention of the semantic maps the pipeline writes).
+    """
+    instances = np.asarray(instances)
+    if instances.ndim != 2:
+        raise ValueError(f"instances must be a 2-D label map, got shape {instances.shape}")
+    ids, inverse = np.unique(instances, return_inverse=True)
+    lookup = np.full(ids.size, IGNORE, np.int32)
+    for n, iid in enumerate(ids.tolist()):
+        if iid == 0:
+            lookup[n] = 0
+        elif iid in instance_classes:
+            c = int(instance_classes[iid])
+            if not 0 <= c < IGNORE - 1:
+                raise ValueError(f"instance {iid}: class index {c} out of range")
+            lookup[n] = c + 1
+    out = lookup[inverse.reshape(instances.shape)]
+    if reviewed is not None:
+        reviewed = np.asarray(reviewed, bool)
+        if reviewed.shape != instances.shape:
+            raise ValueError(f"reviewed {reviewed.shape} and instances {instances.shape} differ in shape")
+        out[~reviewed] = IGNORE
+    return out
 
 
 def to_grid(labels: np.ndarray, stride: int = 4) -> np.ndarray:

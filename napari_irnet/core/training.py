@@ -1,4 +1,4 @@
-"""Training of the CAM network and of IRNet from image-level labels.
+"""Training of the CAM network and of IRNet from image-level labels (and from masks).
 
 Both loops are generators: they yield a progress dict after every step
 (``stage``, ``epoch``, ``step``, ``max_step``, the losses, ``lr``, ``seconds``)
@@ -95,19 +95,47 @@ class CAMDataset(_Augmented):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        item, gen = self.items[i], self._rng(i)
-        h, w = item.image.shape[:2]
-        lo, hi = self.tp.cam_resize_long
-        target = int(torch.randint(lo, hi + 1, (1,), generator=gen))
-        s = target / max(h, w)
-        img = _resize(item.image, (max(1, round(h * s)), max(1, round(w * s))), 3)
-        x = normalize_image(torch.from_numpy(np.array(img)).permute(2, 0, 1))
-        if torch.rand(1, generator=gen) < 0.5:
-            x = x.flip(-1)
-        x, _ = _random_crop(x, None, self.tp.cam_crop_size, gen)
+        item = self.items[i]
+        x, _ = _cam_augment(item.image, None, self.tp, self._rng(i))
         y = torch.zeros(self.num_classes)
         y[item.class_ids] = 1.0
         return x, y
+
+
+def _cam_augment(
+    image: np.ndarray, label: np.ndarray | None, tp: TrainParams, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CAM augmentation of an image and, optionally, its label map (nearest neighbour)."""
+    h, w = image.shape[:2]
+    lo, hi = tp.cam_resize_long
+    target = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+    s = target / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    x = normalize_image(torch.from_numpy(np.array(_resize(image, size, 3))).permute(2, 0, 1))
+    y = None if label is None else torch.from_numpy(_resize(np.asarray(label, np.int32), size, 0).astype(np.int64))
+    if torch.rand(1, generator=gen) < 0.5:
+        x = x.flip(-1)
+        y = None if y is None else y.flip(-1)
+    return _random_crop(x, y, tp.cam_crop_size, gen)
+
+
+class ClassMapDataset(_Augmented):
+    """Images with class maps (0 background, class + 1, 255 ignore), augmented as :class:`CAMDataset`."""
+
+    def __init__(self, items: Sequence[LabelledImage], class_maps: Sequence[np.ndarray], tp: TrainParams, seed: int = 0):
+        super().__init__(seed)
+        if len(items) != len(class_maps):
+            raise ValueError(f"{len(class_maps)} class maps for {len(items)} images")
+        for item, cmap in zip(items, class_maps):
+            if np.shape(cmap) != item.image.shape[:2]:
+                raise ValueError(f"class map of {item.name!r} has shape {np.shape(cmap)}, its image {item.image.shape[:2]}")
+        self.items, self.class_maps, self.tp = list(items), list(class_maps), tp
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return _cam_augment(self.items[i].image, self.class_maps[i], self.tp, self._rng(i))
 
 
 class RelationDataset(_Augmented):
@@ -248,6 +276,80 @@ def train_cam(
     model.history.append({"stage": "cam", "steps": step, "final_loss": record["loss"] if step else None, "seconds": time.perf_counter() - t0})
 
 
+def cam_pixel_loss(logits: torch.Tensor, class_maps: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loss of CAM logits against class maps.
+
+    Parameters
+    ----------
+    logits : (B, C, h, w) float
+        The CAM network's class scores before the ReLU, on its feature grid.
+    class_maps : (B, H, W) int
+        0 background, class + 1, 255 ignore, at image resolution.
+
+    Every grid cell is a multi-label target: the share of its valid pixels
+    that belong to each class (area downsampling), with binary cross-entropy
+    weighted by the share of valid pixels in the cell. Cells with nothing
+    valid add nothing; the mean is over valid cells and classes.
+    """
+    B, C, h, w = logits.shape
+    valid = (class_maps != IGNORE).float()
+    onehot = F.one_hot(torch.where(class_maps == IGNORE, 0, class_maps).clamp_(0, C), C + 1)[..., 1:]
+    onehot = onehot.permute(0, 3, 1, 2).float() * valid[:, None]
+    share = F.interpolate(onehot, size=(h, w), mode="area")
+    weight = F.interpolate(valid[:, None], size=(h, w), mode="area")
+    target = share / weight.clamp_min(1e-6)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight.expand_as(target), reduction="sum")
+    return loss / (weight.sum() * C).clamp_min(1e-6)
+
+
+def cam_step(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool
+) -> float:
+    """One optimisation step of the CAM network on images (B, 3, H, W) and class maps (B, H, W); returns the loss."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with _autocast(device, amp):
+        logits = net(x, pixels=True)
+    loss = cam_pixel_loss(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def train_cam_from_masks(
+    model: Model, items: Sequence[LabelledImage], class_maps: Sequence[np.ndarray], tp: TrainParams | None = None, device="auto"
+) -> Iterator[dict]:
+    """Train ``model.cam`` per pixel from class maps (fully supervised); yields progress per step.
+
+    The same network, parameters and schedule as :func:`train_cam`, with
+    :func:`cam_pixel_loss` on the class maps (0 background, class + 1, 255
+    ignore; :func:`~napari_irnet.core.targets.class_map_target` makes them
+    from instance maps) instead of the image-level loss: the upper bound of
+    the weak CAMs, and what fine-tuning does with corrected images.
+    """
+    tp = tp or model.train_params
+    if not items:
+        raise ValueError("no training images")
+    dev = resolve_device(device)
+    torch.manual_seed(tp.seed)
+    net = model.cam.to(dev).train()
+    loader = _loader(ClassMapDataset(items, class_maps, tp, tp.seed), tp.cam_batch_size, tp, dev, tp.seed)
+    max_step = len(loader) * tp.cam_epochs
+    opt = _optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
+    sched = PolySchedule(opt, max_step, tp.poly_power)
+    step, t0, loss = 0, time.perf_counter(), None
+    forward = _parallel(net, dev)
+    for epoch in range(tp.cam_epochs):
+        _set_epoch(loader, epoch)
+        for x, y in loader:
+            lr = sched.step()
+            loss = cam_step(forward, opt, x, y, dev, tp.amp)
+            step += 1
+            yield {"stage": "cam_masks", "epoch": epoch, "step": step, "max_step": max_step, "loss": loss, "lr": lr, "seconds": time.perf_counter() - t0}
+    net.eval()
+    model.history.append({"stage": "cam_masks", "steps": step, "final_loss": loss, "seconds": time.perf_counter() - t0})
+
+
 def make_seeds(
     model: Model, items: Sequence[LabelledImage], params: Params | None = None, device="auto"
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -349,7 +451,10 @@ def estimate_displacement_mean(model: Model, items: Sequence[LabelledImage], tp:
 
 __all__ = [
     "CAMDataset",
+    "ClassMapDataset",
     "LabelledImage",
+    "cam_pixel_loss",
+    "cam_step",
     "PolySchedule",
     "RelationDataset",
     "distributed_context",
@@ -357,5 +462,6 @@ __all__ = [
     "irn_step",
     "make_seeds",
     "train_cam",
+    "train_cam_from_masks",
     "train_irn",
 ]
