@@ -6,16 +6,18 @@
 Starts from the weakly supervised models of ``benchmarks/bench_quality.py``
 (the CAM network and the IRNet trained from CAM seeds, reused from its cache
 ``bench_output/quality/consep_512`` or trained there first), then simulates an
-annotator: the ground-truth instances of k training patches are taken as
-their corrections. For every k, IRNet is fine-tuned from the weak model with
-:func:`napari_irnet.core.finetune.finetune` on those k patches (exact
-relation labels, drawn ``correction_weight`` times per epoch) plus a fixed
-subset of ``--weak-images`` uncorrected patches with their CAM seeds, and
-scored on the test patches (instance mAP^r at 0.5 and 0.7, semantic mIoU,
-VOC protocol). k = 0 is the same fine-tuning budget without corrections, the
-fair control. The corrected patches are nested (the 5 of k = 5 are among the
-10 of k = 10, ...) and spread over the training tiles. The upper bound is
-bench_quality's IRNet trained from the masks of all training patches.
+annotator: the ground-truth instances of k training patches, with their
+classes, are taken as their corrections. For every k, the weak model is
+fine-tuned with :func:`napari_irnet.core.finetune.finetune` on those k patches
+(exact relation labels, drawn ``correction_weight`` times per epoch; their
+class maps train the CAM network per pixel, ``TrainParams.finetune_cam``)
+plus a fixed subset of ``--weak-images`` uncorrected patches with their CAM
+seeds, and scored on the test patches (instance mAP^r at 0.5 and 0.7,
+semantic mIoU, VOC protocol) with its own CAMs and IRNet outputs. k = 0 is
+the same fine-tuning budget without corrections, the fair control. The
+corrected patches are nested (the 5 of k = 5 are among the 10 of k = 10, ...)
+and spread over the training tiles. The upper bound is bench_quality's (c):
+both networks trained from the masks of all training patches.
 
 Prints a markdown table, writes ``hitl/hitl.json`` and ``hitl/hitl.png`` (mAP^r 0.5
 against k) to the output folder (``--figure-dir`` copies the plot).
@@ -92,7 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--correction-weight", type=int, default=4)
-    ap.add_argument("--skip-upper-bound", action="store_true", help="do not train or score the fully supervised IRNet")
+    ap.add_argument("--skip-upper-bound", action="store_true", help="do not train or score the fully supervised networks")
+    ap.add_argument("--no-finetune-cam", action="store_true", help="fine-tune IRNet only (the CAM network stays the weak one)")
     own, rest = ap.parse_known_args(argv)
     args = bq.parse_args(["--dataset", "consep", *rest])
     data = args.data or bq.ROOT.parent / "shared" / "data" / "consep"
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
     from napari_irnet.core.finetune import finetune
     from napari_irnet.core.inference import resolve_device
     from napari_irnet.core.io import json_ready, write_json
-    from napari_irnet.core.targets import relation_labels
+    from napari_irnet.core.targets import class_map_target, relation_labels
     from napari_irnet.core.training import LabelledImage
 
     device = resolve_device(args.device)
@@ -127,10 +130,12 @@ def main(argv=None) -> int:
     full_labels = [relation_labels(it.gt_inst_work) for it in train]
     hitl = out / "hitl"  # this benchmark's own caches
     hitl.mkdir(exist_ok=True)
-    irn_full = None
+    irn_full = cams_full = None
     if not own.skip_upper_bound:
-        full = bq.get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings)
+        full = bq.get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings, instances=True)
         irn_full = bq.get_irn_outputs(full, test, params, device, hitl / "irn_full_test.pt", timings, "full_test")
+        cam_full = bq.get_cam_model_full(args, classes, train, out, timings)
+        cams_full = bq.get_cams(cam_full, test, params, device, out / f"cams_full_test_{cam_key}.pt", timings, "full_test")
 
     ks = sorted(set(own.ks))
     corrected = pick_corrected(train, max(ks))
@@ -139,14 +144,16 @@ def main(argv=None) -> int:
     weak_subset = [int(i) for i in pool[: own.weak_images]]
     tp = bq.train_params(args)
     tp.finetune_epochs, tp.finetune_learning_rate, tp.correction_weight = own.finetune_epochs, own.finetune_lr, own.correction_weight
+    tp.finetune_cam = not own.no_finetune_cam
 
-    def score(irn_outputs, with_upper: bool = False) -> tuple[dict, dict | None]:
-        res, _, _ = bq.evaluate_split(test, cams, irn_outputs, irn_full if with_upper else None, params, device, classes)
+    def score(irn_outputs, test_cams, with_upper: bool = False) -> tuple[dict, dict | None]:
+        full = irn_full if with_upper else None
+        res, _, _ = bq.evaluate_split(test, test_cams, irn_outputs, full, params, device, classes, cams_full=cams_full, baselines=False)
         return res["IRNet"], res.get("(c) upper bound")
 
     rows = []
     bq._log("scoring the weak model (no fine-tuning)")
-    base, upper = score(bq.get_irn_outputs(weak, test, params, device, hitl / "irn_weak_test.pt", timings, "weak_test"), True)
+    base, upper = score(bq.get_irn_outputs(weak, test, params, device, hitl / "irn_weak_test.pt", timings, "weak_test"), cams, True)
     rows.append({"k": "weak", "mAP@0.5": base["mAP"][0.5], "mAP@0.7": base["mAP"][0.7], "mIoU": base["mIoU"], "minutes": 0.0, "images": 0})
     for k in ks:
         strong_idx = corrected[:k]
@@ -154,16 +161,22 @@ def main(argv=None) -> int:
         items = [LabelledImage(train[i].name, train[i].image, train[i].class_ids) for i in idx]
         labels = [full_labels[i] for i in strong_idx] + [seeds[i].astype(np.int32) for i in weak_subset]
         strong = [True] * k + [False] * len(weak_subset)
+        class_maps = [class_map_target(train[i].gt_inst_work, train[i].gt_labels) for i in strong_idx] + [None] * len(weak_subset)
         model = copy.deepcopy(weak)
         t0 = time.perf_counter()
-        history = bq._run_loop(finetune(model, items, labels, strong, tp, device), f"fine-tune k={k}", every=20)
+        history = bq._run_loop(finetune(model, items, labels, strong, tp, device, class_maps=class_maps), f"fine-tune k={k}", every=20)
         minutes = (time.perf_counter() - t0) / 60
         outputs = bq.get_irn_outputs(model, test, params, device, hitl / f"irn_k{k}_test.pt", timings, f"k{k}")
-        res, _ = score(outputs)
+        test_cams = cams
+        if model.history[-1].get("cam_trained"):
+            test_cams = bq.get_cams(model, test, params, device, hitl / f"cams_k{k}_test.pt", timings, f"k{k}")
+            (hitl / f"cams_k{k}_test.pt").unlink()  # they depend on this run's fine-tuning
+        res, _ = score(outputs, test_cams)
         rows.append({
             "k": k, "mAP@0.5": res["mAP"][0.5], "mAP@0.7": res["mAP"][0.7], "mIoU": res["mIoU"], "minutes": minutes,
             "images": len(items), "steps": history[-1]["step"] if history else 0,
             "images_per_second": history[-1].get("images_per_second") if history else None,
+            "cam_trained": bool(model.history[-1].get("cam_trained")),
         })  # fmt: skip
         bq._log(f"k={k}: mAP@0.5 {res['mAP'][0.5]:.3f}, mAP@0.7 {res['mAP'][0.7]:.3f}, mIoU {res['mIoU']:.3f}")
         (hitl / f"irn_k{k}_test.pt").unlink(missing_ok=True)  # outputs depend on this run's fine-tuning
@@ -172,7 +185,8 @@ def main(argv=None) -> int:
 
     print(f"\nCoNSeP test ({len(test)} patches), fine-tuned from the weak model; {len(weak_subset)} uncorrected patches "
           f"in every fine-tuning set, {tp.finetune_epochs} epochs, lr {tp.finetune_learning_rate:g}, "
-          f"corrected patches drawn {tp.correction_weight}x; device {device}, {args.threads} threads\n")  # fmt: skip
+          f"corrected patches drawn {tp.correction_weight}x; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
+          f"device {device}, {args.threads} threads\n")  # fmt: skip
     print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | % of upper bound (0.5) | fine-tune minutes |")
     print("|---|---|---|---|---|---|")
     for r in rows:

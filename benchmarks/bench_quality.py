@@ -17,8 +17,8 @@ and post-processing parameters can be re-run without retraining:
    seeds of the training images (``seeds.npz``);
 3. trains IRNet on relations mined from those seeds (``irn_weak.pt``) and, for
    the upper bound, the same networks from the ground truth: IRNet from the
-   instances through :func:`napari_irnet.core.targets.relation_labels`
-   (``irn_full.pt``) and the CAM network per pixel from the class maps
+   instances through :func:`napari_irnet.core.targets.relation_labels`, with
+   the displacement also regressed to the centroids (``irn_full.pt``), and the CAM network per pixel from the class maps
    (:func:`napari_irnet.core.training.train_cam_from_masks`, ``cam_full.pt``,
    its CAMs ``cams_full_<split>.pt``), with the same budgets;
 4. runs both IRNets on the evaluated images (``irn_<model>_<split>.pt``);
@@ -175,7 +175,7 @@ def _run_loop(gen, label: str, every: int = 10) -> list[dict]:
     for rec in gen:
         history.append({k: v for k, v in rec.items() if isinstance(v, (int, float, str))})
         if rec["step"] % every == 0 or rec["step"] == rec["max_step"]:
-            parts = " ".join(f"{k} {rec[k]:.3f}" for k in ("loss", "pos", "neg", "dp_fg", "dp_bg") if k in rec)
+            parts = " ".join(f"{k} {rec[k]:.3f}" for k in ("loss", "pos", "neg", "dp_fg", "dp_bg", "dp_centroid", "cam_loss") if k in rec)
             _log(f"{label} step {rec['step']}/{rec['max_step']} {parts} ({time.perf_counter() - t0:.0f} s)")
     return history
 
@@ -278,7 +278,7 @@ def get_seeds(items, cams, params, path: Path) -> list[np.ndarray]:
     return seeds
 
 
-def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timings: dict):
+def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timings: dict, instances: bool = False):
     from napari_irnet.core.checkpoint import load_checkpoint, new_irnet, save_checkpoint
     from napari_irnet.core.training import LabelledImage, train_irn
 
@@ -292,10 +292,11 @@ def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timing
     model.irn = new_irnet(model, source)
     data = [LabelledImage(it.name, it.image, it.class_ids) for it in items]
     t0 = time.perf_counter()
-    history = _run_loop(train_irn(model, data, labels, device=args.device), f"IRNet {label}")
+    history = _run_loop(train_irn(model, data, labels, device=args.device, instances=instances), f"IRNet {label}")
     timings[f"train_irn_{label}_min"] = (time.perf_counter() - t0) / 60
-    keys = ("loss", "pos", "neg", "dp_fg", "dp_bg")
-    model.history.append({"stage": f"bench_irn_{label}", "losses": {k: [h[k] for h in history] for k in keys}, "minutes": timings[f"train_irn_{label}_min"]})
+    keys = ("loss", "pos", "neg", "dp_fg", "dp_bg", "dp_centroid")
+    losses = {k: [h[k] for h in history] for k in keys if history and k in history[0]}
+    model.history.append({"stage": f"bench_irn_{label}", "losses": losses, "minutes": timings[f"train_irn_{label}_min"]})
     save_checkpoint(model, path)
     return model
 
@@ -742,7 +743,7 @@ def main(argv=None) -> int:
         full, full_name = load_checkpoint(args.full_checkpoint), args.full_checkpoint.stem.removeprefix("irn_")
     elif not args.no_upper_bound:
         full_labels = [relation_labels(it.gt_inst_work) for it in train]
-        full = get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings)
+        full = get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings, instances=True)
     cams_full = {}
     if full is not None:
         cam_full = get_cam_model_full(args, classes, train, out, timings)

@@ -60,6 +60,8 @@ def test_finetune_changes_the_heads_and_records_history(setup):
     # 4 images, 2 corrected drawn twice -> 6 per epoch, batch 2 -> 3 steps, 2 epochs
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["images_per_second"] > 0 for r in records)
+    # batches holding a corrected image also regress the displacement to the centroids
+    assert any("dp_centroid" in r for r in records) and all(np.isfinite(r.get("dp_centroid", 0.0)) for r in records)
     after = model.irn.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if "fc_edge" in k or "fc_dp" in k)
     assert model.history[-1]["stage"] == "finetune" and model.history[-1]["corrected_images"] == 2

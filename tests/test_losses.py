@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.losses import affinity_displacement_loss
+from napari_irnet.core.losses import affinity_displacement_loss, centroid_displacement_loss
 from napari_irnet.core.path_index import PathIndex, pair_labels, path_points
 
 H, W = 16, 30
@@ -169,3 +169,27 @@ def test_optimisation_separates_two_instances(setup):
     lo, hi = REGIONS["bg"]
     inside = disp.detach()[0, :, :, lo:hi][:, covered[:, lo:hi]]
     assert float(inside.std(dim=1).max()) < 0.1
+
+
+def test_centroid_loss_is_zero_at_the_exact_field_and_the_mean_error_elsewhere():
+    from napari_irnet.core.targets import displacement_target
+
+    rng = np.random.default_rng(3)
+    grids = []
+    for _ in range(2):  # label 1 in both images: two different instances
+        g = np.zeros((12, 14), np.int64)
+        g[1:6, 2:9] = 1
+        g[7:11, int(rng.integers(0, 5)) :][:, :6] = 2
+        grids.append(g)
+    grids[1][0, :] = 255  # ignored cells count for nothing
+    labels = torch.from_numpy(np.stack(grids))
+    exact = np.stack([displacement_target(np.where(g == 255, 0, g), stride=1)[0] for g in grids])
+    exact_t = torch.from_numpy(exact)
+    assert float(centroid_displacement_loss(exact_t, labels)) == pytest.approx(0.0, abs=1e-6)
+    valid = np.stack(grids) != 255
+    expected = np.abs(exact).sum(1)[valid].mean()  # zero field: the mean L1 length of the targets (background: 0)
+    assert float(centroid_displacement_loss(torch.zeros_like(exact_t), labels)) == pytest.approx(expected, rel=1e-6)
+    shifted = exact_t.clone()
+    shifted[1, 0, 3, 3] += 2.0  # one wrong cell in the second image
+    assert float(centroid_displacement_loss(shifted, labels)) == pytest.approx(2.0 / valid.sum(), rel=1e-5)
+    assert float(centroid_displacement_loss(exact_t, torch.full_like(labels, 255))) == 0.0

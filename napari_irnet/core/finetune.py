@@ -7,7 +7,9 @@ images keep the weak labels mined from the CAMs (confident seeds, "same class"
 positive). :func:`finetune` continues training IRNet's boundary and
 displacement heads on the mix, drawing every corrected image
 ``correction_weight`` times per epoch, from the current weights and at a lower
-learning rate. Pixels a person did not review can be excluded with a mask.
+learning rate; on corrected images the displacement is also regressed to the
+instance centroids (:func:`~napari_irnet.core.losses.centroid_displacement_loss`).
+Pixels a person did not review can be excluded with a mask.
 
 The classes of the corrected instances give class maps
 (:func:`~napari_irnet.core.targets.class_map_target`); with
@@ -193,7 +195,7 @@ def finetune(
     ------
     dict
         ``stage`` ("finetune"), ``epoch``, ``step``, ``max_step``, ``lr``,
-        the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``),
+        the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``, ``dp_centroid`` when the batch holds a corrected image),
         ``seconds``, ``images_per_second``; ``cam_loss`` when the CAM
         network trains too; ``resumed_from`` on the first record of a resumed
         run.
@@ -286,7 +288,8 @@ def finetune(
                 return
             x, y = default_collate([dataset[i] for i in batches[b]])
             lr = sched.step()
-            losses = irn_step(net, opt, x, y, index, dev, tp.amp)
+            corrected = torch.tensor([bool(strong[order[i]]) for i in batches[b]])
+            losses = irn_step(net, opt, x, y, index, dev, tp.amp, corrected)
             if train_cam:
                 cam_sched.step()
                 cx, cy = default_collate([cam_data[i] for i in cam_batch_at(step)])

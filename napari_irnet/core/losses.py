@@ -18,6 +18,13 @@ Reductions (sums over batch, directions and sources):
 * ``dp_fg = Σ fg_pos·|D(i)-D(j)-δ| / (2 Σ fg_pos + 1e-5)`` (summed over the two
   channels, hence the 2), ``dp_bg`` likewise with ``|D(i)-D(j)|`` on ``bg_pos``;
 * ``total = (pos + neg)/2 + (dp_fg + dp_bg)/2``.
+
+Labels that separate instances (ground truth, a person's corrections) also
+give each pixel's displacement itself, not only the differences within
+pairs: :func:`centroid_displacement_loss` regresses it to the vector to its
+instance's centroid (0 on background). This direct target is our addition
+for the human in the loop (DESIGN.md, "Human-in-the-loop training"); the
+reference has only the pair losses above.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 
 from .path_index import PathIndex, boundary_to_affinity, displacement_targets, pair_values
 
-__all__ = ["affinity_displacement_loss"]
+__all__ = ["affinity_displacement_loss", "centroid_displacement_loss"]
 
 EPS = 1e-5
 
@@ -81,3 +88,44 @@ def affinity_displacement_loss(
 
     total = (pos + neg_loss) / 2 + (dp_fg + dp_bg) / 2
     return {"pos": pos, "neg": neg_loss, "dp_fg": dp_fg, "dp_bg": dp_bg, "total": total}
+
+
+def centroid_displacement_loss(displacement: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between a displacement field and the vectors to the instance centroids.
+
+    Parameters
+    ----------
+    displacement : torch.Tensor
+        ``(B, 2, h, w)`` displacement ``(dy, dx)`` in grid cells.
+    labels : torch.Tensor
+        ``(B, h, w)`` int instance labels on the same grid: 0 background
+        (target 0), 255 ignore, any other value one instance (its centroid is
+        the mean position of its cells in that image).
+
+    Returns
+    -------
+    Scalar: the L1 error summed over the two channels, averaged over the
+    cells that are not ignored (0 when there are none).
+    """
+    B, _, h, w = displacement.shape
+    labels = labels.long()
+    valid = labels != 255
+    if not bool(valid.any()):
+        return displacement.sum() * 0.0
+    # one key per (image, label): centroids of every instance of the batch at once
+    keys = labels + torch.arange(B, device=labels.device).view(B, 1, 1) * (int(labels.max()) + 1)
+    _, inverse = torch.unique(keys, return_inverse=True)
+    flat = inverse.view(-1)
+    n = int(flat.max()) + 1
+    yy, xx = torch.meshgrid(
+        torch.arange(h, device=labels.device, dtype=displacement.dtype),
+        torch.arange(w, device=labels.device, dtype=displacement.dtype),
+        indexing="ij",
+    )
+    pos = torch.stack([yy.expand(B, h, w), xx.expand(B, h, w)])  # (2, B, h, w)
+    count = torch.zeros(n, device=labels.device, dtype=displacement.dtype).index_add_(0, flat, torch.ones_like(flat, dtype=displacement.dtype))
+    centre = torch.stack([torch.zeros(n, device=labels.device, dtype=displacement.dtype).index_add_(0, flat, p.reshape(-1)) for p in pos]) / count
+    target = centre[:, flat].view(2, B, h, w) - pos
+    target = torch.where((labels > 0) & valid, target, torch.zeros_like(target)).permute(1, 0, 2, 3)
+    error = torch.abs(displacement - target).sum(1)
+    return error[valid].mean()

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .checkpoint import Model
 from .distributed import distributed_context
 from .inference import compute_cams, resolve_device, strided_size
-from .losses import affinity_displacement_loss
+from .losses import affinity_displacement_loss, centroid_displacement_loss
 from .networks import normalize_image
 from .params import Params, TrainParams
 from .path_index import PathIndex, pair_labels
@@ -368,11 +368,16 @@ def train_irn(
     seeds: Sequence[np.ndarray],
     tp: TrainParams | None = None,
     device="auto",
+    instances: bool = False,
 ) -> Iterator[dict]:
     """Train the boundary and displacement heads on pairs mined from ``seeds``; yields progress.
 
-    After the last step the mean displacement over the training crops is
-    stored in the mean-shift buffer (reference ``train_irn``, section 1.8).
+    With ``instances`` the label maps are instance maps (from
+    :func:`~napari_irnet.core.targets.relation_labels`: the fully supervised
+    case) and the displacement is also regressed to the instance centroids
+    (see :func:`irn_step`). After the last step the mean displacement over the
+    training crops is stored in the mean-shift buffer (reference
+    ``train_irn``, section 1.8).
     """
     tp = tp or model.train_params
     if not items:
@@ -394,7 +399,8 @@ def train_irn(
         _set_epoch(loader, epoch)
         for x, y in loader:
             lr = sched.step()
-            losses = irn_step(forward, opt, x, y, index, dev, tp.amp)
+            flags = torch.ones(x.shape[0], dtype=torch.bool) if instances else None
+            losses = irn_step(forward, opt, x, y, index, dev, tp.amp, flags)
             step += 1
             record = {"stage": "irn", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": time.perf_counter() - t0}
             yield {**record, **losses}
@@ -411,16 +417,27 @@ def irn_step(
     index: PathIndex,
     device: torch.device,
     amp: bool,
+    instances: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One optimisation step of IRNet on a batch: images (B, 3, H, W), relation labels (B, h, w).
 
-    Returns the losses as floats: ``loss`` (the total), ``pos``, ``neg``, ``dp_fg``, ``dp_bg``.
+    ``instances`` (B,) bool marks the samples whose labels are instances
+    (ground truth, corrections); their displacement is also regressed to the
+    centroids (:func:`~napari_irnet.core.losses.centroid_displacement_loss`,
+    ``dp_centroid``, added to the total with weight 1/2).
+
+    Returns the losses as floats: ``loss`` (the total), ``pos``, ``neg``,
+    ``dp_fg``, ``dp_bg`` and, with instances, ``dp_centroid``.
     """
     x = x.to(device, non_blocking=True)
     bg_pos, fg_pos, neg = (t.to(device) for t in pair_labels(y, index))
     with _autocast(device, amp):
         edge, disp = forward(x)
     losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
+    if instances is not None and bool(instances.any()):
+        sel = instances.to(device)
+        losses["dp_centroid"] = centroid_displacement_loss(disp.float()[sel], y.to(device)[sel])
+        losses["total"] = losses["total"] + losses["dp_centroid"] / 2
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     optimizer.step()
