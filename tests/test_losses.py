@@ -186,10 +186,17 @@ def test_centroid_loss_is_zero_at_the_exact_field_and_the_mean_error_elsewhere()
     exact = np.stack([displacement_target(np.where(g == 255, 0, g), stride=1)[0] for g in grids])
     exact_t = torch.from_numpy(exact)
     assert float(centroid_displacement_loss(exact_t, labels)) == pytest.approx(0.0, abs=1e-6)
-    valid = np.stack(grids) != 255
-    expected = np.abs(exact).sum(1)[valid].mean()  # zero field: the mean L1 length of the targets (background: 0)
+    g = np.stack(grids)
+    inside, background = (g > 0) & (g != 255), g == 0
+    # zero field: half the mean L1 length of the targets inside instances (background targets are 0)
+    expected = np.abs(exact).sum(1)[inside].mean() / 2
     assert float(centroid_displacement_loss(torch.zeros_like(exact_t), labels)) == pytest.approx(expected, rel=1e-6)
     shifted = exact_t.clone()
-    shifted[1, 0, 3, 3] += 2.0  # one wrong cell in the second image
-    assert float(centroid_displacement_loss(shifted, labels)) == pytest.approx(2.0 / valid.sum(), rel=1e-5)
+    shifted[1, 0, 3, 3] += 2.0  # one wrong cell inside an instance of the second image
+    assert grids[1][3, 3] == 1
+    assert float(centroid_displacement_loss(shifted, labels)) == pytest.approx(2.0 / inside.sum() / 2, rel=1e-5)
+    shifted = exact_t.clone()
+    shifted[0, 1, 0, 0] -= 3.0  # one wrong background cell
+    assert float(centroid_displacement_loss(shifted, labels)) == pytest.approx(3.0 / background.sum() / 2, rel=1e-5)
+    assert float(centroid_displacement_loss(exact_t, torch.where(labels > 0, 255, labels))) == 0.0  # background only
     assert float(centroid_displacement_loss(exact_t, torch.full_like(labels, 255))) == 0.0

@@ -105,7 +105,10 @@ def centroid_displacement_loss(displacement: torch.Tensor, labels: torch.Tensor)
     Returns
     -------
     Scalar: the L1 error summed over the two channels, averaged over the
-    cells that are not ignored (0 when there are none).
+    instance cells and over the background cells, then the two averages
+    averaged (as the reference balances its pair losses), so that the small
+    share of instance cells is not drowned by background; 0 when every cell
+    is ignored.
     """
     B, _, h, w = displacement.shape
     labels = labels.long()
@@ -128,4 +131,5 @@ def centroid_displacement_loss(displacement: torch.Tensor, labels: torch.Tensor)
     target = centre[:, flat].view(2, B, h, w) - pos
     target = torch.where((labels > 0) & valid, target, torch.zeros_like(target)).permute(1, 0, 2, 3)
     error = torch.abs(displacement - target).sum(1)
-    return error[valid].mean()
+    parts = [error[m].mean() for m in ((labels > 0) & valid, labels == 0) if bool(m.any())]
+    return sum(parts) / len(parts)
