@@ -132,8 +132,9 @@ def main(argv=None) -> int:
     hitl.mkdir(exist_ok=True)
     irn_full = cams_full = None
     if not own.skip_upper_bound:
-        full = bq.get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings, instances=True)
-        irn_full = bq.get_irn_outputs(full, test, params, device, hitl / "irn_full_test.pt", timings, "full_test")
+        name = bq.full_irn_name(args)
+        full = bq.get_irn_model(args, cam_model, train, full_labels, out / f"irn_{name}.pt", "full", timings, instances=True)
+        irn_full = bq.get_irn_outputs(full, test, params, device, out / f"irn_{name}_test.pt", timings, "full_test")
         cam_full = bq.get_cam_model_full(args, classes, train, out, timings)
         cams_full = bq.get_cams(cam_full, test, params, device, out / f"cams_full_test_{cam_key}.pt", timings, "full_test")
 
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
 
     rows = []
     bq._log("scoring the weak model (no fine-tuning)")
-    base, upper = score(bq.get_irn_outputs(weak, test, params, device, hitl / "irn_weak_test.pt", timings, "weak_test"), cams, True)
+    base, upper = score(bq.get_irn_outputs(weak, test, params, device, out / "irn_weak_test.pt", timings, "weak_test"), cams, True)
     rows.append({"k": "weak", "mAP@0.5": base["mAP"][0.5], "mAP@0.7": base["mAP"][0.7], "mIoU": base["mIoU"], "minutes": 0.0, "images": 0})
     for k in ks:
         strong_idx = corrected[:k]

@@ -17,8 +17,9 @@ and post-processing parameters can be re-run without retraining:
    seeds of the training images (``seeds.npz``);
 3. trains IRNet on relations mined from those seeds (``irn_weak.pt``) and, for
    the upper bound, the same networks from the ground truth: IRNet from the
-   instances through :func:`napari_irnet.core.targets.relation_labels`, with
-   the displacement also regressed to the centroids (``irn_full.pt``), and the CAM network per pixel from the class maps
+   instances through :func:`napari_irnet.core.targets.relation_labels`
+   (``irn_full.pt``; ``irn_full_c<w>.pt`` with ``--centroid-loss-weight w``),
+   and the CAM network per pixel from the class maps
    (:func:`napari_irnet.core.training.train_cam_from_masks`, ``cam_full.pt``,
    its CAMs ``cams_full_<split>.pt``), with the same budgets;
 4. runs both IRNets on the evaluated images (``irn_<model>_<split>.pt``);
@@ -188,7 +189,7 @@ def train_params(args):
         cam_crop_size=args.crop, cam_resize_long=tuple(args.cam_resize_long),
         irn_epochs=args.irn_epochs, irn_batch_size=args.batch_size, irn_learning_rate=args.irn_lr,
         irn_crop_size=args.crop, irn_rescale=tuple(args.irn_rescale), train_radius=args.train_radius,
-        momentum=args.momentum, seed=0,
+        momentum=args.momentum, centroid_loss_weight=args.centroid_loss_weight, seed=0,
     )  # fmt: skip
 
 
@@ -626,6 +627,8 @@ def parse_args(argv=None):
     ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (the reference's effective value is 1e-4)")
     ap.add_argument("--irn-rescale", type=float, nargs=2, default=(0.75, 1.25))
     ap.add_argument("--train-radius", type=int, default=10)
+    ap.add_argument("--centroid-loss-weight", type=float, default=0.0,
+                    help="the upper bound's IRNet also regresses the displacement to the centroids (TrainParams)")
     ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--train-eval-every", type=int, default=1, help="score the pseudo labels of every N-th training image")
     ap.add_argument("--test-limit", type=int, default=0)
@@ -672,6 +675,11 @@ def make_params(args):
         cluster_threshold=args.cluster_threshold,
         **{k: getattr(args, k) for k in keys if getattr(args, k) is not None},
     )
+
+
+def full_irn_name(args) -> str:
+    """Name of the upper bound's IRNet in the cache (``irn_<name>.pt``)."""
+    return f"full_c{args.centroid_loss_weight:g}" if args.centroid_loss_weight else "full"
 
 
 def output_dir(args) -> Path:
@@ -743,7 +751,8 @@ def main(argv=None) -> int:
         full, full_name = load_checkpoint(args.full_checkpoint), args.full_checkpoint.stem.removeprefix("irn_")
     elif not args.no_upper_bound:
         full_labels = [relation_labels(it.gt_inst_work) for it in train]
-        full = get_irn_model(args, cam_model, train, full_labels, out / "irn_full.pt", "full", timings, instances=True)
+        full_name = full_irn_name(args)
+        full = get_irn_model(args, cam_model, train, full_labels, out / f"irn_{full_name}.pt", "full", timings, instances=True)
     cams_full = {}
     if full is not None:
         cam_full = get_cam_model_full(args, classes, train, out, timings)

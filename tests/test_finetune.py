@@ -60,8 +60,7 @@ def test_finetune_changes_the_heads_and_records_history(setup):
     # 4 images, 2 corrected drawn twice -> 6 per epoch, batch 2 -> 3 steps, 2 epochs
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["images_per_second"] > 0 for r in records)
-    # batches holding a corrected image also regress the displacement to the centroids
-    assert any("dp_centroid" in r for r in records) and all(np.isfinite(r.get("dp_centroid", 0.0)) for r in records)
+    assert not any("dp_centroid" in r for r in records)  # off by default
     after = model.irn.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if "fc_edge" in k or "fc_dp" in k)
     assert model.history[-1]["stage"] == "finetune" and model.history[-1]["corrected_images"] == 2
@@ -69,6 +68,19 @@ def test_finetune_changes_the_heads_and_records_history(setup):
 
 def _class_maps(corrections, samples):
     return correction_class_maps(corrections, [s.instance_classes for s in samples], list(CLASS_NAMES))
+
+
+def test_centroid_regression_on_corrected_images_when_weighted(setup):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    weighted = dataclasses.replace(TP, centroid_loss_weight=0.5, finetune_epochs=1)
+    records = list(finetune(model, items, labels, strong, weighted, "cpu"))
+    # 6 draws per epoch in batches of 2: the batches holding a corrected image get the centroid term
+    with_term = [r for r in records if "dp_centroid" in r]
+    assert with_term and all(np.isfinite(r["dp_centroid"]) and r["dp_centroid"] > 0 for r in with_term)
+    for r in with_term:
+        pairs = (r["pos"] + r["neg"]) / 2 + (r["dp_fg"] + r["dp_bg"]) / 2
+        assert r["loss"] == pytest.approx(pairs + 0.5 * r["dp_centroid"], rel=1e-5)
 
 
 @pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])

@@ -7,8 +7,9 @@ images keep the weak labels mined from the CAMs (confident seeds, "same class"
 positive). :func:`finetune` continues training IRNet's boundary and
 displacement heads on the mix, drawing every corrected image
 ``correction_weight`` times per epoch, from the current weights and at a lower
-learning rate; on corrected images the displacement is also regressed to the
-instance centroids (:func:`~napari_irnet.core.losses.centroid_displacement_loss`).
+learning rate; with ``TrainParams.centroid_loss_weight`` > 0 the displacement
+of corrected images is also regressed to the instance centroids
+(:func:`~napari_irnet.core.losses.centroid_displacement_loss`).
 Pixels a person did not review can be excluded with a mask.
 
 The classes of the corrected instances give class maps
@@ -195,7 +196,7 @@ def finetune(
     ------
     dict
         ``stage`` ("finetune"), ``epoch``, ``step``, ``max_step``, ``lr``,
-        the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``, ``dp_centroid`` when the batch holds a corrected image),
+        the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``, ``dp_centroid`` with a centroid loss weight and a corrected image in the batch),
         ``seconds``, ``images_per_second``; ``cam_loss`` when the CAM
         network trains too; ``resumed_from`` on the first record of a resumed
         run.
@@ -289,7 +290,7 @@ def finetune(
             x, y = default_collate([dataset[i] for i in batches[b]])
             lr = sched.step()
             corrected = torch.tensor([bool(strong[order[i]]) for i in batches[b]])
-            losses = irn_step(net, opt, x, y, index, dev, tp.amp, corrected)
+            losses = irn_step(net, opt, x, y, index, dev, tp.amp, corrected, tp.centroid_loss_weight)
             if train_cam:
                 cam_sched.step()
                 cx, cy = default_collate([cam_data[i] for i in cam_batch_at(step)])

@@ -23,8 +23,9 @@ Labels that separate instances (ground truth, a person's corrections) also
 give each pixel's displacement itself, not only the differences within
 pairs: :func:`centroid_displacement_loss` regresses it to the vector to its
 instance's centroid (0 on background). This direct target is our addition
-for the human in the loop (DESIGN.md, "Human-in-the-loop training"); the
-reference has only the pair losses above.
+for the human in the loop (DESIGN.md, "Human-in-the-loop training"), off by
+default (``TrainParams.centroid_loss_weight``); the reference has only the
+pair losses above.
 """
 
 from __future__ import annotations

@@ -145,6 +145,10 @@ class TrainParams:
     correction_weight: int = 4
     #: fine-tuning also trains the CAM network per pixel on the corrected images' class maps
     finetune_cam: bool = True
+    #: weight of the direct regression of the displacement to the instance centroids on instance
+    #: labels (corrections, ground truth); 0: the reference's pair losses only (on CoNSeP at CPU
+    #: budgets the regression made the upper bound worse, see BENCHMARKS.md)
+    centroid_loss_weight: float = 0.0
     #: mixed precision on CUDA
     amp: bool = True
     seed: int = 0

@@ -374,8 +374,8 @@ def train_irn(
 
     With ``instances`` the label maps are instance maps (from
     :func:`~napari_irnet.core.targets.relation_labels`: the fully supervised
-    case) and the displacement is also regressed to the instance centroids
-    (see :func:`irn_step`). After the last step the mean displacement over the
+    case), and with ``tp.centroid_loss_weight`` > 0 the displacement is also
+    regressed to the instance centroids (see :func:`irn_step`). After the last step the mean displacement over the
     training crops is stored in the mean-shift buffer (reference
     ``train_irn``, section 1.8).
     """
@@ -400,7 +400,7 @@ def train_irn(
         for x, y in loader:
             lr = sched.step()
             flags = torch.ones(x.shape[0], dtype=torch.bool) if instances else None
-            losses = irn_step(forward, opt, x, y, index, dev, tp.amp, flags)
+            losses = irn_step(forward, opt, x, y, index, dev, tp.amp, flags, tp.centroid_loss_weight)
             step += 1
             record = {"stage": "irn", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": time.perf_counter() - t0}
             yield {**record, **losses}
@@ -418,13 +418,15 @@ def irn_step(
     device: torch.device,
     amp: bool,
     instances: torch.Tensor | None = None,
+    centroid_weight: float = 0.0,
 ) -> dict[str, float]:
     """One optimisation step of IRNet on a batch: images (B, 3, H, W), relation labels (B, h, w).
 
     ``instances`` (B,) bool marks the samples whose labels are instances
-    (ground truth, corrections); their displacement is also regressed to the
-    centroids (:func:`~napari_irnet.core.losses.centroid_displacement_loss`,
-    ``dp_centroid``, added to the total with weight 1/2).
+    (ground truth, corrections); with ``centroid_weight`` > 0 their
+    displacement is also regressed to the centroids
+    (:func:`~napari_irnet.core.losses.centroid_displacement_loss`,
+    ``dp_centroid``, added to the total with that weight).
 
     Returns the losses as floats: ``loss`` (the total), ``pos``, ``neg``,
     ``dp_fg``, ``dp_bg`` and, with instances, ``dp_centroid``.
@@ -434,10 +436,10 @@ def irn_step(
     with _autocast(device, amp):
         edge, disp = forward(x)
     losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
-    if instances is not None and bool(instances.any()):
+    if centroid_weight > 0 and instances is not None and bool(instances.any()):
         sel = instances.to(device)
         losses["dp_centroid"] = centroid_displacement_loss(disp.float()[sel], y.to(device)[sel])
-        losses["total"] = losses["total"] + losses["dp_centroid"] / 2
+        losses["total"] = losses["total"] + centroid_weight * losses["dp_centroid"]
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     optimizer.step()
