@@ -379,7 +379,7 @@ def evaluate_split(
     from napari_irnet.core.targets import boundary_target, displacement_target
 
     k = len(classes)
-    wanted = [m for m in METHODS if (m != "(c) upper bound" or irn_full is not None) and (baselines or not m.startswith("("))]
+    wanted = [m for m in METHODS if (m != "(c) upper bound" or irn_full is not None) and (baselines or m[:3] not in ("(a)", "(b)"))]
     scorers = {m: Scorer(k, instances=m != "CAM") for m in wanted}
     cams_full = cams if cams_full is None else cams_full
     diag = {"disp_err_weak": [], "disp_err_full": [], "clusters_weak": [], "clusters_full": [], "clusters_oracle": [], "gt_instances": [],
