@@ -20,7 +20,7 @@ and spread over the training tiles. The upper bound is bench_quality's (c):
 both networks trained from the masks of all training patches.
 
 Prints a markdown table, writes ``hitl/hitl.json`` and ``hitl/hitl.png`` (mAP^r 0.5
-against k) to the output folder (``--figure-dir`` copies the plot).
+and mIoU against k) to the output folder (``--figure-dir`` copies the plot).
 """
 
 from __future__ import annotations
@@ -53,16 +53,18 @@ def pick_corrected(items, k_max: int, seed: int = 0) -> list[int]:
     return order
 
 
-def plot(rows: list[dict], upper: float | None, path: Path, size=(520, 360)) -> None:
-    """mAP^r 0.5 against k as a PNG line chart (PIL only)."""
+def plot(rows: list[dict], upper: dict | None, path: Path, size=(560, 380)) -> None:
+    """mAP^r 0.5 and mIoU (%) against k as a PNG line chart (PIL only), the upper bound as dashes."""
     from PIL import Image, ImageDraw
 
+    series = (("mAP@0.5", "mAP^r 0.5", (0, 90, 200)), ("mIoU", "mIoU", (0, 150, 60)))
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 60, size[0] - 20, 30, size[1] - 50
+    left, right, top, bottom = 60, size[0] - 20, 40, size[1] - 50
     ks = [r["k"] for r in rows]
-    values = [r["mAP@0.5"] for r in rows]
-    ymax = max([v for v in values if v == v] + ([upper] if upper else []) + [0.05]) * 1.15
+    values = [100 * r[key] for r in rows for key, _, _ in series if r[key] == r[key]]
+    values += [100 * upper[key] for key, _, _ in series if upper and upper[key] == upper[key]]
+    ymax = max(values + [1.0]) * 1.15
     xs = {k: left + (right - left) * i / max(1, len(ks) - 1) for i, k in enumerate(ks)}
 
     def y(v: float) -> float:
@@ -71,19 +73,21 @@ def plot(rows: list[dict], upper: float | None, path: Path, size=(520, 360)) -> 
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
     for t in np.linspace(0, ymax, 5):
         draw.line([(left - 4, y(t)), (left, y(t))], fill="black")
-        draw.text((8, y(t) - 6), f"{t:.2f}", fill="black")
+        draw.text((8, y(t) - 6), f"{t:.1f}", fill="black")
     for k, x in xs.items():
         draw.text((x - 6, bottom + 6), str(k), fill="black")
     draw.text(((left + right) / 2 - 80, bottom + 24), "k corrected training patches", fill="black")
-    draw.text((left, 8), "CoNSeP test: instance mAP^r at IoU 0.5", fill="black")
-    if upper is not None:
-        draw.line([(left, y(upper)), (right, y(upper))], fill=(200, 0, 0))
-        draw.text((right - 150, y(upper) - 14), f"fully supervised {upper:.3f}", fill=(200, 0, 0))
-    points = [(xs[k], y(v)) for k, v in zip(ks, values) if v == v]
-    if len(points) > 1:
-        draw.line(points, fill=(0, 90, 200), width=2)
-    for px, py in points:
-        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(0, 90, 200))
+    draw.text((left, 6), "CoNSeP test, % (dashed: fully supervised)", fill="black")
+    for n, (key, label, colour) in enumerate(series):
+        draw.text((left + 10 + 120 * n, 22), label, fill=colour)
+        if upper and upper[key] == upper[key]:
+            for x0 in range(left, right, 12):
+                draw.line([(x0, y(100 * upper[key])), (min(x0 + 6, right), y(100 * upper[key]))], fill=colour)
+        points = [(xs[r["k"]], y(100 * r[key])) for r in rows if r[key] == r[key]]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
     img.save(path)
 
 
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
     record = {"rows": rows, "upper_bound": ub, "corrected": [train[i].name for i in corrected], "weak_subset": len(weak_subset),
               "train_params": tp.to_dict(), "params": params.to_dict(), "device": str(device), "threads": args.threads}  # fmt: skip
     write_json(hitl / "hitl.json", json_ready(record))
-    plot([r for r in rows if r["k"] != "weak"], ub["mAP@0.5"] if upper else None, hitl / "hitl.png")
+    plot([r for r in rows if r["k"] != "weak"], ub if upper else None, hitl / "hitl.png")
     if args.figure_dir:
         args.figure_dir.mkdir(parents=True, exist_ok=True)
         (args.figure_dir / "hitl_consep.png").write_bytes((hitl / "hitl.png").read_bytes())
