@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         name = bq.full_irn_name(args)
         full = bq.get_irn_model(args, cam_model, train, full_labels, out / f"irn_{name}.pt", "full", timings, instances=True)
         irn_full = bq.get_irn_outputs(full, test, params, device, out / f"irn_{name}_test.pt", timings, "full_test")
-        cam_full = bq.get_cam_model_full(args, classes, train, out, timings)
+        cam_full = bq.get_cam_model(args, classes, train, out, timings, from_masks=True)
         cams_full = bq.get_cams(cam_full, test, params, device, out / f"cams_full_test_{cam_key}.pt", timings, "full_test")
 
     ks = sorted(set(own.ks))

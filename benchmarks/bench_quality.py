@@ -193,33 +193,14 @@ def train_params(args):
     )  # fmt: skip
 
 
-def get_cam_model(args, classes, items, out: Path, timings: dict):
-    from napari_irnet.core.checkpoint import load_checkpoint, new_model, save_checkpoint
-    from napari_irnet.core.training import LabelledImage, train_cam
-
-    path = out / "cam.pt"
-    if path.is_file() and not args.retrain_cam:
-        _log(f"reusing {path}")
-        return load_checkpoint(path)
-    weights = None if args.weights == "none" else args.weights
-    model = new_model(classes, args.backbone, weights)
-    model.train_params = train_params(args)
-    data = [LabelledImage(it.name, it.image, it.class_ids) for it in items]
-    t0 = time.perf_counter()
-    history = _run_loop(train_cam(model, data, device=args.device), "CAM")
-    timings["train_cam_min"] = (time.perf_counter() - t0) / 60
-    model.history.append({"stage": "bench_cam", "losses": [h["loss"] for h in history], "minutes": timings["train_cam_min"]})
-    save_checkpoint(model, path)
-    return model
-
-
-def get_cam_model_full(args, classes, items, out: Path, timings: dict):
-    """The CAM network trained per pixel from the ground-truth class maps (upper bound), cached in ``cam_full.pt``."""
+def get_cam_model(args, classes, items, out: Path, timings: dict, from_masks: bool = False):
+    """The weak CAM network (``cam.pt``), or with ``from_masks`` the one trained per pixel from the class maps (``cam_full.pt``)."""
     from napari_irnet.core.checkpoint import load_checkpoint, new_model, save_checkpoint
     from napari_irnet.core.targets import class_map_target
-    from napari_irnet.core.training import LabelledImage, train_cam_from_masks
+    from napari_irnet.core.training import LabelledImage, train_cam, train_cam_from_masks
 
-    path = out / "cam_full.pt"
+    key = "cam_full" if from_masks else "cam"
+    path = out / f"{key}.pt"
     if path.is_file() and not args.retrain_cam:
         _log(f"reusing {path}")
         return load_checkpoint(path)
@@ -227,11 +208,14 @@ def get_cam_model_full(args, classes, items, out: Path, timings: dict):
     model = new_model(classes, args.backbone, weights)
     model.train_params = train_params(args)
     data = [LabelledImage(it.name, it.image, it.class_ids) for it in items]
-    maps = [class_map_target(it.gt_inst_work, it.gt_labels) for it in items]
     t0 = time.perf_counter()
-    history = _run_loop(train_cam_from_masks(model, data, maps, device=args.device), "CAM from masks")
-    timings["train_cam_full_min"] = (time.perf_counter() - t0) / 60
-    model.history.append({"stage": "bench_cam_full", "losses": [h["loss"] for h in history], "minutes": timings["train_cam_full_min"]})
+    if from_masks:
+        maps = [class_map_target(it.gt_inst_work, it.gt_labels) for it in items]
+        history = _run_loop(train_cam_from_masks(model, data, maps, device=args.device), "CAM from masks")
+    else:
+        history = _run_loop(train_cam(model, data, device=args.device), "CAM")
+    timings[f"train_{key}_min"] = (time.perf_counter() - t0) / 60
+    model.history.append({"stage": f"bench_{key}", "losses": [h["loss"] for h in history], "minutes": timings[f"train_{key}_min"]})
     save_checkpoint(model, path)
     return model
 
@@ -755,7 +739,7 @@ def main(argv=None) -> int:
         full = get_irn_model(args, cam_model, train, full_labels, out / f"irn_{full_name}.pt", "full", timings, instances=True)
     cams_full = {}
     if full is not None:
-        cam_full = get_cam_model_full(args, classes, train, out, timings)
+        cam_full = get_cam_model(args, classes, train, out, timings, from_masks=True)
         for split_items, key in ((train[:: args.train_eval_every], "train"), (test, "test")):
             if split_items:
                 cams_full.update(get_cams(cam_full, split_items, params, device, out / f"cams_full_{key}_{cam_key}.pt", timings, f"full_{key}"))

@@ -33,6 +33,16 @@ from .postprocess import IGNORE
 __all__ = ["boundary_target", "class_map_target", "displacement_target", "relation_labels", "to_grid"]
 
 
+def _ignore_unreviewed(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndarray:
+    """``labels`` with IGNORE where ``reviewed`` (same shape, bool; None: all reviewed) is False."""
+    if reviewed is not None:
+        reviewed = np.asarray(reviewed, bool)
+        if reviewed.shape != labels.shape:
+            raise ValueError(f"reviewed {reviewed.shape} and instances {labels.shape} differ in shape")
+        labels[~reviewed] = IGNORE
+    return labels
+
+
 def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -> np.ndarray:
     """Instance map to relation labels: one positive region per instance.
 
@@ -57,12 +67,7 @@ def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -
     if ids[0] != 0:  # no background pixel: every value is an instance
         inverse += 1
     inverse[inverse >= IGNORE] += 1  # keep 255 for "ignore"
-    if reviewed is not None:
-        reviewed = np.asarray(reviewed, bool)
-        if reviewed.shape != instances.shape:
-            raise ValueError(f"reviewed {reviewed.shape} and instances {instances.shape} differ in shape")
-        inverse[~reviewed] = IGNORE
-    return inverse
+    return _ignore_unreviewed(inverse, reviewed)
 
 
 def class_map_target(
@@ -98,12 +103,7 @@ def class_map_target(
                 raise ValueError(f"instance {iid}: class index {c} out of range")
             lookup[n] = c + 1
     out = lookup[inverse.reshape(instances.shape)]
-    if reviewed is not None:
-        reviewed = np.asarray(reviewed, bool)
-        if reviewed.shape != instances.shape:
-            raise ValueError(f"reviewed {reviewed.shape} and instances {instances.shape} differ in shape")
-        out[~reviewed] = IGNORE
-    return out
+    return _ignore_unreviewed(out, reviewed)
 
 
 def to_grid(labels: np.ndarray, stride: int = 4) -> np.ndarray:

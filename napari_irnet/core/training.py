@@ -249,31 +249,30 @@ def train_cam(
     tp = tp or model.train_params
     if not items:
         raise ValueError("no training images")
+    yield from _cam_training(model, CAMDataset(items, len(model.classes), tp, tp.seed), tp, device, pixels=False)
+
+
+def _cam_training(model: Model, dataset: Dataset, tp: TrainParams, device, pixels: bool) -> Iterator[dict]:
+    """The CAM training loop of :func:`train_cam` (image labels) and :func:`train_cam_from_masks` (``pixels``)."""
+    stage = "cam_masks" if pixels else "cam"
     dev = resolve_device(device)
     torch.manual_seed(tp.seed)
     net = model.cam.to(dev).train()
-    loader = _loader(CAMDataset(items, len(model.classes), tp, tp.seed), tp.cam_batch_size, tp, dev, tp.seed)
+    loader = _loader(dataset, tp.cam_batch_size, tp, dev, tp.seed)
     max_step = len(loader) * tp.cam_epochs
     opt = _optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
     sched = PolySchedule(opt, max_step, tp.poly_power)
-    step, t0 = 0, time.perf_counter()
+    step, t0, loss = 0, time.perf_counter(), None
     forward = _parallel(net, dev)
     for epoch in range(tp.cam_epochs):
         _set_epoch(loader, epoch)
         for x, y in loader:
             lr = sched.step()
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with _autocast(dev, tp.amp):
-                logits = forward(x)
-            loss = F.multilabel_soft_margin_loss(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = cam_step(forward, opt, x, y, dev, tp.amp, pixels)
             step += 1
-            record = {"stage": "cam", "epoch": epoch, "step": step, "max_step": max_step, "loss": loss.item(), "lr": lr, "seconds": time.perf_counter() - t0}
-            yield record
+            yield {"stage": stage, "epoch": epoch, "step": step, "max_step": max_step, "loss": loss, "lr": lr, "seconds": time.perf_counter() - t0}
     net.eval()
-    model.history.append({"stage": "cam", "steps": step, "final_loss": record["loss"] if step else None, "seconds": time.perf_counter() - t0})
+    model.history.append({"stage": stage, "steps": step, "final_loss": loss, "seconds": time.perf_counter() - t0})
 
 
 def cam_pixel_loss(logits: torch.Tensor, class_maps: torch.Tensor) -> torch.Tensor:
@@ -303,13 +302,24 @@ def cam_pixel_loss(logits: torch.Tensor, class_maps: torch.Tensor) -> torch.Tens
 
 
 def cam_step(
-    net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    amp: bool,
+    pixels: bool = True,
 ) -> float:
-    """One optimisation step of the CAM network on images (B, 3, H, W) and class maps (B, H, W); returns the loss."""
+    """One optimisation step of the CAM network; returns the loss.
+
+    ``pixels``: ``y`` holds class maps (B, H, W) and the loss is
+    :func:`cam_pixel_loss`; otherwise ``y`` holds image labels (B, C) and the
+    loss is the multi-label soft margin of the reference.
+    """
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     with _autocast(device, amp):
-        logits = net(x, pixels=True)
-    loss = cam_pixel_loss(logits, y)
+        logits = net(x, pixels=pixels)
+    loss = cam_pixel_loss(logits, y) if pixels else F.multilabel_soft_margin_loss(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -330,24 +340,7 @@ def train_cam_from_masks(
     tp = tp or model.train_params
     if not items:
         raise ValueError("no training images")
-    dev = resolve_device(device)
-    torch.manual_seed(tp.seed)
-    net = model.cam.to(dev).train()
-    loader = _loader(ClassMapDataset(items, class_maps, tp, tp.seed), tp.cam_batch_size, tp, dev, tp.seed)
-    max_step = len(loader) * tp.cam_epochs
-    opt = _optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
-    sched = PolySchedule(opt, max_step, tp.poly_power)
-    step, t0, loss = 0, time.perf_counter(), None
-    forward = _parallel(net, dev)
-    for epoch in range(tp.cam_epochs):
-        _set_epoch(loader, epoch)
-        for x, y in loader:
-            lr = sched.step()
-            loss = cam_step(forward, opt, x, y, dev, tp.amp)
-            step += 1
-            yield {"stage": "cam_masks", "epoch": epoch, "step": step, "max_step": max_step, "loss": loss, "lr": lr, "seconds": time.perf_counter() - t0}
-    net.eval()
-    model.history.append({"stage": "cam_masks", "steps": step, "final_loss": loss, "seconds": time.perf_counter() - t0})
+    yield from _cam_training(model, ClassMapDataset(items, class_maps, tp, tp.seed), tp, device, pixels=True)
 
 
 def make_seeds(
