@@ -196,10 +196,11 @@ def finetune(
     ------
     dict
         ``stage`` ("finetune"), ``epoch``, ``step``, ``max_step``, ``lr``,
-        the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``, ``dp_centroid`` with a centroid loss weight and a corrected image in the batch),
-        ``seconds``, ``images_per_second``; ``cam_loss`` when the CAM
-        network trains too; ``resumed_from`` on the first record of a resumed
-        run.
+        the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``),
+        ``seconds``, ``images_per_second``; ``dp_centroid`` with a centroid
+        loss weight and a corrected image in the batch; ``cam_loss`` when the
+        CAM network trains too; ``resumed_from`` on the first record of a
+        resumed run.
     """
     tp = tp or model.train_params
     if model.irn is None:
