@@ -42,7 +42,7 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[n
     if plugin_folder.is_dir():
         stored = load_corrections(plugin_folder, image)
         if stored is not None and stored.state in ("corrected", "accepted"):
-            return stored.labels, {int(i): info.class_name for i, info in stored.instances.items() if info.class_name}
+            return stored.labels, stored.instance_classes
         return None
     stem = Path(image_file).stem
     for pattern in _LABEL_NAMES:

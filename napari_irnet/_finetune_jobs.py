@@ -89,8 +89,8 @@ def viewer_image(
     stored = load_corrections(folder, image)
     if stored is None or stored.state not in USABLE_STATES:
         return None
-    classes = list(dict.fromkeys(list(stored.classes) + [i.class_name for i in stored.instances.values() if i.class_name]))
-    table = {int(i): info.class_name for i, info in stored.instances.items() if info.class_name}
+    table = stored.instance_classes
+    classes = list(dict.fromkeys(list(stored.classes) + list(table.values())))
     return TrainingImage(name, image, classes, stored.labels, stored.state, str(image_path or ""), table)
 
 

@@ -38,6 +38,8 @@ def test_round_trip(tmp_path):
     assert back.state == "accepted" and back.classes == ["round", "rod"] and back.params == {"beta": 10.0}
     assert back.updated
     assert summarise(back) == {"proposed": 0, "edited": 1, "accepted": 1}
+    back.instances[7] = InstanceInfo("", 1.0, "edited")  # an instance nobody gave a class
+    assert back.instance_classes == {1: "round", 5: "rod"}
     doc = json.loads((folder / "corrections.json").read_text())
     assert doc["instances"][1] == {"id": 5, "class": "rod", "score": 1.0, "state": "edited", "area": 24, "bbox": [3, 10, 9, 14]}
 

@@ -160,6 +160,11 @@ class Corrections:
         if self.state not in IMAGE_STATES:
             raise ValueError(f"image state must be one of {IMAGE_STATES}, got {self.state!r}")
 
+    @property
+    def instance_classes(self) -> dict[int, str]:
+        """``{instance id: class name}`` of the instances that have a class."""
+        return {int(i): info.class_name for i, info in self.instances.items() if info.class_name}
+
 
 def _records(labels: np.ndarray, instances: Mapping[int, InstanceInfo]) -> list[dict[str, Any]]:
     from skimage.measure import regionprops
