@@ -19,8 +19,11 @@ corrected patches are nested (the 5 of k = 5 are among the 10 of k = 10, ...)
 and spread over the training tiles. The upper bound is bench_quality's (c):
 both networks trained from the masks of all training patches.
 
-Prints a markdown table, writes ``hitl/hitl.json`` and ``hitl/hitl.png`` (mAP^r 0.5
-and mIoU against k) to the output folder (``--figure-dir`` copies the plot).
+Prints a markdown table (with the fine-tuned CAM network's own mIoU, to tell
+its part from IRNet's), writes ``hitl/hitl.json`` and ``hitl/hitl.png``
+(mAP^r 0.5 and mIoU against k) to the output folder (``--figure-dir`` copies
+the plot); with ``--displacement-head context`` the weak and fully supervised
+IRNets have the context head, and the folder is ``hitl_context``.
 """
 
 from __future__ import annotations
@@ -130,9 +133,10 @@ def main(argv=None) -> int:
     cams.update(bq.get_cams(cam_model, train, params, device, out / f"cams_train_{cam_key}.pt", timings, "train"))
     cams.update(bq.get_cams(cam_model, test, params, device, out / f"cams_test_{cam_key}.pt", timings, "test"))
     seeds = bq.get_seeds(train, cams, params, out / f"seeds_{cam_key}_{params.seed_fg_threshold:g}_{params.seed_bg_threshold:g}.npz")
-    weak = bq.get_irn_model(args, cam_model, train, seeds, out / "irn_weak.pt", "weak", timings)
+    weak_name = bq.weak_irn_name(args, params)
+    weak = bq.get_irn_model(args, cam_model, train, seeds, out / f"irn_{weak_name}.pt", "weak", timings)
     full_labels = [relation_labels(it.gt_inst_work) for it in train]
-    hitl = out / "hitl"  # this benchmark's own caches
+    hitl = out / f"hitl{bq._head_suffix(args)}"  # this benchmark's own caches and results
     hitl.mkdir(exist_ok=True)
     irn_full = cams_full = None
     if not own.skip_upper_bound:
@@ -152,14 +156,16 @@ def main(argv=None) -> int:
     tp.finetune_cam = not own.no_finetune_cam
 
     def score(irn_outputs, test_cams, with_upper: bool = False) -> tuple[dict, dict | None]:
+        """The IRNet scores (with the CAM's own mIoU as ``cam_mIoU``) and the upper bound's."""
         full = irn_full if with_upper else None
         res, _, _ = bq.evaluate_split(test, test_cams, irn_outputs, full, params, device, classes, cams_full=cams_full, baselines=False)
-        return res["IRNet"], res.get("(c) upper bound")
+        return {**res["IRNet"], "cam_mIoU": res["CAM"]["mIoU"]}, res.get("(c) upper bound")
 
     rows = []
     bq._log("scoring the weak model (no fine-tuning)")
-    base, upper = score(bq.get_irn_outputs(weak, test, params, device, out / "irn_weak_test.pt", timings, "weak_test"), cams, True)
-    rows.append({"k": "weak", "mAP@0.5": base["mAP"][0.5], "mAP@0.7": base["mAP"][0.7], "mIoU": base["mIoU"], "minutes": 0.0, "images": 0})
+    base, upper = score(bq.get_irn_outputs(weak, test, params, device, out / f"irn_{weak_name}_test.pt", timings, "weak_test"), cams, True)
+    rows.append({"k": "weak", "mAP@0.5": base["mAP"][0.5], "mAP@0.7": base["mAP"][0.7], "mIoU": base["mIoU"], "cam_mIoU": base["cam_mIoU"],
+                 "minutes": 0.0, "images": 0})  # fmt: skip
     for k in ks:
         strong_idx = corrected[:k]
         idx = strong_idx + weak_subset
@@ -178,12 +184,12 @@ def main(argv=None) -> int:
             (hitl / f"cams_k{k}_test.pt").unlink()  # they depend on this run's fine-tuning
         res, _ = score(outputs, test_cams)
         rows.append({
-            "k": k, "mAP@0.5": res["mAP"][0.5], "mAP@0.7": res["mAP"][0.7], "mIoU": res["mIoU"], "minutes": minutes,
+            "k": k, "mAP@0.5": res["mAP"][0.5], "mAP@0.7": res["mAP"][0.7], "mIoU": res["mIoU"], "cam_mIoU": res["cam_mIoU"], "minutes": minutes,
             "images": len(items), "steps": history[-1]["step"] if history else 0,
             "images_per_second": history[-1].get("images_per_second") if history else None,
             "cam_trained": bool(model.history[-1].get("cam_trained")),
         })  # fmt: skip
-        bq._log(f"k={k}: mAP@0.5 {res['mAP'][0.5]:.3f}, mAP@0.7 {res['mAP'][0.7]:.3f}, mIoU {res['mIoU']:.3f}")
+        bq._log(f"k={k}: mAP@0.5 {res['mAP'][0.5]:.3f}, mAP@0.7 {res['mAP'][0.7]:.3f}, mIoU {res['mIoU']:.3f}, CAM mIoU {res['cam_mIoU']:.3f}")
         (hitl / f"irn_k{k}_test.pt").unlink(missing_ok=True)  # outputs depend on this run's fine-tuning
     nan = float("nan")
     ub = {"mAP@0.5": upper["mAP"][0.5], "mAP@0.7": upper["mAP"][0.7], "mIoU": upper["mIoU"]} if upper else {"mAP@0.5": nan, "mAP@0.7": nan, "mIoU": nan}
@@ -192,12 +198,12 @@ def main(argv=None) -> int:
           f"in every fine-tuning set, {tp.finetune_epochs} epochs, lr {tp.finetune_learning_rate:g}, "
           f"corrected patches drawn {tp.correction_weight}x; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
           f"device {device}, {args.threads} threads\n")  # fmt: skip
-    print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | % of upper bound (0.5) | fine-tune minutes |")
-    print("|---|---|---|---|---|---|")
+    print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | CAM mIoU | % of upper bound (0.5) | fine-tune minutes |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         frac = r["mAP@0.5"] / ub["mAP@0.5"] * 100 if ub["mAP@0.5"] == ub["mAP@0.5"] and ub["mAP@0.5"] else nan
-        print(f"| {r['k']} | {r['mAP@0.5']:.3f} | {r['mAP@0.7']:.3f} | {r['mIoU']:.3f} | {frac:.0f}% | {r['minutes']:.1f} |")
-    print(f"| fully supervised (all {len(train)} patches) | {ub['mAP@0.5']:.3f} | {ub['mAP@0.7']:.3f} | {ub['mIoU']:.3f} | 100% | |")
+        print(f"| {r['k']} | {r['mAP@0.5']:.3f} | {r['mAP@0.7']:.3f} | {r['mIoU']:.3f} | {r['cam_mIoU']:.3f} | {frac:.0f}% | {r['minutes']:.1f} |")
+    print(f"| fully supervised (all {len(train)} patches) | {ub['mAP@0.5']:.3f} | {ub['mAP@0.7']:.3f} | {ub['mIoU']:.3f} | | 100% | |")
     record = {"rows": rows, "upper_bound": ub, "corrected": [train[i].name for i in corrected], "weak_subset": len(weak_subset),
               "train_params": tp.to_dict(), "params": params.to_dict(), "device": str(device), "threads": args.threads}  # fmt: skip
     write_json(hitl / "hitl.json", json_ready(record))

@@ -273,6 +273,7 @@ def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timing
     model = copy.copy(cam_model)
     model.history = list(cam_model.history)
     model.train_params = train_params(args)
+    model.displacement_head = args.displacement_head
     source = args.irn_backbone or ("cam" if args.weights == "none" else args.weights)
     model.irn = new_irnet(model, source)
     data = [LabelledImage(it.name, it.image, it.class_ids) for it in items]
@@ -613,6 +614,8 @@ def parse_args(argv=None):
     ap.add_argument("--train-radius", type=int, default=10)
     ap.add_argument("--centroid-loss-weight", type=float, default=0.0,
                     help="the upper bound's IRNet also regresses the displacement to the centroids (TrainParams)")
+    ap.add_argument("--displacement-head", default="reference",
+                    help="IRNet's last displacement layers: reference (1x1) | context (dilated 3x3); cached as irn_*_context.pt")
     ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--train-eval-every", type=int, default=1, help="score the pseudo labels of every N-th training image")
     ap.add_argument("--test-limit", type=int, default=0)
@@ -661,9 +664,21 @@ def make_params(args):
     )
 
 
+def _head_suffix(args) -> str:
+    return "" if args.displacement_head == "reference" else f"_{args.displacement_head}"
+
+
+def weak_irn_name(args, params) -> str:
+    """Name of the weak IRNet in the cache (``irn_<name>.pt``): with the seed thresholds when they are not the reference's."""
+    default_seeds = (params.seed_fg_threshold, params.seed_bg_threshold) == (0.30, 0.05)
+    name = "weak" if default_seeds else f"weak_fg{params.seed_fg_threshold:g}_bg{params.seed_bg_threshold:g}"
+    return name + _head_suffix(args)
+
+
 def full_irn_name(args) -> str:
     """Name of the upper bound's IRNet in the cache (``irn_<name>.pt``)."""
-    return f"full_c{args.centroid_loss_weight:g}" if args.centroid_loss_weight else "full"
+    name = f"full_c{args.centroid_loss_weight:g}" if args.centroid_loss_weight else "full"
+    return name + _head_suffix(args)
 
 
 def output_dir(args) -> Path:
@@ -721,9 +736,7 @@ def main(argv=None) -> int:
     _log("seeds: " + ", ".join(f"{k} {v:.3f}" for k, v in sq.items()))
 
     # 3: IRNet from seeds, and from the GT instances (upper bound)
-    # IRNet files carry the seed thresholds when they are not the reference's
-    default_seeds = (params.seed_fg_threshold, params.seed_bg_threshold) == (0.30, 0.05)
-    weak_name = "weak" if default_seeds else f"weak_fg{params.seed_fg_threshold:g}_bg{params.seed_bg_threshold:g}"
+    weak_name = weak_irn_name(args, params)
     from napari_irnet.core.checkpoint import load_checkpoint
 
     if args.weak_checkpoint:

@@ -132,6 +132,7 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(model.train_params.seed)  # new heads: reproducible, equal in every torchrun process
+    model.displacement_head = args.displacement_head
     model.irn = new_irnet(model, args.irn_backbone)
     seeds = [None] * len(items)
     for i, seed in tqdm(make_seeds(model, items, device=args.device), total=len(items), desc="seeds", disable=None):
@@ -207,7 +208,7 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.params import Params, TrainParams
+    from .core.params import DISPLACEMENT_HEADS, Params, TrainParams
 
     ap = argparse.ArgumentParser(prog="napari-irnet", description="Instance masks from image-level labels (IRNet).")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint with a trained CAM network")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--irn-backbone", default="imagenet", help="IRNet's frozen backbone: imagenet | cam (copy the CAM backbone) | none | PATH (default imagenet)")
+    p.add_argument("--displacement-head", default="reference", choices=DISPLACEMENT_HEADS,
+                   help="IRNet's last displacement layers: reference (1x1, loads the reference's weights) or "
+                        "context (dilated 3x3, for objects a few grid cells across such as nuclei); default reference")
     _add_dataclass_options(p, TrainParams, "training parameters")
     _add_dataclass_options(p, Params, _PARAM_HELP)
     p.set_defaults(func=cmd_train_irn)

@@ -126,3 +126,51 @@ def test_import_reference_rejects_wrong_class_count(tmp_path):
     torch.save(_reference_style(ours.cam.state_dict(), _CAM_STAGES, {}), tmp_path / "cam.pth")
     with pytest.raises(CheckpointError, match="2 classes but 20"):
         import_reference(tmp_path / "cam.pth", None)
+
+
+def _receptive_radius(head) -> int:
+    """How many cells away an input change still moves the output at one cell.
+
+    Group norm mixes statistics over the whole map, so it is left out here:
+    what is measured is the reach of the convolutions.
+    """
+    for i, m in enumerate(head):
+        if isinstance(m, torch.nn.GroupNorm):
+            head[i] = torch.nn.Identity()
+    x = torch.randn(1, 448, 33, 33, requires_grad=True)
+    head.eval()(x)[0, :, 16, 16].sum().backward()
+    rows = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 3)) > 0).flatten()
+    return int(16 - rows.min())
+
+
+def test_context_head_sees_seven_cells_and_reference_head_one():
+    from napari_irnet.core.networks import _displacement_output
+
+    assert _receptive_radius(_displacement_output("reference")) == 0
+    assert _receptive_radius(_displacement_output("context")) == 7
+    with pytest.raises(ValueError, match="unknown displacement head 'big'.*reference, context"):
+        _displacement_output("big")
+
+
+def test_displacement_head_round_trips_and_old_files_load_the_reference_head(tmp_path):
+    model = _perturb(new_model(["a", "b"], "tiny", displacement_head="context"))
+    back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt"))
+    assert back.displacement_head == "context" and back.irn.displacement_head == "context"
+    x = torch.randn(1, 3, 64, 64)
+    for a, b in zip(model.irn.eval()(x), back.irn.eval()(x)):
+        assert torch.equal(a, b)
+    # a file from before the choice existed: no key, reference layout
+    old = torch.load(save_checkpoint(new_model(["a"], "tiny"), tmp_path / "old.pt"), weights_only=True)
+    del old["displacement_head"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").irn.displacement_head == "reference"
+    # weights of one head do not load into the other
+    mixed = torch.load(tmp_path / "m.pt", weights_only=True)
+    mixed["displacement_head"] = "reference"
+    torch.save(mixed, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"mixed\.pt: the IRNet weights do not fit"):
+        load_checkpoint(tmp_path / "mixed.pt")
+    mixed["displacement_head"] = "huge"
+    torch.save(mixed, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"mixed\.pt: unknown displacement head 'huge'"):
+        load_checkpoint(tmp_path / "mixed.pt")

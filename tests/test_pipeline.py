@@ -145,7 +145,9 @@ def test_cli_train_and_predict(tmp_path, tiny_dataset):
     tiny = ["--cam-epochs", "1", "--cam-batch-size", "2", "--cam-crop-size", "64", "--cam-resize-long", "56", "72"]
     assert main(["train-cam", *common, "--out", str(tmp_path / "cam.pt"), "--backbone", "tiny", "--weights", "none", *tiny]) == 0
     irn = ["--irn-epochs", "1", "--irn-batch-size", "2", "--irn-crop-size", "64", "--train-radius", "5", "--cam-scales", "1.0", "--use-crf", "false"]
-    assert main(["train-irn", *common, "--checkpoint", str(tmp_path / "cam.pt"), "--out", str(tmp_path / "irn.pt"), "--irn-backbone", "cam", *irn]) == 0
+    assert main(["train-irn", *common, "--checkpoint", str(tmp_path / "cam.pt"), "--out", str(tmp_path / "irn.pt"), "--irn-backbone", "cam",
+                 "--displacement-head", "context", *irn]) == 0  # fmt: skip
+    assert load_checkpoint(tmp_path / "irn.pt").irn.displacement_head == "context"
     out = tmp_path / "pred"
     assert main(["predict", *common, "--checkpoint", str(tmp_path / "irn.pt"), "--out", str(out), "--walk-steps", "8", "--centroid-steps", "10"]) == 0
     name = tiny_dataset[0].name

@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` dict::
 
     {"format": "napari-irnet", "version": 1,
-     "classes": [...], "backbone": "resnet50",
+     "classes": [...], "backbone": "resnet50", "displacement_head": "reference",
      "params": Params.to_dict(), "train_params": TrainParams.to_dict(),
      "history": [...], "cam_state": {...} | None, "irn_state": {...} | None}
 
@@ -25,7 +25,7 @@ import torch
 
 from .backbones import build_backbone
 from .networks import CAMNet, IRNet
-from .params import Params, TrainParams
+from .params import DISPLACEMENT_HEADS, Params, TrainParams
 
 FORMAT = "napari-irnet"
 VERSION = 1
@@ -54,6 +54,8 @@ class Model:
     history: list[dict] = field(default_factory=list)
     #: where the backbones started: "imagenet", "none" (random) or "file"
     backbone_init: str = "imagenet"
+    #: IRNet's last displacement layers (:data:`~napari_irnet.core.params.DISPLACEMENT_HEADS`)
+    displacement_head: str = "reference"
 
     @property
     def frozen_bn(self) -> bool:
@@ -73,13 +75,18 @@ def new_model(
     backbone: str = "resnet50",
     weights: str | Path | None = None,
     irn_weights: str | Path | None = None,
+    displacement_head: str = "reference",
 ) -> Model:
-    """Fresh CAM and IRNet networks; both backbones start from ``weights`` unless ``irn_weights`` is given."""
+    """Fresh CAM and IRNet networks; both backbones start from ``weights`` unless ``irn_weights`` is given.
+
+    ``displacement_head``: IRNet's last displacement layers, ``"reference"``
+    or ``"context"`` (:func:`~napari_irnet.core.networks.IRNet`).
+    """
     init = "none" if weights is None else ("imagenet" if weights == "imagenet" else "file")
     frozen = init != "none"
     cam = CAMNet(build_backbone(backbone, weights, frozen), len(classes), train_all_layers=not frozen)
-    irn = IRNet(build_backbone(backbone, irn_weights if irn_weights is not None else weights, frozen))
-    return Model(list(classes), backbone, cam, irn, backbone_init=init)
+    irn = IRNet(build_backbone(backbone, irn_weights if irn_weights is not None else weights, frozen), displacement_head)
+    return Model(list(classes), backbone, cam, irn, backbone_init=init, displacement_head=displacement_head)
 
 
 def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
@@ -88,7 +95,8 @@ def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
     ``source`` is ``"cam"`` (a copy of the trained CAM backbone), ``"imagenet"``,
     ``"none"`` (random) or the path of a torchvision-layout weights file. The
     reference uses ImageNet weights; for backbones without them the CAM
-    backbone is the better choice.
+    backbone is the better choice. The displacement head is
+    ``model.displacement_head``.
     """
     if source == "cam":
         if model.cam is None:
@@ -97,7 +105,7 @@ def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
         backbone.load_state_dict(model.cam.backbone.state_dict())
     else:
         backbone = build_backbone(model.backbone, None if source == "none" else source, frozen_bn=model.frozen_bn)
-    return IRNet(backbone)
+    return IRNet(backbone, model.displacement_head)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -125,6 +133,7 @@ def save_checkpoint(model: Model, path: str | Path) -> Path:
         "train_params": model.train_params.to_dict(),
         "history": list(model.history),
         "backbone_init": model.backbone_init,
+        "displacement_head": model.displacement_head,
         "cam_state": model.cam.state_dict() if model.cam is not None else None,
         "irn_state": model.irn.state_dict() if model.irn is not None else None,
     }
@@ -133,7 +142,11 @@ def save_checkpoint(model: Model, path: str | Path) -> Path:
 
 
 def _load_state(net: torch.nn.Module, state: dict, path: Path, what: str) -> None:
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, other shapes
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CheckpointError(f"{path}: the {what} weights do not fit the network ({first})") from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: the {what} weights do not fit the network "
@@ -185,12 +198,16 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
         train_params=train_params,
         history=list(obj.get("history", [])),
         backbone_init=obj.get("backbone_init", "imagenet"),
+        # files written before the choice existed have the reference head
+        displacement_head=obj.get("displacement_head", "reference"),
     )
+    if model.displacement_head not in DISPLACEMENT_HEADS:
+        raise CheckpointError(f"{path}: unknown displacement head {model.displacement_head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
     if obj.get("cam_state") is not None:
         model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(ckpt_classes), not model.frozen_bn)
         _load_state(model.cam, obj["cam_state"], path, "CAM")
     if obj.get("irn_state") is not None:
-        model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn))
+        model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), model.displacement_head)
         _load_state(model.irn, obj["irn_state"], path, "IRNet")
     return model
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone
+from .params import DISPLACEMENT_HEADS
 
 #: ImageNet normalisation used by the reference (``TorchvisionNormalize``)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,17 +101,47 @@ def _head(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _displacement_output(head: str) -> nn.Sequential:
+    """The last displacement layers (``fc_dp7``): 448 fused channels -> (dy, dx).
+
+    ``"reference"``: the reference's 1x1 convolutions, so each cell's vector
+    comes from its own fused features only. ``"context"`` (our addition):
+    448 -> 64 channels, then three 3x3 convolutions dilated 1, 2 and 4, so
+    each vector also sees the cells up to 7 grid cells (28 pixels) away; for
+    objects a few grid cells across (nuclei), where the vector to the centre
+    depends on where the object's edges are around the cell.
+    """
+    if head == "reference":
+        return nn.Sequential(
+            nn.Conv2d(448, 256, 1, bias=False),
+            nn.GroupNorm(16, 256),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 2, 1, bias=False),
+            MeanShift(2),
+        )
+    if head == "context":
+        layers: list[nn.Module] = [nn.Conv2d(448, 64, 1, bias=False), nn.GroupNorm(8, 64), nn.ReLU(inplace=True)]
+        for dilation in (1, 2, 4):
+            layers += [nn.Conv2d(64, 64, 3, padding=dilation, dilation=dilation, bias=False), nn.GroupNorm(8, 64), nn.ReLU(inplace=True)]
+        return nn.Sequential(*layers, nn.Conv2d(64, 2, 1, bias=False), MeanShift(2))
+    raise ValueError(f"unknown displacement head {head!r}; choose one of {', '.join(DISPLACEMENT_HEADS)}")
+
+
 class IRNet(nn.Module):
     """Boundary and displacement heads on a frozen backbone, both at stride 4.
 
     ``forward`` returns boundary logits (B, 1, h, w) and the displacement
     field (B, 2, h, w) in stride-4 grid units, channel 0 = dy, 1 = dx, with
-    h = ceil(H/4), w = ceil(W/4).
+    h = ceil(H/4), w = ceil(W/4). ``displacement_head`` picks the last
+    displacement layers (:data:`~napari_irnet.core.params.DISPLACEMENT_HEADS`, see
+    :func:`_displacement_output`); only ``"reference"`` loads the reference's
+    weights.
     """
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, displacement_head: str = "reference"):
         super().__init__()
         self.backbone = backbone
+        self.displacement_head = displacement_head
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         c1, c2, c3, c4, c5 = backbone.channels
@@ -126,13 +157,7 @@ class IRNet(nn.Module):
         self.fc_dp4 = _head(c4, 256, 16, up=2)
         self.fc_dp5 = _head(c5, 256, 16, up=2)
         self.fc_dp6 = _head(768, 256, 16, up=2)
-        self.fc_dp7 = nn.Sequential(
-            nn.Conv2d(448, 256, 1, bias=False),
-            nn.GroupNorm(16, 256),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, 2, 1, bias=False),
-            MeanShift(2),
-        )
+        self.fc_dp7 = _displacement_output(displacement_head)
 
     def train(self, mode: bool = True) -> "IRNet":
         super().train(mode)
@@ -163,4 +188,4 @@ class IRNet(nn.Module):
 
     @property
     def mean_shift(self) -> MeanShift:
-        return self.fc_dp7[4]
+        return self.fc_dp7[-1]

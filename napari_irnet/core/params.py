@@ -110,6 +110,11 @@ class Params:
         return cls.from_dict(json.loads(text))
 
 
+#: IRNet's displacement heads (:class:`~napari_irnet.core.networks.IRNet`); here so
+#: that the command line can list them without importing torch
+DISPLACEMENT_HEADS = ("reference", "context")
+
+
 @dataclass
 class TrainParams:
     """Training hyper-parameters, reference defaults (``run_sample.py``).
