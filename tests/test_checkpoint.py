@@ -134,9 +134,10 @@ def _receptive_radius(head) -> int:
     Group norm mixes statistics over the whole map, so it is left out here:
     what is measured is the reach of the convolutions.
     """
-    for i, m in enumerate(head):
-        if isinstance(m, torch.nn.GroupNorm):
-            head[i] = torch.nn.Identity()
+    for parent in list(head.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.GroupNorm):
+                setattr(parent, name, torch.nn.Identity())
     x = torch.randn(1, 448, 33, 33, requires_grad=True)
     head.eval()(x)[0, :, 16, 16].sum().backward()
     rows = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 3)) > 0).flatten()

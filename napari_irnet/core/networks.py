@@ -101,15 +101,24 @@ def _head(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _Residual(nn.Sequential):
+    """``x + layers(x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
 def _displacement_output(head: str) -> nn.Sequential:
     """The last displacement layers (``fc_dp7``): 448 fused channels -> (dy, dx).
 
     ``"reference"``: the reference's 1x1 convolutions, so each cell's vector
     comes from its own fused features only. ``"context"`` (our addition):
-    448 -> 64 channels, then three 3x3 convolutions dilated 1, 2 and 4, so
-    each vector also sees the cells up to 7 grid cells (28 pixels) away; for
-    objects a few grid cells across (nuclei), where the vector to the centre
-    depends on where the object's edges are around the cell.
+    448 -> 64 channels, then three residual 3x3 convolutions dilated 1, 2
+    and 4, so each vector also sees the cells up to 7 grid cells (28 pixels)
+    away; for objects a few grid cells across (nuclei), where the vector to
+    the centre depends on where the object's edges are around the cell. The
+    residual form keeps the direct path of the reference head: a plain stack
+    of the same layers stalled under SGD on CoNSeP (see BENCHMARKS.md).
     """
     if head == "reference":
         return nn.Sequential(
@@ -122,7 +131,11 @@ def _displacement_output(head: str) -> nn.Sequential:
     if head == "context":
         layers: list[nn.Module] = [nn.Conv2d(448, 64, 1, bias=False), nn.GroupNorm(8, 64), nn.ReLU(inplace=True)]
         for dilation in (1, 2, 4):
-            layers += [nn.Conv2d(64, 64, 3, padding=dilation, dilation=dilation, bias=False), nn.GroupNorm(8, 64), nn.ReLU(inplace=True)]
+            layers.append(
+                _Residual(
+                    nn.Conv2d(64, 64, 3, padding=dilation, dilation=dilation, bias=False), nn.GroupNorm(8, 64), nn.ReLU()
+                )
+            )
         return nn.Sequential(*layers, nn.Conv2d(64, 2, 1, bias=False), MeanShift(2))
     raise ValueError(f"unknown displacement head {head!r}; choose one of {', '.join(DISPLACEMENT_HEADS)}")
 
