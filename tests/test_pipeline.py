@@ -92,14 +92,33 @@ def test_cam_pixel_loss_by_hand():
     # one 1x2 grid over a 2x4 class map: left cell half class 1 (index 0), half ignore; right cell background
     y = torch.tensor([[[1, 255, 0, 0], [1, 255, 0, 0]]])
     logits = torch.zeros(1, 2, 1, 2)
-    # every logit 0: BCE is log 2 whatever the target, so the mean is log 2
+    # every logit 0: both parts are log 2 whatever the target, so the mean is log 2
     assert float(cam_pixel_loss(logits, y)) == pytest.approx(np.log(2))
-    logits[0, 0, 0, 0] = 3.0  # class 0 in the left cell, target 1 (the ignored half does not count), weight 1/2
-    # sum: left 0.5 * (softplus(-3) + log 2), right 1 * (2 log 2); over (0.5 + 1) cells x 2 classes
-    expected = (0.5 * (np.log1p(np.exp(-3.0)) + np.log(2)) + 2 * np.log(2)) / 3.0
+    logits[0, 0, 0, 0] = 3.0  # class 0 in the left cell, target 1 (the ignored half does not count)
+    # class 0: positive part softplus(-3) (left cell only), negative part log 2 (right cell only), averaged;
+    # class 1: negative part only, log 2 (logits 0); then the mean over the two classes
+    expected = ((np.log1p(np.exp(-3.0)) + np.log(2)) / 2 + np.log(2)) / 2
     assert float(cam_pixel_loss(logits, y)) == pytest.approx(expected, rel=1e-6)
     ignored = torch.full((1, 2, 4), 255)
     assert float(cam_pixel_loss(torch.randn(1, 2, 1, 2), ignored)) == 0.0
+
+
+def test_cam_pixel_loss_balances_a_rare_class():
+    # class 0 fills one 4x4 cell of a 16x16 map (1/16 of the pixels): at logit 0 a plain mean BCE would
+    # push every logit down (gradient 0.5 - 1/16 > 0 per cell); the balanced loss has no such pull
+    y = torch.zeros(1, 16, 16, dtype=torch.long)
+    y[0, :4, :4] = 1
+    shift = torch.zeros(1, requires_grad=True)
+    cam_pixel_loss(torch.zeros(1, 1, 4, 4) + shift, y).backward()
+    assert abs(float(shift.grad)) < 1e-6
+    # and the optimum of a free logit per cell is reached with the positive cell positive
+    logits = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=5.0)
+    for _ in range(50):
+        opt.zero_grad()
+        cam_pixel_loss(logits, y).backward()
+        opt.step()
+    assert float(logits[0, 0, 0, 0]) > 2.0 and float(logits[0, 0].flatten()[1:].max()) < -2.0
 
 
 def test_cam_from_masks_learns_where_the_classes_are(tiny_dataset):

@@ -276,7 +276,7 @@ def _cam_training(model: Model, dataset: Dataset, tp: TrainParams, device, pixel
 
 
 def cam_pixel_loss(logits: torch.Tensor, class_maps: torch.Tensor) -> torch.Tensor:
-    """Per-pixel loss of CAM logits against class maps.
+    """Class-balanced per-pixel loss of CAM logits against class maps.
 
     Parameters
     ----------
@@ -286,19 +286,34 @@ def cam_pixel_loss(logits: torch.Tensor, class_maps: torch.Tensor) -> torch.Tens
         0 background, class + 1, 255 ignore, at image resolution.
 
     Every grid cell is a multi-label target: the share of its valid pixels
-    that belong to each class (area downsampling), with binary cross-entropy
-    weighted by the share of valid pixels in the cell. Cells with nothing
-    valid add nothing; the mean is over valid cells and classes.
+    that belong to each class (area downsampling), weighted by the share of
+    valid pixels in the cell. Binary cross-entropy splits into a positive
+    part (``-log σ(z)`` weighted by the class's pixels in the cell) and a
+    negative part (``-log(1 - σ(z))`` weighted by the other valid pixels);
+    per class, each part is averaged over its own weight and the two parts
+    are averaged, as IRNet's affinity loss balances its pairs. Without the
+    balance, a class covering a few percent of the pixels (a nucleus type)
+    is pushed to negative logits everywhere, and its ReLU'd CAM vanishes.
+    Classes with no pixel in the batch contribute their negative part only;
+    the result is the mean over classes with any valid pixel, 0 when every
+    pixel is ignored.
     """
     B, C, h, w = logits.shape
     valid = (class_maps != IGNORE).float()
     onehot = F.one_hot(torch.where(class_maps == IGNORE, 0, class_maps).clamp_(0, C), C + 1)[..., 1:]
     onehot = onehot.permute(0, 3, 1, 2).float() * valid[:, None]
-    share = F.interpolate(onehot, size=(h, w), mode="area")
-    weight = F.interpolate(valid[:, None], size=(h, w), mode="area")
-    target = share / weight.clamp_min(1e-6)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight.expand_as(target), reduction="sum")
-    return loss / (weight.sum() * C).clamp_min(1e-6)
+    pos = F.interpolate(onehot, size=(h, w), mode="area")  # valid share of each class in each cell
+    neg = F.interpolate(valid[:, None], size=(h, w), mode="area") - pos  # valid share of everything else
+    z = logits.float()
+    pos_sum, neg_sum = pos.sum(dim=(0, 2, 3)), neg.sum(dim=(0, 2, 3))
+    pos_part = (pos * F.softplus(-z)).sum(dim=(0, 2, 3)) / pos_sum.clamp_min(1e-6)
+    neg_part = (neg * F.softplus(z)).sum(dim=(0, 2, 3)) / neg_sum.clamp_min(1e-6)
+    has_pos, has_neg = pos_sum > 1e-6, neg_sum > 1e-6
+    per_class = torch.where(has_pos & has_neg, (pos_part + neg_part) / 2, torch.where(has_pos, pos_part, neg_part))
+    used = has_pos | has_neg
+    if not bool(used.any()):
+        return z.sum() * 0.0
+    return per_class[used].mean()
 
 
 def cam_step(
