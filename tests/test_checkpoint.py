@@ -160,6 +160,8 @@ def test_displacement_head_round_trips_and_old_files_load_the_reference_head(tmp
     x = torch.randn(1, 3, 64, 64)
     for a, b in zip(model.irn.eval()(x), back.irn.eval()(x)):
         assert torch.equal(a, b)
+    model.displacement_head = "reference"  # a stale field: the network's own head is what gets saved
+    assert load_checkpoint(save_checkpoint(model, tmp_path / "n.pt")).irn.displacement_head == "context"
     # a file from before the choice existed: no key, reference layout
     old = torch.load(save_checkpoint(new_model(["a"], "tiny"), tmp_path / "old.pt"), weights_only=True)
     del old["displacement_head"]

@@ -54,7 +54,8 @@ class Model:
     history: list[dict] = field(default_factory=list)
     #: where the backbones started: "imagenet", "none" (random) or "file"
     backbone_init: str = "imagenet"
-    #: IRNet's last displacement layers (:data:`~napari_irnet.core.params.DISPLACEMENT_HEADS`)
+    #: IRNet's last displacement layers (:data:`~napari_irnet.core.params.DISPLACEMENT_HEADS`),
+    #: those :func:`new_irnet` builds and a loaded ``irn`` has
     displacement_head: str = "reference"
 
     @property
@@ -133,7 +134,8 @@ def save_checkpoint(model: Model, path: str | Path) -> Path:
         "train_params": model.train_params.to_dict(),
         "history": list(model.history),
         "backbone_init": model.backbone_init,
-        "displacement_head": model.displacement_head,
+        # the network's own head when there is one: the field only says what new_irnet builds
+        "displacement_head": model.irn.displacement_head if model.irn is not None else model.displacement_head,
         "cam_state": model.cam.state_dict() if model.cam is not None else None,
         "irn_state": model.irn.state_dict() if model.irn is not None else None,
     }
