@@ -83,6 +83,34 @@ def test_centroid_regression_on_corrected_images_when_weighted(setup):
         assert r["loss"] == pytest.approx(pairs + 0.5 * r["dp_centroid"], rel=1e-5)
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.0, 0.25])
+def test_weak_displacement_weight_reaches_every_step(setup, monkeypatch, weight):
+    import napari_irnet.core.finetune as ft
+
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    seen = []
+    real = ft.irn_step
+
+    def spy(net, opt, x, y, index, dev, amp, corrected, centroid_weight, displacement_weight=None):
+        seen.append((corrected.clone(), displacement_weight))
+        return real(net, opt, x, y, index, dev, amp, corrected, centroid_weight, displacement_weight)
+
+    monkeypatch.setattr(ft, "irn_step", spy)
+    list(finetune(model, items, labels, strong, dataclasses.replace(TP, weak_displacement_weight=weight), "cpu"))
+    assert len(seen) == 6
+    for corrected, w in seen:
+        if weight == 1.0:
+            assert w is None  # the reference's losses, untouched
+        else:
+            assert torch.equal(w, torch.where(corrected, 1.0, weight))
+    # without any correction the weight is not applied (nothing else would train the displacement)
+    seen.clear()
+    weak_only = [False] * len(items)
+    list(finetune(model, items, labels, weak_only, dataclasses.replace(TP, weak_displacement_weight=0.0, finetune_epochs=1), "cpu"))
+    assert seen and all(w is None for _, w in seen)
+
+
 @pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])
 def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path, with_cam):
     model, items, corrections, samples = setup

@@ -114,6 +114,35 @@ def test_zero_displacement_costs_the_mean_direction_length(setup):
     assert abs(float(losses["dp_bg"])) < 1e-6
 
 
+def test_displacement_weight_drops_a_samples_pairs_from_the_displacement_losses(setup):
+    index, (bg_pos, fg_pos, neg) = setup
+    logits, ideal = ideal_outputs()
+    rng = torch.Generator().manual_seed(0)
+    wrong = torch.randn(1, 2, H, W, generator=rng) * 3
+    # sample 0 has the ideal field (zero displacement loss), sample 1 a random one
+    two = [torch.cat([t, t]) for t in (bg_pos, fg_pos, neg)]
+    disp = torch.cat([ideal, wrong])
+    both = affinity_displacement_loss(torch.cat([logits, logits]), disp, *two, index)
+    assert float(both["dp_fg"]) > 0.1 and float(both["dp_bg"]) > 0.1
+    same = affinity_displacement_loss(torch.cat([logits, logits]), disp, *two, index, torch.ones(2))
+    for key in both:
+        assert float(same[key]) == pytest.approx(float(both[key]), rel=1e-6), key
+    only0 = affinity_displacement_loss(torch.cat([logits, logits]), disp, *two, index, torch.tensor([1.0, 0.0]))
+    assert abs(float(only0["dp_fg"])) < 1e-4 and abs(float(only0["dp_bg"])) < 1e-4
+    # the affinity losses do not depend on the weights
+    for key in ("pos", "neg"):
+        assert float(only0[key]) == pytest.approx(float(both[key]), rel=1e-6), key
+    disp.requires_grad_()
+    affinity_displacement_loss(torch.cat([logits, logits]), disp, *two, index, torch.tensor([1.0, 0.0]))["total"].backward()
+    assert float(disp.grad[1].abs().sum()) == 0.0
+    # a fractional weight gives the weighted mean of the two samples' pair errors
+    single = [affinity_displacement_loss(logits, d, bg_pos, fg_pos, neg, index) for d in (ideal, wrong)]
+    half = affinity_displacement_loss(torch.cat([logits, logits]), disp.detach(), *two, index, torch.tensor([1.0, 0.5]))
+    n = float(fg_pos.sum())
+    expected = (float(single[0]["dp_fg"]) * n + 0.5 * float(single[1]["dp_fg"]) * n) / (1.5 * n)
+    assert float(half["dp_fg"]) == pytest.approx(expected, rel=1e-4)
+
+
 def test_gradients_flow(setup):
     index, labels = setup
     logits = torch.zeros(1, 1, H, W, requires_grad=True)

@@ -216,6 +216,7 @@ def finetune(
     dev = resolve_device(device)
     torch.manual_seed(tp.seed)
     order = [i for i in range(len(items)) for _ in range(tp.correction_weight if strong[i] else 1)]
+    any_strong = any(bool(s) for s in strong)
     dataset = RelationDataset([items[i] for i in order], [labels[i] for i in order], tp, tp.seed)
     net = model.irn.to(dev).train()
     grid = strided_size((tp.irn_crop_size, tp.irn_crop_size), 4)
@@ -291,7 +292,10 @@ def finetune(
             x, y = default_collate([dataset[i] for i in batches[b]])
             lr = sched.step()
             corrected = torch.tensor([bool(strong[order[i]]) for i in batches[b]])
-            losses = irn_step(net, opt, x, y, index, dev, tp.amp, corrected, tp.centroid_loss_weight)
+            dp_weight = None
+            if any_strong and tp.weak_displacement_weight != 1.0:
+                dp_weight = torch.where(corrected, 1.0, float(tp.weak_displacement_weight))
+            losses = irn_step(net, opt, x, y, index, dev, tp.amp, corrected, tp.centroid_loss_weight, dp_weight)
             if train_cam:
                 cam_sched.step()
                 cx, cy = default_collate([cam_data[i] for i in cam_batch_at(step)])

@@ -51,6 +51,7 @@ def affinity_displacement_loss(
     fg_pos: torch.Tensor,
     neg: torch.Tensor,
     path_index: PathIndex,
+    displacement_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four IRNet losses and their total.
 
@@ -66,6 +67,13 @@ def affinity_displacement_loss(
         :func:`~napari_irnet.core.path_index.pair_labels`.
     path_index : PathIndex
         Pairs of the ``(h, w)`` grid (radius 10 in the reference's training).
+    displacement_weight : torch.Tensor, optional
+        ``(B,)`` weight of each sample's pairs in the two displacement losses
+        (default: 1 for all, the reference). The losses stay weighted means
+        over the pairs, so a sample of weight 0 leaves the displacement to the
+        others (our addition: fine-tuning from corrections gives no say to
+        weak relations that contradict them, see
+        ``TrainParams.weak_displacement_weight``).
 
     Returns
     -------
@@ -84,8 +92,12 @@ def affinity_displacement_loss(
     src, dst = pair_values(displacement, path_index)
     pair_disp = src - dst  # (B, 2, D, n_src)
     target = displacement_targets(path_index, dtype=displacement.dtype).to(displacement.device)
-    dp_fg = _masked_mean(torch.abs(pair_disp - target), fg_pos[:, None], scale=2.0)
-    dp_bg = _masked_mean(torch.abs(pair_disp), bg_pos[:, None], scale=2.0)
+    dp_fg_pairs, dp_bg_pairs = fg_pos, bg_pos
+    if displacement_weight is not None:
+        w = displacement_weight.to(device=displacement.device, dtype=dtype).view(-1, 1, 1)
+        dp_fg_pairs, dp_bg_pairs = fg_pos * w, bg_pos * w
+    dp_fg = _masked_mean(torch.abs(pair_disp - target), dp_fg_pairs[:, None], scale=2.0)
+    dp_bg = _masked_mean(torch.abs(pair_disp), dp_bg_pairs[:, None], scale=2.0)
 
     total = (pos + neg_loss) / 2 + (dp_fg + dp_bg) / 2
     return {"pos": pos, "neg": neg_loss, "dp_fg": dp_fg, "dp_bg": dp_bg, "total": total}

@@ -154,6 +154,9 @@ class TrainParams:
     #: labels (corrections, ground truth); 0: the reference's pair losses only (on CoNSeP at CPU
     #: budgets the regression made the upper bound worse, see BENCHMARKS.md)
     centroid_loss_weight: float = 0.0
+    #: weight of the uncorrected images' pairs in the displacement losses while fine-tuning with
+    #: corrections (1: the same as a corrected image's; their boundary pairs always count fully)
+    weak_displacement_weight: float = 1.0
     #: mixed precision on CUDA
     amp: bool = True
     seed: int = 0

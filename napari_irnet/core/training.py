@@ -427,6 +427,7 @@ def irn_step(
     amp: bool,
     instances: torch.Tensor | None = None,
     centroid_weight: float = 0.0,
+    displacement_weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One optimisation step of IRNet on a batch: images (B, 3, H, W), relation labels (B, h, w).
 
@@ -435,6 +436,9 @@ def irn_step(
     displacement is also regressed to the centroids
     (:func:`~napari_irnet.core.losses.centroid_displacement_loss`,
     ``dp_centroid``, added to the total with that weight).
+    ``displacement_weight`` (B,) weighs each sample's pairs in the pair
+    displacement losses (see
+    :func:`~napari_irnet.core.losses.affinity_displacement_loss`).
 
     Returns the losses as floats: ``loss`` (the total), ``pos``, ``neg``,
     ``dp_fg``, ``dp_bg`` and, with instances, ``dp_centroid``.
@@ -443,7 +447,7 @@ def irn_step(
     bg_pos, fg_pos, neg = (t.to(device) for t in pair_labels(y, index))
     with _autocast(device, amp):
         edge, disp = forward(x)
-    losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index)
+    losses = affinity_displacement_loss(edge.float(), disp.float(), bg_pos, fg_pos, neg, index, displacement_weight)
     if centroid_weight > 0 and instances is not None and bool(instances.any()):
         sel = instances.to(device)
         losses["dp_centroid"] = centroid_displacement_loss(disp.float()[sel], y.to(device)[sel])
