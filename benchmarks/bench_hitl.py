@@ -21,9 +21,10 @@ both networks trained from the masks of all training patches.
 
 Prints a markdown table (with the fine-tuned CAM network's own mIoU, to tell
 its part from IRNet's), writes ``hitl/hitl.json`` and ``hitl/hitl.png``
-(mAP^r 0.5 and mIoU against k) to the output folder (``--figure-dir`` copies
-the plot); with ``--displacement-head context`` the weak and fully supervised
-IRNets have the context head, and the folder is ``hitl_context``.
+(mAP^r 0.5 and mIoU against k; ``hitl_<tag>.*`` with ``--tag``) to the
+output folder (``--figure-dir`` copies the plot); with
+``--displacement-head context`` the weak and fully supervised IRNets have
+the context head, and the folder is ``hitl_context``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--correction-weight", type=int, default=4)
+    ap.add_argument("--weak-displacement-weight", type=float, default=1.0,
+                    help="weight of the uncorrected patches' pairs in the displacement losses (TrainParams.weak_displacement_weight)")
     ap.add_argument("--skip-upper-bound", action="store_true", help="do not train or score the fully supervised networks")
     ap.add_argument("--no-finetune-cam", action="store_true", help="fine-tune IRNet only (the CAM network stays the weak one)")
     own, rest = ap.parse_known_args(argv)
@@ -154,6 +157,7 @@ def main(argv=None) -> int:
     tp = bq.train_params(args)
     tp.finetune_epochs, tp.finetune_learning_rate, tp.correction_weight = own.finetune_epochs, own.finetune_lr, own.correction_weight
     tp.finetune_cam = not own.no_finetune_cam
+    tp.weak_displacement_weight = own.weak_displacement_weight
 
     def score(irn_outputs, test_cams, with_upper: bool = False) -> tuple[dict, dict | None]:
         """The IRNet scores (with the CAM's own mIoU as ``cam_mIoU``) and the upper bound's."""
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
 
     print(f"\nCoNSeP test ({len(test)} patches), fine-tuned from the weak model; {len(weak_subset)} uncorrected patches "
           f"in every fine-tuning set, {tp.finetune_epochs} epochs, lr {tp.finetune_learning_rate:g}, "
-          f"corrected patches drawn {tp.correction_weight}x; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
+          f"corrected patches drawn {tp.correction_weight}x, weak displacement weight {tp.weak_displacement_weight:g}; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
           f"device {device}, {args.threads} threads\n")  # fmt: skip
     print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | CAM mIoU | % of upper bound (0.5) | fine-tune minutes |")
     print("|---|---|---|---|---|---|---|")
@@ -206,12 +210,13 @@ def main(argv=None) -> int:
     print(f"| fully supervised (all {len(train)} patches) | {ub['mAP@0.5']:.3f} | {ub['mAP@0.7']:.3f} | {ub['mIoU']:.3f} | | 100% | |")
     record = {"rows": rows, "upper_bound": ub, "corrected": [train[i].name for i in corrected], "weak_subset": len(weak_subset),
               "train_params": tp.to_dict(), "params": params.to_dict(), "device": str(device), "threads": args.threads}  # fmt: skip
-    write_json(hitl / "hitl.json", json_ready(record))
-    plot([r for r in rows if r["k"] != "weak"], ub if upper else None, hitl / "hitl.png")
+    name = f"hitl{'_' + args.tag if args.tag else ''}"
+    write_json(hitl / f"{name}.json", json_ready(record))
+    plot([r for r in rows if r["k"] != "weak"], ub if upper else None, hitl / f"{name}.png")
     if args.figure_dir:
         args.figure_dir.mkdir(parents=True, exist_ok=True)
-        (args.figure_dir / "hitl_consep.png").write_bytes((hitl / "hitl.png").read_bytes())
-    print(f"\nwrote {hitl / 'hitl.json'} and {hitl / 'hitl.png'}")
+        (args.figure_dir / f"{name}_consep.png").write_bytes((hitl / f"{name}.png").read_bytes())
+    print(f"\nwrote {hitl / (name + '.json')} and {hitl / (name + '.png')}")
     return 0
 
 
