@@ -199,6 +199,14 @@ class FinetuneWidget(Container):
         self.finetune_learning_rate.native.setDecimals(6)
         self.correction_weight = SpinBox(label="correction weight", name="correction_weight", min=1, max=1000, value=defaults.correction_weight)
         self.correction_weight.tooltip = "How many times a corrected image is drawn per epoch (a weakly labelled one: once)"
+        self.weak_displacement_weight = FloatSpinBox(
+            label="weak displacement weight", name="weak_displacement_weight", min=0.0, max=1.0, step=0.05,
+            value=defaults.weak_displacement_weight,
+        )  # fmt: skip
+        self.weak_displacement_weight.tooltip = (
+            "How much the uncorrected images' weak labels teach the displacement (instance centres) next to the corrections: "
+            "1 as much, 0 not at all"
+        )
         self.finetune_cam = CheckBox(text="CAM network learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)
         self.finetune_cam.tooltip = "Also train the CAM network per pixel on the class maps of the corrected images"
         self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
@@ -241,6 +249,7 @@ class FinetuneWidget(Container):
                 self.finetune_epochs,
                 self.finetune_learning_rate,
                 self.correction_weight,
+                self.weak_displacement_weight,
                 self.finetune_cam,
                 self.device,
                 self.device_in_use,
@@ -321,6 +330,7 @@ class FinetuneWidget(Container):
             "finetune_epochs": int(self.finetune_epochs.value),
             "finetune_learning_rate": float(self.finetune_learning_rate.value),
             "correction_weight": int(self.correction_weight.value),
+            "weak_displacement_weight": float(self.weak_displacement_weight.value),
             "finetune_cam": bool(self.finetune_cam.value),
         }
 
@@ -331,7 +341,8 @@ class FinetuneWidget(Container):
         self.compare_button.enabled = self._compare_worker is None and bool(self.versions.value)
         self.use_version_button.enabled = not running and bool(self.versions.value)
         for w in (self.checkpoint, self.from_panel_button, self.images_dir, self.labels_file, self.corrections_dir,
-                  self.finetune_epochs, self.finetune_learning_rate, self.correction_weight, self.finetune_cam, self.device):
+                  self.finetune_epochs, self.finetune_learning_rate, self.correction_weight,
+                  self.weak_displacement_weight, self.finetune_cam, self.device):
             w.enabled = not running
 
     # ------------------------------------------------------------------

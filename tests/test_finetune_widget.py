@@ -62,8 +62,11 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
     viewer.add_image(other, name="untouched", rgb=True)
     widget = _dock(viewer)
     _wait(qtbot, widget)
-    for name in ("finetune_epochs", "finetune_learning_rate", "correction_weight"):
+    from napari_irnet._finetune_jobs import PANEL_TRAIN_PARAMS
+
+    for name in PANEL_TRAIN_PARAMS:
         assert name in TrainParams.__dataclass_fields__ and getattr(widget, name).name == name
+    assert set(widget.settings()) == set(PANEL_TRAIN_PARAMS)
     assert widget.device_in_use.value == "cpu"
     assert widget.refresh_images() == ["cells"]
     assert list(widget.images.value) == ["cells"]
