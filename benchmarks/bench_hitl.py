@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_quality as bq  # noqa: E402
+
+
+def _float_keys(d: dict) -> dict:
+    """JSON object hook: the IoU thresholds of the mAP tables back to float keys."""
+    return {float(k) if k.replace(".", "", 1).isdigit() else k: v for k, v in d.items()}
 
 
 def pick_corrected(items, k_max: int, seed: int = 0) -> list[int]:
@@ -166,8 +173,16 @@ def main(argv=None) -> int:
         return {**res["IRNet"], "cam_mIoU": res["CAM"]["mIoU"]}, res.get("(c) upper bound")
 
     rows = []
-    bq._log("scoring the weak model (no fine-tuning)")
-    base, upper = score(bq.get_irn_outputs(weak, test, params, device, out / f"irn_{weak_name}_test.pt", timings, "weak_test"), cams, True)
+    # the weak model's and the upper bound's scores depend only on the cached models and the post-processing
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    base_file = hitl / f"scores_{weak_name}_{'with' if irn_full is not None else 'no'}_upper_{digest}.json"
+    if base_file.exists():
+        base, upper = json.loads(base_file.read_text(), object_hook=_float_keys)
+        bq._log(f"weak model and upper bound scores from {base_file.name}")
+    else:
+        bq._log("scoring the weak model (no fine-tuning)")
+        base, upper = score(bq.get_irn_outputs(weak, test, params, device, out / f"irn_{weak_name}_test.pt", timings, "weak_test"), cams, True)
+        write_json(base_file, json_ready([base, upper]))
     rows.append({"k": "weak", "mAP@0.5": base["mAP"][0.5], "mAP@0.7": base["mAP"][0.7], "mIoU": base["mIoU"], "cam_mIoU": base["cam_mIoU"],
                  "minutes": 0.0, "images": 0})  # fmt: skip
     for k in ks:
