@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--correction-weight", type=int, default=4)
     ap.add_argument("--weak-displacement-weight", type=float, default=1.0,
                     help="weight of the uncorrected patches' pairs in the displacement losses (TrainParams.weak_displacement_weight)")
+    ap.add_argument("--reset-displacement", action="store_true",
+                    help="start the displacement branch afresh when there are corrections (TrainParams.finetune_reset_displacement)")
     ap.add_argument("--skip-upper-bound", action="store_true", help="do not train or score the fully supervised networks")
     ap.add_argument("--no-finetune-cam", action="store_true", help="fine-tune IRNet only (the CAM network stays the weak one)")
     own, rest = ap.parse_known_args(argv)
@@ -165,6 +167,7 @@ def main(argv=None) -> int:
     tp.finetune_epochs, tp.finetune_learning_rate, tp.correction_weight = own.finetune_epochs, own.finetune_lr, own.correction_weight
     tp.finetune_cam = not own.no_finetune_cam
     tp.weak_displacement_weight = own.weak_displacement_weight
+    tp.finetune_reset_displacement = own.reset_displacement
 
     def score(irn_outputs, test_cams, with_upper: bool = False) -> tuple[dict, dict | None]:
         """The IRNet scores (with the CAM's own mIoU as ``cam_mIoU``) and the upper bound's."""
@@ -215,7 +218,7 @@ def main(argv=None) -> int:
 
     print(f"\nCoNSeP test ({len(test)} patches), fine-tuned from the weak model; {len(weak_subset)} uncorrected patches "
           f"in every fine-tuning set, {tp.finetune_epochs} epochs, lr {tp.finetune_learning_rate:g}, "
-          f"corrected patches drawn {tp.correction_weight}x, weak displacement weight {tp.weak_displacement_weight:g}; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
+          f"corrected patches drawn {tp.correction_weight}x, weak displacement weight {tp.weak_displacement_weight:g}, displacement branch reset: {tp.finetune_reset_displacement}; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
           f"device {device}, {args.threads} threads\n")  # fmt: skip
     print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | CAM mIoU | % of upper bound (0.5) | fine-tune minutes |")
     print("|---|---|---|---|---|---|---|")

@@ -111,6 +111,45 @@ def test_weak_displacement_weight_reaches_every_step(setup, monkeypatch, weight)
     assert seen and all(w is None for _, w in seen)
 
 
+@pytest.mark.parametrize("head", ["reference", "context"])
+def test_reset_displacement_head_reinitialises_only_that_branch(head):
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny", displacement_head=head)
+    net = model.irn
+    backbone = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith("fc_"):
+                p.zero_()  # a collapsed model: every head weight zero
+        net.mean_shift.running_mean.fill_(3.0)
+    net.reset_displacement_head()
+    dp = {k: v for k, v in net.state_dict().items() if k.startswith("fc_dp") and "running_mean" not in k}
+    convs = [v for k, v in dp.items() if v.dim() == 4]
+    assert convs and all(float(v.abs().sum()) > 0 for v in convs)
+    norms = [v for k, v in dp.items() if v.dim() == 1 and k.endswith("weight")]
+    assert norms and all(torch.equal(v, torch.ones_like(v)) for v in norms)  # GroupNorm scale back at 1
+    assert torch.equal(net.mean_shift.running_mean, torch.zeros(2))
+    with torch.no_grad():
+        assert all(float(v.abs().sum()) == 0 for k, v in net.named_parameters() if k.startswith("fc_edge"))
+        assert all(torch.equal(v, backbone[k]) for k, v in net.backbone.state_dict().items())
+        _, disp = net.eval()(torch.rand(1, 3, 32, 32))
+    assert float(disp.abs().sum()) > 0  # the collapsed (zero) field is gone
+
+
+def test_finetune_resets_the_displacement_branch_only_with_corrections(setup, monkeypatch):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    calls = []
+    monkeypatch.setattr(type(model.irn), "reset_displacement_head", lambda self: calls.append(self))
+    list(finetune(model, items, labels, strong, dataclasses.replace(TP, finetune_epochs=1), "cpu"))
+    assert calls == []  # off by default
+    reset = dataclasses.replace(TP, finetune_epochs=1, finetune_reset_displacement=True)
+    list(finetune(model, items, labels, [False] * len(items), reset, "cpu"))
+    assert calls == []  # nothing to relearn it from
+    list(finetune(model, items, labels, strong, reset, "cpu"))
+    assert calls == [model.irn]
+
+
 @pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])
 def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path, with_cam):
     model, items, corrections, samples = setup

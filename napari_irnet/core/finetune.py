@@ -219,6 +219,8 @@ def finetune(
     any_strong = any(bool(s) for s in strong)
     dataset = RelationDataset([items[i] for i in order], [labels[i] for i in order], tp, tp.seed)
     net = model.irn.to(dev).train()
+    if any_strong and tp.finetune_reset_displacement:
+        net.reset_displacement_head()
     grid = strided_size((tp.irn_crop_size, tp.irn_crop_size), 4)
     index = PathIndex(tp.train_radius, grid)
     batch = max(1, min(tp.irn_batch_size, len(dataset)))

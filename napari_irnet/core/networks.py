@@ -193,6 +193,14 @@ class IRNet(nn.Module):
         disp = self.fc_dp7(torch.cat([self.fc_dp1(x1), self.fc_dp2(x2), dp6], dim=1))
         return edge, disp
 
+    def reset_displacement_head(self) -> None:
+        """Initialise the displacement branch (``fc_dp1`` to ``fc_dp7``) afresh, its mean shift at 0."""
+        for i in range(1, 8):
+            for module in getattr(self, f"fc_dp{i}").modules():
+                if isinstance(module, (nn.Conv2d, nn.GroupNorm)):
+                    module.reset_parameters()
+        self.mean_shift.running_mean.zero_()
+
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(boundary-head parameters, displacement-head parameters)."""
         edge = [p for i in range(1, 7) for p in getattr(self, f"fc_edge{i}").parameters()]
