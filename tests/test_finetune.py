@@ -137,17 +137,34 @@ def test_reset_displacement_head_reinitialises_only_that_branch(head):
 
 
 def test_finetune_resets_the_displacement_branch_only_with_corrections(setup, monkeypatch):
+    import napari_irnet.core.finetune as ft
+
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
-    calls = []
+    calls, rates = [], []
     monkeypatch.setattr(type(model.irn), "reset_displacement_head", lambda self: calls.append(self))
-    list(finetune(model, items, labels, strong, dataclasses.replace(TP, finetune_epochs=1), "cpu"))
+    real = ft.irn_step
+
+    def spy(net, opt, *args):
+        rates.append([g["lr"] for g in opt.param_groups])
+        return real(net, opt, *args)
+
+    monkeypatch.setattr(ft, "irn_step", spy)
+    tp = dataclasses.replace(TP, finetune_epochs=1, irn_learning_rate=0.2)
+    list(finetune(model, items, labels, strong, tp, "cpu"))
     assert calls == []  # off by default
-    reset = dataclasses.replace(TP, finetune_epochs=1, finetune_reset_displacement=True)
+    # the first step runs at the base rates: boundary branch, displacement branch (x new_layer_lr_mult)
+    assert rates[0] == pytest.approx([0.05, 0.05 * tp.new_layer_lr_mult])
+    reset = dataclasses.replace(tp, finetune_reset_displacement=True)
+    rates.clear()
     list(finetune(model, items, labels, [False] * len(items), reset, "cpu"))
     assert calls == []  # nothing to relearn it from
+    assert rates[0] == pytest.approx([0.05, 0.05 * tp.new_layer_lr_mult])
+    rates.clear()
     list(finetune(model, items, labels, strong, reset, "cpu"))
     assert calls == [model.irn]
+    # the fresh displacement branch trains at the training rate
+    assert rates[0] == pytest.approx([0.05, 0.2 * tp.new_layer_lr_mult])
 
 
 @pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])

@@ -219,7 +219,8 @@ def finetune(
     any_strong = any(bool(s) for s in strong)
     dataset = RelationDataset([items[i] for i in order], [labels[i] for i in order], tp, tp.seed)
     net = model.irn.to(dev).train()
-    if any_strong and tp.finetune_reset_displacement:
+    reset = any_strong and tp.finetune_reset_displacement
+    if reset:
         net.reset_displacement_head()
     grid = strided_size((tp.irn_crop_size, tp.irn_crop_size), 4)
     index = PathIndex(tp.train_radius, grid)
@@ -227,6 +228,8 @@ def finetune(
     steps_per_epoch = len(dataset) // batch
     max_step = steps_per_epoch * tp.finetune_epochs
     opt = _optimizer(net.parameter_groups(), tp.finetune_learning_rate, tp)
+    if reset:  # a fresh branch learns at the rate it was first trained with, not at the fine-tuning one
+        opt.param_groups[1]["lr"] = tp.irn_learning_rate * tp.new_layer_lr_mult
     sched = PolySchedule(opt, max_step, tp.poly_power)
     cam_net = cam_opt = cam_sched = cam_data = None
     cam_batch = 1
