@@ -43,7 +43,14 @@ from .core.training import LabelledImage  # noqa: E402
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")
 #: the TrainParams fields the panel sets
-PANEL_TRAIN_PARAMS = ("finetune_epochs", "finetune_learning_rate", "correction_weight", "weak_displacement_weight", "finetune_cam")
+PANEL_TRAIN_PARAMS = (
+    "finetune_epochs",
+    "finetune_learning_rate",
+    "correction_weight",
+    "weak_displacement_weight",
+    "finetune_reset_displacement",
+    "finetune_cam",
+)
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.pt$")
 
 

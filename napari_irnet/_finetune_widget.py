@@ -207,6 +207,14 @@ class FinetuneWidget(Container):
             "How much the uncorrected images' weak labels teach the displacement (instance centres) next to the corrections: "
             "1 as much, 0 not at all"
         )
+        self.finetune_reset_displacement = CheckBox(
+            text="relearn the displacement from the corrections", name="finetune_reset_displacement",
+            value=defaults.finetune_reset_displacement,
+        )  # fmt: skip
+        self.finetune_reset_displacement.tooltip = (
+            "Start the displacement branch (instance centres) afresh at the training learning rate: "
+            "for a model that finds one instance per region"
+        )
         self.finetune_cam = CheckBox(text="CAM network learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)
         self.finetune_cam.tooltip = "Also train the CAM network per pixel on the class maps of the corrected images"
         self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
@@ -250,6 +258,7 @@ class FinetuneWidget(Container):
                 self.finetune_learning_rate,
                 self.correction_weight,
                 self.weak_displacement_weight,
+                self.finetune_reset_displacement,
                 self.finetune_cam,
                 self.device,
                 self.device_in_use,
@@ -331,6 +340,7 @@ class FinetuneWidget(Container):
             "finetune_learning_rate": float(self.finetune_learning_rate.value),
             "correction_weight": int(self.correction_weight.value),
             "weak_displacement_weight": float(self.weak_displacement_weight.value),
+            "finetune_reset_displacement": bool(self.finetune_reset_displacement.value),
             "finetune_cam": bool(self.finetune_cam.value),
         }
 
@@ -342,7 +352,7 @@ class FinetuneWidget(Container):
         self.use_version_button.enabled = not running and bool(self.versions.value)
         for w in (self.checkpoint, self.from_panel_button, self.images_dir, self.labels_file, self.corrections_dir,
                   self.finetune_epochs, self.finetune_learning_rate, self.correction_weight,
-                  self.weak_displacement_weight, self.finetune_cam, self.device):
+                  self.weak_displacement_weight, self.finetune_reset_displacement, self.finetune_cam, self.device):
             w.enabled = not running
 
     # ------------------------------------------------------------------
