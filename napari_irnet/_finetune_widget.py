@@ -212,7 +212,7 @@ class FinetuneWidget(Container):
             value=defaults.finetune_reset_displacement,
         )  # fmt: skip
         self.finetune_reset_displacement.tooltip = (
-            "Start the displacement branch (instance centres) afresh at the training learning rate: "
+            "Start the displacement branch (instance centres) afresh and learn it from the corrections: "
             "for a model that finds one instance per region"
         )
         self.finetune_cam = CheckBox(text="CAM network learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)

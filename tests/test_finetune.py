@@ -163,8 +163,8 @@ def test_finetune_resets_the_displacement_branch_only_with_corrections(setup, mo
     rates.clear()
     list(finetune(model, items, labels, strong, reset, "cpu"))
     assert calls == [model.irn]
-    # the fresh displacement branch trains at the training rate
-    assert rates[0] == pytest.approx([0.05, 0.2 * tp.new_layer_lr_mult])
+    # the fresh branch trains at the fine-tuning rate (the training rate did worse on CoNSeP, BENCHMARKS.md)
+    assert rates[0] == pytest.approx([0.05, 0.05 * tp.new_layer_lr_mult])
 
 
 @pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])

@@ -228,8 +228,6 @@ def finetune(
     steps_per_epoch = len(dataset) // batch
     max_step = steps_per_epoch * tp.finetune_epochs
     opt = _optimizer(net.parameter_groups(), tp.finetune_learning_rate, tp)
-    if reset:  # a fresh branch learns at the rate it was first trained with, not at the fine-tuning one
-        opt.param_groups[1]["lr"] = tp.irn_learning_rate * tp.new_layer_lr_mult
     sched = PolySchedule(opt, max_step, tp.poly_power)
     cam_net = cam_opt = cam_sched = cam_data = None
     cam_batch = 1

@@ -157,9 +157,8 @@ class TrainParams:
     #: weight of the uncorrected images' pairs in the displacement losses while fine-tuning with
     #: corrections (1: the same as a corrected image's; their boundary pairs always count fully)
     weak_displacement_weight: float = 1.0
-    #: fine-tuning with corrections starts the displacement branch afresh and trains it at
-    #: ``irn_learning_rate`` (for a weak model whose field collapsed to zero because its seeds
-    #: spanned many objects; see BENCHMARKS.md)
+    #: fine-tuning with corrections starts the displacement branch afresh (for a weak model whose
+    #: field collapsed to zero because its seeds spanned many objects; see BENCHMARKS.md)
     finetune_reset_displacement: bool = False
     #: mixed precision on CUDA
     amp: bool = True
