@@ -104,6 +104,8 @@ def test_weak_displacement_weight_reaches_every_step(setup, monkeypatch, weight)
             assert w is None  # the reference's losses, untouched
         else:
             assert torch.equal(w, torch.where(corrected, 1.0, weight))
+    with pytest.raises(ValueError, match="weak_displacement_weight"):
+        next(finetune(model, items, labels, strong, dataclasses.replace(TP, weak_displacement_weight=-0.5), "cpu"))
     # without any correction the weight is not applied (nothing else would train the displacement)
     seen.clear()
     weak_only = [False] * len(items)

@@ -174,7 +174,11 @@ def finetune(
     tp : TrainParams
         ``finetune_epochs``, ``finetune_learning_rate``, ``correction_weight``,
         ``finetune_cam`` and the IRNet and CAM crop, batch and augmentation
-        settings.
+        settings. With at least one corrected image,
+        ``weak_displacement_weight`` weighs the weak images' pairs in the
+        displacement losses, and ``finetune_reset_displacement`` starts the
+        displacement branch afresh before the first step
+        (:meth:`~napari_irnet.core.networks.IRNet.reset_displacement_head`).
     class_maps : (H, W) int or None, one per item, optional
         Class maps of the corrected images (0 background, class + 1, 255
         ignore; :func:`~napari_irnet.core.targets.class_map_target`). With
@@ -211,6 +215,8 @@ def finetune(
         raise ValueError("no training images")
     if class_maps is not None and len(class_maps) != len(items):
         raise ValueError(f"{len(class_maps)} class maps for {len(items)} images")
+    if not 0.0 <= tp.weak_displacement_weight <= 1.0:
+        raise ValueError(f"weak_displacement_weight={tp.weak_displacement_weight!r} must be between 0 and 1")
     with_maps = [i for i in range(len(items)) if class_maps is not None and class_maps[i] is not None]
     train_cam = bool(tp.finetune_cam and model.cam is not None and with_maps)
     dev = resolve_device(device)
