@@ -225,8 +225,7 @@ def finetune(
     any_strong = any(bool(s) for s in strong)
     dataset = RelationDataset([items[i] for i in order], [labels[i] for i in order], tp, tp.seed)
     net = model.irn.to(dev).train()
-    reset = any_strong and tp.finetune_reset_displacement
-    if reset:
+    if any_strong and tp.finetune_reset_displacement:
         net.reset_displacement_head()
     grid = strided_size((tp.irn_crop_size, tp.irn_crop_size), 4)
     index = PathIndex(tp.train_radius, grid)
