@@ -223,6 +223,8 @@ def finetune(
     torch.manual_seed(tp.seed)
     order = [i for i in range(len(items)) for _ in range(tp.correction_weight if strong[i] else 1)]
     any_strong = any(bool(s) for s in strong)
+    # the weak images' share of the displacement losses (None: the reference's, all pairs alike)
+    weak_dp = float(tp.weak_displacement_weight) if any_strong and tp.weak_displacement_weight != 1.0 else None
     dataset = RelationDataset([items[i] for i in order], [labels[i] for i in order], tp, tp.seed)
     net = model.irn.to(dev).train()
     if any_strong and tp.finetune_reset_displacement:
@@ -300,9 +302,7 @@ def finetune(
             x, y = default_collate([dataset[i] for i in batches[b]])
             lr = sched.step()
             corrected = torch.tensor([bool(strong[order[i]]) for i in batches[b]])
-            dp_weight = None
-            if any_strong and tp.weak_displacement_weight != 1.0:
-                dp_weight = torch.where(corrected, 1.0, float(tp.weak_displacement_weight))
+            dp_weight = None if weak_dp is None else torch.where(corrected, 1.0, weak_dp)
             losses = irn_step(net, opt, x, y, index, dev, tp.amp, corrected, tp.centroid_loss_weight, dp_weight)
             if train_cam:
                 cam_sched.step()
