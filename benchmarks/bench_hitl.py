@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ks", type=int, nargs="+", default=[0, 5, 10, 20, 50])
     ap.add_argument("--weak-images", type=int, default=100, help="uncorrected patches in every fine-tuning set")
     ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--finetune-steps", type=int, default=0,
+                    help="instead of --finetune-epochs: as many epochs as give at least this many steps, for every k alike")
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--correction-weight", type=int, default=4)
     ap.add_argument("--weak-displacement-weight", type=float, default=1.0,
@@ -195,9 +197,16 @@ def main(argv=None) -> int:
         labels = [full_labels[i] for i in strong_idx] + [seeds[i].astype(np.int32) for i in weak_subset]
         strong = [True] * k + [False] * len(weak_subset)
         class_maps = [class_map_target(train[i].gt_inst_work, train[i].gt_labels) for i in strong_idx] + [None] * len(weak_subset)
+        if not items:
+            bq._log(f"k={k}: nothing to fine-tune on (no corrected and no uncorrected patches): the weak model's row stands")
+            continue
+        tp_k = copy.deepcopy(tp)
+        if own.finetune_steps:  # the same number of steps for every k: the epochs follow the set's size
+            draws = k * tp.correction_weight + len(weak_subset)
+            tp_k.finetune_epochs = -(-own.finetune_steps // max(1, draws // max(1, min(tp.irn_batch_size, draws))))
         model = copy.deepcopy(weak)
         t0 = time.perf_counter()
-        history = bq._run_loop(finetune(model, items, labels, strong, tp, device, class_maps=class_maps), f"fine-tune k={k}", every=20)
+        history = bq._run_loop(finetune(model, items, labels, strong, tp_k, device, class_maps=class_maps), f"fine-tune k={k}", every=20)
         minutes = (time.perf_counter() - t0) / 60
         outputs = bq.get_irn_outputs(model, test, params, device, hitl / f"irn_k{k}_test.pt", timings, f"k{k}")
         test_cams = cams
@@ -207,7 +216,7 @@ def main(argv=None) -> int:
         res, _ = score(outputs, test_cams)
         rows.append({
             "k": k, "mAP@0.5": res["mAP"][0.5], "mAP@0.7": res["mAP"][0.7], "mIoU": res["mIoU"], "cam_mIoU": res["cam_mIoU"], "minutes": minutes,
-            "images": len(items), "steps": history[-1]["step"] if history else 0,
+            "images": len(items), "epochs": tp_k.finetune_epochs, "steps": history[-1]["step"] if history else 0,
             "images_per_second": history[-1].get("images_per_second") if history else None,
             "cam_trained": bool(model.history[-1].get("cam_trained")),
         })  # fmt: skip
@@ -217,7 +226,7 @@ def main(argv=None) -> int:
     ub = {"mAP@0.5": upper["mAP"][0.5], "mAP@0.7": upper["mAP"][0.7], "mIoU": upper["mIoU"]} if upper else {"mAP@0.5": nan, "mAP@0.7": nan, "mIoU": nan}
 
     print(f"\nCoNSeP test ({len(test)} patches), fine-tuned from the weak model; {len(weak_subset)} uncorrected patches "
-          f"in every fine-tuning set, {tp.finetune_epochs} epochs, lr {tp.finetune_learning_rate:g}, "
+          f"in every fine-tuning set, {f'{own.finetune_steps}+ steps' if own.finetune_steps else f'{tp.finetune_epochs} epochs'}, lr {tp.finetune_learning_rate:g}, "
           f"corrected patches drawn {tp.correction_weight}x, weak displacement weight {tp.weak_displacement_weight:g}, displacement branch reset: {tp.finetune_reset_displacement}; CAM network fine-tuned from the class maps: {tp.finetune_cam}; "
           f"device {device}, {args.threads} threads\n")  # fmt: skip
     print("| k corrected | mAP^r 0.5 | mAP^r 0.7 | mIoU | CAM mIoU | % of upper bound (0.5) | fine-tune minutes |")

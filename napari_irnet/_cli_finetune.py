@@ -12,7 +12,10 @@ DIR``, in either layout:
   with the instances' classes from ``DIR/<stem>_instances.json`` (records
   with ``id`` and ``class``, as ``predict`` writes them) when there is one.
 
-Images without a correction keep the weak labels from the CAMs. The classes
+Images without a correction keep the weak labels from the CAMs, or are left
+out with ``--corrected-only`` (the Fine-tune panel's "uncorrected folder
+images too" unticked; on CoNSeP this was the better choice, see
+BENCHMARKS.md). The classes
 of corrected instances also train the CAM network per pixel
 (``--finetune-cam``, on by default). The input
 checkpoint is never written: the result goes to ``--out`` (atomically, at the
@@ -79,6 +82,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     n_strong = sum(c is not None for c in corrections)
     if n_strong == 0:
         raise InputError(f"{folder}: no corrected or accepted instance map for any of the {len(items)} images")
+    if args.corrected_only:
+        keep = [i for i, c in enumerate(corrections) if c is not None]
+        items, corrections, class_maps = [items[i] for i in keep], [corrections[i] for i in keep], [class_maps[i] for i in keep]
     n_maps = sum(m is not None for m in class_maps) if model.train_params.finetune_cam else 0
     print(f"fine-tuning IRNet on {n_strong} corrected and {len(items) - n_strong} weakly labelled images"
           + (f", the CAM network on the class maps of {n_maps}" if n_maps else ""))  # fmt: skip
@@ -104,6 +110,8 @@ def add_finetune_command(sub) -> None:
     p.add_argument("--labels", type=Path, required=True, help="image-level labels: CSV (image,classes with ';') or JSON")
     p.add_argument("--corrections", type=Path, help="corrected instance maps (default: <images>/napari-irnet, the plugin's)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--corrected-only", action="store_true",
+                   help="train on the corrected images only (default: the uncorrected ones too, with their weak labels)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     _add_dataclass_options(p, TrainParams, "training parameters (finetune-epochs, finetune-learning-rate, correction-weight, ...)")
     _add_dataclass_options(p, Params, _PARAM_HELP)

@@ -310,3 +310,8 @@ def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, c
     assert main(["finetune", *common, "--corrections", str(tmp_path / "empty"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "no corrected or accepted" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+    # --corrected-only leaves the uncorrected images out
+    (corrections / f"{samples[2].name}.tif").unlink()
+    assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1", "--corrected-only"]) == 0
+    assert "1 corrected and 0 weakly labelled" in capsys.readouterr().out
+    assert load_checkpoint(out).history[-1]["weak_images"] == 0
