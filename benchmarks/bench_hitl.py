@@ -1,6 +1,6 @@
 """Human in the loop on CoNSeP: how much do k corrected patches improve IRNet?
 
-    python benchmarks/bench_hitl.py [--ks 0 5 10 20 50] [--weak-images 100] [--finetune-epochs 2]
+    python benchmarks/bench_hitl.py [--ks 0 5 10 20 50] [--weak-images 100] [--finetune-epochs 2 | --finetune-steps 200]
                                     [bench_quality options, e.g. --backbone efficientnet_lite0]
 
 Starts from the weakly supervised models of ``benchmarks/bench_quality.py``
