@@ -14,8 +14,8 @@ DIR``, in either layout:
 
 Images without a correction keep the weak labels from the CAMs, or are left
 out with ``--corrected-only`` (the Fine-tune panel's "uncorrected folder
-images too" unticked; on CoNSeP this was the better choice, see
-BENCHMARKS.md). The classes
+images too" unticked; on CoNSeP, where the weak labels are poor, it
+scored higher, see BENCHMARKS.md). The classes
 of corrected instances also train the CAM network per pixel
 (``--finetune-cam``, on by default). The input
 checkpoint is never written: the result goes to ``--out`` (atomically, at the
