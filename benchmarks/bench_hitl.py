@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-steps", type=int, default=0,
                     help="instead of --finetune-epochs: as many epochs as give at least this many steps, for every k alike")
     ap.add_argument("--finetune-lr", type=float, default=0.01)
+    ap.add_argument("--finetune-seed", type=int, default=0, help="TrainParams.seed of the fine-tuning (crops, order, fresh layers)")
     ap.add_argument("--correction-weight", type=int, default=4)
     ap.add_argument("--weak-displacement-weight", type=float, default=1.0,
                     help="weight of the uncorrected patches' pairs in the displacement losses (TrainParams.weak_displacement_weight)")
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
     tp = bq.train_params(args)
     tp.finetune_epochs, tp.finetune_learning_rate, tp.correction_weight = own.finetune_epochs, own.finetune_lr, own.correction_weight
     tp.finetune_cam = not own.no_finetune_cam
+    tp.seed = own.finetune_seed
     tp.weak_displacement_weight = own.weak_displacement_weight
     tp.finetune_reset_displacement = own.reset_displacement
 
