@@ -65,7 +65,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from .cli import _load_dataset, _progress, _with_overrides
     from .core.checkpoint import load_checkpoint, save_checkpoint
-    from .core.finetune import correction_class_maps, finetune, finetune_labels
+    from .core.finetune import correction_class_maps, describe_reset, finetune, finetune_labels
     from .core.io import InputError, read_labels
 
     model = load_checkpoint(args.checkpoint)
@@ -94,6 +94,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         labels[i], strong[i] = lab, is_strong
     resume = args.out.with_name(args.out.name + ".resume")
     _progress(finetune(model, items, labels, strong, device=args.device, resume_file=resume, class_maps=class_maps), "fine-tune")
+    note = describe_reset(model.history[-1])
+    if note:
+        print(note)
     save_checkpoint(model, args.out)
     print(f"saved {args.out} ({args.checkpoint} unchanged)")
     return 0

@@ -34,7 +34,7 @@ import torchvision  # noqa: E402,F401  (imported here once, not first inside a w
 
 from .core.checkpoint import load_checkpoint  # noqa: E402
 from .core.corrections import corrections_folder, load_corrections, user_data_dir  # noqa: E402
-from .core.finetune import VersionStore, correction_class_maps, finetune, finetune_labels  # noqa: E402
+from .core.finetune import VersionStore, correction_class_maps, describe_reset, finetune, finetune_labels  # noqa: E402
 from .core.inference import resolve_device  # noqa: E402
 from .core.io import InputError  # noqa: E402
 from .core.params import Params, TrainParams  # noqa: E402
@@ -250,6 +250,7 @@ class FinetuneResult:
     version: dict | None = None  # the new version's record (None when stopped)
     path: str | None = None  # the new version's file
     losses: list[float] = field(default_factory=list)
+    note: str | None = None  # what happened to the displacement branch (core.finetune.describe_reset)
 
 
 def finetune_job(
@@ -331,6 +332,9 @@ def finetune_job(
         yield record
     n_strong = sum(strong)
     note = f"{n_strong} corrected + {len(items) - n_strong} weak, {tp.finetune_epochs} ep, lr {tp.finetune_learning_rate:g}"
+    result.note = describe_reset(model.history[-1])
+    if model.history[-1].get("displacement_reset"):
+        note += f", displacement relearnt ({model.history[-1]['displacement_reset']})"
     result.version = store.save(model, note=note, parent=parent)
     result.path = str(store.folder / result.version["file"])
     return result

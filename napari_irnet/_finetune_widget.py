@@ -212,8 +212,9 @@ class FinetuneWidget(Container):
             value=defaults.finetune_reset_displacement,
         )  # fmt: skip
         self.finetune_reset_displacement.tooltip = (
-            "Start the displacement branch (instance centres) afresh and learn it from the corrections: "
-            "for a model that finds one instance per region"
+            "Always start the displacement branch (instance centres) afresh and learn it from the corrections. "
+            "Unticked, this happens only when the model's field has collapsed on the corrected images "
+            "(it finds one instance per region)"
         )
         self.finetune_cam = CheckBox(text="CAM network learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)
         self.finetune_cam.tooltip = "Also train the CAM network per pixel on the class maps of the corrected images"
@@ -574,6 +575,8 @@ class FinetuneWidget(Container):
         final = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
         self.set_checkpoint(result.path)  # the next fine-tuning continues from it
         text = f"saved {label}: {result.path} ({result.steps} steps{final})"
+        if result.note:
+            text += f"; {result.note}"
         panel = self.irnet_panel()
         if self.use_new.value and panel is not None:
             panel.set_checkpoint(result.path)

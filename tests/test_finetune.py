@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -12,6 +13,7 @@ from napari_irnet.core.checkpoint import CheckpointError, load_checkpoint, new_i
 from napari_irnet.core.finetune import VersionStore, correction_class_maps, finetune, finetune_labels
 from napari_irnet.core.params import Params, TrainParams
 from napari_irnet.core.synthetic import CLASS_NAMES
+from napari_irnet.core.targets import relation_labels
 from napari_irnet.core.training import LabelledImage
 
 TP = TrainParams(
@@ -154,7 +156,7 @@ def test_finetune_resets_the_displacement_branch_only_with_corrections(setup, mo
     monkeypatch.setattr(ft, "irn_step", spy)
     tp = dataclasses.replace(TP, finetune_epochs=1, irn_learning_rate=0.2)
     list(finetune(model, items, labels, strong, tp, "cpu"))
-    assert calls == []  # off by default
+    assert calls == []  # not asked, and the tiny model's field has not collapsed
     # the first step runs at the base rates: boundary branch, displacement branch (x new_layer_lr_mult)
     assert rates[0] == pytest.approx([0.05, 0.05 * tp.new_layer_lr_mult])
     reset = dataclasses.replace(tp, finetune_reset_displacement=True)
@@ -167,6 +169,116 @@ def test_finetune_resets_the_displacement_branch_only_with_corrections(setup, mo
     assert calls == [model.irn]
     # the fresh branch trains at the fine-tuning rate (the training rate did worse on CoNSeP, BENCHMARKS.md)
     assert rates[0] == pytest.approx([0.05, 0.05 * tp.new_layer_lr_mult])
+
+
+class _FixedField(torch.nn.Module):
+    """An IRNet stand-in whose displacement is a given (2, h, w) field (zero-padded to the input's grid)."""
+
+    def __init__(self, field: np.ndarray):
+        super().__init__()
+        self.field = torch.from_numpy(np.asarray(field, np.float32))
+
+    def forward(self, x):
+        n, _, H, W = x.shape
+        disp = torch.zeros(n, 2, -(-H // 4), -(-W // 4))
+        h, w = self.field.shape[1:]
+        disp[:, :, :h, :w] = self.field
+        return torch.zeros(n, 1, *disp.shape[2:]), disp
+
+
+def _two_squares() -> np.ndarray:
+    inst = np.zeros((64, 64), np.int32)
+    inst[8:24, 8:24] = 1
+    inst[32:56, 36:60] = 2
+    return inst
+
+
+def test_field_check_measures_the_field_against_the_centroids():
+    from napari_irnet.core.checkpoint import Model
+    from napari_irnet.core.finetune import check_displacement_field
+    from napari_irnet.core.targets import displacement_target
+
+    inst = _two_squares()
+    labels = relation_labels(inst)
+    item = LabelledImage("a", np.zeros((64, 64, 3), np.uint8), [0])
+    target, valid = displacement_target(inst)
+    true_length = float(np.linalg.norm(target, axis=0)[valid].mean())
+    assert true_length > 1.5  # squares of 4x4 and 6x6 grid cells
+
+    model = Model(classes=["a"], backbone="tiny", irn=_FixedField(target))
+    exact = check_displacement_field(model, [item], [labels], FAST, "cpu")
+    assert exact.cells == int(valid.sum()) and exact.error == pytest.approx(0, abs=1e-6)
+    assert exact.predicted_length == pytest.approx(true_length) and not exact.collapsed
+
+    model.irn = _FixedField(np.zeros_like(target))
+    zero = check_displacement_field(model, [item], [labels], FAST, "cpu")
+    assert zero.collapsed and zero.predicted_length == 0 and zero.error == pytest.approx(true_length)
+
+    # a field at a quarter of the way is collapsed (under 0.2 of it is), at half the way it is not
+    model.irn = _FixedField(target * 0.15)
+    assert check_displacement_field(model, [item], [labels], FAST, "cpu").collapsed
+    model.irn = _FixedField(target * 0.5)
+    assert not check_displacement_field(model, [item], [labels], FAST, "cpu").collapsed
+
+    # unreviewed (ignored) pixels are not compared; nothing left to compare says nothing
+    ignored = labels.copy()
+    ignored[32:, :] = 255
+    part = check_displacement_field(model, [item], [ignored], FAST, "cpu")
+    assert part.cells == int(valid[:8].sum())
+    none = check_displacement_field(model, [item], [np.full_like(labels, 255)], FAST, "cpu")
+    assert none.cells == 0 and not none.collapsed
+
+
+def _collapse(model) -> None:
+    """Zero the last displacement layer: the field is 0 everywhere, as the weak CoNSeP model's was."""
+    with torch.no_grad():
+        for p in model.irn.fc_dp7.parameters():
+            p.zero_()
+        model.irn.mean_shift.running_mean.zero_()
+
+
+def test_finetune_relearns_a_collapsed_field_as_if_asked(setup):
+    from napari_irnet.core.finetune import describe_reset
+
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    _collapse(model)
+    tp = dataclasses.replace(TP, finetune_epochs=1)
+    auto, asked = copy.deepcopy(model), copy.deepcopy(model)
+    records = list(finetune(auto, items, labels, strong, tp, "cpu"))
+    assert records[0]["displacement_reset"] == "collapsed" and "displacement_reset" not in records[1]
+    entry = auto.history[-1]
+    assert entry["displacement_reset"] == "collapsed" and entry["field_check"]["predicted_length"] == 0
+    assert "collapsed" in describe_reset(entry)
+    list(finetune(asked, items, labels, strong, dataclasses.replace(tp, finetune_reset_displacement=True), "cpu"))
+    assert asked.history[-1]["displacement_reset"] == "asked" and asked.history[-1]["field_check"] is None
+    # the automatic reset is the asked one: the same weights after the same steps
+    a, b = auto.irn.state_dict(), asked.irn.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # without corrections there is nothing to relearn it from, and nothing is checked
+    weak = copy.deepcopy(model)
+    list(finetune(weak, items, labels, [False] * len(items), tp, "cpu"))
+    assert weak.history[-1]["displacement_reset"] is None and weak.history[-1]["field_check"] is None
+    assert describe_reset(weak.history[-1]) is None
+
+
+def test_finetune_keeps_a_field_that_has_not_collapsed(setup, monkeypatch):
+    import napari_irnet.core.finetune as ft
+
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    calls, checked = [], []
+    monkeypatch.setattr(type(model.irn), "reset_displacement_head", lambda self: calls.append(self))
+
+    def healthy(model, items, labels, *args, **kwargs):
+        checked.append(len(items))
+        return ft.FieldCheck(predicted_length=2.0, target_length=3.0, error=1.0, cells=100)
+
+    monkeypatch.setattr(ft, "check_displacement_field", healthy)
+    list(finetune(model, items, labels, strong, dataclasses.replace(TP, finetune_epochs=1), "cpu"))
+    assert checked == [sum(strong)] and calls == []  # the corrected images were checked, the branch kept
+    assert model.history[-1]["displacement_reset"] is None
+    assert model.history[-1]["field_check"]["predicted_length"] == 2.0
 
 
 @pytest.mark.parametrize("with_cam", [False, True], ids=["irn", "irn+cam"])
@@ -313,5 +425,12 @@ def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, c
     # --corrected-only leaves the uncorrected images out
     (corrections / f"{samples[2].name}.tif").unlink()
     assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1", "--corrected-only"]) == 0
-    assert "1 corrected and 0 weakly labelled" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "1 corrected and 0 weakly labelled" in said and "collapsed" not in said
     assert load_checkpoint(out).history[-1]["weak_images"] == 0
+    # a checkpoint whose displacement field collapsed: relearnt, and said so
+    _collapse(model)
+    save_checkpoint(model, start)
+    assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1", "--corrected-only"]) == 0
+    assert "the displacement field had collapsed (mean displacement 0.00 grid cells" in capsys.readouterr().out
+    assert load_checkpoint(out).history[-1]["displacement_reset"] == "collapsed"

@@ -46,6 +46,16 @@ def _dock(viewer, name="Fine-tune IRNet"):
     return widget
 
 
+def _drain(gen):
+    """Every record of a job generator, and what it returned."""
+    records = []
+    try:
+        while True:
+            records.append(next(gen))
+    except StopIteration as stop:
+        return records, stop.value
+
+
 def _wait(qtbot, widget):
     qtbot.waitUntil(lambda: widget.idle, timeout=WAIT_MS)
 
@@ -218,33 +228,25 @@ def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample
     images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
     settings = {"finetune_epochs": 3}  # 3 steps
 
-    def drain(gen):
-        records = []
-        try:
-            while True:
-                records.append(next(gen))
-        except StopIteration as stop:
-            return records, stop.value
-
     polls = {"n": 0}
 
     def stop_after_first_step() -> bool:
         polls["n"] += 1
         return polls["n"] > 2  # one poll after the labels, one before step 1
 
-    records, result = drain(finetune_job(checkpoint, images, settings, "cpu", stop_after_first_step))
+    records, result = _drain(finetune_job(checkpoint, images, settings, "cpu", stop_after_first_step))
     assert result.stopped and result.version is None and [r["step"] for r in records if r["stage"] == "finetune"] == [1]
     store, number = store_of(checkpoint)
     assert number == 0 and store.versions() == [] and _digest(checkpoint) == original
     # the same images and settings continue from the stopped step
-    records, result = drain(finetune_job(checkpoint, images, settings, "cpu"))
+    records, result = _drain(finetune_job(checkpoint, images, settings, "cpu"))
     steps = [r for r in records if r["stage"] == "finetune"]
     assert [r["step"] for r in steps] == [2, 3] and steps[0]["resumed_from"] == 1
     assert result.version["version"] == 1 and not list(store.folder.glob("*.resume"))
     # fine-tuning a stored version adds to the same store, with that version as parent
     store2, number2 = store_of(result.path)
     assert store2.folder == store.folder and number2 == 1
-    _, again = drain(finetune_job(result.path, images, {"finetune_epochs": 1}, "cpu"))
+    _, again = _drain(finetune_job(result.path, images, {"finetune_epochs": 1}, "cpu"))
     assert again.version["version"] == 2 and again.version["parent"] == 1
     assert [p for _, p in version_choices(again.path)] == [str(checkpoint), str(store.folder / "v0001.pt"), str(store.folder / "v0002.pt")]
 
@@ -272,3 +274,23 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, 
     source = FolderSource(folder, tmp_path / "labels.csv", weak=False)
     records = list(finetune_job(checkpoint, [], {"finetune_epochs": 1}, "cpu", folder=source))
     assert any(r["stage"] == "finetune" for r in records)
+
+
+def test_job_relearns_a_collapsed_field_and_says_so(checkpoint, sample, tmp_path):
+    import torch
+
+    from napari_irnet._finetune_jobs import TrainingImage, finetune_job
+    from napari_irnet.core.checkpoint import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    with torch.no_grad():  # the field goes to zero everywhere
+        for p in model.irn.fc_dp7.parameters():
+            p.zero_()
+        model.irn.mean_shift.running_mean.zero_()
+    collapsed = save_checkpoint(model, tmp_path / "collapsed.pt")
+    images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
+    records, result = _drain(finetune_job(collapsed, images, {"finetune_epochs": 1}, "cpu"))
+    first = next(r for r in records if r["stage"] == "finetune")
+    assert first["displacement_reset"] == "collapsed"
+    assert result.note.startswith("the displacement field had collapsed (mean displacement 0.00 grid cells")
+    assert result.version["note"].endswith("displacement relearnt (collapsed)")

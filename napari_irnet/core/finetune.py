@@ -29,6 +29,7 @@ touches the checkpoint it started from.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -41,11 +42,12 @@ import torch
 from torch.utils.data import default_collate
 
 from .checkpoint import CheckpointError, Model, _atomic_torch_save, load_checkpoint, save_checkpoint
-from .inference import resolve_device, strided_size
+from .inference import compute_irnet, resolve_device, strided_size
 from .io import atomic_path
 from .params import Params, TrainParams
 from .path_index import PathIndex
-from .targets import class_map_target, relation_labels
+from .postprocess import IGNORE
+from .targets import class_map_target, displacement_target, relation_labels, to_grid
 from .training import (
     LabelledImage,
     ClassMapDataset,
@@ -58,7 +60,7 @@ from .training import (
     make_seeds,
 )
 
-__all__ = ["VersionStore", "correction_class_maps", "finetune", "finetune_labels"]
+__all__ = ["FieldCheck", "VersionStore", "check_displacement_field", "correction_class_maps", "describe_reset", "finetune", "finetune_labels"]
 
 
 def finetune_labels(
@@ -140,6 +142,101 @@ def correction_class_maps(
     return out
 
 
+#: a displacement field whose vectors on the corrected instances are shorter than this share of
+#: the vectors to their centroids, on average, counts as collapsed (the weak CoNSeP model's: 0.005)
+COLLAPSED_LENGTH_RATIO = 0.2
+#: fewer instance grid cells than this in the checked crops say nothing about the field
+_MIN_CHECK_CELLS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldCheck:
+    """How IRNet's displacement field compares with the corrections' centroids.
+
+    Lengths are means over the grid cells inside the corrected instances, in
+    grid cells (stride 4).
+
+    Attributes
+    ----------
+    predicted_length : mean length of the model's displacement vectors
+    target_length : mean length of the vectors to each instance's centroid
+        (:func:`~napari_irnet.core.targets.displacement_target`)
+    error : mean length of their difference (a zero field's error is ``target_length``)
+    cells : how many grid cells were compared
+    """
+
+    predicted_length: float
+    target_length: float
+    error: float
+    cells: int
+
+    @property
+    def collapsed(self) -> bool:
+        """The field is near zero where the corrections ask for vectors (:data:`COLLAPSED_LENGTH_RATIO`)."""
+        return self.cells >= _MIN_CHECK_CELLS and self.predicted_length < COLLAPSED_LENGTH_RATIO * self.target_length
+
+    def describe(self) -> str:
+        return (f"mean displacement {self.predicted_length:.2f} grid cells on the corrected instances, "
+                f"{self.target_length:.2f} to their centroids (error {self.error:.2f}, {self.cells} cells)")  # fmt: skip
+
+
+def check_displacement_field(
+    model: Model,
+    items: Sequence[LabelledImage],
+    labels: Sequence[np.ndarray],
+    params: Params | None = None,
+    device="auto",
+    max_images: int = 4,
+    crop: int = 512,
+) -> FieldCheck:
+    """Compare ``model.irn``'s displacement field with the centroids of corrected instances.
+
+    Parameters
+    ----------
+    items, labels : corrected images and their relation labels
+        (:func:`~napari_irnet.core.targets.relation_labels`: 0 background,
+        255 ignore, one value per instance).
+    max_images, crop : the first ``max_images`` images are checked, each on its
+        top-left ``crop`` x ``crop`` pixels (the check costs a few inferences).
+
+    Returns
+    -------
+    FieldCheck
+        With ``collapsed`` True when the field has gone to zero, as a weak model
+        trained on seeds spanning many objects does (BENCHMARKS.md, Human in the loop).
+    """
+    params = params or model.params
+    sums = np.zeros(3)
+    cells = 0
+    for item, lab in list(zip(items, labels))[:max_images]:
+        image, lab = item.image[:crop, :crop], np.asarray(lab)[:crop, :crop]
+        instances = np.where(lab == IGNORE, 0, lab)
+        target, valid = displacement_target(instances, 4)
+        valid &= to_grid(lab, 4) != IGNORE
+        if not valid.any():
+            continue
+        disp = compute_irnet(model.irn, image, params, device).displacement.numpy()[:, : valid.shape[0], : valid.shape[1]]
+        sums += [
+            np.linalg.norm(disp, axis=0)[valid].sum(),
+            np.linalg.norm(target, axis=0)[valid].sum(),
+            np.linalg.norm(disp - target, axis=0)[valid].sum(),
+        ]
+        cells += int(valid.sum())
+    mean = sums / max(cells, 1)
+    return FieldCheck(float(mean[0]), float(mean[1]), float(mean[2]), cells)
+
+
+def describe_reset(entry: Mapping) -> str | None:
+    """A sentence on what a fine-tuning run did to the displacement branch (its ``model.history`` entry), or None."""
+    reset, check = entry.get("displacement_reset"), entry.get("field_check")
+    if reset == "asked":
+        return "the displacement branch started afresh (finetune_reset_displacement)"
+    if reset == "collapsed":
+        return (f"the displacement field had collapsed ({FieldCheck(**check).describe()}): "
+                "its branch started afresh and learnt from the corrections")  # fmt: skip
+    return None
+
+
 def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams, with_maps: Sequence[int] = ()) -> str:
     """Identifies a fine-tuning run, so that a resume file is only used for the same run."""
     h = hashlib.sha256()
@@ -179,6 +276,10 @@ def finetune(
         displacement losses, and ``finetune_reset_displacement`` starts the
         displacement branch afresh before the first step
         (:meth:`~napari_irnet.core.networks.IRNet.reset_displacement_head`).
+        Without it the branch starts afresh only when its field has collapsed
+        on the corrected images (:func:`check_displacement_field`: vectors
+        under :data:`COLLAPSED_LENGTH_RATIO` of the way to the centroids):
+        such a field has nothing to keep, and fine-tuning does not move it.
     class_maps : (H, W) int or None, one per item, optional
         Class maps of the corrected images (0 background, class + 1, 255
         ignore; :func:`~napari_irnet.core.targets.class_map_target`). With
@@ -203,8 +304,11 @@ def finetune(
         the losses (``loss``, ``pos``, ``neg``, ``dp_fg``, ``dp_bg``),
         ``seconds``, ``images_per_second``; ``dp_centroid`` with a centroid
         loss weight and a corrected image in the batch; ``cam_loss`` when the
-        CAM network trains too; ``resumed_from`` on the first record of a
-        resumed run.
+        CAM network trains too; on the first record, ``displacement_reset``
+        (None, ``"asked"`` or ``"collapsed"``) and, for a resumed run,
+        ``resumed_from``. The entry appended to ``model.history`` keeps
+        ``displacement_reset`` and ``field_check`` (the
+        :class:`FieldCheck` as a dict, None when not made).
     """
     tp = tp or model.train_params
     if model.irn is None:
@@ -226,8 +330,16 @@ def finetune(
     # the weak images' share of the displacement losses (None: the reference's, all pairs alike)
     weak_dp = float(tp.weak_displacement_weight) if any_strong and tp.weak_displacement_weight != 1.0 else None
     dataset = RelationDataset([items[i] for i in order], [labels[i] for i in order], tp, tp.seed)
-    net = model.irn.to(dev).train()
+    # the displacement branch starts afresh when asked, or when its field has collapsed where corrections ask for vectors
+    reset, check = None, None
     if any_strong and tp.finetune_reset_displacement:
+        reset = "asked"
+    elif any_strong:
+        corrected_idx = [i for i in range(len(items)) if strong[i]]
+        check = check_displacement_field(model, [items[i] for i in corrected_idx], [labels[i] for i in corrected_idx], device=dev)
+        reset = "collapsed" if check.collapsed else None
+    net = model.irn.to(dev).train()
+    if reset:
         net.reset_displacement_head()
     grid = strided_size((tp.irn_crop_size, tp.irn_crop_size), 4)
     index = PathIndex(tp.train_radius, grid)
@@ -313,8 +425,10 @@ def finetune(
             elapsed = time.perf_counter() - t0
             record = {"stage": "finetune", "epoch": epoch, "step": step, "max_step": max_step, "lr": lr, "seconds": elapsed, **losses}
             record["images_per_second"] = seen / elapsed if elapsed > 0 else 0.0
-            if resumed_from and step == resumed_from + 1:
-                record["resumed_from"] = resumed_from
+            if step == resumed_from + 1:
+                record["displacement_reset"] = reset
+                if resumed_from:
+                    record["resumed_from"] = resumed_from
             if save_every and step % save_every == 0:
                 save_state()
             yield record
@@ -330,6 +444,8 @@ def finetune(
             "corrected_images": int(sum(bool(s) for s in strong)),
             "weak_images": int(sum(not s for s in strong)),
             "final_loss": record.get("loss"),
+            "displacement_reset": reset,
+            "field_check": dataclasses.asdict(check) if check is not None else None,
             "seconds": time.perf_counter() - t0,
         }
     )

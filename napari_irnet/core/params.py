@@ -157,8 +157,9 @@ class TrainParams:
     #: weight of the uncorrected images' pairs in the displacement losses while fine-tuning with
     #: corrections (1: the same as a corrected image's; their boundary pairs always count fully)
     weak_displacement_weight: float = 1.0
-    #: fine-tuning with corrections starts the displacement branch afresh (for a weak model whose
-    #: field collapsed to zero because its seeds spanned many objects; see BENCHMARKS.md)
+    #: fine-tuning with corrections always starts the displacement branch afresh; off, it does so
+    #: only when the field has collapsed to zero on the corrected images, as a weak model's does when
+    #: its seeds span many objects (core.finetune.check_displacement_field; see BENCHMARKS.md)
     finetune_reset_displacement: bool = False
     #: mixed precision on CUDA
     amp: bool = True
