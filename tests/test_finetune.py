@@ -227,6 +227,12 @@ def test_field_check_measures_the_field_against_the_centroids():
     assert part.cells == int(valid[:8].sum())
     none = check_displacement_field(model, [item], [np.full_like(labels, 255)], FAST, "cpu")
     assert none.cells == 0 and not none.collapsed
+    # a window smaller than the image is placed on the corrected instances, wherever they are
+    model.irn = _FixedField(np.zeros((2, 8, 8)))
+    corner = np.zeros((64, 64), np.int32)
+    corner[40:60, 42:62] = 1
+    small = check_displacement_field(model, [item], [relation_labels(corner)], FAST, "cpu", crop=32)
+    assert small.cells == 25 and small.collapsed
 
 
 def _collapse(model) -> None:

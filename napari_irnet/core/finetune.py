@@ -196,8 +196,9 @@ def check_displacement_field(
     items, labels : corrected images and their relation labels
         (:func:`~napari_irnet.core.targets.relation_labels`: 0 background,
         255 ignore, one value per instance).
-    max_images, crop : the first ``max_images`` images are checked, each on its
-        top-left ``crop`` x ``crop`` pixels (the check costs a few inferences).
+    max_images, crop : the first ``max_images`` images are checked, each on a
+        window of at most ``crop`` x ``crop`` pixels that starts at its first
+        corrected instance (the check costs a few inferences).
 
     Returns
     -------
@@ -209,7 +210,14 @@ def check_displacement_field(
     sums = np.zeros(3)
     cells = 0
     for item, lab in list(zip(items, labels))[:max_images]:
-        image, lab = item.image[:crop, :crop], np.asarray(lab)[:crop, :crop]
+        lab = np.asarray(lab)
+        rows, cols = np.nonzero((lab != 0) & (lab != IGNORE))
+        if rows.size == 0:
+            continue
+        # the window starts at the first instance row and column, moved back so that it fits the image
+        y0 = min(int(rows.min()), max(0, lab.shape[0] - crop)) // 4 * 4
+        x0 = min(int(cols.min()), max(0, lab.shape[1] - crop)) // 4 * 4
+        image, lab = item.image[y0 : y0 + crop, x0 : x0 + crop], lab[y0 : y0 + crop, x0 : x0 + crop]
         instances = np.where(lab == IGNORE, 0, lab)
         target, valid = displacement_target(instances, 4)
         valid &= to_grid(lab, 4) != IGNORE
