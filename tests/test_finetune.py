@@ -85,6 +85,25 @@ def test_centroid_regression_on_corrected_images_when_weighted(setup):
         assert r["loss"] == pytest.approx(pairs + 0.5 * r["dp_centroid"], rel=1e-5)
 
 
+def test_the_cam_classifier_fine_tunes_at_the_base_rate(setup, monkeypatch):
+    """The CAM classifier is no longer new when fine-tuning: no new-layer multiple (it diverged with one)."""
+    import napari_irnet.core.finetune as ft
+
+    model, items, corrections, samples = setup
+    labels, strong = _labels(model, items, corrections)
+    rates = []
+    real = ft.cam_step
+
+    def spy(net, opt, *args):
+        rates.append([g["lr"] for g in opt.param_groups])
+        return real(net, opt, *args)
+
+    monkeypatch.setattr(ft, "cam_step", spy)
+    tp = dataclasses.replace(TP, finetune_epochs=1, new_layer_lr_mult=10.0)
+    list(finetune(model, items, labels, strong, tp, "cpu", class_maps=_class_maps(corrections, samples)))
+    assert rates and rates[0] == pytest.approx([tp.finetune_learning_rate] * 2)
+
+
 @pytest.mark.parametrize("weight", [1.0, 0.0, 0.25])
 def test_weak_displacement_weight_reaches_every_step(setup, monkeypatch, weight):
     import napari_irnet.core.finetune as ft

@@ -294,7 +294,8 @@ def finetune(
         ``tp.finetune_cam`` and a CAM network, each IRNet step is followed by
         a CAM step on a batch of ``tp.cam_batch_size`` of them (cycling
         through them in a fresh order each time they are used up) at the same
-        learning rate and schedule.
+        learning rate and schedule, its classifier included (without the
+        new-layer multiple, which made it diverge).
     should_stop : callable, optional
         Polled before every step; when it returns True the loop writes the
         resume file (if any), yields a last record with ``"stopped": True``
@@ -362,7 +363,9 @@ def finetune(
         cam_data = ClassMapDataset([items[i] for i in with_maps], [class_maps[i] for i in with_maps], tp, tp.seed)
         cam_net = model.cam.to(dev).train()
         cam_batch = max(1, min(tp.cam_batch_size, len(cam_data)))
-        cam_opt = _optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp)
+        # the classifier is no longer new: at the new-layer multiple its weights grew and the loss
+        # diverged within 100 steps at lr 0.01 on 50 CoNSeP patches (BENCHMARKS.md, Human in the loop)
+        cam_opt = _optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp, new_layer_lr_mult=1.0)
         cam_sched = PolySchedule(cam_opt, max_step, tp.poly_power)
     digest = _config_digest(items, strong, tp, with_maps if train_cam else [])
     resume_file = Path(resume_file) if resume_file is not None else None

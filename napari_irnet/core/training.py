@@ -186,11 +186,13 @@ class PolySchedule:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _optimizer(groups: tuple[list, list], lr: float, tp: TrainParams) -> torch.optim.SGD:
+def _optimizer(groups: tuple[list, list], lr: float, tp: TrainParams, new_layer_lr_mult: float | None = None) -> torch.optim.SGD:
+    """SGD over (trained layers, new layers), the new ones at ``new_layer_lr_mult`` (default ``tp``'s) times ``lr``."""
+    mult = tp.new_layer_lr_mult if new_layer_lr_mult is None else new_layer_lr_mult
     return torch.optim.SGD(
         [
             {"params": [p for p in groups[0] if p.requires_grad], "lr": lr},
-            {"params": [p for p in groups[1] if p.requires_grad], "lr": lr * tp.new_layer_lr_mult},
+            {"params": [p for p in groups[1] if p.requires_grad], "lr": lr * mult},
         ],
         lr=lr,
         momentum=tp.momentum,
