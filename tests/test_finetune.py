@@ -85,20 +85,26 @@ def test_centroid_regression_on_corrected_images_when_weighted(setup):
         assert r["loss"] == pytest.approx(pairs + 0.5 * r["dp_centroid"], rel=1e-5)
 
 
-def test_the_cam_classifier_fine_tunes_at_the_base_rate(setup, monkeypatch):
-    """The CAM classifier is no longer new when fine-tuning: no new-layer multiple (it diverged with one)."""
+def _record_rates(monkeypatch, step_name: str) -> list:
+    """Wrap ``core.finetune.<step_name>``; the list it returns gets each step's learning rates, one per group."""
     import napari_irnet.core.finetune as ft
 
-    model, items, corrections, samples = setup
-    labels, strong = _labels(model, items, corrections)
     rates = []
-    real = ft.cam_step
+    real = getattr(ft, step_name)
 
     def spy(net, opt, *args):
         rates.append([g["lr"] for g in opt.param_groups])
         return real(net, opt, *args)
 
-    monkeypatch.setattr(ft, "cam_step", spy)
+    monkeypatch.setattr(ft, step_name, spy)
+    return rates
+
+
+def test_the_cam_classifier_fine_tunes_at_the_base_rate(setup, monkeypatch):
+    """The CAM classifier is no longer new when fine-tuning: no new-layer multiple (it diverged with one)."""
+    model, items, corrections, samples = setup
+    labels, strong = _labels(model, items, corrections)
+    rates = _record_rates(monkeypatch, "cam_step")
     tp = dataclasses.replace(TP, finetune_epochs=1, new_layer_lr_mult=10.0)
     list(finetune(model, items, labels, strong, tp, "cpu", class_maps=_class_maps(corrections, samples)))
     assert rates and rates[0] == pytest.approx([tp.finetune_learning_rate] * 2)
@@ -160,19 +166,11 @@ def test_reset_displacement_head_reinitialises_only_that_branch(head):
 
 
 def test_finetune_resets_the_displacement_branch_only_with_corrections(setup, monkeypatch):
-    import napari_irnet.core.finetune as ft
-
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
-    calls, rates = [], []
+    calls = []
     monkeypatch.setattr(type(model.irn), "reset_displacement_head", lambda self: calls.append(self))
-    real = ft.irn_step
-
-    def spy(net, opt, *args):
-        rates.append([g["lr"] for g in opt.param_groups])
-        return real(net, opt, *args)
-
-    monkeypatch.setattr(ft, "irn_step", spy)
+    rates = _record_rates(monkeypatch, "irn_step")
     tp = dataclasses.replace(TP, finetune_epochs=1, irn_learning_rate=0.2)
     list(finetune(model, items, labels, strong, tp, "cpu"))
     assert calls == []  # not asked, and the tiny model's field has not collapsed
