@@ -121,6 +121,19 @@ def test_reference_preset_pads_irnet_input_to_512():
     assert not torch.allclose(plain.boundary, ref.boundary)
 
 
+@pytest.mark.parametrize("preset", ["irnet", "reference"])
+def test_boundary_is_flip_equivariant_with_and_without_the_512_padding(preset):
+    # the flip-averaged boundary of a mirrored image is the mirrored boundary only when
+    # each half is padded after flipping (the reference's order): padding first puts the
+    # flipped half's padding on the left and shifts its boundary by the padding width
+    model = _perturb(new_model(["a"], "tiny"))
+    img = (np.random.default_rng(2).random((40, 52, 3)) * 255).astype(np.uint8)
+    p = Params(preset=preset)
+    out = compute_irnet(model.irn, img, p, "cpu").boundary
+    mirrored = compute_irnet(model.irn, np.ascontiguousarray(img[:, ::-1]), p, "cpu").boundary
+    torch.testing.assert_close(mirrored, out.flip(-1), atol=1e-6, rtol=0)
+
+
 def test_import_reference_rejects_wrong_class_count(tmp_path):
     ours = new_model(["a", "b"], "resnet50")
     torch.save(_reference_style(ours.cam.state_dict(), _CAM_STAGES, {}), tmp_path / "cam.pth")

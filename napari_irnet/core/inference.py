@@ -233,12 +233,15 @@ def compute_irnet(
 
     def both(t: torch.Tensor) -> torch.Tensor:
         th, tw = t.shape[-2:]
+        # flip first, then pad: the reference's data loader flips and its network
+        # pads, so both halves carry their padding at the bottom and the right
+        pair = torch.cat([t, t.flip(-1)], dim=0)
         if params.preset == "reference":
             if th <= 512 and tw <= 512:
-                t = F.pad(t, [0, 512 - tw, 0, 512 - th])
+                pair = F.pad(pair, [0, 512 - tw, 0, 512 - th])
             else:
                 warnings.warn("preset 'reference' pads to 512x512; this image is larger and runs unpadded", stacklevel=3)
-        edge, disp = model(torch.cat([t, t.flip(-1)], dim=0))
+        edge, disp = model(pair)
         gh, gw = strided_size((th, tw), 4)
         edge, disp = edge[..., :gh, :gw], disp[..., :gh, :gw]
         edge = edge[0] / 2 + edge[1].flip(-1) / 2
