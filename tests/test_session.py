@@ -35,7 +35,7 @@ def test_first_update_runs_every_stage_and_matches_postprocess():
     outputs = _two_blobs()
     cache = StageCache(outputs, FAST)
     pred = cache.update()
-    assert set(cache.last_recomputed) == {"seeds", "centroids", "clusters", "iwalk", "instances", "swalk", "semantic"}
+    assert set(cache.last_recomputed) == {"seeds", "centroids", "clusters", "weights", "iwalk", "instances", "swalk", "semantic"}
     ref = postprocess(outputs, FAST)
     np.testing.assert_array_equal(pred.instances.labels, ref.instances.labels)
     np.testing.assert_array_equal(pred.semantic, ref.semantic)
@@ -54,7 +54,10 @@ def test_first_update_runs_every_stage_and_matches_postprocess():
         ({"semantic_bg_threshold": 0.5}, {"semantic"}),
         ({"seed_fg_threshold": 0.5}, {"seeds"}),
         ({"cluster_threshold": 1.0}, {"clusters", "iwalk", "instances"}),
-        ({"beta": 5.0}, {"iwalk", "instances", "swalk", "semantic"}),
+        ({"beta": 5.0}, {"weights", "iwalk", "instances", "swalk", "semantic"}),
+        ({"radius": 4}, {"weights", "iwalk", "instances", "swalk", "semantic"}),
+        ({"walk_tolerance": 0.05}, {"iwalk", "instances"}),
+        ({"instance_walk": "global"}, {"iwalk", "instances"}),
         ({"walk_steps": 8}, {"iwalk", "instances", "swalk", "semantic"}),
         ({"centroid_steps": 10}, {"centroids", "clusters", "iwalk", "instances"}),
     ],
@@ -121,7 +124,7 @@ def test_instances_first_then_semantic():
     cache = StageCache(_two_blobs(), FAST)
     full = cache.update()
     first = cache.update(FAST.replace(beta=5.0), with_semantic=False)
-    assert set(cache.last_recomputed) == {"iwalk", "instances"}
+    assert set(cache.last_recomputed) == {"weights", "iwalk", "instances"}
     assert first.semantic is full.semantic  # the last one computed, not yet redone
     second = cache.update()
     assert set(cache.last_recomputed) == {"swalk", "semantic"}

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+#: the instance walk's methods (:mod:`napari_irnet.core.instance_walk`); here so that the
+#: command line can list them without importing torch
+INSTANCE_WALKS = ("auto", "local", "global")
+
+
 @dataclass
 class Params:
     """Inference parameters of IRNet, with the reference defaults.
@@ -47,6 +52,14 @@ class Params:
     semantic_bg_threshold: float = 0.25
     #: connected fragments under this fraction of the image area get score 0
     min_fragment_fraction: float = 0.01
+    #: how the instance walk runs: "local" walks each instance only in windows around it (cost
+    #: grows with the pixels), "global" walks every instance over the whole image (the
+    #: reference's formulation, cost grows with pixels x instances), "auto" picks the cheaper
+    instance_walk: str = "auto"
+    #: the local instance walk leaves out starting mass under this fraction of the maximum and
+    #: grows a window until its border holds less; walked scores change by at most about this
+    #: much (0: every plane everywhere, as the global walk)
+    walk_tolerance: float = 0.01
     #: largest image side run through the networks in one piece (pixels);
     #: larger images are tiled with overlap
     tile_size: int = 1024
@@ -76,6 +89,8 @@ class Params:
             ("instance_bg_threshold", 0.0 <= self.instance_bg_threshold <= 1.0, "in [0, 1]"),
             ("semantic_bg_threshold", 0.0 <= self.semantic_bg_threshold <= 1.0, "in [0, 1]"),
             ("min_fragment_fraction", 0.0 <= self.min_fragment_fraction < 1.0, "in [0, 1)"),
+            ("instance_walk", self.instance_walk in INSTANCE_WALKS, " or ".join(map(repr, INSTANCE_WALKS))),
+            ("walk_tolerance", 0.0 <= self.walk_tolerance < 1.0, "in [0, 1)"),
             ("tile_size", int(self.tile_size) >= 64, ">= 64"),
             ("tile_overlap", 0 <= int(self.tile_overlap) < int(self.tile_size) // 2, "in [0, tile_size/2)"),
             ("preset", self.preset in ("irnet", "reference"), "'irnet' or 'reference'"),

@@ -37,12 +37,13 @@ only: it runs without autograd.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .progress import Step, StepGenerator, run_steps
 from .path_index import (
     PathIndex,
     _grouped_paths,
@@ -53,6 +54,7 @@ from .path_index import (
 
 __all__ = [
     "apply_transition",
+    "iter_transition",
     "neighbour_offsets",
     "random_walk",
     "random_walk_dense",
@@ -60,8 +62,8 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[int, int], None]
-#: walk(x (C, h, w), steps, progress(done)) -> (C, h, w)
-Walker = Callable[[torch.Tensor, int, Callable[[int], None]], torch.Tensor]
+#: walk(x (C, h, w), steps): a generator that yields after every step and returns (C, h, w)
+Walker = Callable[[torch.Tensor, int], Generator[int, None, torch.Tensor]]
 
 
 def neighbour_offsets(radius: int = 5) -> np.ndarray:
@@ -150,7 +152,7 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
     pad = int(np.abs(offsets).max())
     _, h, w = weights.shape
 
-    def walk(x: torch.Tensor, steps: int, progress: Callable[[int], None]) -> torch.Tensor:
+    def walk(x: torch.Tensor, steps: int) -> Generator[int, None, torch.Tensor]:
         buffers = [x.new_zeros(x.shape[0], h + 2 * pad, w + 2 * pad) for _ in range(2)]
         interiors = [b[:, pad : pad + h, pad : pad + w] for b in buffers]
         views = [
@@ -163,7 +165,7 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
             torch.mul(src[0], per_offset[0], out=dst)
             for k in range(1, len(src)):
                 dst.addcmul_(src[k], per_offset[k])
-            progress(step + 1)
+            yield step + 1
         return interiors[steps % 2].clone()
 
     return walk
@@ -206,11 +208,11 @@ def _gather_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
     index, weight = _neighbour_table(weights, offsets)
     _, h, w = weights.shape
 
-    def walk(x: torch.Tensor, steps: int, progress: Callable[[int], None]) -> torch.Tensor:
+    def walk(x: torch.Tensor, steps: int) -> Generator[int, None, torch.Tensor]:
         state = x.reshape(x.shape[0], h * w).t().contiguous()
         for step in range(steps):
             state = F.embedding_bag(index, state, per_sample_weights=weight, mode="sum")
-            progress(step + 1)
+            yield step + 1
         return state.t().reshape(x.shape).contiguous()
 
     return walk
@@ -228,6 +230,47 @@ def _choose_method(method: str, device: torch.device, channels: int) -> str:
     if method not in _WALKERS:
         raise ValueError(f"unknown method {method!r}; use one of {sorted(_WALKERS)} or 'auto'")
     return method
+
+
+def iter_transition(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    steps: int = 256,
+    radius: int = 5,
+    *,
+    method: str = "auto",
+    channel_chunk: int | None = None,
+    stage: str = "walk",
+) -> StepGenerator[torch.Tensor]:
+    """:func:`apply_transition` as a generator: yields a :class:`~.progress.Step` after every step.
+
+    ``Step.total`` is ``steps`` times the number of channel chunks; the
+    generator returns the walked ``(C, h, w)`` maps.
+    """
+    if x.dim() != 3 or x.shape[-2:] != weights.shape[-2:]:
+        raise ValueError(f"x {tuple(x.shape)} and weights {tuple(weights.shape)} do not match")
+    offsets = neighbour_offsets(radius)
+    if weights.shape[0] != len(offsets):
+        raise ValueError(f"weights have {weights.shape[0]} offsets, radius {radius} needs {len(offsets)}")
+    chunk = min(x.shape[0], int(channel_chunk)) if channel_chunk else x.shape[0]
+    method = _choose_method(method, x.device, chunk)
+    starts = range(0, x.shape[0], max(chunk, 1))
+    total = steps * len(starts)
+    outputs = []
+    with torch.no_grad():
+        walk = _WALKERS[method](weights.to(dtype=x.dtype, device=x.device), offsets)
+        for i, start in enumerate(starts):
+            walking = walk(x[start : start + chunk], steps)
+            while True:
+                try:
+                    done = next(walking)
+                except StopIteration as result:
+                    outputs.append(result.value)
+                    break
+                yield Step(stage, i * steps + done, total)
+    if not outputs:
+        return x.clone()
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
 
 def apply_transition(
@@ -263,35 +306,16 @@ def apply_transition(
         to ``O(K·N + 2·chunk·N)``).
     progress : callable, optional
         Called as ``progress(done, total)`` after every step of every chunk
-        (``total = steps · n_chunks``).
+        (``total = steps · n_chunks``); it may raise to stop the walk.
 
     Returns
     -------
     torch.Tensor
         ``(C, h, w)`` in the dtype and device of ``x``.  Not differentiable.
     """
-    if x.dim() != 3 or x.shape[-2:] != weights.shape[-2:]:
-        raise ValueError(f"x {tuple(x.shape)} and weights {tuple(weights.shape)} do not match")
-    offsets = neighbour_offsets(radius)
-    if weights.shape[0] != len(offsets):
-        raise ValueError(f"weights have {weights.shape[0]} offsets, radius {radius} needs {len(offsets)}")
-    chunk = min(x.shape[0], int(channel_chunk)) if channel_chunk else x.shape[0]
-    method = _choose_method(method, x.device, chunk)
-    starts = range(0, x.shape[0], max(chunk, 1))
-    total = steps * len(starts)
-    outputs = []
-    with torch.no_grad():
-        walk = _WALKERS[method](weights.to(dtype=x.dtype, device=x.device), offsets)
-        for i, start in enumerate(starts):
-
-            def report(done: int, before: int = i * steps) -> None:
-                if progress is not None:
-                    progress(before + done, total)
-
-            outputs.append(walk(x[start : start + chunk], steps, report))
-    if not outputs:
-        return x.clone()
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+    steps_gen = iter_transition(x, weights, steps, radius, method=method, channel_chunk=channel_chunk)
+    report = None if progress is None else (lambda step: progress(step.done, step.total))
+    return run_steps(steps_gen, report)
 
 
 def random_walk(

@@ -19,14 +19,19 @@ stage                     inputs
 seeds                     seed_fg_threshold, seed_bg_threshold, use_crf
 centroids                 centroid_steps
 clusters                  cluster_threshold, or the edited centre points
-instance walk + argmax    clusters, beta, walk_steps, radius
+transition weights        beta, radius (shared by both walks)
+instance walk + argmax    clusters, beta, walk_steps, radius, instance_walk,
+                          walk_tolerance
 instances                 instance_bg_threshold, min_fragment_fraction
 semantic walk + argmax    beta, walk_steps, radius
 semantic                  semantic_bg_threshold
 ========================  ==================================================
 
-The class holds no GUI state; it is used by the napari widget, the
-interactive benchmark and anyone scripting the stages.
+:meth:`StageCache.iter_update` is the same as a generator that yields a
+:class:`~napari_irnet.core.progress.Step` at every stage and after every
+walk step (for progress bars, and so that a Cancel stops a long walk at its
+next step). The class holds no GUI state; it is used by the napari widget,
+the interactive benchmark and anyone scripting the stages.
 """
 
 from __future__ import annotations
@@ -39,19 +44,20 @@ import numpy as np
 import torch
 
 from .inference import resolve_device
+from .instance_walk import WalkPlan, iter_instance_walk
 from .params import Params
 from .pipeline import NetworkOutputs, Prediction
 from .postprocess import (
-    upsampled_argmax,
     assign_from_argmax,
     centroid_points,
     cluster_centroids,
     find_centroids,
-    instance_cams,
-    propagate,
     seeds_from_cams,
     semantic_from_argmax,
+    upsampled_argmax,
 )
+from .progress import Step, StepGenerator, run_steps
+from .random_walk import iter_transition, transition_weights
 
 __all__ = ["STAGE_INPUTS", "StageCache", "clusters_from_points"]
 
@@ -60,7 +66,9 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "seeds": ("seed_fg_threshold", "seed_bg_threshold", "use_crf"),
     "centroids": ("centroid_steps",),
     "clusters": ("cluster_threshold",),
+    "weights": ("beta", "radius"),
     "walk": ("beta", "walk_steps", "radius"),
+    "instance_walk": ("instance_walk", "walk_tolerance"),
     "instances": ("instance_bg_threshold", "min_fragment_fraction"),
     "semantic": ("semantic_bg_threshold",),
 }
@@ -142,15 +150,27 @@ class StageCache:
         self.image = image
         self.device = resolve_device(device)
         self._points: np.ndarray | None = None  # edited centre points, grid units
-        self._slots = {name: _Slot() for name in ("seeds", "centroids", "clusters", "iwalk", "instances", "swalk", "semantic")}
+        names = ("seeds", "centroids", "clusters", "weights", "iwalk", "instances", "swalk", "semantic")
+        self._slots = {name: _Slot() for name in names}
         #: names of the stages recomputed by the last :meth:`update`
         self.last_recomputed: list[str] = []
+        #: what the last instance walk walked (windows, growth rounds), for logs and benchmarks
+        self.last_walk_plan: WalkPlan | None = None
 
     # ------------------------------------------------------------------
     def _stage(self, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
         slot = self._slots[name]
         if slot.key is _UNSET or slot.key != key:
             slot.value = compute()
+            slot.key = key
+            self.last_recomputed.append(name)
+        return slot.value
+
+    def _walked_stage(self, name: str, key: tuple, steps: Callable[[], StepGenerator[Any]]) -> StepGenerator[Any]:
+        """:meth:`_stage` for a stage computed by a step generator (its steps pass through)."""
+        slot = self._slots[name]
+        if slot.key is _UNSET or slot.key != key:
+            slot.value = yield from steps()
             slot.key = key
             self.last_recomputed.append(name)
         return slot.value
@@ -170,6 +190,7 @@ class StageCache:
         centre_points: np.ndarray | None = None,
         should_stop: Callable[[], bool] | None = None,
         with_semantic: bool = True,
+        progress: Callable[[Step], None] | None = None,
     ) -> Prediction:
         """Recompute what changed and return every stage's result.
 
@@ -183,14 +204,31 @@ class StageCache:
             :meth:`reset_points`. An empty array removes every instance
             centre (all pixels then share one cluster).
         should_stop : callable, optional
-            Polled between stages; when it returns True, :class:`InterruptedError`
-            is raised (results computed so far stay cached).
+            Polled between stages and after every walk step; when it returns
+            True, :class:`InterruptedError` is raised (results computed so far
+            stay cached).
         with_semantic : bool
             False skips the semantic walk, so instances arrive sooner; the
             returned ``semantic`` is then the last one computed (possibly for
             other parameters; None if there is none yet). A later
             ``update()`` computes it.
+        progress : callable, optional
+            Called with every :class:`~napari_irnet.core.progress.Step`.
         """
+
+        def on_step(step: Step) -> None:
+            if progress is not None:
+                progress(step)
+            if should_stop is not None and should_stop():
+                raise InterruptedError("stopped")
+
+        return run_steps(self.iter_update(params, centre_points, with_semantic), on_step)
+
+    def iter_update(
+        self, params: Params | None = None, centre_points: np.ndarray | None = None, with_semantic: bool = True
+    ) -> StepGenerator[Prediction]:
+        """:meth:`update` as a generator: yields a :class:`~napari_irnet.core.progress.Step`
+        after every stage and every walk step; returns the :class:`Prediction`."""
         if params is not None:
             params.validate()
             self.params = params
@@ -202,43 +240,34 @@ class StageCache:
         ids = out.cam.class_ids
         self.last_recomputed = []
 
-        def check() -> None:
-            if should_stop is not None and should_stop():
-                raise InterruptedError("stopped")
-
         seeds = self._stage(
             "seeds",
             _key(p, STAGE_INPUTS["seeds"]),
             lambda: seeds_from_cams(out.cam.high_res, ids, p.seed_fg_threshold, p.seed_bg_threshold, self.image, p.use_crf),
         )
-        check()
+        yield Step("seeds")
         centroids = self._stage(
             "centroids", _key(p, STAGE_INPUTS["centroids"]), lambda: find_centroids(out.irn.displacement, p.centroid_steps)
         )
-        if self._points is not None and len(self._points):
-            points_key = ("points", self._points.tobytes(), _key(p, STAGE_INPUTS["centroids"]))
-            clusters = self._stage("clusters", points_key, lambda: clusters_from_points(centroids, self._points))
-        elif self._points is not None:
-            clusters = self._stage("clusters", ("points", b"", 0), lambda: np.zeros(centroids.shape[1:], np.int32))
-        else:
-            cluster_key = _key(p, STAGE_INPUTS["clusters"]) + _key(p, STAGE_INPUTS["centroids"])
-            clusters = self._stage(
-                "clusters", cluster_key, lambda: cluster_centroids(centroids, out.irn.displacement, p.cluster_threshold)
-            )
-        check()
-        walk_key = _key(p, STAGE_INPUTS["walk"])
+        clusters = self._clusters(centroids)
+        yield Step("clusters")
         boundary = out.irn.boundary.to(self.device)
+        weights = self._stage(
+            "weights", _key(p, STAGE_INPUTS["weights"]), lambda: transition_weights(boundary, radius=p.radius, beta=p.beta)
+        )
+        walk_key = _key(p, STAGE_INPUTS["walk"])
         k = int(clusters.max()) + 1
 
-        def instance_walk():
-            scores = instance_cams(out.cam.strided.to(self.device), clusters)
-            walked = propagate(scores, boundary, p.beta, p.walk_steps, p.radius)
-            if walked.shape[0] == 0:
-                return None
-            return upsampled_argmax(walked, (H, W))
+        def instance_walk() -> StepGenerator[Any]:
+            argmax, self.last_walk_plan = yield from iter_instance_walk(
+                out.cam.strided.to(self.device), boundary, clusters, (H, W),
+                beta=p.beta, steps=p.walk_steps, radius=p.radius, tolerance=p.walk_tolerance,
+                method=p.instance_walk, weights=weights,
+            )  # fmt: skip
+            return argmax
 
-        iwalk = self._stage("iwalk", (self._slots["clusters"].key, walk_key), instance_walk)
-        check()
+        iwalk_key = (self._slots["clusters"].key, walk_key, _key(p, STAGE_INPUTS["instance_walk"]))
+        iwalk = yield from self._walked_stage("iwalk", iwalk_key, instance_walk)
         instances = self._stage(
             "instances",
             (self._slots["iwalk"].key, _key(p, STAGE_INPUTS["instances"])),
@@ -246,14 +275,15 @@ class StageCache:
                 iwalk, np.repeat(ids, k), (H, W), p.instance_bg_threshold, p.min_fragment_fraction
             ),
         )
-        check()
 
-        def semantic_walk():
-            walked = propagate(out.cam.strided.to(self.device), boundary, p.beta, p.walk_steps, p.radius)
+        def semantic_walk() -> StepGenerator[Any]:
+            start = out.cam.strided.to(self.device) * (1.0 - boundary)
+            walked = yield from iter_transition(start, weights, p.walk_steps, p.radius, stage="semantic walk")
             return None if walked.shape[0] == 0 else upsampled_argmax(walked, (H, W))
 
         if with_semantic:
-            swalk = self._stage("swalk", walk_key, semantic_walk)
+            yield Step("instances")
+            swalk = yield from self._walked_stage("swalk", walk_key, semantic_walk)
             semantic = self._stage(
                 "semantic",
                 (walk_key, _key(p, STAGE_INPUTS["semantic"])),
@@ -266,3 +296,16 @@ class StageCache:
         else:
             points = centroid_points(centroids, clusters) * float(STRIDE)
         return Prediction(ids, seeds, centroids, clusters, points, instances, semantic)
+
+    def _clusters(self, centroids: np.ndarray) -> np.ndarray:
+        """The clusters stage: from the edited centre points when there are any, else from the field."""
+        p, out = self.params, self.outputs
+        if self._points is not None and len(self._points):
+            points_key = ("points", self._points.tobytes(), _key(p, STAGE_INPUTS["centroids"]))
+            return self._stage("clusters", points_key, lambda: clusters_from_points(centroids, self._points))
+        if self._points is not None:
+            return self._stage("clusters", ("points", b"", 0), lambda: np.zeros(centroids.shape[1:], np.int32))
+        cluster_key = _key(p, STAGE_INPUTS["clusters"]) + _key(p, STAGE_INPUTS["centroids"])
+        return self._stage(
+            "clusters", cluster_key, lambda: cluster_centroids(centroids, out.irn.displacement, p.cluster_threshold)
+        )

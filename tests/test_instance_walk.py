@@ -1,0 +1,134 @@
+"""The instance walk in windows against the global walk over the whole image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_irnet.core.instance_walk import instance_walk_argmax, iter_instance_walk, plan_windows
+from napari_irnet.core.postprocess import assign_from_argmax
+from napari_irnet.core.progress import Step
+
+STEPS = 64  # enough to spread mass over tens of cells, small enough for a unit test
+
+
+def _blobs(h: int = 48, w: int = 80, n: int = 10, wall: float = 0.6, seed: int = 0):
+    """Discs of two classes with boundary rings, clusters as the Voronoi cells of their centres.
+
+    Returns (cams (2, h, w), boundary (h, w), clusters (h, w) int32).
+    """
+    rng = np.random.default_rng(seed)
+    centres = np.stack([rng.uniform(5, h - 5, n), rng.uniform(5, w - 5, n)], axis=1)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dist = np.stack([np.hypot(yy - cy, xx - cx) for cy, cx in centres])
+    nearest = dist.argmin(0)
+    radius = rng.uniform(2.5, 4.5, n)
+    classes = np.arange(n) % 2
+    cams = np.zeros((2, h, w), np.float32)
+    for i in range(n):
+        cams[classes[i]] = np.maximum(cams[classes[i]], np.exp(-((dist[i] / radius[i]) ** 2)))
+    ring = np.zeros((h, w), np.float32)
+    for i in range(n):
+        ring = np.maximum(ring, wall * np.exp(-(((dist[i] - radius[i] - 1.0) / 0.8) ** 2)))
+    return torch.from_numpy(cams), torch.from_numpy(ring), nearest.astype(np.int32)
+
+
+def _planes_agree(a, b, threshold: float) -> float:
+    """Fraction of pixels whose assignment (plane, or background under ``threshold``) agrees."""
+    fa = (a[0] / a[2]).numpy() >= threshold
+    fb = (b[0] / b[2]).numpy() >= threshold
+    same = (fa == fb) & (~fa | (a[1].numpy() == b[1].numpy()))
+    return float(same.mean())
+
+
+def _walk(cams, boundary, clusters, **kw):
+    shape = (4 * boundary.shape[0], 4 * boundary.shape[1])
+    return instance_walk_argmax(cams, boundary, clusters, shape, steps=STEPS, **kw)
+
+
+def test_windows_cover_a_fraction_of_what_the_global_walk_propagates():
+    cams, boundary, clusters = _blobs()
+    plan = plan_windows((cams * (1 - boundary)).numpy(), clusters, tolerance=0.01, margin=4)
+    assert plan.planes == 2 * 10
+    assert 10 <= len({w.plane for w in plan.windows}) < 20  # planes of the absent class are not walked
+    assert plan.window_cells < plan.global_cells / 4
+
+
+@pytest.mark.parametrize("wall", [0.9, 0.3])
+def test_local_walk_agrees_with_the_global_walk(wall):
+    cams, boundary, clusters = _blobs(wall=wall)
+    glob, gplan = _walk(cams, boundary, clusters, method="global")
+    loc, lplan = _walk(cams, boundary, clusters, method="local")
+    assert gplan.method == "global" and lplan.method == "local"
+    assert lplan.window_cells < lplan.global_cells
+    torch.testing.assert_close(loc[2], glob[2])  # the global maximum lies inside a window
+    for threshold in (0.25, 0.4):
+        assert _planes_agree(loc, glob, threshold) >= 0.995
+    k = int(clusters.max()) + 1
+    ids = np.repeat([0, 1], k)
+    a = assign_from_argmax(glob, ids, loc[0].shape, 0.25, 0.0)
+    b = assign_from_argmax(loc, ids, loc[0].shape, 0.25, 0.0)
+    assert len(a.records) == len(b.records) >= 5
+
+
+def test_weak_walls_make_windows_grow_and_zero_tolerance_is_the_global_walk():
+    # almost no boundary: mass spreads far, the first windows leak and must grow
+    cams, boundary, clusters = _blobs(wall=0.05)
+    glob, _ = _walk(cams, boundary, clusters, method="global")
+    loc, plan = _walk(cams, boundary, clusters, method="local", tolerance=0.01)
+    assert plan.rounds >= 1 and plan.grown >= 1
+    assert _planes_agree(loc, glob, 0.25) >= 0.995
+    exact, plan0 = _walk(cams, boundary, clusters, method="local", tolerance=0.0)
+    assert all(w.area == boundary.numel() for w in plan0.windows)  # grown to the whole grid
+    torch.testing.assert_close(exact[0], glob[0], atol=1e-6, rtol=1e-5)
+    assert _planes_agree(exact, glob, 0.25) >= 0.9999
+
+
+def test_auto_walks_globally_when_windows_would_cost_more():
+    cams, boundary, clusters = _blobs(h=16, w=16, n=1)
+    _, plan = _walk(cams[:1], boundary, clusters, method="auto")
+    assert plan.method == "global"
+    cams, boundary, clusters = _blobs()
+    _, plan = _walk(cams, boundary, clusters, method="auto")
+    assert plan.method == "local"
+
+
+def test_nothing_to_walk_gives_none():
+    cams, boundary, clusters = _blobs()
+    argmax, plan = _walk(torch.zeros_like(cams), boundary, clusters, method="local")
+    assert argmax is None and plan.windows == []
+
+
+def test_steps_are_reported_and_the_walk_stops_at_a_step():
+    cams, boundary, clusters = _blobs()
+    shape = (4 * boundary.shape[0], 4 * boundary.shape[1])
+    steps = list(_drain(iter_instance_walk(cams, boundary, clusters, shape, steps=STEPS, method="local")))
+    assert steps and all(isinstance(s, Step) and s.stage == "instance walk" for s in steps)
+    done = [s.done for s in steps]
+    assert done == sorted(done) and done[-1] == steps[-1].total >= STEPS
+
+    seen = []
+
+    def stop_after_ten(step):
+        seen.append(step)
+        if len(seen) == 10:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        instance_walk_argmax(cams, boundary, clusters, shape, steps=STEPS, method="local", progress=stop_after_ten)
+    assert len(seen) == 10
+
+
+def _drain(gen):
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration:
+            return
+
+
+def test_unknown_method_is_refused():
+    cams, boundary, clusters = _blobs()
+    with pytest.raises(ValueError, match="unknown instance walk method 'magic'"):
+        _walk(cams, boundary, clusters, method="magic")
