@@ -1,0 +1,287 @@
+"""Prediction time and memory from 512² to 8192² at a constant density of objects.
+
+    python benchmarks/bench_scale.py [--sizes 512 1024 2048 4096 8192] [--threads 2]
+                                     [--device cpu] [--busy] [--agreement 1024]
+
+The image is the bundled sample cells (``sample_data/cells``, six 256² images
+with 31 cells: about one cell per 100×100 pixels) tiled to each size, and the
+model the bundled demo checkpoint with its own parameters, as a new user
+would run them. Every size runs in a fresh process, so that its peak
+resident set size (RSS) is its own.
+
+Printed per size: instances found, the instance walk's planes (walked /
+classes × clusters) and window cells (sum of the window areas over the grid
+cells), seconds per stage, the seconds per megapixel of everything after the
+networks, the whole prediction, and the peak RSS.
+
+``--busy`` runs every size a second time while another process keeps one
+core busy with the same kind of work (many small torch operations), as on a
+shared machine or beside napari's own threads.
+
+``--agreement S`` compares, on the sizes up to ``S``, the instance maps of
+the local walk (``instance_walk="local"``) with the global walk
+(``"global"``, every instance over the whole image, as the reference does):
+the share of pixels with the same assignment, and mAP^r at IoU 0.5 of both
+against the tiled ground truth. The global walk's time grows with pixels ×
+instances: about 2.5 minutes at 1024² on one core, hours at 4096².
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SAMPLES = ROOT / "sample_data" / "cells"
+
+
+def tiled_sample(size: int):
+    """The six sample images (and their instances and classes) tiled to ``size`` × ``size``.
+
+    Returns (image (S, S, 3) uint8, instances (S, S) int32, {instance id: class name}).
+    """
+    import numpy as np
+
+    from napari_irnet.core.io import read_image, read_label_image
+
+    names = sorted(p.stem for p in (SAMPLES / "images").glob("*.png"))
+    table = json.loads((SAMPLES / "instances.json").read_text())
+    images = [read_image(SAMPLES / "images" / f"{n}.png") for n in names]
+    insts = [np.asarray(read_label_image(SAMPLES / "inst" / f"{n}.png"), np.int64) for n in names]
+    th, tw = images[0].shape[:2]
+    rows, cols = -(-size // th), -(-size // tw)
+    image = np.zeros((rows * th, cols * tw, 3), np.uint8)
+    inst = np.zeros((rows * th, cols * tw), np.int32)
+    labels: dict[int, str] = {}
+    next_id = 1
+    for r in range(rows):
+        for c in range(cols):
+            i = (r * cols + c + r) % len(names)  # shift every row so that tiles do not line up in columns
+            ys, xs = slice(r * th, (r + 1) * th), slice(c * tw, (c + 1) * tw)
+            image[ys, xs] = images[i]
+            src = insts[i]
+            for old in np.unique(src[src > 0]):
+                inst[ys, xs][src == old] = next_id
+                labels[next_id] = table[names[i]][str(old)]
+                next_id += 1
+    return image[:size, :size], inst[:size, :size], labels
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(size: int, device: str, method: str, keep_maps: str | None) -> dict:
+    """Predict one tiled image, timing every stage; returns a dict of numbers."""
+    import numpy as np
+    import torch
+
+    from napari_irnet.core.checkpoint import load_checkpoint
+    from napari_irnet.core.inference import compute_cams, compute_irnet
+    from napari_irnet.core.instance_walk import instance_walk_argmax
+    from napari_irnet.core.postprocess import (
+        assign_from_argmax,
+        cluster_centroids,
+        find_centroids,
+        seeds_from_cams,
+        semantic_from_argmax,
+        upsampled_argmax,
+    )
+    from napari_irnet.core.random_walk import apply_transition, transition_weights
+
+    model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
+    p = model.params.replace(instance_walk=method)
+    image, _, _ = tiled_sample(size)
+    ids = model.class_ids(model.classes)
+    times: dict[str, float] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        times[name] = time.perf_counter() - t
+        return out
+
+    t0 = time.perf_counter()
+    cam = timed("CAM", lambda: compute_cams(model.cam, image, ids, p, device))
+    irn = timed("IRNet", lambda: compute_irnet(model.irn, image, p, device))
+    t1 = time.perf_counter()
+    timed("seeds", lambda: seeds_from_cams(cam.high_res, ids, p.seed_fg_threshold, p.seed_bg_threshold, image, p.use_crf))
+    centroids = timed("centroids", lambda: find_centroids(irn.displacement, p.centroid_steps))
+    clusters = timed("clusters", lambda: cluster_centroids(centroids, irn.displacement, p.cluster_threshold))
+    dev = torch.device(device)
+    boundary = irn.boundary.to(dev)
+    weights = timed("weights", lambda: transition_weights(boundary, p.radius, p.beta))
+    H, W = image.shape[:2]
+    argmax, plan = timed(
+        "instance walk",
+        lambda: instance_walk_argmax(
+            cam.strided.to(dev), boundary, clusters, (H, W), beta=p.beta, steps=p.walk_steps,
+            radius=p.radius, tolerance=p.walk_tolerance, method=p.instance_walk, weights=weights,
+        ),
+    )  # fmt: skip
+    k = int(clusters.max()) + 1
+    inst = timed("instances", lambda: assign_from_argmax(argmax, np.repeat(ids, k), (H, W), p.instance_bg_threshold, p.min_fragment_fraction))
+
+    def semantic():
+        walked = apply_transition(cam.strided.to(dev) * (1 - boundary), weights, p.walk_steps, p.radius)
+        return semantic_from_argmax(upsampled_argmax(walked, (H, W)), ids, (H, W), p.semantic_bg_threshold)
+
+    timed("semantic walk", semantic)
+    t2 = time.perf_counter()
+    if keep_maps:
+        np.savez_compressed(keep_maps, instances=inst.labels, plane=argmax[1].numpy().astype(np.int32), best=argmax[0].numpy(), gmax=float(argmax[2]), classes=np.array([r["class_id"] for r in inst.records]), scores=np.array([r["score"] for r in inst.records]))
+    return {
+        "size": size,
+        "method": plan.method,
+        "instances": len(inst.records),
+        "planes_walked": len({w.plane for w in plan.windows}) if plan.method == "local" else plan.planes,
+        "planes": plan.planes,
+        "window_cells": (plan.window_cells if plan.method == "local" else plan.global_cells) / plan.grid_cells,
+        "rounds": plan.rounds,
+        "times": times,
+        "networks_s": t1 - t0,
+        "post_s": t2 - t1,
+        "total_s": t2 - t0,
+        "peak_rss_mb": _rss_mb(),
+    }
+
+
+def _child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(json.dumps(run_one(args.size, args.device, args.method, args.keep_maps)))
+
+
+def _spawn(size: int, args, method: str = "auto", keep_maps: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--threads", str(args.threads), "--device", args.device, "--method", method]
+    if keep_maps:
+        cmd += ["--keep-maps", keep_maps]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"size": size, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _busy_process() -> subprocess.Popen:
+    """Another process keeping one core busy with many small torch operations."""
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "a = torch.rand(64, 64)\n"
+        "while True:\n"
+        "    a = (a @ a).clamp_(0, 1) + 0.001\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+STAGES = ("CAM", "IRNet", "seeds", "centroids", "clusters", "weights", "instance walk", "instances", "semantic walk")
+
+
+def _table(rows: list[dict], title: str) -> None:
+    print(f"\n{title}\n")
+    head = ["image", "instances", "planes walked", "window cells / grid"] + list(STAGES) + ["post-processing s/MP", "total s", "peak RSS GB"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['size']}² | failed: {r['error']} |")
+            continue
+        mp = r["size"] ** 2 / 1e6
+        cells = [f"{r['size']}²", str(r["instances"]), f"{r['planes_walked']} / {r['planes']}", f"{r['window_cells']:.2f}"]
+        cells += [f"{r['times'][s]:.2f}" for s in STAGES]
+        cells += [f"{r['post_s'] / mp:.2f}", f"{r['total_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.2f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def _agreement(size: int, args) -> dict:
+    """Local against global instance maps on one tiled image, and mAP^r 0.5 of each against the tiles' truth."""
+    import tempfile
+
+    import numpy as np
+
+    from napari_irnet.core.checkpoint import load_checkpoint
+    from napari_irnet.core.metrics import instance_average_precision, instances_from_label_map
+
+    model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
+    _, gt, gt_labels = tiled_sample(size)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("local", "global"):
+            row = _spawn(size, args, method, keep_maps=str(Path(tmp) / f"{method}.npz"))
+            maps = np.load(Path(tmp) / f"{method}.npz")
+            out[method] = (row, maps["instances"], maps["plane"], maps["best"] / float(maps["gmax"]), maps["classes"], maps["scores"])
+    thr = model.params.instance_bg_threshold
+    (rl, il, pl, nl, cl, sl), (rg, ig, pg, ng, cg, sg) = out["local"], out["global"]
+    fl, fg = nl >= thr, ng >= thr
+    same = (fl == fg) & (~fl | (pl == pg))
+    gt_cls = {i: model.classes.index(c) for i, c in gt_labels.items()}
+
+    truth = instances_from_label_map(gt, gt_cls)
+
+    def ap(inst, classes, scores):
+        pred = instances_from_label_map(inst, np.concatenate([[0], classes]), np.concatenate([[0.0], scores]))
+        return instance_average_precision([pred], [truth], (0.5,), len(model.classes))[0.5]["mAP"]
+
+    return {
+        "size": size,
+        "instances": (rl["instances"], rg["instances"]),
+        "agreement": float(same.mean()),
+        "foreground_agreement": float(same[fl | fg].mean()),
+        "ap50": (ap(il, cl, sl), ap(ig, cg, sg)),
+        "walk_s": (rl["times"]["instance walk"], rg["times"]["instance walk"]),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--busy", action="store_true", help="also run every size beside a busy process")
+    ap.add_argument("--agreement", type=int, default=0, metavar="S", help="compare local and global walks up to size S")
+    ap.add_argument("--json", type=Path, help="write every row here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-maps", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args)
+        return
+    load = os.getloadavg()[0]
+    print(f"torch threads {args.threads}, device {args.device}, load average before: {load:.2f}")
+    rows = [_spawn(s, args) for s in args.sizes]
+    _table(rows, "Idle machine (instance_walk auto):")
+    result = {"idle": rows}
+    if args.busy:
+        busy = _busy_process()
+        try:
+            result["busy"] = [_spawn(s, args) for s in args.sizes]
+        finally:
+            busy.kill()
+        _table(result["busy"], "Beside a process that keeps one core busy:")
+    if args.agreement:
+        agree = [_agreement(s, args) for s in args.sizes if s <= args.agreement]
+        result["agreement"] = agree
+        print("\nLocal against global instance walk (tiled sample cells, demo model):\n")
+        print("| image | instances local / global | pixels agreeing | foreground pixels agreeing | mAP^r 0.5 local / global | walk s local / global |")
+        print("|---|---|---|---|---|---|")
+        for a in agree:
+            print(f"| {a['size']}² | {a['instances'][0]} / {a['instances'][1]} | {100 * a['agreement']:.3f} % | {100 * a['foreground_agreement']:.2f} % | {100 * a['ap50'][0]:.2f} / {100 * a['ap50'][1]:.2f} | {a['walk_s'][0]:.1f} / {a['walk_s'][1]:.1f} |")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
