@@ -333,7 +333,12 @@ def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path, with_cam)
     model.cam.load_state_dict(cam_start)
     second = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume, class_maps=maps))
     assert second[0]["resumed_from"] == 4 and [r["step"] for r in second] == [5, 6]
-    assert not resume.exists()
+    # kept until the caller has saved the result: the same run again trains nothing and gives the same weights
+    assert resume.exists()
+    model.irn.load_state_dict(start)
+    model.cam.load_state_dict(cam_start)
+    assert list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume, class_maps=maps)) == []
+    assert model.history[-1]["steps"] == 6 and model.history[-1]["final_loss"] == second[-1]["loss"]
     for key, value in reference.items():
         torch.testing.assert_close(model.irn.state_dict()[key], value, msg=key)
     for key, value in cam_reference.items():

@@ -135,6 +135,7 @@ class ProjectPrediction:
         given_in_memory = model is not None and checkpoint is None
         if checkpoint is not None:
             model = load_checkpoint(checkpoint, classes=project.classes)
+            model.require("cam", "irn")  # before the project points at it
             project.set_checkpoint(checkpoint)
         if model is None:
             path = project.checkpoint_path
@@ -145,8 +146,7 @@ class ProjectPrediction:
             unknown = [c for c in project.classes if c not in model.classes]
             if unknown:
                 raise CheckpointError(f"the model was trained for classes {model.classes}, which lack {unknown}")
-        if model.cam is None or model.irn is None:
-            raise CheckpointError(f"{project.checkpoint_path}: the checkpoint lacks a trained CAM network or IRNet")
+        model.require("cam", "irn")
         self.model = model
         if params is not None and params != project.params:
             project.set_params(params)

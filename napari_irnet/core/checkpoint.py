@@ -16,14 +16,19 @@ buffers (``path_indices*``, ``disp_target``).
 
 from __future__ import annotations
 
+import numbers
 import os
-import tempfile
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from .backbones import build_backbone
+from .io import atomic_write
 from .networks import CAMNet, IRNet
 from .params import DISPLACEMENT_HEADS, Params, TrainParams
 
@@ -39,6 +44,16 @@ VOC_CLASSES = (
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file."""
+
+
+#: history stages that train the CAM network, and those that train IRNet's heads
+_CAM_STAGES = frozenset({"cam", "cam_masks"})
+_IRN_STAGES = frozenset({"irn", "finetune"})
+#: what trains each network, for messages
+_TRAIN_COMMAND = {
+    "cam": "napari-irnet train-cam --images IMAGES --labels LABELS --out MODEL.pt",
+    "irn": "napari-irnet train-irn --checkpoint {path} --images IMAGES --labels LABELS --out MODEL.pt",
+}
 
 
 @dataclass
@@ -57,6 +72,43 @@ class Model:
     #: IRNet's last displacement layers (:data:`~napari_irnet.core.params.DISPLACEMENT_HEADS`),
     #: those :func:`new_irnet` builds and a loaded ``irn`` has
     displacement_head: str = "reference"
+    #: the file this model was read from (for messages; not saved)
+    path: Path | None = None
+
+    def untrained_networks(self) -> list[str]:
+        """The networks (``"cam"``, ``"irn"``) this model lacks or never trained.
+
+        A network counts as untrained when it is missing, or, for IRNet, when
+        the history shows the CAM network trained and IRNet never (what
+        ``train-cam`` writes: an IRNet with random heads). A model without
+        history (imported, built in code) is taken as it is.
+        """
+        stages = {h.get("stage") for h in self.history if isinstance(h, dict)}
+        missing = [] if self.cam is not None else ["cam"]
+        if self.irn is None or (stages & _CAM_STAGES and not stages & _IRN_STAGES):
+            missing.append("irn")
+        return missing
+
+    def require(self, *networks: str, task: str = "predict") -> None:
+        """Raise :class:`CheckpointError` unless each of ``networks`` is present and trained.
+
+        The message names the checkpoint, the missing network and the
+        command that trains it.
+        """
+        missing = [n for n in self.untrained_networks() if n in networks]
+        if not missing:
+            return
+        what = "the model" if self.path is None else f"{self.path}: this checkpoint"
+        path = self.path if self.path is not None else "MODEL.pt"
+        if missing[0] == "cam":
+            reason = "has no CAM network"
+        elif self.irn is None:
+            reason = "has no IRNet (only the CAM network)"
+        else:
+            reason = "has a trained CAM network but its IRNet was never trained"
+        raise CheckpointError(
+            f"{what} {reason}, and {task} needs it: train it with `{_TRAIN_COMMAND[missing[0]].format(path=path)}`"
+        )
 
     @property
     def frozen_bn(self) -> bool:
@@ -109,37 +161,90 @@ def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
     return IRNet(backbone, model.displacement_head)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def write_torch_file(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`~napari_irnet.core.io.atomic_path`).
+
+    A temporary file in the same folder, flushed to disk, then renamed: the
+    old file stays intact on any failure, which raises
+    :class:`~napari_irnet.core.io.OutputError` naming ``path``. The file gets
+    the permissions of the user's umask.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: a full disk raises OSError, not torch's RuntimeError
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, text, lists and dicts, never code.
+
+    Raises
+    ------
+    CheckpointError
+        For a file that holds other Python objects (a pickle that could run
+        code when read: refused, never unpickled), and for unreadable files.
+    """
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text and "Unsupported global" not in text:
+            raise CheckpointError(f"{path}: not a readable {what} (UnpicklingError: {text.splitlines()[0] if text else ''})") from exc
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        culprit = f" such as {found.group(1)}" if found else ""
+        raise CheckpointError(
+            f"{path}: refused: the {what} holds Python objects{culprit}, not only tensors, numbers and text; "
+            "reading them could run code, so napari-irnet does not (its own files never hold any)"
+        ) from None
+    except Exception as exc:  # torch raises many kinds for corrupt files
+        raise CheckpointError(f"{path}: not a readable {what} ({exc.__class__.__name__}: {exc})") from exc
+
+
+def plain_data(value: Any, where: str = "value") -> Any:
+    """``value`` as data :func:`safe_torch_load` reads: numbers, text, None, lists and str/int-keyed dicts.
+
+    NumPy scalars and arrays, tensors, tuples and paths are converted;
+    anything else raises ``TypeError`` (so nothing unreadable is written).
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, (np.ndarray, torch.Tensor)):
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v, where) for v in value]
+    if isinstance(value, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): plain_data(v, where) for k, v in value.items()}
+    raise TypeError(f"{where}: a {type(value).__name__} cannot be stored (only numbers, text, lists and dicts)")
 
 
 def save_checkpoint(model: Model, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` atomically (the old file stays intact on failure)."""
+    """Write ``model`` to ``path`` atomically (:func:`write_torch_file`; the old file stays intact on failure)."""
     path = Path(path)
     obj = {
         "format": FORMAT,
         "version": VERSION,
-        "classes": list(model.classes),
-        "backbone": model.backbone,
+        "classes": [str(c) for c in model.classes],
+        "backbone": str(model.backbone),
         "params": model.params.to_dict(),
         "train_params": model.train_params.to_dict(),
-        "history": list(model.history),
+        "history": plain_data(list(model.history), "the model's history"),
         "backbone_init": model.backbone_init,
         # the network's own head when there is one: the field only says what new_irnet builds
         "displacement_head": model.irn.displacement_head if model.irn is not None else model.displacement_head,
         "cam_state": model.cam.state_dict() if model.cam is not None else None,
         "irn_state": model.irn.state_dict() if model.irn is not None else None,
     }
-    _atomic_torch_save(obj, path)
+    write_torch_file(obj, path)
     return path
 
 
@@ -172,10 +277,7 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    obj = safe_torch_load(path, "checkpoint", device)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         hint = ""
         if isinstance(obj, dict) and any(str(k).startswith(("resnet50.", "fc_edge", "classifier")) for k in obj):
@@ -202,6 +304,7 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
         backbone_init=obj.get("backbone_init", "imagenet"),
         # files written before the choice existed have the reference head
         displacement_head=obj.get("displacement_head", "reference"),
+        path=path,
     )
     if model.displacement_head not in DISPLACEMENT_HEADS:
         raise CheckpointError(f"{path}: unknown displacement head {model.displacement_head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
@@ -215,10 +318,7 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
 
 
 def _reference_state(path: Path, keep: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable state dict ({exc.__class__.__name__}: {exc})") from exc
+    state = safe_torch_load(path, "state dict")
     if not isinstance(state, dict) or not any(k.startswith("resnet50.") for k in state):
         raise CheckpointError(f"{path}: not a reference-implementation state dict (no 'resnet50.*' keys)")
     out = {}
