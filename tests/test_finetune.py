@@ -462,3 +462,37 @@ def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, c
     assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1", "--corrected-only"]) == 0
     assert "the displacement field had collapsed (mean displacement 0.00 grid cells" in capsys.readouterr().out
     assert load_checkpoint(out).history[-1]["displacement_reset"] == "collapsed"
+
+
+def test_planted_resume_file_is_refused_never_run(setup, tmp_path):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+
+    class Plant:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "MARKER"), "w"))
+
+    resume = tmp_path / "finetune.resume"
+    torch.save({"digest": "x", "step": 0, "irn_state": Plant()}, resume)
+    with pytest.raises(CheckpointError, match=r"finetune\.resume: refused: the resume file holds Python objects.*delete it"):
+        next(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    assert not (tmp_path / "MARKER").exists() and resume.exists()
+
+
+def test_a_failed_resume_write_warns_and_training_goes_on(setup, tmp_path, monkeypatch):
+    import napari_irnet.core.finetune as ft
+    from napari_irnet.core.io import OutputError
+
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+
+    def full_disk(obj, path):
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(ft, "write_torch_file", full_disk)
+    with pytest.warns(UserWarning, match="No space left.*training goes on"):
+        records = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=tmp_path / "r.resume", save_every=1))
+    assert records[-1]["step"] == records[-1]["max_step"] and model.history[-1]["steps"] == records[-1]["step"]
+    # asked to stop, the state must be kept: a failed write is an error then
+    with pytest.raises(OutputError):
+        list(finetune(model, items, labels, strong, TP, "cpu", should_stop=lambda: True, resume_file=tmp_path / "r.resume"))
