@@ -48,17 +48,20 @@ class Progress:
         Seconds between lines off a terminal (default ``$NAPARI_IRNET_PROGRESS_SECONDS`` or 30).
     enabled : bool
         False writes nothing (e.g. the other processes under ``torchrun``).
+    started : float, optional
+        When the work began (``time.perf_counter()``), if before this object.
     """
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "step", initial: int = 0,
-                 stream: IO[str] | None = None, every: float | None = None, enabled: bool = True) -> None:  # fmt: skip
+                 stream: IO[str] | None = None, every: float | None = None, enabled: bool = True,
+                 started: float | None = None) -> None:  # fmt: skip
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self._start = initial
         self.stream = stream if stream is not None else sys.stderr
         self.every = _every() if every is None else every
         self.enabled = enabled
         self.postfix: dict[str, Any] = {}
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() if started is None else started
         self._last_line: float | None = None
         self._printed_at: int | None = None
         self._bar = None
@@ -101,7 +104,9 @@ class Progress:
         extra = "".join(f", {k} {_fmt(v)}" for k, v in self.postfix.items())
         seconds = time.perf_counter() - self._t0
         rate = (self.n - self._start) / seconds if seconds > 0 else 0.0
-        return f"{self.desc}: {done} {self.unit}s{share}{extra}, {rate:.3g} {self.unit}s/s, {seconds:.0f} s"
+        rate_text = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+        minutes, secs = divmod(int(seconds), 60)
+        return f"{self.desc}: {done} {self.unit}s{share}{extra}, {rate_text} {self.unit}s/s, {minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
     def _line(self, now: float) -> None:
         print(self.line(), file=self.stream, flush=True)
@@ -140,11 +145,11 @@ def track_training(records: Iterable[dict], desc: str) -> dict | None:
     time and the final loss.
     """
     bar, last = None, None
-    main = _is_main()
+    main, started = _is_main(), time.perf_counter()
     try:
         for rec in records:
             if bar is None:  # a resumed run starts where the interrupted one stopped
-                bar = Progress(rec.get("max_step"), desc, "step", initial=rec.get("resumed_from", 0), enabled=main)
+                bar = Progress(rec.get("max_step"), desc, "step", initial=rec.get("resumed_from", 0), enabled=main, started=started)
             last = rec
             if rec.get("stopped"):
                 break
