@@ -38,6 +38,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from .core.project import create_project
 
     model = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    if model is not None:
+        model.require("cam", "irn", task="predicting the project")
     labels = None
     if args.labels:
         with warnings.catch_warnings():

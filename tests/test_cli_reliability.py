@@ -177,6 +177,14 @@ def _checkpoint(ws, tmp_path, kind):
     if kind == "truncated":
         (tmp_path / "torn.pt").write_bytes(ws["full"].read_bytes()[:2000])
         return tmp_path / "torn.pt"
+    if kind == "hollow":  # the format key and nothing else
+        torch.save({"format": "napari-irnet", "version": 1}, tmp_path / "hollow.pt")
+        return tmp_path / "hollow.pt"
+    if kind == "bad-state":
+        obj = torch.load(ws["full"], weights_only=True)
+        obj["irn_state"] = "weights"
+        torch.save(obj, tmp_path / "bad-state.pt")
+        return tmp_path / "bad-state.pt"
     if kind == "reference":
         torch.save({"resnet50.conv1.weight": torch.zeros(1)}, tmp_path / "res50_cam.pth")
         return tmp_path / "res50_cam.pth"
@@ -249,13 +257,21 @@ PREDICT_CASES = [
     ("truncated", "truncated", r"torn\.pt: not a readable checkpoint"),
     ("folder", "folder", r"ckdir: checkpoint file not found"),
     ("reference", "reference", r"res50_cam\.pth: not a napari-irnet checkpoint.*import-reference"),
+    ("hollow", "hollow", r"hollow\.pt: damaged checkpoint \(its class names are None"),
+    ("bad-state", "bad-state", r"bad-state\.pt: damaged checkpoint \(irn_state is not a dict of tensors\)"),
 ]
 
 
+@pytest.mark.parametrize("command", ["predict", "init"])
 @pytest.mark.parametrize("ckpt, message", [c[1:] for c in PREDICT_CASES], ids=[c[0] for c in PREDICT_CASES])
-def test_predict_bad_checkpoint(ws, tmp_path, capsys, ckpt, message):
+def test_predict_bad_checkpoint(ws, tmp_path, capsys, command, ckpt, message):
     out = tmp_path / "pred"
-    code, err = run(["predict", *ws["data"], "--checkpoint", _checkpoint(ws, tmp_path, ckpt), "--out", out], capsys)
+    ckpt = _checkpoint(ws, tmp_path, ckpt)
+    if command == "predict":
+        argv = ["predict", *ws["data"], "--checkpoint", ckpt, "--out", out]
+    else:  # a project to predict with it
+        argv = ["init", "--project", out, *ws["data"][:4], "--checkpoint", ckpt]
+    code, err = run(argv, capsys)
     assert code == 2 and re.search(message, err), err
     assert not out.exists() and not (tmp_path / "MARKER").exists()
 

@@ -261,6 +261,37 @@ def _load_state(net: torch.nn.Module, state: dict, path: Path, what: str) -> Non
         )
 
 
+def _model_fields(obj: dict, path: Path) -> Model:
+    """A :class:`Model` without networks from a checkpoint dict, every field checked."""
+    from .backbones import BACKBONES
+
+    version = obj.get("version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: damaged checkpoint (version {version!r})")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is newer than this napari-irnet reads ({VERSION})")
+    classes, backbone = obj.get("classes"), obj.get("backbone")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: damaged checkpoint (its class names are {classes!r}, not a list of names)")
+    if backbone not in BACKBONES:
+        raise CheckpointError(f"{path}: unknown backbone {backbone!r} (this napari-irnet knows {', '.join(BACKBONES)})")
+    history = obj.get("history", [])
+    if not isinstance(history, list):
+        raise CheckpointError(f"{path}: damaged checkpoint (its history is not a list)")
+    try:
+        params = Params.from_dict(obj["params"])
+        train_params = TrainParams.from_dict(obj["train_params"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: bad parameters in checkpoint ({exc})") from exc
+    # files written before the choice existed have the reference head
+    head = obj.get("displacement_head", "reference")
+    if head not in DISPLACEMENT_HEADS:
+        raise CheckpointError(f"{path}: unknown displacement head {head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
+    init = obj.get("backbone_init", "imagenet")
+    return Model(list(classes), backbone, params=params, train_params=train_params, history=history,
+                 backbone_init=init if isinstance(init, str) else "imagenet", displacement_head=head, path=path)  # fmt: skip
+
+
 def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: str = "cpu") -> Model:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -283,37 +314,24 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
         if isinstance(obj, dict) and any(str(k).startswith(("resnet50.", "fc_edge", "classifier")) for k in obj):
             hint = "; it looks like a reference-implementation state dict: use `napari-irnet import-reference`"
         raise CheckpointError(f"{path}: not a napari-irnet checkpoint{hint}")
-    if obj.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} is newer than this napari-irnet reads ({VERSION})")
-    ckpt_classes = list(obj["classes"])
+    model = _model_fields(obj, path)
     if classes is not None:
-        unknown = [c for c in classes if c not in ckpt_classes]
+        unknown = [c for c in classes if c not in model.classes]
         if unknown:
-            raise CheckpointError(f"{path}: trained for classes {ckpt_classes}, which lack {unknown}")
+            raise CheckpointError(f"{path}: trained for classes {model.classes}, which lack {unknown}")
+    for key in ("cam_state", "irn_state"):
+        state = obj.get(key)
+        if state is not None and not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+            raise CheckpointError(f"{path}: damaged checkpoint ({key} is not a dict of tensors)")
     try:
-        params = Params.from_dict(obj["params"])
-        train_params = TrainParams.from_dict(obj["train_params"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: bad parameters in checkpoint ({exc})") from exc
-    model = Model(
-        ckpt_classes,
-        obj["backbone"],
-        params=params,
-        train_params=train_params,
-        history=list(obj.get("history", [])),
-        backbone_init=obj.get("backbone_init", "imagenet"),
-        # files written before the choice existed have the reference head
-        displacement_head=obj.get("displacement_head", "reference"),
-        path=path,
-    )
-    if model.displacement_head not in DISPLACEMENT_HEADS:
-        raise CheckpointError(f"{path}: unknown displacement head {model.displacement_head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
-    if obj.get("cam_state") is not None:
-        model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(ckpt_classes), not model.frozen_bn)
-        _load_state(model.cam, obj["cam_state"], path, "CAM")
-    if obj.get("irn_state") is not None:
-        model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), model.displacement_head)
-        _load_state(model.irn, obj["irn_state"], path, "IRNet")
+        if obj.get("cam_state") is not None:
+            model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(model.classes), not model.frozen_bn)
+            _load_state(model.cam, obj["cam_state"], path, "CAM")
+        if obj.get("irn_state") is not None:
+            model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), model.displacement_head)
+            _load_state(model.irn, obj["irn_state"], path, "IRNet")
+    except ImportError as exc:  # a backbone whose package is not installed: the message says which
+        raise CheckpointError(f"{path}: {exc}") from exc
     return model
 
 
