@@ -496,3 +496,27 @@ def test_a_failed_resume_write_warns_and_training_goes_on(setup, tmp_path, monke
     # asked to stop, the state must be kept: a failed write is an error then
     with pytest.raises(OutputError):
         list(finetune(model, items, labels, strong, TP, "cpu", should_stop=lambda: True, resume_file=tmp_path / "r.resume"))
+
+
+def test_resume_file_of_another_starting_model_is_not_used_and_a_damaged_one_is_an_error(setup, tmp_path):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    resume = tmp_path / "finetune.resume"
+    start = {k: v.clone() for k, v in model.irn.state_dict().items()}
+    calls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    list(finetune(model, items, labels, strong, TP, "cpu", should_stop=stop_after_two, resume_file=resume))
+    model.irn.load_state_dict(start)
+    state = torch.load(resume, weights_only=True)
+    state["irn_state"].pop("fc_edge1.0.weight")
+    torch.save(state, resume)
+    with pytest.raises(CheckpointError, match=r"finetune\.resume: a damaged resume file.*delete it"):
+        next(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    with torch.no_grad():  # another checkpoint, same images and settings: start over
+        model.irn.fc_edge1[0].weight.add_(0.01)
+    records = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    assert records[0]["step"] == 1 and "resumed_from" not in records[0]

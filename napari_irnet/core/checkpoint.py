@@ -16,6 +16,8 @@ buffers (``path_indices*``, ``disp_target``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import numbers
 import os
 import pickle
@@ -159,6 +161,19 @@ def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
     else:
         backbone = build_backbone(model.backbone, None if source == "none" else source, frozen_bn=model.frozen_bn)
     return IRNet(backbone, model.displacement_head)
+
+
+def model_fingerprint(model: Model) -> str:
+    """SHA-256 of a model's classes, backbone and weights (for a model that is not a file)."""
+    digest = hashlib.sha256(json.dumps([model.classes, model.backbone]).encode())
+    for net in (model.cam, model.irn):
+        if net is None:
+            digest.update(b"none")
+            continue
+        for key, tensor in net.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def write_torch_file(obj: Any, path: str | Path) -> Path:

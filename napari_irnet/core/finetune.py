@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from .checkpoint import CheckpointError, Model, load_checkpoint, safe_torch_load, save_checkpoint, write_torch_file
+from .checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint, safe_torch_load, save_checkpoint, write_torch_file
 from .inference import compute_irnet, resolve_device, strided_size
 from .io import OutputError, atomic_path
 from .params import Params, TrainParams
@@ -246,9 +246,9 @@ def describe_reset(entry: Mapping) -> str | None:
     return None
 
 
-def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams, with_maps: Sequence[int] = ()) -> str:
-    """Identifies a fine-tuning run, so that a resume file is only used for the same run."""
-    h = hashlib.sha256()
+def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams, with_maps: Sequence[int], start: str) -> str:
+    """Identifies a fine-tuning run (``start``: the starting model's fingerprint), so that a resume file is only used for the same run."""
+    h = hashlib.sha256(start.encode())
     for item, s in zip(items, strong):
         h.update(f"{item.name}:{item.image.shape}:{int(s)};".encode())
     h.update(f"cam:{list(with_maps)};".encode())
@@ -335,6 +335,7 @@ def finetune(
     with_maps = [i for i in range(len(items)) if class_maps is not None and class_maps[i] is not None]
     train_cam = bool(tp.finetune_cam and model.cam is not None and with_maps)
     dev = resolve_device(device)
+    start = model_fingerprint(model) if resume_file is not None else ""  # a resume file of another model is not used
     torch.manual_seed(tp.seed)
     order = [i for i in range(len(items)) for _ in range(tp.correction_weight if strong[i] else 1)]
     any_strong = any(bool(s) for s in strong)
@@ -369,7 +370,7 @@ def finetune(
         # diverged within 100 steps at lr 0.01 on 50 CoNSeP patches (BENCHMARKS.md, Human in the loop)
         cam_opt = _optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp, new_layer_lr_mult=1.0)
         cam_sched = PolySchedule(cam_opt, max_step, tp.poly_power)
-    digest = _config_digest(items, strong, tp, with_maps if train_cam else [])
+    digest = _config_digest(items, strong, tp, with_maps if train_cam else [], start)
     resume_file = Path(resume_file) if resume_file is not None else None
     step = 0
     last_loss = None
@@ -381,14 +382,17 @@ def finetune(
         if not isinstance(state, dict):
             raise CheckpointError(f"{resume_file}: not a napari-irnet resume file; delete it to start over")
         if state.get("digest") == digest:
-            last_loss = state.get("loss")
-            net.load_state_dict(state["irn_state"])
-            opt.load_state_dict(state["optimizer"])
-            step = int(state["step"])
+            try:
+                net.load_state_dict(state["irn_state"])
+                opt.load_state_dict(state["optimizer"])
+                if train_cam:
+                    cam_net.load_state_dict(state["cam_state"])
+                    cam_opt.load_state_dict(state["cam_optimizer"])
+                step, last_loss = int(state["step"]), state.get("loss")
+            except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{resume_file}: a damaged resume file ({' '.join(str(exc).split())}); delete it to start over") from exc
             sched.step_count = step
             if train_cam:
-                cam_net.load_state_dict(state["cam_state"])
-                cam_opt.load_state_dict(state["cam_optimizer"])
                 cam_sched.step_count = step
 
     def save_state(required: bool = False) -> None:
