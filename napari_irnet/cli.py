@@ -339,8 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     except ParamError as exc:
         print(f"error: {_option_text(exc.name, exc.value)}: must be {exc.allowed}", file=sys.stderr)
         return 2
-    except (InputError, OutputError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (InputError, OutputError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # any other file problem: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

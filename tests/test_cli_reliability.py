@@ -380,3 +380,11 @@ def test_bool_options_take_true_and_false_words(word, value):
 
     args = build_parser().parse_args(["predict", "--images", "i", "--checkpoint", "c", "--out", "o", "--use-crf", word])
     assert args.use_crf is value
+
+
+def test_any_other_file_problem_is_a_message_not_a_traceback(ws, tmp_path, capsys):
+    out = tmp_path / "afile"
+    out.write_text("keep")
+    code, err = run(["predict", *ws["data"], "--checkpoint", ws["full"], "--out", out], capsys)
+    assert code == 2 and f"{out}: File exists" in err and "Traceback" not in err
+    assert out.read_text() == "keep"
