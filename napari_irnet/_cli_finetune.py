@@ -19,7 +19,9 @@ scored higher, see BENCHMARKS.md). The classes
 of corrected instances also train the CAM network per pixel
 (``--finetune-cam``, on by default). The input
 checkpoint is never written: the result goes to ``--out`` (atomically, at the
-end), and an interrupted run resumes from ``<out>.resume``.
+end), and an interrupted run resumes from ``<out>.resume``, which is kept
+until the result is written (when ``--out`` cannot be written at the end, the
+result goes to a fallback file and the message says where).
 """
 
 from __future__ import annotations
@@ -61,14 +63,18 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[n
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .cli import _load_dataset, _progress, _with_overrides
-    from .core.checkpoint import load_checkpoint, save_checkpoint
+    from ._cli_progress import progress_iter, track_training
+    from .cli import _check_outputs, _load_dataset, _save_result, _with_overrides
+    from .core.checkpoint import load_checkpoint
     from .core.finetune import correction_class_maps, describe_reset, finetune, finetune_labels
-    from .core.io import InputError, read_labels
+    from .core.io import InputError, OutputError, read_labels
 
+    resume = args.out.with_name(args.out.name + ".resume")
+    if args.out.resolve() == args.checkpoint.resolve():
+        raise OutputError(f"{args.out}: is the input checkpoint, which finetune never changes; give another --out")
+    _check_outputs(args.out, resume)
     model = load_checkpoint(args.checkpoint)
+    model.require("irn", task="fine-tuning")
     model.params = _with_overrides(model.params, args)
     model.train_params = _with_overrides(model.train_params, args)
     _, items = _load_dataset(args.images, args.labels, model.classes)
@@ -90,16 +96,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
           + (f", the CAM network on the class maps of {n_maps}" if n_maps else ""))  # fmt: skip
     labels, strong = [None] * len(items), [False] * len(items)
     gen = finetune_labels(model, items, corrections, params=model.params, device=args.device)
-    for i, lab, is_strong in tqdm(gen, total=len(items), desc="labels", disable=None):
+    for i, lab, is_strong in progress_iter(gen, len(items), "labels"):
         labels[i], strong[i] = lab, is_strong
-    resume = args.out.with_name(args.out.name + ".resume")
-    _progress(finetune(model, items, labels, strong, device=args.device, resume_file=resume, class_maps=class_maps), "fine-tune")
+    track_training(finetune(model, items, labels, strong, device=args.device, resume_file=resume, class_maps=class_maps), "fine-tune")
     note = describe_reset(model.history[-1])
     if note:
         print(note)
-    save_checkpoint(model, args.out)
-    print(f"saved {args.out} ({args.checkpoint} unchanged)")
-    return 0
+    code = _save_result(model, args.out, resume)  # the resume file goes once the result is written
+    if code == 0:
+        print(f"({args.checkpoint} unchanged)")
+    return code
 
 
 def add_finetune_command(sub) -> None:

@@ -21,10 +21,10 @@ def _note(msg: str) -> None:
     print(f"note: {msg}", file=sys.stderr)
 
 
-def _tqdm_progress(desc: str):
-    from tqdm import tqdm
+def _image_progress(desc: str):
+    from ._cli_progress import progress_iter
 
-    return lambda it, n: tqdm(it, total=n, desc=desc, unit="image", disable=None)
+    return lambda it, n: progress_iter(it, n, desc)
 
 
 # ---------------------------------------------------------------- init
@@ -38,6 +38,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from .core.project import create_project
 
     model = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    if model is not None:
+        model.require("cam", "irn", task="predicting the project")
     labels = None
     if args.labels:
         with warnings.catch_warnings():
@@ -68,7 +70,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         include_unlabelled=args.include_unlabelled,
         skip_bad_images=args.skip_bad_images,
-        progress=_tqdm_progress("check images"),
+        progress=_image_progress("check images"),
         on_warning=_note,
     )
     print(f"created project {project.root}: {len(project.images)} images, classes {project.classes}")
@@ -83,8 +85,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_predict_project(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from ._cli_progress import Progress
     from .cli import _overrides, _with_overrides
     from .core.batch import ProjectPrediction
     from .core.params import Params
@@ -105,7 +106,7 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     failures: list[str] = []
     start = time.perf_counter()
     try:
-        with tqdm(total=len(run), desc="predict", unit="image", disable=None) as bar:
+        with Progress(len(run), "predict", "image") as bar:
             for event in run:
                 if event.status == "predicted":
                     done += 1
@@ -114,9 +115,7 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
                     failures.append(event.error or event.name)
                 else:
                     skipped += 1
-                bar.update(1)
-                if failed:
-                    bar.set_postfix(failed=failed)
+                bar.update(1, **({"failed": failed} if failed else {}))
     except KeyboardInterrupt:
         print(f"stopped after {done} images; run the same command again to resume", file=sys.stderr)
         raise

@@ -282,8 +282,7 @@ def finetune_job(
     dev = resolve_device(device)
     checkpoint = Path(checkpoint).expanduser()
     model = load_checkpoint(checkpoint)  # a fresh copy: the IRNet panel's cached model stays as it is
-    if model.irn is None:
-        raise InputError(f"{checkpoint}: has no trained IRNet to fine-tune")
+    model.require("irn", task="fine-tuning")
     images = list(images)
     if folder is not None:
         more = folder.load(model.classes)
@@ -337,4 +336,6 @@ def finetune_job(
         note += f", displacement relearnt ({model.history[-1]['displacement_reset']})"
     result.version = store.save(model, note=note, parent=parent)
     result.path = str(store.folder / result.version["file"])
+    if resume_file is not None:  # kept by finetune until the version is safely written
+        resume_file.unlink(missing_ok=True)
     return result

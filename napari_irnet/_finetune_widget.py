@@ -403,8 +403,8 @@ class FinetuneWidget(Container):
         tp = model.train_params
         for name in PANEL_TRAIN_PARAMS:
             getattr(self, name).value = getattr(tp, name)
-        if model.irn is None:
-            self._set_status(f"{Path(path).name} has no IRNet yet: train it first (napari-irnet train-irn)")
+        if "irn" in model.untrained_networks():
+            self._set_status(f"{Path(path).name} has no trained IRNet yet: train it first (napari-irnet train-irn)")
 
     def _version_choices(self, *_) -> list[tuple[str, str]]:
         return version_choices(self._checkpoint_path())

@@ -77,6 +77,8 @@ from .core.params import Params
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
+    from .core.checkpoint import Model
+
 #: the live parameters: Params field -> (widget class, min, max, step, label)
 LIVE_PARAMS: dict[str, tuple[type, float, float, float, str]] = {
     "seed_fg_threshold": (FloatSlider, 0.0, 1.0, 0.01, "seed fg"),
@@ -105,6 +107,13 @@ _SHORTCUTS = {
 }
 #: how the shortcuts are written on the buttons
 _KEY_TEXT = {"Shift-": "⇧", "Control-": "Ctrl+"}
+
+
+def _load_predicting_model(path: str) -> "Model":
+    """The checkpoint at ``path``, refused (CheckpointError) when it lacks a trained network prediction needs."""
+    model = load_model(path)
+    model.require("cam", "irn")
+    return model
 
 
 @dataclass
@@ -401,7 +410,7 @@ class IRNetWidget(Container):
         if not path:
             return
         worker = create_worker(
-            load_model,
+            _load_predicting_model,
             path,
             _connect={
                 "returned": lambda model, p=path: self._on_model_loaded(model, p),

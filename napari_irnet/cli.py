@@ -18,6 +18,17 @@ from typing import Any
 _PARAM_HELP = "pipeline parameters (defaults: the checkpoint's, else the paper's)"
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _bool_option(text: str) -> bool:
+    """A bool option's value: true/false, yes/no, on/off or 1/0 (any case); anything else is an error."""
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise argparse.ArgumentTypeError(f"expected true or false (or yes/no, on/off, 1/0), not {text!r}")
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
@@ -26,7 +37,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, ski
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None, metavar="BOOL", help=f"(default {default})")
+            group.add_argument(flag, dest=f.name, type=_bool_option, default=None, metavar="BOOL", help=f"true or false (default {str(default).lower()})")
         elif isinstance(default, tuple):
             kind = type(default[0])
             group.add_argument(flag, dest=f.name, type=kind, nargs="+", default=None, help=f"(default {' '.join(map(str, default))})")
@@ -63,69 +74,101 @@ def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None
     return labels.classes, items
 
 
-def _save_on_main(model, path: Path) -> None:
-    """Write the checkpoint from rank 0 only (every process holds the same weights)."""
+def _save_result(model, out: Path, resume: Path | None = None) -> int:
+    """Save the trained ``model`` to ``out`` from rank 0; returns the exit code.
+
+    The resume file, if any, is deleted only once the model is safely written.
+    When ``out`` cannot be written (disk full, folder gone or read-only), the
+    model goes to a fallback file instead, the message says where, and the
+    exit code is 2: the training is never lost to a failed write.
+    """
     from .core.checkpoint import save_checkpoint
     from .core.distributed import barrier, is_main
+    from .core.io import OutputError
 
+    code = 0
     if is_main():
-        save_checkpoint(model, path)
-        print(f"saved {path}")
+        try:
+            save_checkpoint(model, out)
+            print(f"saved {out}")
+        except OutputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = 2
+            if _save_elsewhere(model, out) is None and resume is not None and resume.is_file():
+                print(f"the training state is kept in {resume}: run the same command again once {out} "
+                      "can be written (it resumes at the end and only saves)", file=sys.stderr)  # fmt: skip
+                resume = None
+        if resume is not None:
+            resume.unlink(missing_ok=True)
     barrier()
+    return code
 
 
-def _progress(gen, desc: str):
-    from tqdm import tqdm
+def _save_elsewhere(model, out: Path) -> Path | None:
+    """Save ``model`` to the user data folder's ``unsaved/``, else the temporary folder; say where."""
+    import datetime
+    import tempfile
 
-    from .core.distributed import is_main
+    from .core.checkpoint import save_checkpoint
+    from .core.corrections import user_data_dir
+    from .core.io import OutputError
 
-    bar = None
-    for rec in gen:
-        if bar is None:
-            # a resumed run starts its bar where the interrupted one stopped
-            start = rec.get("resumed_from", 0)
-            bar = tqdm(total=rec.get("max_step"), initial=start, desc=desc, unit="step", disable=None if is_main() else True)
-        bar.update(1)
-        if "loss" in rec:
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
-    if bar is not None:
-        bar.close()
+    name = f"{out.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}{out.suffix or '.pt'}"
+    for folder in (user_data_dir() / "unsaved", Path(tempfile.gettempdir())):
+        try:
+            path = save_checkpoint(model, folder / name)
+        except OutputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        print(f"the trained model was saved to {path} instead: move it where you want it", file=sys.stderr)
+        return path
+    print("error: the trained model could not be saved anywhere", file=sys.stderr)
+    return None
+
+
+def _check_outputs(*paths: Path) -> None:
+    """Fail now, not after training, when an output file cannot be written."""
+    from .core.io import check_writable
+
+    for path in paths:
+        check_writable(path)
 
 
 def cmd_train_cam(args: argparse.Namespace) -> int:
+    from ._cli_progress import track_training
     from .core.checkpoint import load_checkpoint, new_model
     from .core.params import Params, TrainParams
     from .core.training import train_cam
 
+    _check_outputs(args.out)
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint)
+        model.params = _with_overrides(model.params, args)
+        model.train_params = _with_overrides(model.train_params, args)
         classes, items = _load_dataset(args.images, args.labels, model.classes)
     else:
+        params, train_params = Params(**_overrides(args, Params)), TrainParams(**_overrides(args, TrainParams))
         classes, items = _load_dataset(args.images, args.labels)
         weights = None if args.weights == "none" else args.weights
         import torch
 
         # new layers start from the training seed: reproducible, and equal in every torchrun process
-        torch.manual_seed(_overrides(args, TrainParams).get("seed", TrainParams().seed))
+        torch.manual_seed(train_params.seed)
         model = new_model(classes, args.backbone, weights)
-        model.params = Params(**_overrides(args, Params))
-    model.train_params = _with_overrides(model.train_params, args)
+        model.params, model.train_params = params, train_params
     print(f"training the CAM network ({model.backbone}) on {len(items)} images, classes {classes}")
-    _progress(train_cam(model, items, device=args.device), "CAM")
-    _save_on_main(model, args.out)
-    return 0
+    track_training(train_cam(model, items, device=args.device), "CAM")
+    return _save_result(model, args.out)
 
 
 def cmd_train_irn(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from ._cli_progress import progress_iter, track_training
     from .core.checkpoint import load_checkpoint, new_irnet
     from .core.training import make_seeds, train_irn
 
+    _check_outputs(args.out)
     model = load_checkpoint(args.checkpoint)
-    if model.cam is None:
-        print(f"error: {args.checkpoint} has no CAM network; run train-cam first", file=sys.stderr)
-        return 2
+    model.require("cam", task="train-irn")
     model.params = _with_overrides(model.params, args)
     model.train_params = _with_overrides(model.train_params, args)
     _, items = _load_dataset(args.images, args.labels, model.classes)
@@ -135,30 +178,29 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     model.displacement_head = args.displacement_head
     model.irn = new_irnet(model, args.irn_backbone)
     seeds = [None] * len(items)
-    for i, seed in tqdm(make_seeds(model, items, device=args.device), total=len(items), desc="seeds", disable=None):
+    for i, seed in progress_iter(make_seeds(model, items, device=args.device), len(items), "seeds"):
         seeds[i] = seed
     print(f"training IRNet on {len(items)} images")
-    _progress(train_irn(model, items, seeds, device=args.device), "IRNet")
-    _save_on_main(model, args.out)
-    return 0
+    track_training(train_irn(model, items, seeds, device=args.device), "IRNet")
+    return _save_result(model, args.out)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from ._cli_progress import progress_iter
     from .core.checkpoint import load_checkpoint
     from .core.io import list_images, read_image, read_labels, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.distributed import barrier, is_main, shard
     from .core.pipeline import predict, predict_classes
 
     model = load_checkpoint(args.checkpoint)
+    model.require("cam", "irn")  # before anything is written
     params = _with_overrides(model.params, args)
     labels = read_labels(args.labels, args.images, classes=model.classes) if args.labels else None
     paths = [args.images / n for n in labels.image_labels] if labels else list_images(args.images)
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(paths)
     paths = shard(paths)  # under torchrun: every world-size-th image
-    for path in tqdm(paths, desc="predict", unit="image", disable=None if is_main() else True):
+    for path in progress_iter(paths, len(paths), "predict"):
         image = read_image(path)
         names = labels.image_labels[path.name] if labels else predict_classes(model, image, device=args.device)
         _, pred = predict(model, image, names, params, args.device)
@@ -200,6 +242,10 @@ def _add_evaluate_parser(sub) -> None:
 def cmd_import_reference(args: argparse.Namespace) -> int:
     from .core.checkpoint import VOC_CLASSES, import_reference, save_checkpoint
 
+    if args.cam is None and args.irn is None:
+        print("error: give --cam, --irn or both (the reference's res50_cam.pth, res50_irn.pth)", file=sys.stderr)
+        return 2
+    _check_outputs(args.out)
     classes = args.classes or list(VOC_CLASSES)
     model = import_reference(args.cam, args.irn, classes)
     save_checkpoint(model, args.out)
@@ -263,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _option_text(name: str, value: Any) -> str:
+    """A parameter as it is written on the command line: ``--cam-resize-long 56 72``, ``--use-crf false``."""
+    if isinstance(value, (tuple, list)):
+        value = " ".join(map(str, value))
+    elif isinstance(value, bool):
+        value = str(value).lower()
+    return f"--{name.replace('_', '-')} {value}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     args = build_parser().parse_args(argv)
@@ -270,13 +325,26 @@ def main(argv: list[str] | None = None) -> int:
     from .core.io import InputError, OutputError
 
     from .core.distributed import init_from_env, shutdown
+    from .core.inference import DeviceError, resolve_device
+    from .core.params import ParamError
 
     try:
         if hasattr(args, "device"):
             args.device = init_from_env(args.device)
+            resolve_device(args.device)  # an unknown or absent device fails now, not after loading
         return args.func(args)
-    except (InputError, OutputError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except DeviceError as exc:
+        print(f"error: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
+    except ParamError as exc:
+        print(f"error: {_option_text(exc.name, exc.value)}: must be {exc.allowed}", file=sys.stderr)
+        return 2
+    except (InputError, OutputError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # any other file problem: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -53,8 +53,7 @@ def demo_params():
 
 def train(out: Path, n_images: int = 48, device: str = "auto"):
     """Train both networks on synthetic images; returns the model."""
-    from tqdm import tqdm
-
+    from ._cli_progress import progress_iter, track_training
     from .core.checkpoint import new_irnet, new_model, save_checkpoint
     from .core.synthetic import CLASS_NAMES, make_dataset
     from .core.training import LabelledImage, make_seeds, train_cam, train_irn
@@ -64,18 +63,10 @@ def train(out: Path, n_images: int = 48, device: str = "auto"):
     model = new_model(list(CLASS_NAMES), "tiny")
     model.train_params, model.params = demo_train_params(), demo_params()
     model.history.append({"stage": "demo", "recipe_version": RECIPE_VERSION})
-    with tqdm(desc="train CAM", unit="step", disable=None) as bar:
-        for rec in train_cam(model, items, device=device):
-            bar.total = rec["max_step"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-    seeds = [s for _, s in tqdm(make_seeds(model, items, device=device), total=len(items), desc="seeds", disable=None)]
+    track_training(train_cam(model, items, device=device), "train CAM")
+    seeds = [s for _, s in progress_iter(make_seeds(model, items, device=device), len(items), "seeds")]
     model.irn = new_irnet(model, "cam")
-    with tqdm(desc="train IRNet", unit="step", disable=None) as bar:
-        for rec in train_irn(model, items, seeds, device=device):
-            bar.total = rec["max_step"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
+    track_training(train_irn(model, items, seeds, device=device), "train IRNet")
     save_checkpoint(model, out)
     return model
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,90 @@ def test_displacement_head_round_trips_and_old_files_load_the_reference_head(tmp
     torch.save(mixed, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match=r"mixed\.pt: unknown displacement head 'huge'"):
         load_checkpoint(tmp_path / "mixed.pt")
+
+
+class _Plant:
+    """Creates ``marker`` when unpickled: what a planted file could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickles_are_refused_never_run(tmp_path):
+    from napari_irnet.core.backbones import load_state_dict_file
+    from napari_irnet.core.finetune import VersionStore
+
+    marker = tmp_path / "MARKER"
+    planted = tmp_path / "planted.pt"
+    torch.save({"format": "napari-irnet", "version": 1, "evil": _Plant(marker)}, planted)
+    for load in (load_checkpoint, load_state_dict_file, lambda p: import_reference(p, None)):
+        with pytest.raises(CheckpointError, match=r"planted\.pt: refused: .*Python objects such as \S*open"):
+            load(planted)
+    store = tmp_path / "store"
+    VersionStore(store).save(new_model(["a"], "tiny"))
+    (store / "v0001.pt").write_bytes(planted.read_bytes())
+    with pytest.raises(CheckpointError, match="refused"):
+        VersionStore(store).load()
+    assert not marker.exists()
+    torch.load(planted, weights_only=False)  # the plant works: a full unpickling would have run it
+    assert marker.exists()
+
+
+def test_bundled_demo_checkpoint_is_plain_data():
+    from napari_irnet.demo import BUNDLED_MODEL
+
+    obj = torch.load(BUNDLED_MODEL, map_location="cpu", weights_only=True)
+    assert obj["format"] == "napari-irnet"
+    model = load_checkpoint(BUNDLED_MODEL)
+    assert model.untrained_networks() == [] and model.path == BUNDLED_MODEL
+
+
+def test_history_of_numpy_values_is_saved_as_plain_data(tmp_path):
+    model = new_model(["a"], "tiny")
+    model.history.append({"stage": "x", "loss": np.float32(0.5), "n": np.int64(3), "curve": np.arange(3), "where": tmp_path})
+    back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt"))
+    assert back.history == [{"stage": "x", "loss": 0.5, "n": 3, "curve": [0, 1, 2], "where": str(tmp_path)}]
+    model.history.append({"stage": "y", "thing": object()})
+    with pytest.raises(TypeError, match="object cannot be stored"):
+        save_checkpoint(model, tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt").history == back.history  # the file stayed as it was
+
+
+@pytest.mark.skipif(not hasattr(os, "umask"), reason="POSIX modes")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(new_model(["a"], "tiny"), tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_cam_only_checkpoint_is_refused_for_prediction(tmp_path, tiny_dataset):
+    from napari_irnet._jobs import run_job
+    from napari_irnet.core.finetune import finetune
+    from napari_irnet.core.pipeline import predict, predict_classes
+
+    model = new_model(["a", "b"], "tiny")
+    model.history.append({"stage": "cam", "steps": 3})  # what train-cam writes: IRNet with random heads
+    path = save_checkpoint(model, tmp_path / "cam.pt")
+    cam_only = load_checkpoint(path)
+    assert cam_only.untrained_networks() == ["irn"]
+    image = tiny_dataset[0].image
+    message = rf"cam\.pt: this checkpoint has a trained CAM network but its IRNet was never trained.*train-irn --checkpoint \S*cam\.pt"
+    with pytest.raises(CheckpointError, match=message):
+        predict(cam_only, image, ["a"])
+    with pytest.raises(CheckpointError, match=message):
+        list(run_job(path, image, ["a"], device="cpu"))  # the napari panel's path
+    with pytest.raises(CheckpointError, match="fine-tuning needs it"):
+        next(finetune(cam_only, [], [], []))
+    assert isinstance(predict_classes(cam_only, image, device="cpu"), list)  # the classifier alone is trained
+    cam_only.history.append({"stage": "irn", "steps": 3})
+    assert cam_only.untrained_networks() == []
+    cam_only.irn = None
+    with pytest.raises(CheckpointError, match="has no IRNet"):
+        predict(cam_only, image, ["a"])

@@ -333,7 +333,12 @@ def test_stop_then_resume_equals_an_uninterrupted_run(setup, tmp_path, with_cam)
     model.cam.load_state_dict(cam_start)
     second = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume, class_maps=maps))
     assert second[0]["resumed_from"] == 4 and [r["step"] for r in second] == [5, 6]
-    assert not resume.exists()
+    # kept until the caller has saved the result: the same run again trains nothing and gives the same weights
+    assert resume.exists()
+    model.irn.load_state_dict(start)
+    model.cam.load_state_dict(cam_start)
+    assert list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume, class_maps=maps)) == []
+    assert model.history[-1]["steps"] == 6 and model.history[-1]["final_loss"] == second[-1]["loss"]
     for key, value in reference.items():
         torch.testing.assert_close(model.irn.state_dict()[key], value, msg=key)
     for key, value in cam_reference.items():
@@ -457,3 +462,61 @@ def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, c
     assert main(["finetune", *common, "--corrections", str(corrections), "--out", str(out), "--finetune-epochs", "1", "--corrected-only"]) == 0
     assert "the displacement field had collapsed (mean displacement 0.00 grid cells" in capsys.readouterr().out
     assert load_checkpoint(out).history[-1]["displacement_reset"] == "collapsed"
+
+
+def test_planted_resume_file_is_refused_never_run(setup, tmp_path):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+
+    class Plant:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "MARKER"), "w"))
+
+    resume = tmp_path / "finetune.resume"
+    torch.save({"digest": "x", "step": 0, "irn_state": Plant()}, resume)
+    with pytest.raises(CheckpointError, match=r"finetune\.resume: refused: the resume file holds Python objects.*delete it"):
+        next(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    assert not (tmp_path / "MARKER").exists() and resume.exists()
+
+
+def test_a_failed_resume_write_warns_and_training_goes_on(setup, tmp_path, monkeypatch):
+    import napari_irnet.core.finetune as ft
+    from napari_irnet.core.io import OutputError
+
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+
+    def full_disk(obj, path):
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(ft, "write_torch_file", full_disk)
+    with pytest.warns(UserWarning, match="No space left.*training goes on"):
+        records = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=tmp_path / "r.resume", save_every=1))
+    assert records[-1]["step"] == records[-1]["max_step"] and model.history[-1]["steps"] == records[-1]["step"]
+    # asked to stop, the state must be kept: a failed write is an error then
+    with pytest.raises(OutputError):
+        list(finetune(model, items, labels, strong, TP, "cpu", should_stop=lambda: True, resume_file=tmp_path / "r.resume"))
+
+
+def test_resume_file_of_another_starting_model_is_not_used_and_a_damaged_one_is_an_error(setup, tmp_path):
+    model, items, corrections, _ = setup
+    labels, strong = _labels(model, items, corrections)
+    resume = tmp_path / "finetune.resume"
+    start = {k: v.clone() for k, v in model.irn.state_dict().items()}
+    calls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    list(finetune(model, items, labels, strong, TP, "cpu", should_stop=stop_after_two, resume_file=resume))
+    model.irn.load_state_dict(start)
+    state = torch.load(resume, weights_only=True)
+    state["irn_state"].pop("fc_edge1.0.weight")
+    torch.save(state, resume)
+    with pytest.raises(CheckpointError, match=r"finetune\.resume: a damaged resume file.*delete it"):
+        next(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    with torch.no_grad():  # another checkpoint, same images and settings: start over
+        model.irn.fc_edge1[0].weight.add_(0.01)
+    records = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
+    assert records[0]["step"] == 1 and "resumed_from" not in records[0]

@@ -77,3 +77,59 @@ def test_device_choices_and_description():
     if not torch.cuda.is_available():
         text = describe_device("cuda")
         assert text.startswith("unavailable (") and "CUDA" in text
+
+
+def test_unknown_or_absent_devices_are_clear_value_errors():
+    import torch
+
+    from napari_irnet.core.inference import DeviceError, resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="'cuda'.*use cpu"):
+            resolve_device("cuda")
+    assert issubclass(DeviceError, RuntimeError)  # describe_device and older callers catch RuntimeError
+
+
+_BAD_PARAMS = [
+    ("TrainParams", {"cam_epochs": 0}, "cam_epochs"),
+    ("TrainParams", {"irn_epochs": -1}, "irn_epochs"),
+    ("TrainParams", {"finetune_epochs": 2.5}, "finetune_epochs"),
+    ("TrainParams", {"cam_learning_rate": float("nan")}, "cam_learning_rate"),
+    ("TrainParams", {"finetune_learning_rate": float("inf")}, "finetune_learning_rate"),
+    ("TrainParams", {"irn_batch_size": 0}, "irn_batch_size"),
+    ("TrainParams", {"cam_resize_long": (640, 320)}, "cam_resize_long"),
+    ("TrainParams", {"irn_rescale": (0.0, 1.5)}, "irn_rescale"),
+    ("TrainParams", {"train_radius": 0}, "train_radius"),
+    ("TrainParams", {"momentum": 1.0}, "momentum"),
+    ("TrainParams", {"correction_weight": 0}, "correction_weight"),
+    ("TrainParams", {"finetune_cam": "maybe"}, "finetune_cam"),
+    ("TrainParams", {"amp": 1}, "amp"),
+    ("TrainParams", {"weak_displacement_weight": 1.5}, "weak_displacement_weight"),
+    ("Params", {"use_crf": "maybe"}, "use_crf"),
+    ("Params", {"beta": float("nan")}, "beta"),
+    ("Params", {"radius": float("nan")}, "radius"),
+    ("Params", {"cam_scales": (1.0, float("inf"))}, "cam_scales"),
+    ("Params", {"cluster_threshold": float("inf")}, "cluster_threshold"),
+]
+
+
+@pytest.mark.parametrize("cls, values, name", _BAD_PARAMS, ids=[f"{c}-{n}" for c, _, n in _BAD_PARAMS])
+def test_nonsense_parameters_are_refused_by_name(cls, values, name):
+    from napari_irnet.core import params as p
+
+    with pytest.raises(p.ParamError, match=f"parameter {name}=") as info:
+        getattr(p, cls)(**values)
+    assert info.value.name == name and isinstance(info.value, ValueError)
+    base = getattr(p, cls)()
+    with pytest.raises(p.ParamError):
+        base.replace(**values)
+
+
+def test_train_params_round_trip_and_defaults_are_valid():
+    from napari_irnet.core.params import TrainParams
+
+    tp = TrainParams(cam_resize_long=[56, 72])
+    assert tp.cam_resize_long == (56, 72)
+    assert TrainParams.from_dict(tp.to_dict()) == tp

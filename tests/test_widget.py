@@ -342,3 +342,15 @@ def test_adding_and_deleting_centroids_reclusters(make_napari_viewer_proxy, qtbo
     _wait_idle(qtbot, widget)
     more = len(np.unique(_layer(viewer, "instances").data)) - 1
     assert one <= len(image.labels) and more > one
+
+
+def test_a_cam_only_checkpoint_is_refused_when_chosen(make_napari_viewer_proxy, qtbot, env, make_tiny_checkpoint):
+    from napari_irnet.core.checkpoint import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(make_tiny_checkpoint(FAST))
+    model.history.append({"stage": "cam", "steps": 2})  # what train-cam writes: IRNet with random heads
+    path = save_checkpoint(model, env / "cam-only.pt")
+    widget = _dock(make_napari_viewer_proxy())
+    widget.set_checkpoint(path)
+    qtbot.waitUntil(lambda: "cannot use this checkpoint" in widget.status.value, timeout=WAIT_MS)
+    assert "IRNet was never trained" in widget.status.value and "train-irn" in widget.status.value

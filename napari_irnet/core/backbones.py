@@ -124,10 +124,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for corrupt files
-        raise ValueError(f"{path}: not a readable torch weights file ({exc.__class__.__name__}: {exc})") from exc
+    from .checkpoint import safe_torch_load  # (checkpoint imports this module)
+
+    obj = safe_torch_load(path, "torch weights file")  # a ValueError; plain data only, never code
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -157,7 +156,7 @@ class Backbone(nn.Module):
         self.name = name
         if name == "tiny":
             if weights == "imagenet":
-                raise ValueError("the tiny backbone has no ImageNet weights; use weights=None or a file")
+                raise ValueError("the tiny backbone has no ImageNet weights: use `--weights none` (weights=None in Python) or a weights file")
             net = _tiny_resnet()
         else:
             builder = {"resnet50": resnet.resnet50, "resnet18": resnet.resnet18}[name]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import CheckpointError, Model, load_checkpoint
+from .checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint
 from .io import InputError
 from .params import Params
 from .project import Project, ProjectError
@@ -69,21 +69,6 @@ def predict_image(project: Project, model: Model, name: str, params: Params, dev
             lut[i + 1] = project.classes.index(cls) + 1
     semantic = lut[np.asarray(pred.semantic)]
     return pred.instances.labels, records, semantic, labels
-
-
-def model_fingerprint(model: Model) -> str:
-    """SHA-256 of a model's classes, backbone and weights (for a model that is not a file)."""
-    import hashlib
-
-    digest = hashlib.sha256(json.dumps([model.classes, model.backbone]).encode())
-    for net in (model.cam, model.irn):
-        if net is None:
-            digest.update(b"none")
-            continue
-        for key, tensor in net.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class ProjectPrediction:
@@ -135,6 +120,7 @@ class ProjectPrediction:
         given_in_memory = model is not None and checkpoint is None
         if checkpoint is not None:
             model = load_checkpoint(checkpoint, classes=project.classes)
+            model.require("cam", "irn")  # before the project points at it
             project.set_checkpoint(checkpoint)
         if model is None:
             path = project.checkpoint_path
@@ -145,8 +131,7 @@ class ProjectPrediction:
             unknown = [c for c in project.classes if c not in model.classes]
             if unknown:
                 raise CheckpointError(f"the model was trained for classes {model.classes}, which lack {unknown}")
-        if model.cam is None or model.irn is None:
-            raise CheckpointError(f"{project.checkpoint_path}: the checkpoint lacks a trained CAM network or IRNet")
+        model.require("cam", "irn")
         self.model = model
         if params is not None and params != project.params:
             project.set_params(params)

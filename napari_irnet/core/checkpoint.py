@@ -16,14 +16,21 @@ buffers (``path_indices*``, ``disp_target``).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import numbers
 import os
-import tempfile
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from .backbones import build_backbone
+from .io import atomic_write
 from .networks import CAMNet, IRNet
 from .params import DISPLACEMENT_HEADS, Params, TrainParams
 
@@ -39,6 +46,16 @@ VOC_CLASSES = (
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file."""
+
+
+#: history stages that train the CAM network, and those that train IRNet's heads
+_CAM_STAGES = frozenset({"cam", "cam_masks"})
+_IRN_STAGES = frozenset({"irn", "finetune"})
+#: what trains each network, for messages
+_TRAIN_COMMAND = {
+    "cam": "napari-irnet train-cam --images IMAGES --labels LABELS --out MODEL.pt",
+    "irn": "napari-irnet train-irn --checkpoint {path} --images IMAGES --labels LABELS --out MODEL.pt",
+}
 
 
 @dataclass
@@ -57,6 +74,43 @@ class Model:
     #: IRNet's last displacement layers (:data:`~napari_irnet.core.params.DISPLACEMENT_HEADS`),
     #: those :func:`new_irnet` builds and a loaded ``irn`` has
     displacement_head: str = "reference"
+    #: the file this model was read from (for messages; not saved)
+    path: Path | None = None
+
+    def untrained_networks(self) -> list[str]:
+        """The networks (``"cam"``, ``"irn"``) this model lacks or never trained.
+
+        A network counts as untrained when it is missing, or, for IRNet, when
+        the history shows the CAM network trained and IRNet never (what
+        ``train-cam`` writes: an IRNet with random heads). A model without
+        history (imported, built in code) is taken as it is.
+        """
+        stages = {h.get("stage") for h in self.history if isinstance(h, dict)}
+        missing = [] if self.cam is not None else ["cam"]
+        if self.irn is None or (stages & _CAM_STAGES and not stages & _IRN_STAGES):
+            missing.append("irn")
+        return missing
+
+    def require(self, *networks: str, task: str = "predict") -> None:
+        """Raise :class:`CheckpointError` unless each of ``networks`` is present and trained.
+
+        The message names the checkpoint, the missing network and the
+        command that trains it.
+        """
+        missing = [n for n in self.untrained_networks() if n in networks]
+        if not missing:
+            return
+        what = "the model" if self.path is None else f"{self.path}: this checkpoint"
+        path = self.path if self.path is not None else "MODEL.pt"
+        if missing[0] == "cam":
+            reason = "has no CAM network"
+        elif self.irn is None:
+            reason = "has no IRNet (only the CAM network)"
+        else:
+            reason = "has a trained CAM network but its IRNet was never trained"
+        raise CheckpointError(
+            f"{what} {reason}, and {task} needs it: train it with `{_TRAIN_COMMAND[missing[0]].format(path=path)}`"
+        )
 
     @property
     def frozen_bn(self) -> bool:
@@ -109,37 +163,103 @@ def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
     return IRNet(backbone, model.displacement_head)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def model_fingerprint(model: Model) -> str:
+    """SHA-256 of a model's classes, backbone and weights (for a model that is not a file)."""
+    digest = hashlib.sha256(json.dumps([model.classes, model.backbone]).encode())
+    for net in (model.cam, model.irn):
+        if net is None:
+            digest.update(b"none")
+            continue
+        for key, tensor in net.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_torch_file(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`~napari_irnet.core.io.atomic_path`).
+
+    A temporary file in the same folder, flushed to disk, then renamed: the
+    old file stays intact on any failure, which raises
+    :class:`~napari_irnet.core.io.OutputError` naming ``path``. The file gets
+    the permissions of the user's umask.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: a full disk raises OSError, not torch's RuntimeError
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, text, lists and dicts, never code.
+
+    Raises
+    ------
+    CheckpointError
+        For a file that holds other Python objects (a pickle that could run
+        code when read: refused, never unpickled), and for unreadable files.
+    """
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text and "Unsupported global" not in text:
+            raise CheckpointError(f"{path}: not a readable {what} (UnpicklingError: {text.splitlines()[0] if text else ''})") from exc
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        culprit = f" such as {found.group(1)}" if found else ""
+        raise CheckpointError(
+            f"{path}: refused: the {what} holds Python objects{culprit}, not only tensors, numbers and text; "
+            "reading them could run code, so napari-irnet does not (its own files never hold any)"
+        ) from None
+    except Exception as exc:  # torch raises many kinds for corrupt files
+        raise CheckpointError(f"{path}: not a readable {what} ({exc.__class__.__name__}: {exc})") from exc
+
+
+def plain_data(value: Any, where: str = "value") -> Any:
+    """``value`` as data :func:`safe_torch_load` reads: numbers, text, None, lists and str/int-keyed dicts.
+
+    NumPy scalars and arrays, tensors, tuples and paths are converted;
+    anything else raises ``TypeError`` (so nothing unreadable is written).
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, (np.ndarray, torch.Tensor)):
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v, where) for v in value]
+    if isinstance(value, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): plain_data(v, where) for k, v in value.items()}
+    raise TypeError(f"{where}: a {type(value).__name__} cannot be stored (only numbers, text, lists and dicts)")
 
 
 def save_checkpoint(model: Model, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` atomically (the old file stays intact on failure)."""
+    """Write ``model`` to ``path`` atomically (:func:`write_torch_file`; the old file stays intact on failure)."""
     path = Path(path)
     obj = {
         "format": FORMAT,
         "version": VERSION,
-        "classes": list(model.classes),
-        "backbone": model.backbone,
+        "classes": [str(c) for c in model.classes],
+        "backbone": str(model.backbone),
         "params": model.params.to_dict(),
         "train_params": model.train_params.to_dict(),
-        "history": list(model.history),
+        "history": plain_data(list(model.history), "the model's history"),
         "backbone_init": model.backbone_init,
         # the network's own head when there is one: the field only says what new_irnet builds
         "displacement_head": model.irn.displacement_head if model.irn is not None else model.displacement_head,
         "cam_state": model.cam.state_dict() if model.cam is not None else None,
         "irn_state": model.irn.state_dict() if model.irn is not None else None,
     }
-    _atomic_torch_save(obj, path)
+    write_torch_file(obj, path)
     return path
 
 
@@ -154,6 +274,37 @@ def _load_state(net: torch.nn.Module, state: dict, path: Path, what: str) -> Non
             f"{path}: the {what} weights do not fit the network "
             f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
         )
+
+
+def _model_fields(obj: dict, path: Path) -> Model:
+    """A :class:`Model` without networks from a checkpoint dict, every field checked."""
+    from .backbones import BACKBONES
+
+    version = obj.get("version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: damaged checkpoint (version {version!r})")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is newer than this napari-irnet reads ({VERSION})")
+    classes, backbone = obj.get("classes"), obj.get("backbone")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: damaged checkpoint (its class names are {classes!r}, not a list of names)")
+    if backbone not in BACKBONES:
+        raise CheckpointError(f"{path}: unknown backbone {backbone!r} (this napari-irnet knows {', '.join(BACKBONES)})")
+    history = obj.get("history", [])
+    if not isinstance(history, list):
+        raise CheckpointError(f"{path}: damaged checkpoint (its history is not a list)")
+    try:
+        params = Params.from_dict(obj["params"])
+        train_params = TrainParams.from_dict(obj["train_params"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: bad parameters in checkpoint ({exc})") from exc
+    # files written before the choice existed have the reference head
+    head = obj.get("displacement_head", "reference")
+    if head not in DISPLACEMENT_HEADS:
+        raise CheckpointError(f"{path}: unknown displacement head {head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
+    init = obj.get("backbone_init", "imagenet")
+    return Model(list(classes), backbone, params=params, train_params=train_params, history=history,
+                 backbone_init=init if isinstance(init, str) else "imagenet", displacement_head=head, path=path)  # fmt: skip
 
 
 def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: str = "cpu") -> Model:
@@ -172,53 +323,35 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    obj = safe_torch_load(path, "checkpoint", device)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         hint = ""
         if isinstance(obj, dict) and any(str(k).startswith(("resnet50.", "fc_edge", "classifier")) for k in obj):
             hint = "; it looks like a reference-implementation state dict: use `napari-irnet import-reference`"
         raise CheckpointError(f"{path}: not a napari-irnet checkpoint{hint}")
-    if obj.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {obj.get('version')} is newer than this napari-irnet reads ({VERSION})")
-    ckpt_classes = list(obj["classes"])
+    model = _model_fields(obj, path)
     if classes is not None:
-        unknown = [c for c in classes if c not in ckpt_classes]
+        unknown = [c for c in classes if c not in model.classes]
         if unknown:
-            raise CheckpointError(f"{path}: trained for classes {ckpt_classes}, which lack {unknown}")
+            raise CheckpointError(f"{path}: trained for classes {model.classes}, which lack {unknown}")
+    for key in ("cam_state", "irn_state"):
+        state = obj.get(key)
+        if state is not None and not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+            raise CheckpointError(f"{path}: damaged checkpoint ({key} is not a dict of tensors)")
     try:
-        params = Params.from_dict(obj["params"])
-        train_params = TrainParams.from_dict(obj["train_params"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: bad parameters in checkpoint ({exc})") from exc
-    model = Model(
-        ckpt_classes,
-        obj["backbone"],
-        params=params,
-        train_params=train_params,
-        history=list(obj.get("history", [])),
-        backbone_init=obj.get("backbone_init", "imagenet"),
-        # files written before the choice existed have the reference head
-        displacement_head=obj.get("displacement_head", "reference"),
-    )
-    if model.displacement_head not in DISPLACEMENT_HEADS:
-        raise CheckpointError(f"{path}: unknown displacement head {model.displacement_head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
-    if obj.get("cam_state") is not None:
-        model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(ckpt_classes), not model.frozen_bn)
-        _load_state(model.cam, obj["cam_state"], path, "CAM")
-    if obj.get("irn_state") is not None:
-        model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), model.displacement_head)
-        _load_state(model.irn, obj["irn_state"], path, "IRNet")
+        if obj.get("cam_state") is not None:
+            model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(model.classes), not model.frozen_bn)
+            _load_state(model.cam, obj["cam_state"], path, "CAM")
+        if obj.get("irn_state") is not None:
+            model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), model.displacement_head)
+            _load_state(model.irn, obj["irn_state"], path, "IRNet")
+    except ImportError as exc:  # a backbone whose package is not installed: the message says which
+        raise CheckpointError(f"{path}: {exc}") from exc
     return model
 
 
 def _reference_state(path: Path, keep: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable state dict ({exc.__class__.__name__}: {exc})") from exc
+    state = safe_torch_load(path, "state dict")
     if not isinstance(state, dict) or not any(k.startswith("resnet50.") for k in state):
         raise CheckpointError(f"{path}: not a reference-implementation state dict (no 'resnet50.*' keys)")
     out = {}

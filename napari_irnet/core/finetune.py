@@ -34,6 +34,7 @@ import datetime as _dt
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -41,9 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from .checkpoint import CheckpointError, Model, _atomic_torch_save, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint, safe_torch_load, save_checkpoint, write_torch_file
 from .inference import compute_irnet, resolve_device, strided_size
-from .io import atomic_path
+from .io import OutputError, atomic_path
 from .params import Params, TrainParams
 from .path_index import PathIndex
 from .postprocess import IGNORE
@@ -245,9 +246,9 @@ def describe_reset(entry: Mapping) -> str | None:
     return None
 
 
-def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams, with_maps: Sequence[int] = ()) -> str:
-    """Identifies a fine-tuning run, so that a resume file is only used for the same run."""
-    h = hashlib.sha256()
+def _config_digest(items: Sequence[LabelledImage], strong: Sequence[bool], tp: TrainParams, with_maps: Sequence[int], start: str) -> str:
+    """Identifies a fine-tuning run (``start``: the starting model's fingerprint), so that a resume file is only used for the same run."""
+    h = hashlib.sha256(start.encode())
     for item, s in zip(items, strong):
         h.update(f"{item.name}:{item.image.shape}:{int(s)};".encode())
     h.update(f"cam:{list(with_maps)};".encode())
@@ -304,7 +305,10 @@ def finetune(
         Where the training state (weights, optimiser, step) is kept every
         ``save_every`` steps; if it exists and belongs to the same run
         (same images, labels kind and parameters), training continues from
-        it. It is deleted when the run completes.
+        it. It is written once more when the run completes and is not
+        deleted: the caller deletes it once the result is saved (a failed
+        save then loses nothing, and the same run again only saves). A file
+        holding anything but plain data is refused, never unpickled.
 
     Yields
     ------
@@ -320,19 +324,18 @@ def finetune(
         :class:`FieldCheck` as a dict, None when not made).
     """
     tp = tp or model.train_params
-    if model.irn is None:
-        raise ValueError("the model has no IRNet to fine-tune (train it first)")
+    model.require("irn", task="fine-tuning")
     if not (len(items) == len(labels) == len(strong)):
         raise ValueError(f"{len(items)} images, {len(labels)} label maps and {len(strong)} strong flags differ")
     if not items:
         raise ValueError("no training images")
     if class_maps is not None and len(class_maps) != len(items):
         raise ValueError(f"{len(class_maps)} class maps for {len(items)} images")
-    if not 0.0 <= tp.weak_displacement_weight <= 1.0:
-        raise ValueError(f"weak_displacement_weight={tp.weak_displacement_weight!r} must be between 0 and 1")
+    tp.validate()
     with_maps = [i for i in range(len(items)) if class_maps is not None and class_maps[i] is not None]
     train_cam = bool(tp.finetune_cam and model.cam is not None and with_maps)
     dev = resolve_device(device)
+    start = model_fingerprint(model) if resume_file is not None else ""  # a resume file of another model is not used
     torch.manual_seed(tp.seed)
     order = [i for i in range(len(items)) for _ in range(tp.correction_weight if strong[i] else 1)]
     any_strong = any(bool(s) for s in strong)
@@ -367,35 +370,45 @@ def finetune(
         # diverged within 100 steps at lr 0.01 on 50 CoNSeP patches (BENCHMARKS.md, Human in the loop)
         cam_opt = _optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp, new_layer_lr_mult=1.0)
         cam_sched = PolySchedule(cam_opt, max_step, tp.poly_power)
-    digest = _config_digest(items, strong, tp, with_maps if train_cam else [])
+    digest = _config_digest(items, strong, tp, with_maps if train_cam else [], start)
     resume_file = Path(resume_file) if resume_file is not None else None
     step = 0
+    last_loss = None
     if resume_file is not None and resume_file.exists():
-        try:
-            state = torch.load(resume_file, map_location=dev, weights_only=False)
-        except Exception as exc:  # a torn or foreign file: say so, start over
-            raise CheckpointError(f"{resume_file}: cannot read the resume file ({exc}); delete it to start over") from exc
+        try:  # a torn, foreign or planted file: say so (never unpickle code); the user deletes it to start over
+            state = safe_torch_load(resume_file, "resume file", dev)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; delete it to start over") from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{resume_file}: not a napari-irnet resume file; delete it to start over")
         if state.get("digest") == digest:
-            net.load_state_dict(state["irn_state"])
-            opt.load_state_dict(state["optimizer"])
-            step = int(state["step"])
+            try:
+                net.load_state_dict(state["irn_state"])
+                opt.load_state_dict(state["optimizer"])
+                if train_cam:
+                    cam_net.load_state_dict(state["cam_state"])
+                    cam_opt.load_state_dict(state["cam_optimizer"])
+                step, last_loss = int(state["step"]), state.get("loss")
+            except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{resume_file}: a damaged resume file ({' '.join(str(exc).split())}); delete it to start over") from exc
             sched.step_count = step
             if train_cam:
-                cam_net.load_state_dict(state["cam_state"])
-                cam_opt.load_state_dict(state["cam_optimizer"])
                 cam_sched.step_count = step
 
-    def save_state() -> None:
-        if resume_file is not None:
-            state = {
-                "digest": digest,
-                "step": step,
-                "irn_state": net.state_dict(),
-                "optimizer": opt.state_dict(),
-            }
-            if train_cam:
-                state["cam_state"], state["cam_optimizer"] = cam_net.state_dict(), cam_opt.state_dict()
-            _atomic_torch_save(state, resume_file)
+    def save_state(required: bool = False) -> None:
+        """Write the resume file; a failure stops the run only when ``required`` (on stop), else warns."""
+        if resume_file is None:
+            return
+        state = {"digest": digest, "step": step, "irn_state": net.state_dict(), "optimizer": opt.state_dict(),
+                 "loss": record.get("loss", last_loss)}  # fmt: skip
+        if train_cam:
+            state["cam_state"], state["cam_optimizer"] = cam_net.state_dict(), cam_opt.state_dict()
+        try:
+            write_torch_file(state, resume_file)
+        except OutputError as exc:
+            if required:
+                raise
+            warnings.warn(f"{exc}; training goes on, the result is saved at the end", stacklevel=2)
 
     def cam_batch_at(n: int) -> list[int]:
         # batch n of an endless stream of shuffled passes over the class maps (a function of n, so resumable)
@@ -416,7 +429,7 @@ def finetune(
         dataset.set_epoch(epoch)
         for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
             if should_stop is not None and should_stop():
-                save_state()
+                save_state(required=True)
                 net.eval()
                 if train_cam:
                     cam_net.eval()
@@ -443,6 +456,7 @@ def finetune(
             if save_every and step % save_every == 0:
                 save_state()
             yield record
+    save_state()  # kept until the caller has saved the result: a failed save loses no training
     estimate_displacement_mean(model, items, tp, dev)
     net.eval()
     if train_cam:
@@ -454,14 +468,12 @@ def finetune(
             "cam_trained": train_cam,
             "corrected_images": int(sum(bool(s) for s in strong)),
             "weak_images": int(sum(not s for s in strong)),
-            "final_loss": record.get("loss"),
+            "final_loss": record.get("loss", last_loss),
             "displacement_reset": reset,
             "field_check": dataclasses.asdict(check) if check is not None else None,
             "seconds": time.perf_counter() - t0,
         }
     )
-    if resume_file is not None and resume_file.exists():
-        resume_file.unlink()
 
 
 class VersionStore:

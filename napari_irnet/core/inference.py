@@ -28,20 +28,43 @@ from .networks import CAMNet, IRNet, normalize_image
 from .params import Params
 
 
+class DeviceError(RuntimeError, ValueError):
+    """A device that is unknown or not on this machine; the message names it."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else Apple MPS when available, else CPU."""
+    """'auto' -> CUDA when available, else Apple MPS when available, else CPU.
+
+    Raises
+    ------
+    DeviceError
+        For a name torch does not know, or a device this machine lacks.
+    """
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise DeviceError(f"device {device!r} was asked for but {why}: use cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} was asked for but there are {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
+    elif dev.type == "mps" and not _mps_available():
+        raise DeviceError(f"device {device!r} was asked for but Apple MPS is not available here: use cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
@@ -50,8 +73,7 @@ def device_choices() -> list[str]:
     choices = ["auto", "cpu"]
     if torch.cuda.is_available():
         choices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if _mps_available():
         choices.append("mps")
     return choices
 

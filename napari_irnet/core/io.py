@@ -38,6 +38,7 @@ __all__ = [
     "OutputError",
     "atomic_path",
     "atomic_write",
+    "check_writable",
     "list_images",
     "read_image",
     "read_instances_json",
@@ -54,6 +55,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".b
 _TIFF_SUFFIXES = (".tif", ".tiff")
 #: percentiles used to scale integer images that are not 8-bit
 _ROBUST_PERCENTILES = (1.0, 99.8)
+#: how a user picks channels, in the command line's words first
+_CHANNELS_HINT = "`--channels I` or `--channels R G B` (channels=(i,) or channels=(r, g, b) in Python)"
 #: how many names an error or warning lists before it says "and N more"
 _MAX_NAMES_SHOWN = 10
 
@@ -288,15 +291,14 @@ def _locate_channel_axis(
             raise InputError(
                 f"{path}: is a stack of {count} {kind} (shape {array.shape}, axes {axes}), "
                 "not a 2D image; save one plane or a projection, or pick planes with "
-                f"channels=(i,) or channels=(r, g, b), indices 0..{count - 1}"
+                f"{_CHANNELS_HINT}, indices 0..{count - 1}"
             )
         if count not in (1, 3, 4):
             what = "channels" if letter in "CS" else "channels or planes"
             raise InputError(
                 f"{path}: has {count} {what} along axis {axis} (shape {array.shape}); "
-                "only 1, 3 or 4 are read without help: choose channels=(i,) for one "
-                "channel shown as gray or channels=(r, g, b) for a colour image, "
-                f"indices 0..{count - 1}"
+                "only 1, 3 or 4 are read without help: choose one channel shown as gray or "
+                f"three for red, green, blue ({_CHANNELS_HINT}), indices 0..{count - 1}"
             )
     return array, axis
 
@@ -323,7 +325,7 @@ def _select_channels(
     if count in (1, 3):
         return array
     raise InputError(  # Pillow modes with 2 bands end up here
-        f"{path}: has {count} channels; choose channels=(i,) or channels=(r, g, b)"
+        f"{path}: has {count} channels; choose them with {_CHANNELS_HINT}"
     )
 
 
@@ -829,6 +831,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise _output_error(target, exc) from exc
         raise
     _sync_folder(target.parent)
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Raise :class:`OutputError` unless a file can be written at ``path`` now.
+
+    For long work (training): a folder given as the file, a part of the
+    folder path that is a file, a read-only folder or file system fail here,
+    before the work starts, rather than after it. A probe file is created and
+    removed in the nearest existing folder; nothing else is created.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder; give a file name (e.g. {target / 'model.pt'})")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"{target}: exists and is not a regular file")
+    folder = target.parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        err = OutputError(f"{target}: cannot write ({folder} is not a folder)")
+        err.filename = str(target)
+        raise err
+    probe = folder / f".{target.name}.{secrets.token_hex(4)}.probe"
+    try:
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise _output_error(target, exc) from exc
+    return target
 
 
 def _sync_folder(folder: Path) -> None:

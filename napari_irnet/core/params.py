@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,41 @@ from typing import Any
 #: the instance walk's methods (:mod:`napari_irnet.core.instance_walk`); here so that the
 #: command line can list them without importing torch
 INSTANCE_WALKS = ("auto", "local", "global")
+
+
+class ParamError(ValueError):
+    """A parameter out of range: ``name`` (the field), ``value`` and ``allowed`` (what it must be)."""
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        super().__init__(f"parameter {name}={value!r} must be {allowed}")
+        self.name, self.value, self.allowed = name, value, allowed
+
+
+def _is_int(v: Any, low: int, high: float = math.inf) -> bool:
+    """An integer (not a bool) in [low, high]."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and low <= v <= high
+
+
+def _is_real(v: Any) -> bool:
+    """A finite number (not a bool)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_range(v: Any, kind: Callable[[Any], bool]) -> bool:
+    """Two values ``low <= high``, each passing ``kind``."""
+    return len(v) == 2 and all(kind(x) for x in v) and v[0] <= v[1]
+
+
+def _check(obj: Any, checks: Sequence[tuple[str, Callable[[Any], bool], str]]) -> None:
+    """Raise :class:`ParamError` for the first field of ``obj`` whose predicate fails (or raises)."""
+    for name, ok, allowed in checks:
+        value = getattr(obj, name)
+        try:
+            good = bool(ok(value))
+        except (TypeError, ValueError, OverflowError):
+            good = False
+        if not good:
+            raise ParamError(name, value, allowed)
 
 
 @dataclass
@@ -75,29 +113,30 @@ class Params:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first parameter out of range."""
-        checks = [
-            ("cam_scales", len(self.cam_scales) > 0 and all(s > 0 for s in self.cam_scales), "positive scales"),
-            ("seed_fg_threshold", 0.0 <= self.seed_fg_threshold <= 1.0, "in [0, 1]"),
-            ("seed_bg_threshold", 0.0 <= self.seed_bg_threshold <= 1.0, "in [0, 1]"),
-            ("cam_eval_threshold", 0.0 <= self.cam_eval_threshold <= 1.0, "in [0, 1]"),
-            ("radius", 1 <= int(self.radius) <= 32, "an integer in [1, 32]"),
-            ("beta", self.beta > 0, "positive"),
-            ("walk_steps", int(self.walk_steps) >= 0, ">= 0"),
-            ("centroid_steps", int(self.centroid_steps) >= 0, ">= 0"),
-            ("cluster_threshold", self.cluster_threshold > 0, "positive"),
-            ("instance_bg_threshold", 0.0 <= self.instance_bg_threshold <= 1.0, "in [0, 1]"),
-            ("semantic_bg_threshold", 0.0 <= self.semantic_bg_threshold <= 1.0, "in [0, 1]"),
-            ("min_fragment_fraction", 0.0 <= self.min_fragment_fraction < 1.0, "in [0, 1)"),
-            ("instance_walk", self.instance_walk in INSTANCE_WALKS, " or ".join(map(repr, INSTANCE_WALKS))),
-            ("walk_tolerance", 0.0 <= self.walk_tolerance < 1.0, "in [0, 1)"),
-            ("tile_size", int(self.tile_size) >= 64, ">= 64"),
-            ("tile_overlap", 0 <= int(self.tile_overlap) < int(self.tile_size) // 2, "in [0, tile_size/2)"),
-            ("preset", self.preset in ("irnet", "reference"), "'irnet' or 'reference'"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise ValueError(f"parameter {name}={getattr(self, name)!r} must be {what}")
+        """Raise :class:`ParamError` (a ``ValueError``) naming the first parameter out of range."""
+        unit = lambda v: _is_real(v) and 0.0 <= v <= 1.0  # noqa: E731
+        positive = lambda v: _is_real(v) and v > 0  # noqa: E731
+        whole = lambda v: _is_real(v) and float(v).is_integer()  # noqa: E731
+        _check(self, [
+            ("cam_scales", lambda v: len(v) > 0 and all(positive(s) for s in v), "positive scales"),
+            ("seed_fg_threshold", unit, "in [0, 1]"),
+            ("seed_bg_threshold", unit, "in [0, 1]"),
+            ("cam_eval_threshold", unit, "in [0, 1]"),
+            ("use_crf", lambda v: isinstance(v, bool), "true or false"),
+            ("radius", lambda v: whole(v) and 1 <= v <= 32, "an integer in [1, 32]"),
+            ("beta", positive, "positive"),
+            ("walk_steps", lambda v: whole(v) and v >= 0, ">= 0"),
+            ("centroid_steps", lambda v: whole(v) and v >= 0, ">= 0"),
+            ("cluster_threshold", positive, "positive"),
+            ("instance_bg_threshold", unit, "in [0, 1]"),
+            ("semantic_bg_threshold", unit, "in [0, 1]"),
+            ("min_fragment_fraction", lambda v: _is_real(v) and 0.0 <= v < 1.0, "in [0, 1)"),
+            ("instance_walk", lambda v: v in INSTANCE_WALKS, " or ".join(map(repr, INSTANCE_WALKS))),
+            ("walk_tolerance", lambda v: _is_real(v) and 0.0 <= v < 1.0, "in [0, 1)"),
+            ("tile_size", lambda v: whole(v) and v >= 64, ">= 64"),
+            ("tile_overlap", lambda v: whole(v) and 0 <= v < int(self.tile_size) // 2, "in [0, tile_size/2)"),
+            ("preset", lambda v: v in ("irnet", "reference"), "'irnet' or 'reference'"),
+        ])  # fmt: skip
 
     def replace(self, **changes: Any) -> "Params":
         """A copy with some fields changed (validated)."""
@@ -181,6 +220,50 @@ class TrainParams:
     seed: int = 0
     num_workers: int = 0
 
+    def __post_init__(self) -> None:
+        self.cam_resize_long = tuple(self.cam_resize_long)
+        self.irn_rescale = tuple(self.irn_rescale)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ParamError` (a ``ValueError``) naming the first parameter out of range."""
+        count = lambda v: _is_int(v, 1)  # noqa: E731
+        rate = lambda v: _is_real(v) and v > 0  # noqa: E731
+        weight = lambda v: _is_real(v) and v >= 0  # noqa: E731
+        crop = lambda v: _is_int(v, 32)  # noqa: E731
+        flag = lambda v: isinstance(v, bool)  # noqa: E731
+        _check(self, [
+            ("cam_epochs", count, "an integer >= 1"),
+            ("cam_batch_size", count, "an integer >= 1"),
+            ("cam_learning_rate", rate, "a positive number"),
+            ("cam_crop_size", crop, "an integer >= 32"),
+            ("cam_resize_long", lambda v: _is_range(v, lambda x: _is_int(x, 1)), "two integers 1 <= low <= high"),
+            ("irn_epochs", count, "an integer >= 1"),
+            ("irn_batch_size", count, "an integer >= 1"),
+            ("irn_learning_rate", rate, "a positive number"),
+            ("irn_crop_size", crop, "an integer >= 32"),
+            ("irn_rescale", lambda v: _is_range(v, rate), "two positive numbers low <= high"),
+            ("train_radius", lambda v: _is_int(v, 1, 32), "an integer in [1, 32]"),
+            ("weight_decay", weight, ">= 0"),
+            ("momentum", lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)"),
+            ("poly_power", weight, ">= 0"),
+            ("new_layer_lr_mult", rate, "a positive number"),
+            ("finetune_epochs", count, "an integer >= 1"),
+            ("finetune_learning_rate", rate, "a positive number"),
+            ("correction_weight", count, "an integer >= 1"),
+            ("finetune_cam", flag, "true or false"),
+            ("centroid_loss_weight", weight, ">= 0"),
+            ("weak_displacement_weight", lambda v: _is_real(v) and 0 <= v <= 1, "in [0, 1]"),
+            ("finetune_reset_displacement", flag, "true or false"),
+            ("amp", flag, "true or false"),
+            ("seed", lambda v: _is_int(v, 0), "an integer >= 0"),
+            ("num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
+        ])  # fmt: skip
+
+    def replace(self, **changes: Any) -> "TrainParams":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["cam_resize_long"] = list(self.cam_resize_long)
@@ -193,8 +276,4 @@ class TrainParams:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown training parameter(s): {', '.join(sorted(unknown))}")
-        d = dict(d)
-        for key in ("cam_resize_long", "irn_rescale"):
-            if key in d:
-                d[key] = tuple(d[key])
         return cls(**d)

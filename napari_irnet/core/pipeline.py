@@ -75,8 +75,7 @@ def run_networks(
     device: str | torch.device | None = "auto",
 ) -> NetworkOutputs:
     """Run the CAM network (multi-scale + flip) and IRNet on ``image`` (H, W, 3) uint8."""
-    if model.cam is None or model.irn is None:
-        raise ValueError("the model lacks a trained CAM network or IRNet (train both first)")
+    model.require("cam", "irn")  # a CAM-only checkpoint's IRNet has random heads: refuse, say what trains it
     params = params or model.params
     dev = resolve_device(device)
     cam = compute_cams(model.cam, image, class_ids, params, dev)
@@ -140,6 +139,7 @@ def predict_classes(
     """
     from .inference import image_to_tensor
 
+    model.require("cam", task="finding the classes")
     dev = resolve_device(device)
     net = model.cam.to(dev).eval()
     x = image_to_tensor(image, dev)
