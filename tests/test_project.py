@@ -358,3 +358,35 @@ def test_init_after_an_interrupted_init(tmp_path, dataset):
     with pytest.raises(ProjectError, match="not a napari-irnet project"):
         open_project(root)
     assert create_project(root, dataset / "images", dataset / "labels.csv").names
+
+
+def test_garbage_collection_never_deletes_through_links_nor_foreign_files(project, tiny_dataset, tmp_path):
+    """An item folder that is a link (or holds links, or a user's files): only the store's own revisions go."""
+    name, other = project.names[0], project.names[1]
+    inst, records = _gt(tiny_dataset[0])
+    user = tmp_path / "user"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    (user / "sub" / "data.csv").write_text("1,2")
+    (user / "result-000005").mkdir()  # named like a revision, but behind a link: not the store's to delete
+    (user / "result-000005" / "keep.txt").write_text("x")
+    folder = project.item_dir(name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.symlink_to(user, target_is_directory=True)
+    project.save_correction(name, inst, records)
+    project.save_correction(name, inst, records, state="accepted")  # the first revision is garbage now
+    assert project.cleanup() == 0
+    assert (user / "notes.txt").read_text() == "mine" and (user / "sub" / "data.csv").read_text() == "1,2"
+    assert (user / "result-000005" / "keep.txt").is_file()
+    # a real item folder: a link named like a revision and the user's own files stay; the store's garbage goes
+    inst1, records1 = _gt(tiny_dataset[1])
+    project.save_correction(other, inst1, records1)
+    real = project.item_dir(other)
+    (real / "correction-000009").symlink_to(user, target_is_directory=True)
+    (real / "my-notes").mkdir()
+    (real / "my-notes" / "n.txt").write_text("n")
+    (real / "correction-000008").mkdir()  # what an interrupted write leaves
+    project.save_correction(other, inst1, records1, state="accepted")
+    left = sorted(p.name for p in real.iterdir())
+    assert left == ["correction-000009", "correction-000010", "my-notes", "state.json"]
+    assert (user / "notes.txt").is_file() and (real / "my-notes" / "n.txt").is_file()

@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -103,6 +104,9 @@ STATES: tuple[str, ...] = ("new", "proposed", "corrected", "accepted")
 #: images with more pixels are refused unless the project allows more
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 _MASK_FILES = ("instances.tif", "instances.json", "semantic.png")
+#: what the store writes into an item folder besides state.json: revision folders and temporary files
+_REVISION = re.compile(r"(result|correction)-[0-9]{6,}")
+_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]+\.tmp(\.[A-Za-z0-9]+)?")
 _MAX_NAMES_SHOWN = 10
 
 #: upgrade steps: ``_UPGRADES[v](root, manifest)`` turns a format-``v`` project
@@ -309,6 +313,11 @@ def _bboxes(instances: np.ndarray) -> dict[int, tuple[list[int], int]]:
         sy, sx = slices[i - 1]
         out[i] = ([int(sx.start), int(sy.start), int(sx.stop), int(sy.stop)], int(n))
     return out
+
+
+def _revisions(st: ItemState) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, info) of every revision a state references."""
+    return [(kind, part) for kind, part in (("result", st.result), ("correction", st.correction)) if part]
 
 
 # --------------------------------------------------------------------------
@@ -567,23 +576,30 @@ class Project:
         return True
 
     def _collect_garbage(self, name: str, st: ItemState | None = None) -> int:
-        """Delete revision folders and temporary files the state does not reference."""
+        """Delete what the store wrote and no longer references: revision folders, temporary files.
+
+        Only entries named as the store names them (``result-NNNNNN``,
+        ``correction-NNNNNN``, :func:`~napari_irnet.core.io.atomic_path`'s
+        ``.<name>.<hex>.tmp...``) are deleted, never through a symbolic link:
+        an item folder that is a link, or an entry that is one, is left alone,
+        and so is anything else in the folder.
+        """
         folder = self.item_dir(name)
-        if not folder.is_dir():
+        if folder.is_symlink() or folder.parent.is_symlink() or not folder.is_dir():
             return 0
         st = st or self.state(name)
-        keep = {STATE_FILE}
-        if st.result:
-            keep.add(f"result-{int(st.result['rev']):06d}")
-        if st.correction:
-            keep.add(f"correction-{int(st.correction['rev']):06d}")
+        keep = {f"{kind}-{int(part['rev']):06d}" for kind, part in _revisions(st)}
         removed = 0
         for p in folder.iterdir():
-            if p.name in keep:
+            if p.name in keep or p.is_symlink():
+                continue
+            own_revision = _REVISION.fullmatch(p.name) is not None and p.is_dir()
+            own_temp = _TEMP_FILE.fullmatch(p.name) is not None and p.is_file()
+            if not (own_revision or own_temp):
                 continue
             with contextlib.suppress(OSError):
-                if p.is_dir():
-                    shutil.rmtree(p)
+                if own_revision:
+                    shutil.rmtree(p)  # does not follow links inside
                 else:
                     p.unlink()
                 removed += 1
