@@ -46,7 +46,9 @@ from .io import (
     InputError,
     OutputError,
     atomic_write,
+    output_stems,
     read_label_image,
+    write_class_legend,
     write_instance_tiff,
     write_instances_json,
     write_semantic_png,
@@ -97,15 +99,6 @@ class ImportedImage:
 
 # --------------------------------------------------------------------------
 # choosing images
-
-
-def _export_stems(names: Sequence[str]) -> dict[str, str]:
-    """A unique file stem per image: the name without suffix, or with ``_<suffix>`` on clashes."""
-    plain = {n: Path(n).with_suffix("").as_posix().replace("/", "__") for n in names}
-    counts: dict[str, int] = {}
-    for s in plain.values():
-        counts[s] = counts.get(s, 0) + 1
-    return {n: (s if counts[s] == 1 else n.replace("/", "__").replace(".", "_")) for n, s in plain.items()}
 
 
 def _selected(
@@ -328,12 +321,10 @@ def export_label_images(
         raise ValueError(f"unknown label image format {unknown[0]!r}; use 'tif' or 'png'")
     summary = ExportSummary(out)
     selected = _selected(project, states, source, summary)
-    stems = _export_stems([n for n, _, _ in selected])
+    stems = output_stems([n for n, _, _ in selected])
     classes = project.classes
     for fmt in formats:
-        legend = {"background": 0, "classes": {str(i + 1): c for i, c in enumerate(classes)},
-                  "semantic": "class index + 1, 0 = background", "instances": "instance id, 0 = background"}  # fmt: skip
-        summary.files.append(_write_text(out / fmt / "classes.json", json.dumps(legend, indent=1) + "\n"))
+        summary.files.append(write_class_legend(out / fmt, classes))
     for name, _state, _count in selected:
         masks = _load(project, name, source)
         stem = stems[name]
@@ -422,7 +413,7 @@ def export_voc(
                 "(at most 254); export COCO or label TIFFs instead"
             )
         selected.append(name)
-    stems = _export_stems(selected)
+    stems = output_stems(selected)
     classes = project.classes
     for name in selected:
         masks = _load(project, name, source)
