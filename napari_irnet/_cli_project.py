@@ -96,11 +96,9 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     run = ProjectPrediction(
         project, checkpoint=args.checkpoint, params=params, device=args.device, force=args.force, limit=args.limit
     )
-    if params is not None:
-        print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}")
     total_images = len(project.images)
     limited = f"; predicting {len(run)} (--limit)" if len(run) < run.needed else ""
-    print(f"{run.needed} of {total_images} images need prediction ({project.checkpoint_path.name}){limited}")
+    print(f"{run.needed} of {total_images} images need prediction ({run.checkpoint_path.name}){limited}")
     done = failed = skipped = 0
     failures: list[str] = []
     start = time.perf_counter()
@@ -120,6 +118,8 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"stopped after {done} images; run the same command again to resume", file=sys.stderr)
         raise
+    if params is not None:
+        print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}")
     seconds = time.perf_counter() - start
     rate = f" ({done / seconds:.2f} images/s)" if done and seconds > 0 else ""
     print(f"predicted {done} images in {seconds:.1f} s{rate}")

@@ -99,3 +99,26 @@ def test_failed_images_and_read_only_output(tmp_path, files, capsys, monkeypatch
     monkeypatch.setattr(io_module.os, "replace", read_only)
     assert main(["export", "--project", proj, "--out", str(tmp_path / "x"), "--states", "proposed"]) == 2
     assert "instances.json: cannot write (Read-only file system)" in capsys.readouterr().err
+
+
+def test_a_run_refused_by_the_lock_changes_nothing(tmp_path, files, capsys):
+    root, ckpt = files
+    proj = str(tmp_path / "P")
+    assert main(["init", "--project", proj, "--images", str(root / "images"), "--labels", str(root / "labels.csv"), "--checkpoint", str(ckpt), *FAST]) == 0
+    assert main(["predict", "--project", proj, "--limit", "1", "--device", "cpu"]) == 0
+    other = tmp_path / "other.pt"
+    other.write_bytes(ckpt.read_bytes())
+    before = {p: p.read_bytes() for p in (tmp_path / "P").rglob("*") if p.is_file() and p.name != ".lock"}
+    project = open_project(proj)
+    capsys.readouterr()
+    with project.batch_lock():  # another run is predicting
+        assert main(["predict", "--project", proj, "--checkpoint", str(other), "--beta", "8", "--device", "cpu"]) == 2
+    assert "another napari-irnet run is predicting" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in (tmp_path / "P").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # neither the checkpoint nor the parameters were switched: no result became stale
+    assert main(["status", "--project", proj, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["need_prediction"] == 3
+    # once the lock is free the same command switches both and predicts
+    assert main(["predict", "--project", proj, "--checkpoint", str(other), "--beta", "8", "--device", "cpu"]) == 0
+    reopened = open_project(proj)
+    assert reopened.params.beta == 8 and reopened.checkpoint_path == other.resolve()
