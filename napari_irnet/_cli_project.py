@@ -179,6 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts[st.state] += 1
     pending = [n for n, st in states.items() if project.needs_prediction(n, key, st)]
     failed = {n: st.error["message"] for n, st in states.items() if st.error and st.state == "new"}
+    changed = [n for n, st in states.items() if st.image_changed]
     if args.json:
         data = {
             "project": str(project.root),
@@ -190,6 +191,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "states": counts,
             "need_prediction": len(pending),
             "failed": failed,
+            "image_changed": changed,
         }
         if args.list:
             data["items"] = {
@@ -212,6 +214,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  {'total':<{width}}  {len(states):>7}")
     print()
     print(f"need prediction: {len(pending)}" + ("" if key or not pending else " (new images; no usable checkpoint)"))
+    if changed:
+        print(f"image changed since its masks were made: {len(changed)} (new again; the earlier masks are kept)")
+        for n in changed[: 10 if not args.list else None]:
+            print(f"  {project.image_path(n)}")
     if failed:
         print(f"failed on the last try: {len(failed)}")
         for n, msg in list(failed.items())[: 10 if not args.list else None]:
@@ -222,6 +228,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             part = st.correction or st.result
             inst = "" if not part else f"{part.get('instances', '?')} instances"
             stale = " (stale)" if st.state == "proposed" and n in pending else ""
+            stale += " (image changed)" if st.image_changed else ""
             print(f"{st.state:<{width}}  {n}  {inst}{stale}")
     return 0
 

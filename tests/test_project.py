@@ -390,3 +390,37 @@ def test_garbage_collection_never_deletes_through_links_nor_foreign_files(projec
     left = sorted(p.name for p in real.iterdir())
     assert left == ["correction-000009", "correction-000010", "my-notes", "state.json"]
     assert (user / "notes.txt").is_file() and (real / "my-notes" / "n.txt").is_file()
+
+
+def test_a_replaced_image_of_the_same_size_is_new_again_and_its_masks_are_kept(project, tiny_dataset, capsys):
+    from PIL import Image
+
+    from napari_irnet.cli import main
+
+    name, same = project.names[0], project.names[1]
+    for i, n in enumerate((name, same)):
+        project.read_image(n)
+        inst, records = _gt(tiny_dataset[i])
+        project.save_correction(n, inst, records)
+    path, path_same = project.image_path(name), project.image_path(same)
+    old_rev = project.state(name).correction["rev"]
+    # another image of the same size in its place; the other one re-saved with the same pixels
+    Image.fromarray(np.asarray(tiny_dataset[2].image)).save(path)
+    pixels = np.asarray(Image.open(path_same))
+    Image.fromarray(pixels).save(path_same, compress_level=1)
+    reopened = open_project(project.root)
+    st = reopened.state(name)
+    assert st.state == "new" and st.image_changed and st.correction is None
+    assert reopened.load_masks(name) is None and reopened.needs_prediction(name)
+    assert reopened.state(same).state == "corrected"  # same pixels, other bytes: its masks still fit
+    assert main(["status", "--project", str(project.root), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "image changed since its masks were made: 1" in out and str(path) in out and "(image changed)" in out
+    # masks for the new pixels: the earlier correction stays on disk, referenced, through later writes
+    inst, records = _gt(tiny_dataset[2])
+    reopened.save_result(name, inst, [{**r, "score": 0.5} for r in records], np.zeros_like(inst), "model", None)
+    st = reopened.state(name)
+    assert st.state == "proposed" and not st.image_changed
+    assert st.replaced[0]["correction"]["rev"] == old_rev
+    assert (reopened.item_dir(name) / f"correction-{old_rev:06d}" / "instances.tif").is_file()
+    assert reopened.cleanup() == 0
