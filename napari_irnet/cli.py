@@ -153,6 +153,18 @@ def _predict_inputs(args: argparse.Namespace, model) -> tuple[list[tuple[str, Pa
     return [(p.name, p) for p in list_images(args.images)], None
 
 
+def _check_legend(out: Path, classes: list[str]) -> None:
+    """Refuse a folder holding predictions for other classes (or another order): one classes.json speaks for all."""
+    from .core.io import CLASS_LEGEND, InputError, read_class_legend
+
+    legend = out / CLASS_LEGEND
+    if legend.exists() and read_class_legend(legend) != list(classes):
+        raise InputError(
+            f"{legend}: the predictions in this folder are for the classes {read_class_legend(legend)}, "
+            f"the checkpoint's are {list(classes)}; predict into another folder"
+        )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -171,6 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"note: the files of these images are named apart (names that share a stem, or in sub-folders): {', '.join(renamed[:10])}", file=sys.stderr)
     if is_main():
         # the semantic maps hold the model's class index + 1: say which class each value is
+        _check_legend(args.out, model.classes)
         write_class_legend(args.out, model.classes)
     total = len(inputs)
     for name, path in tqdm(shard(inputs), desc="predict", unit="image", disable=None if is_main() else True):

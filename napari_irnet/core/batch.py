@@ -132,6 +132,8 @@ class ProjectPrediction:
         limit: int | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be 0 or more, got {limit}")
         self.project = project
         self.device = device
         given_in_memory = model is not None and checkpoint is None

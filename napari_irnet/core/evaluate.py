@@ -599,6 +599,10 @@ def evaluate_folder(
         sizes that differ, unknown class names; the message names the file.
     """
     pred_dir, gt_path = Path(pred_dir), Path(gt_path)
+    if classes is not None:
+        repeated = sorted({c for c in classes if list(classes).count(c) > 1})
+        if repeated or not classes:
+            raise InputError(f"{gt_path}: the classes given for it {'list ' + repr(repeated[0]) + ' twice' if repeated else 'are empty'}")
     predictions = _find_predictions(pred_dir)
     gt = _open_gt(gt_path, gt_format, list(classes) if classes is not None else None)
     names = gt.classes
