@@ -75,6 +75,18 @@ def _run(world, tmp_path, monkeypatch, capsys, prepare, args, expected):
     return here, after
 
 
+def _command(name, defaults, extra, *tail):
+    """``name`` with the ``defaults`` options, those in ``extra`` replacing them (None: left out), the rest of ``extra`` added."""
+    args, rest = dict(defaults), []
+    it = iter(extra)
+    for a in it:
+        if a in args:
+            args[a] = next(it)
+        else:
+            rest.append(a)
+    return [name, *[x for k, v in args.items() if v is not None for x in (k, v)], *rest, *tail]
+
+
 def _item(here, project="P", index=0):
     p = open_project(here / project)
     return p.item_dir(p.names[index])
@@ -115,15 +127,7 @@ EVALUATE = {
 @pytest.mark.parametrize("case", list(EVALUATE))
 def test_evaluate_bad_input(world, tmp_path, monkeypatch, capsys, case):
     prepare, extra, expected = EVALUATE[case]
-    args = {"--predictions": "pred", "--ground-truth": "ds"}
-    rest = []
-    it = iter(extra)
-    for a in it:
-        if a in args:
-            args[a] = next(it)
-        else:
-            rest.append(a)
-    cmd = ["evaluate", *[x for kv in args.items() for x in kv], *rest]
+    cmd = _command("evaluate", {"--predictions": "pred", "--ground-truth": "ds"}, extra)
     _run(world, tmp_path, monkeypatch, capsys, prepare, cmd, expected)
 
 
@@ -150,10 +154,7 @@ EXPORT = {
 @pytest.mark.parametrize("case", list(EXPORT))
 def test_export_bad_input(world, tmp_path, monkeypatch, capsys, case):
     prepare, extra, expected = EXPORT[case]
-    args = {"--project": "P", "--out": "E"}
-    for k, v in zip(extra[::2], extra[1::2]):
-        args[k] = v
-    cmd = ["export", *[x for kv in args.items() for x in kv], "--format", "coco", "tif", "--states", "proposed", "corrected"]
+    cmd = _command("export", {"--project": "P", "--out": "E"}, extra, "--format", "coco", "tif", "--states", "proposed", "corrected")
     _run(world, tmp_path, monkeypatch, capsys, prepare, cmd, expected)
 
 
@@ -182,10 +183,8 @@ PREDICT = {
 @pytest.mark.parametrize("case", list(PREDICT))
 def test_predict_folder_bad_input(world, tmp_path, monkeypatch, capsys, case):
     prepare, extra, expected = PREDICT[case]
-    args = {"--images": "ds/images", "--labels": "ds/labels.csv", "--checkpoint": "m.pt", "--out": "pred"}
-    for k, v in zip(extra[::2], extra[1::2]):
-        args[k] = v
-    cmd = ["predict", *[x for k, v in args.items() if v is not None for x in (k, v)], "--device", "cpu", *FAST]
+    defaults = {"--images": "ds/images", "--labels": "ds/labels.csv", "--checkpoint": "m.pt", "--out": "pred"}
+    cmd = _command("predict", defaults, extra, "--device", "cpu", *FAST)
     _run(world, tmp_path, monkeypatch, capsys, prepare, cmd, expected)
 
 
@@ -229,10 +228,7 @@ PREDICT_PROJECT = {
 @pytest.mark.parametrize("case", list(PREDICT_PROJECT))
 def test_predict_project_bad_input(world, tmp_path, monkeypatch, capsys, case):
     prepare, extra, expected = PREDICT_PROJECT[case]
-    args = {"--project": "P"}
-    for k, v in zip(extra[::2], extra[1::2]):
-        args[k] = v
-    cmd = ["predict", *[x for kv in args.items() for x in kv], "--device", "cpu"]
+    cmd = _command("predict", {"--project": "P"}, extra, "--device", "cpu")
     _run(world, tmp_path, monkeypatch, capsys, prepare, cmd, expected)
 
 
@@ -261,10 +257,8 @@ INIT = {
 @pytest.mark.parametrize("case", list(INIT))
 def test_init_bad_input(world, tmp_path, monkeypatch, capsys, case):
     prepare, extra, expected = INIT[case]
-    args = {"--project": "Q", "--images": "ds/images", "--labels": "ds/labels.csv"}
-    for k, v in zip(extra[::2], extra[1::2]):
-        args[k] = v
-    here, _ = _run(world, tmp_path, monkeypatch, capsys, prepare, ["init", *[x for kv in args.items() for x in kv]], expected)
+    cmd = _command("init", {"--project": "Q", "--images": "ds/images", "--labels": "ds/labels.csv"}, extra)
+    here, _ = _run(world, tmp_path, monkeypatch, capsys, prepare, cmd, expected)
     assert not (here / "Q").exists()
 
 
@@ -291,8 +285,6 @@ FINETUNE = {
 @pytest.mark.parametrize("case", list(FINETUNE))
 def test_finetune_project_bad_input(world, tmp_path, monkeypatch, capsys, case):
     prepare, extra, expected = FINETUNE[case]
-    args = {"--checkpoint": "m.pt", "--project": "P", "--out": "tuned.pt"}
-    for k, v in zip(extra[::2], extra[1::2]):
-        args[k] = v
-    here, _ = _run(world, tmp_path, monkeypatch, capsys, prepare, ["finetune", *[x for kv in args.items() for x in kv], "--device", "cpu"], expected)
+    cmd = _command("finetune", {"--checkpoint": "m.pt", "--project": "P", "--out": "tuned.pt"}, extra, "--device", "cpu")
+    here, _ = _run(world, tmp_path, monkeypatch, capsys, prepare, cmd, expected)
     assert not (here / "tuned.pt").exists()
