@@ -173,6 +173,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.distributed import barrier, is_main, shard
     from .core.pipeline import predict, predict_classes
 
+    from .core.io import InputError
+
+    if args.out.resolve() == args.images.resolve():
+        raise InputError(f"{args.out}: is the image folder; write the predictions to another folder (they would be read as images)")
     model = load_checkpoint(args.checkpoint)
     params = _with_overrides(model.params, args)
     inputs, labels = _predict_inputs(args, model)

@@ -177,6 +177,7 @@ PREDICT = {
     "--out holds another model's predictions": (lambda h: write_class_legend(h / "pred", ["blob", "rod", "round"]), [],
                                                 ["pred/classes.json: the predictions in this folder are for the classes"]),  # fmt: skip
     "a parameter out of range": (None, ["--beta", "-1"], ["beta=-1.0 must be positive"]),
+    "--out is the image folder": (None, ["--out", "ds/images"], ["ds/images: is the image folder"]),
 }
 
 
