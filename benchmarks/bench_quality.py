@@ -203,7 +203,10 @@ def get_cam_model(args, classes, items, out: Path, timings: dict, from_masks: bo
     path = out / f"{key}.pt"
     if path.is_file() and not args.retrain_cam:
         _log(f"reusing {path}")
-        return load_checkpoint(path)
+        model = load_checkpoint(path)
+        if model.classes != list(classes):  # the scores compare class indices with the ground truth's values
+            raise SystemExit(f"{path}: trained for the classes {model.classes}, the data's are {classes} (in this order); --retrain-cam")
+        return model
     weights = None if args.weights == "none" else args.weights
     model = new_model(classes, args.backbone, weights)
     model.train_params = train_params(args)

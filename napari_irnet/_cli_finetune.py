@@ -32,42 +32,142 @@ from pathlib import Path
 
 import numpy as np
 
-_LABEL_NAMES = ("{stem}.tif", "{stem}.tiff", "{stem}.png", "{stem}_instances.tif")
+#: label images of a correction, and the instance records beside them: ``predict``'s layout, plain
+#: label images, and the label-image export's (``export --format tif|png``: ``instances/<stem>.tif|png``
+#: with ``instances/<stem>.json``; or its ``instances`` folder itself)
+_LABEL_NAMES = (
+    ("{stem}_instances.tif", "{stem}_instances.json"),
+    ("instances/{stem}.tif", "instances/{stem}.json"),
+    ("instances/{stem}.png", "instances/{stem}.json"),
+    ("{stem}.tif", "{stem}.json"),
+    ("{stem}.tiff", "{stem}.json"),
+    ("{stem}.png", "{stem}.json"),
+)
 
 
-def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[np.ndarray, dict[int, str] | None] | None:
+def _stems(image_file: str) -> list[str]:
+    """The stems an image's files may have: plain, with sub-folders joined by ``__``, or suffixed (see ``output_stems``)."""
+    plain = Path(image_file).with_suffix("").as_posix().replace("/", "__")
+    return list(dict.fromkeys([plain, Path(image_file).stem, image_file.replace("/", "__").replace(".", "_")]))
+
+
+def _label_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[np.ndarray, dict[int, str] | None, Path] | None:
+    from .core.io import InputError, read_instances_json, read_label_image
+
+    for stem in _stems(image_file):
+        for label_name, records_name in _LABEL_NAMES:
+            path = folder / label_name.format(stem=stem)
+            if not path.is_file():
+                continue
+            labels = read_label_image(path)
+            if labels.shape != image.shape[:2]:
+                raise InputError(f"{path}: label image is {labels.shape}, its image {image_file} is {image.shape[:2]}")
+            records = folder / records_name.format(stem=stem)
+            if records.is_file():
+                table = {int(r["id"]): str(r["class"]) for r in read_instances_json(records)}
+                return labels, table, records
+            legacy = folder / f"{stem}_instances.json"  # predict's records beside a plain label image
+            if legacy.is_file():
+                return labels, {int(r["id"]): str(r["class"]) for r in read_instances_json(legacy)}, legacy
+            return labels, None, path
+    return None
+
+
+def find_correction(folder: Path, image_file: str, image: np.ndarray, with_source: bool = False):
     """The corrected instance map of one image in ``folder`` and its instances' classes, or None.
 
-    The classes are ``{instance id: class name}``, None when nothing says them.
+    The classes are ``{instance id: class name}``, None when nothing says
+    them. With ``with_source`` a third item names the file the classes come
+    from (or the label image, when none does).
     """
-    from .core.corrections import load_corrections
-    from .core.io import InputError, read_instances_json, read_label_image
+    from .core.corrections import STATE_FILE, load_corrections
 
     plugin_folder = folder / image_file
     if plugin_folder.is_dir():
         stored = load_corrections(plugin_folder, image)
         if stored is not None and stored.state in ("corrected", "accepted"):
-            return stored.labels, stored.instance_classes
+            found = stored.labels, stored.instance_classes, plugin_folder / STATE_FILE
+            return found if with_source else found[:2]
         return None
-    stem = Path(image_file).stem
-    for pattern in _LABEL_NAMES:
-        path = folder / pattern.format(stem=stem)
-        if path.is_file():
-            labels = read_label_image(path)
-            if labels.shape != image.shape[:2]:
-                raise InputError(f"{path}: label image is {labels.shape}, its image {image_file} is {image.shape[:2]}")
-            records = folder / f"{stem}_instances.json"
-            table = {int(r["id"]): str(r["class"]) for r in read_instances_json(records)} if records.is_file() else None
-            return labels, table
-    return None
+    found = _label_correction(folder, image_file, image)
+    if found is None:
+        return None
+    return found if with_source else found[:2]
+
+
+def _check_classes(table: dict[int, str] | None, classes: list[str], where: Path, checkpoint: Path) -> None:
+    """A correction's instance classes must all be the model's: an unknown one is an error, never dropped."""
+    from .core.io import InputError
+
+    for iid, name in (table or {}).items():
+        if name not in classes:
+            raise InputError(
+                f"{where}: instance {iid} has class {name!r}, which the checkpoint {checkpoint} does not know "
+                f"(its classes: {', '.join(classes)})"
+            )
+
+
+def _folder_inputs(args: argparse.Namespace, model):
+    """Training images, corrections, class tables and the tables' files, from --images/--labels/--corrections."""
+    from .cli import _load_dataset
+    from .core.io import InputError, read_labels
+
+    _, items = _load_dataset(args.images, args.labels, model.classes)
+    folder = args.corrections or args.images / "napari-irnet"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: corrections folder not found")
+    files = list(read_labels(args.labels, args.images, classes=model.classes).image_labels)
+    found = [find_correction(folder, name, item.image, with_source=True) for name, item in zip(files, items)]
+    for f in found:
+        if f is not None:
+            _check_classes(f[1], model.classes, f[2], args.checkpoint)
+    if not any(f is not None for f in found):
+        raise InputError(f"{folder}: no corrected or accepted instance map for any of the {len(items)} images")
+    return items, [f[0] if f else None for f in found], [f[1] if f else None for f in found], [f[2] if f else None for f in found]
+
+
+def _project_inputs(args: argparse.Namespace, model):
+    """The same from a project: its corrected and accepted images, and (unless --corrected-only) its labelled others."""
+    from .core.io import InputError
+    from .core.project import ITEMS, item_folder_name, open_project
+    from .core.training import LabelledImage
+
+    project = open_project(args.project)
+    items, corrections, tables, sources = [], [], [], []
+    for name, st in project.states().items():
+        labels = project.entry(name).labels
+        corrected = st.state in ("corrected", "accepted") and st.correction is not None
+        if not corrected and (args.corrected_only or labels is None):
+            continue  # an uncorrected image trains on its image-level labels only
+        masks = table = where = None
+        if corrected:
+            masks = project.load_masks(name, "correction")
+            where = project.root / ITEMS / item_folder_name(name) / f"correction-{int(st.correction['rev']):06d}" / "instances.json"
+            table = {int(r["id"]): str(r["class"]) for r in masks.records}
+            _check_classes(table, model.classes, where, args.checkpoint)
+        names = labels if labels is not None else sorted(set(table.values()), key=model.classes.index)
+        unknown = [c for c in names if c not in model.classes]
+        if unknown:
+            raise InputError(f"{project.root / 'images.json'}: image {name!r} is labelled {unknown[0]!r}, which the checkpoint {args.checkpoint} does not know")
+        items.append(LabelledImage(Path(name).stem, project.read_image(name), [model.classes.index(c) for c in names]))
+        corrections.append(masks.instances if masks is not None else None)
+        tables.append(table)
+        sources.append(where)
+    if not any(c is not None for c in corrections):
+        raise InputError(f"{project.root}: no corrected or accepted image to fine-tune from ({_counts(project)})")
+    return items, corrections, tables, sources
+
+
+def _counts(project) -> str:
+    return ", ".join(f"{n} {state}" for state, n in project.counts().items())
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ._cli_progress import progress_iter, track_training
-    from .cli import _check_outputs, _load_dataset, _save_result, _with_overrides
+    from .cli import _check_outputs, _save_result, _with_overrides
     from .core.checkpoint import load_checkpoint
     from .core.finetune import correction_class_maps, describe_reset, finetune, finetune_labels
-    from .core.io import InputError, OutputError, read_labels
+    from .core.io import InputError, OutputError
 
     resume = args.out.with_name(args.out.name + ".resume")
     if args.out.resolve() == args.checkpoint.resolve():
@@ -77,17 +177,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model.require("irn", task="fine-tuning")
     model.params = _with_overrides(model.params, args)
     model.train_params = _with_overrides(model.train_params, args)
-    _, items = _load_dataset(args.images, args.labels, model.classes)
-    folder = args.corrections or args.images / "napari-irnet"
-    if not folder.is_dir():
-        raise InputError(f"{folder}: corrections folder not found")
-    files = list(read_labels(args.labels, args.images, classes=model.classes).image_labels)
-    found = [find_correction(folder, name, item.image) for name, item in zip(files, items)]
-    corrections = [f[0] if f is not None else None for f in found]
-    class_maps = correction_class_maps(corrections, [f[1] if f is not None else None for f in found], model.classes)
+    if args.project is not None:
+        if args.images is not None or args.labels is not None or args.corrections is not None:
+            raise InputError(f"{args.project}: --project fine-tunes from the project's own images and corrections: leave out --images, --labels and --corrections")
+        items, corrections, tables, sources = _project_inputs(args, model)
+    else:
+        if args.images is None or args.labels is None:
+            raise InputError("finetune needs --images and --labels (or --project)")
+        items, corrections, tables, sources = _folder_inputs(args, model)
+    class_maps = correction_class_maps(corrections, tables, model.classes)
     n_strong = sum(c is not None for c in corrections)
-    if n_strong == 0:
-        raise InputError(f"{folder}: no corrected or accepted instance map for any of the {len(items)} images")
+    unclassed = [str(src) for c, t, src in zip(corrections, tables, sources) if c is not None and not t]
+    if unclassed and model.train_params.finetune_cam:
+        print(f"note: {len(unclassed)} corrected image(s) name no instance classes, so the CAM network does not learn "
+              f"from them (give <stem>_instances.json or instances/<stem>.json beside the label image): {', '.join(unclassed[:5])}",
+              file=sys.stderr)  # fmt: skip
     if args.corrected_only:
         keep = [i for i, c in enumerate(corrections) if c is not None]
         items, corrections, class_maps = [items[i] for i in keep], [corrections[i] for i in keep], [class_maps[i] for i in keep]
@@ -115,9 +219,10 @@ def add_finetune_command(sub) -> None:
 
     p = sub.add_parser("finetune", help="fine-tune IRNet from corrected instance maps (human in the loop)")
     p.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint to start from (not modified)")
-    p.add_argument("--images", type=Path, required=True, help="folder of images")
-    p.add_argument("--labels", type=Path, required=True, help="image-level labels: CSV (image,classes with ';') or JSON")
-    p.add_argument("--corrections", type=Path, help="corrected instance maps (default: <images>/napari-irnet, the plugin's)")
+    p.add_argument("--project", type=Path, help="fine-tune from this project's corrected and accepted images (and its other labelled ones, unless --corrected-only); instead of --images, --labels and --corrections")
+    p.add_argument("--images", type=Path, help="folder of images (without --project)")
+    p.add_argument("--labels", type=Path, help="image-level labels: CSV (image,classes with ';') or JSON (without --project)")
+    p.add_argument("--corrections", type=Path, help="corrected instance maps: the plugin's per-image folders, label images with <stem>_instances.json, or a label-image export (export --format tif|png: OUT/tif) (default: <images>/napari-irnet, the plugin's)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--corrected-only", action="store_true",
                    help="train on the corrected images only (default: the uncorrected ones too, with their weak labels)")

@@ -97,11 +97,9 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     run = ProjectPrediction(
         project, checkpoint=args.checkpoint, params=params, device=args.device, force=args.force, limit=args.limit
     )
-    if params is not None:
-        print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}")
     total_images = len(project.images)
     limited = f"; predicting {len(run)} (--limit)" if len(run) < run.needed else ""
-    print(f"{run.needed} of {total_images} images need prediction ({project.checkpoint_path.name}){limited}")
+    print(f"{run.needed} of {total_images} images need prediction ({run.checkpoint_path.name}){limited}")
     done = failed = skipped = 0
     failures: list[str] = []
     start = time.perf_counter()
@@ -119,6 +117,8 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"stopped after {done} images; run the same command again to resume", file=sys.stderr)
         raise
+    if params is not None:
+        print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}")
     seconds = time.perf_counter() - start
     rate = f" ({done / seconds:.2f} images/s)" if done and seconds > 0 else ""
     print(f"predicted {done} images in {seconds:.1f} s{rate}")
@@ -178,6 +178,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts[st.state] += 1
     pending = [n for n, st in states.items() if project.needs_prediction(n, key, st)]
     failed = {n: st.error["message"] for n, st in states.items() if st.error and st.state == "new"}
+    changed = [n for n, st in states.items() if st.image_changed]
     if args.json:
         data = {
             "project": str(project.root),
@@ -189,6 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "states": counts,
             "need_prediction": len(pending),
             "failed": failed,
+            "image_changed": changed,
         }
         if args.list:
             data["items"] = {
@@ -211,6 +213,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  {'total':<{width}}  {len(states):>7}")
     print()
     print(f"need prediction: {len(pending)}" + ("" if key or not pending else " (new images; no usable checkpoint)"))
+    if changed:
+        print(f"image changed since its masks were made: {len(changed)} (new again; the earlier masks are kept)")
+        for n in changed[: 10 if not args.list else None]:
+            print(f"  {project.image_path(n)}")
     if failed:
         print(f"failed on the last try: {len(failed)}")
         for n, msg in list(failed.items())[: 10 if not args.list else None]:
@@ -221,6 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             part = st.correction or st.result
             inst = "" if not part else f"{part.get('instances', '?')} instances"
             stale = " (stale)" if st.state == "proposed" and n in pending else ""
+            stale += " (image changed)" if st.image_changed else ""
             print(f"{st.state:<{width}}  {n}  {inst}{stale}")
     return 0
 

@@ -185,26 +185,59 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     return _save_result(model, args.out)
 
 
+def _predict_inputs(args: argparse.Namespace, model) -> tuple[list[tuple[str, Path]], object]:
+    """(name, path) of every image to predict, and the labels (None without --labels)."""
+    from .core.io import list_images, read_labels
+
+    if args.labels:
+        labels = read_labels(args.labels, args.images, classes=model.classes)
+        return [(name, args.images / name) for name in labels.image_labels], labels
+    return [(p.name, p) for p in list_images(args.images)], None
+
+
+def _check_legend(out: Path, classes: list[str]) -> None:
+    """Refuse a folder holding predictions for other classes (or another order): one classes.json speaks for all."""
+    from .core.io import CLASS_LEGEND, InputError, read_class_legend
+
+    legend = out / CLASS_LEGEND
+    if legend.exists() and read_class_legend(legend) != list(classes):
+        raise InputError(
+            f"{legend}: the predictions in this folder are for the classes {read_class_legend(legend)}, "
+            f"the checkpoint's are {list(classes)}; predict into another folder"
+        )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ._cli_progress import progress_iter
     from .core.checkpoint import load_checkpoint
-    from .core.io import list_images, read_image, read_labels, write_instance_tiff, write_instances_json, write_semantic_png
+    from .core.io import output_stems, read_image, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.distributed import barrier, is_main, shard
     from .core.pipeline import predict, predict_classes
 
+    from .core.io import InputError
+
+    if args.out.resolve() == args.images.resolve():
+        raise InputError(f"{args.out}: is the image folder; write the predictions to another folder (they would be read as images)")
     model = load_checkpoint(args.checkpoint)
     model.require("cam", "irn")  # before anything is written
     params = _with_overrides(model.params, args)
-    labels = read_labels(args.labels, args.images, classes=model.classes) if args.labels else None
-    paths = [args.images / n for n in labels.image_labels] if labels else list_images(args.images)
-    args.out.mkdir(parents=True, exist_ok=True)
-    total = len(paths)
-    paths = shard(paths)  # under torchrun: every world-size-th image
-    for path in progress_iter(paths, len(paths), "predict"):
+    inputs, labels = _predict_inputs(args, model)
+    # one set of files per image: a.png and a.jpg, or sub/a.png and a.png, must not overwrite each other
+    stems = output_stems([name for name, _ in inputs])
+    renamed = [f"{name} -> {stems[name]}_*" for name, _ in inputs if stems[name] != Path(name).stem]
+    if renamed and is_main():
+        print(f"note: the files of these images are named apart (names that share a stem, or in sub-folders): {', '.join(renamed[:10])}", file=sys.stderr)
+    if is_main():
+        # the semantic maps hold the model's class index + 1: say which class each value is
+        _check_legend(args.out, model.classes)
+        write_class_legend(args.out, model.classes)  # makes the folder
+    total = len(inputs)
+    mine = shard(inputs)  # under torchrun: every world-size-th image
+    for name, path in progress_iter(mine, len(mine), "predict"):
         image = read_image(path)
-        names = labels.image_labels[path.name] if labels else predict_classes(model, image, device=args.device)
+        names = labels.image_labels[name] if labels else predict_classes(model, image, device=args.device)
         _, pred = predict(model, image, names, params, args.device)
-        stem = path.stem
+        stem = stems[name]
         write_instance_tiff(args.out / f"{stem}_instances.tif", pred.instances.labels)
         write_semantic_png(args.out / f"{stem}_semantic.png", pred.semantic.astype("uint8"))
         records = [{**r, "class": model.classes[r["class_id"]]} for r in pred.instances.records]
@@ -219,7 +252,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.evaluate import evaluate_folder, format_table
     from .core.io import json_ready, write_json
 
-    results = evaluate_folder(args.predictions, args.ground_truth, classes=args.classes, gt_format=args.gt_format)
+    results = evaluate_folder(
+        args.predictions, args.ground_truth, classes=args.classes, gt_format=args.gt_format, only_predicted=args.only_predicted
+    )
+    for message in results["warnings"]:
+        print(f"warning: {message}", file=sys.stderr)
     print(format_table(results), end="")
     if args.out is not None:
         write_json(args.out, json_ready(results))
@@ -234,7 +271,8 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument("--predictions", type=Path, required=True, help="folder written by predict (<name>_instances.tif/.json, <name>_semantic.png)")
     p.add_argument("--ground-truth", type=Path, required=True, help="VOC folder (SegmentationObject/, SegmentationClass/), label folder (inst/ [sem/, instances.json]) or COCO .json")
     p.add_argument("--gt-format", default="auto", choices=GT_FORMATS, help="ground-truth layout (default: auto, from what the path holds)")
-    p.add_argument("--classes", nargs="+", help="class names in the order of the class values 1, 2, ... (default: from the ground truth; VOC: the 20 VOC classes)")
+    p.add_argument("--classes", nargs="+", help="the ground truth's class names in the order of its class values 1, 2, ... (default: from the ground truth; VOC: the 20 VOC classes); the predictions' order comes from their classes.json")
+    p.add_argument("--only-predicted", action="store_true", help="score only the images that have predictions (default: a ground-truth image without one counts as empty, with a warning)")
     p.add_argument("--out", type=Path, help="write every number as JSON here (NaN as null)")
     p.set_defaults(func=cmd_evaluate)
 

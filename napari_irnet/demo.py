@@ -78,7 +78,7 @@ def _recipe_ok(model) -> bool:
 def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto"):
     """Train (or reuse) the demo model, predict the samples, write and score them."""
     from .core.checkpoint import CheckpointError, load_checkpoint
-    from .core.io import read_image, read_label_image, read_labels, write_instance_tiff, write_instances_json, write_semantic_png
+    from .core.io import read_image, read_label_image, read_labels, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.pipeline import predict
 
     ckpt = out / "model.pt"
@@ -99,6 +99,9 @@ def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto
         model = train(ckpt, device=device)
     labels = read_labels(samples_dir / "labels.csv", samples_dir / "images", classes=model.classes)
     pred_dir = out / "predictions"
+    write_class_legend(pred_dir, model.classes)  # the semantic maps are in the model's class order
+    gt_classes = read_labels(samples_dir / "labels.json").classes
+    to_model = np.array([0] + [model.classes.index(c) + 1 for c in gt_classes])  # ground truth's value -> model's
     results = []
     print(f"\n{'image':<12} {'classes':<22} {'GT inst':>7} {'pred':>5} {'matched@0.5':>11} {'sem. IoU':>8}")
     for name, names in labels.image_labels.items():
@@ -109,7 +112,7 @@ def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto
         write_semantic_png(pred_dir / f"{stem}_semantic.png", pred.semantic.astype(np.uint8))
         write_instances_json(pred_dir / f"{stem}_instances.json", [{**r, "class": model.classes[r["class_id"]]} for r in pred.instances.records])
         gt = read_label_image(samples_dir / "inst" / name)
-        sem = read_label_image(samples_dir / "sem" / name)
+        sem = to_model[read_label_image(samples_dir / "sem" / name)]
         matched = _matched(gt, pred.instances.labels)
         fg_iou = _mean_iou(sem, pred.semantic, len(model.classes) + 1)
         n_gt = int(gt.max())

@@ -51,6 +51,8 @@ def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
     # other parameters make proposals stale
     stale = ProjectPrediction(project, device="cpu", params=FAST.replace(beta=5.0))
     assert stale.names == project.names[1:]
+    assert open_project(project.root).params.beta != 5.0  # recorded only when a run starts, under the lock
+    assert list(ProjectPrediction(project, device="cpu", params=FAST.replace(beta=5.0), limit=0)) == []
     assert open_project(project.root).params.beta == 5.0
 
 

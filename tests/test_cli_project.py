@@ -99,3 +99,60 @@ def test_failed_images_and_read_only_output(tmp_path, files, capsys, monkeypatch
     monkeypatch.setattr(io_module.os, "replace", read_only)
     assert main(["export", "--project", proj, "--out", str(tmp_path / "x"), "--states", "proposed"]) == 2
     assert "instances.json: cannot write (Read-only file system)" in capsys.readouterr().err
+
+
+def test_a_run_refused_by_the_lock_changes_nothing(tmp_path, files, capsys):
+    root, ckpt = files
+    proj = str(tmp_path / "P")
+    assert main(["init", "--project", proj, "--images", str(root / "images"), "--labels", str(root / "labels.csv"), "--checkpoint", str(ckpt), *FAST]) == 0
+    assert main(["predict", "--project", proj, "--limit", "1", "--device", "cpu"]) == 0
+    other = tmp_path / "other.pt"
+    other.write_bytes(ckpt.read_bytes())
+    before = {p: p.read_bytes() for p in (tmp_path / "P").rglob("*") if p.is_file() and p.name != ".lock"}
+    project = open_project(proj)
+    capsys.readouterr()
+    with project.batch_lock():  # another run is predicting
+        assert main(["predict", "--project", proj, "--checkpoint", str(other), "--beta", "8", "--device", "cpu"]) == 2
+    assert "another napari-irnet run is predicting" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in (tmp_path / "P").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # neither the checkpoint nor the parameters were switched: no result became stale
+    assert main(["status", "--project", proj, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["need_prediction"] == 3
+    # once the lock is free the same command switches both and predicts
+    assert main(["predict", "--project", proj, "--checkpoint", str(other), "--beta", "8", "--device", "cpu"]) == 0
+    reopened = open_project(proj)
+    assert reopened.params.beta == 8 and reopened.checkpoint_path == other.resolve()
+
+
+def _readme_commands(heading: str) -> list[list[str]]:
+    """The napari-irnet commands of the first bash block under a README heading, as argument lists."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    block = section[section.index("```bash") + len("```bash"): section.index("```", section.index("```bash") + 7)]
+    return [shlex.split(line, comments=True)[1:] for line in block.splitlines() if line.startswith("napari-irnet ")]
+
+
+def test_the_readme_project_example_runs_as_written(tmp_path, files, monkeypatch, capsys):
+    import shutil
+
+    root, ckpt = files
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(root / "images", tmp_path / "imgs")
+    (tmp_path / "imgs" / "synth_0002.png").unlink()  # two images keep it quick with the default parameters
+    (tmp_path / "imgs" / "synth_0003.png").unlink()
+    lines = (root / "labels.csv").read_text().splitlines()
+    (tmp_path / "labels.csv").write_text("\n".join(lines[:3]) + "\n")
+    from napari_irnet.core.checkpoint import load_checkpoint, new_irnet
+
+    model = load_checkpoint(ckpt)
+    model.irn = new_irnet(model, "cam")
+    save_checkpoint(model, tmp_path / "irnet.pt")
+    commands = _readme_commands("## Projects: curating a dataset")
+    assert [c[0] for c in commands] == ["init", "predict", "status", "export"]
+    for args in commands:
+        assert main(args) == 0, (args, capsys.readouterr().err)
+    assert (tmp_path / "export" / "coco" / "instances.json").is_file()
+    assert len(list((tmp_path / "export" / "voc" / "SegmentationObject").iterdir())) == 2

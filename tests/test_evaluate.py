@@ -116,9 +116,9 @@ def test_labels_folder(tmp_path, samples):
     only_first.mkdir()
     for f in (tmp_path / "pred").glob(f"{samples[0].name}_*"):
         (only_first / f.name).write_bytes(f.read_bytes())
-    perfect = evaluate_folder(only_first, gt_root)
+    perfect = evaluate_folder(only_first, gt_root, only_predicted=True)
     assert perfect["instance"][0.75]["mAP"] == 1.0 and perfect["semantic"]["mIoU"] == 1.0
-    assert perfect["images_without_prediction"] == 2
+    assert perfect["images_without_prediction"] == 2 and perfect["images"] == 1
     table = format_table(results)
     assert "| **mean** |" in table and "AP@0.5" in table and all(c in table for c in CLASSES)
 
@@ -283,3 +283,84 @@ def test_empty_prediction_set_is_an_error(tmp_path, samples):
     with pytest.raises(InputError, match="no predictions found"):
         evaluate_folder(tmp_path / "empty", gt_root)
     assert isinstance(InstanceSet(np.zeros((0, 2, 2), bool), []), InstanceSet)
+
+
+def test_missing_predictions_count_as_empty_with_a_warning(tmp_path, samples):
+    gt_root = write_dataset(samples, tmp_path / "gt")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_prediction(pred, samples[0].name, samples[0].instances, dict(samples[0].instance_classes),
+                     {k: 1.0 for k in samples[0].instance_classes})  # fmt: skip
+    results = evaluate_folder(pred, gt_root)
+    assert results["images"] == 3 and results["images_without_prediction"] == 2
+    assert any("2 ground-truth image(s) have no prediction, scored as empty" in w and samples[1].name in w for w in results["warnings"])
+    # the same as predicting nothing at all for the two others
+    for s in samples[1:]:
+        write_prediction(pred, s.name, np.zeros_like(s.instances), {}, {})
+    empty = evaluate_folder(pred, gt_root)
+    assert empty["images_without_prediction"] == 0
+    for t in (0.25, 0.5, 0.75):
+        assert results["instance"][t]["mAP"] == pytest.approx(empty["instance"][t]["mAP"])
+    assert results["semantic"]["mIoU"] == pytest.approx(empty["semantic"]["mIoU"]) and results["semantic"]["mIoU"] < 0.9
+    assert results["n_gt"] == empty["n_gt"]
+
+
+def test_predictions_in_another_class_order_are_mapped_by_name(tmp_path, samples):
+    """predict writes the semantic maps in the model's class order and says it in classes.json."""
+    from napari_irnet.core.io import write_class_legend
+
+    gt_root = write_dataset(samples, tmp_path / "gt")
+    model_order = ["blob", "rod", "round"]  # train-cam's order on a labels CSV: sorted names
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for s in samples:  # a perfect prediction, written as predict writes it
+        sem = np.zeros(s.instances.shape, np.uint8)
+        for i, c in s.instance_classes.items():
+            sem[s.instances == i] = model_order.index(c) + 1
+        write_prediction(pred, s.name, s.instances, dict(s.instance_classes), {k: 1.0 for k in s.instance_classes}, sem)
+    write_class_legend(pred, model_order)
+    results = evaluate_folder(pred, gt_root)
+    assert results["semantic"]["mIoU"] == 1.0 and results["instance"][0.5]["mAP"] == 1.0
+    assert results["prediction_classes"] == model_order and results["warnings"] == []
+    # a predicted class the ground truth does not know, used in a map: an error naming the map and the class
+    write_class_legend(pred, ["blob", "rod", "giraffe"])
+    with pytest.raises(InputError, match=r"_semantic\.png: class value 3 is class 'giraffe' \(classes\.json\), which is not one"):
+        evaluate_folder(pred, gt_root)
+    # no legend (predictions of an older predict): the ground truth's order is assumed, and said
+    (pred / "classes.json").unlink()
+    results = evaluate_folder(pred, gt_root)
+    assert results["semantic"]["mIoU"] < 1.0 and "classes.json not found" in results["warnings"][0]
+
+
+def test_cli_predict_then_evaluate_scores_a_perfect_prediction_1(tmp_path, samples, monkeypatch, capsys):
+    """The README's commands: train-cam's class order (sorted names) differs from the ground truth's."""
+    import torch
+
+    import napari_irnet.core.pipeline as pipeline
+    from napari_irnet.cli import main
+    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
+    from napari_irnet.core.postprocess import InstanceResult
+
+    gt_root = write_dataset(samples, tmp_path / "gt")
+    torch.manual_seed(0)
+    model = new_model(sorted(CLASSES), "tiny")
+    model.irn = new_irnet(model, "cam")
+    ckpt = save_checkpoint(model, tmp_path / "m.pt")
+    by_shape = {s.image.tobytes(): s for s in samples}
+
+    class Perfect:  # what predict returns for a model that is right everywhere, in its own class order
+        def __init__(self, s, classes):
+            records = [{"id": i, "class_id": classes.index(c), "score": 1.0, "bbox": [0, 0, 1, 1], "area": 1}
+                       for i, c in s.instance_classes.items()]  # fmt: skip
+            self.instances = InstanceResult(s.instances.astype(np.int32), records)
+            self.semantic = np.zeros(s.instances.shape, np.int64)
+            for i, c in s.instance_classes.items():
+                self.semantic[s.instances == i] = classes.index(c) + 1
+
+    monkeypatch.setattr(pipeline, "predict", lambda m, image, *a, **k: (None, Perfect(by_shape[image.tobytes()], m.classes)))
+    out = tmp_path / "pred"
+    assert main(["predict", "--images", str(gt_root / "images"), "--labels", str(gt_root / "labels.csv"),
+                 "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    assert main(["evaluate", "--predictions", str(out), "--ground-truth", str(gt_root), "--out", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["semantic"]["mIoU"] == 1.0 and data["instance"]["0.5"]["mAP"] == 1.0

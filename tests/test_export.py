@@ -178,3 +178,42 @@ def test_export_names_clashing_stems(tmp_path):
         proj.save_correction(n, np.ones((8, 8), np.int32), [{"id": 1, "class": "x"}])
     export_label_images(proj, tmp_path / "out", ("tif",))
     assert sorted(p.name for p in (tmp_path / "out" / "tif" / "instances").glob("*.tif")) == ["a_png.tif", "a_tif.tif"]
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_export_again_into_a_folder_removes_only_its_own_stale_files(project, tmp_path, capsys):
+    from napari_irnet.cli import main
+
+    out = tmp_path / "out"
+    base = ["export", "--project", str(project.root), "--out", str(out), "--format", "coco", "tif", "png", "voc"]
+    assert main(base) == 0  # 4 images: 2 accepted, 2 corrected
+    stems = [n.rsplit(".", 1)[0] for n in project.names]
+    assert (out / "tif" / "instances" / f"{stems[3]}.tif").is_file() and (out / "voc" / "JPEGImages" / f"{stems[3]}.jpg").is_file()
+    (out / "tif" / "README.txt").write_text("the annotator's notes")  # a user's file in the export
+    assert main([*base, "--states", "accepted"]) == 0  # 2 images
+    for fmt in ("tif", "png"):
+        assert sorted(p.name for p in (out / fmt / "instances").iterdir()) == sorted(
+            f"{s}.{ext}" for s in stems[:2] for ext in (fmt, "json")
+        )
+        assert sorted(p.name for p in (out / fmt / "semantic").iterdir()) == [f"{s}.{fmt}" for s in stems[:2]]
+    assert sorted(p.stem for p in (out / "voc" / "SegmentationObject").iterdir()) == stems[:2]
+    assert sorted(p.stem for p in (out / "voc" / "JPEGImages").iterdir()) == stems[:2]
+    assert (out / "voc" / "ImageSets" / "Segmentation" / "trainval.txt").read_text().split() == stems[:2]
+    assert (out / "tif" / "README.txt").read_text() == "the annotator's notes"
+    assert set(import_label_images(out / "png")) == set(stems[:2])
+    # without images this time: the old JPEGs are the previous export's, and go
+    assert main([*base[:-3], "voc", "--states", "accepted", "--no-images"]) == 0
+    assert not (out / "voc" / "JPEGImages").exists()
+    # a folder with files no export wrote: refused (exit 2, named), nothing touched
+    foreign = tmp_path / "foreign"
+    (foreign / "coco").mkdir(parents=True)
+    (foreign / "coco" / "instances.json").write_text("an older export, or someone's file")
+    before = _tree(foreign)
+    capsys.readouterr()
+    assert main(["export", "--project", str(project.root), "--out", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert f"{foreign / 'coco'}: the folder holds files that no napari-irnet export wrote" in err
+    assert _tree(foreign) == before

@@ -356,10 +356,10 @@ def test_corrected_classes_train_the_cam_network_only_when_asked(setup):
     for i in (0, 2):  # each corrected instance carries its class
         for iid, name in samples[i].instance_classes.items():
             assert (maps[i][samples[i].instances == iid] == CLASS_NAMES.index(name) + 1).all()
-    # an unknown class name drops that instance to ignore; no known class at all gives no map
-    tables = [{**samples[0].instance_classes, 1: "unicorn"}, None, {1: "unicorn"}, None]
-    dropped = correction_class_maps(corrections, tables, list(CLASS_NAMES))
-    assert (dropped[0][samples[0].instances == 1] == 255).all() and dropped[2] is None
+    # an unknown class name is an error, never silently dropped
+    tables = [{**samples[0].instance_classes, 1: "unicorn"}, None, None, None]
+    with pytest.raises(ValueError, match="correction 0: class 'unicorn' is not one of the model's classes"):
+        correction_class_maps(corrections, tables, list(CLASS_NAMES))
 
     cam_before = {k: v.clone() for k, v in model.cam.state_dict().items()}
     off = dataclasses.replace(TP, finetune_cam=False)
@@ -520,3 +520,71 @@ def test_resume_file_of_another_starting_model_is_not_used_and_a_damaged_one_is_
         model.irn.fc_edge1[0].weight.add_(0.01)
     records = list(finetune(model, items, labels, strong, TP, "cpu", resume_file=resume))
     assert records[0]["step"] == 1 and "resumed_from" not in records[0]
+
+
+def _project_with_corrections(model, samples, tmp_path, extra_class=None):
+    from napari_irnet.core.checkpoint import save_checkpoint
+    from napari_irnet.core.project import create_project
+    from napari_irnet.core.synthetic import write_dataset
+
+    model.params, model.train_params = FAST, TP
+    root = write_dataset(samples, tmp_path / "ds")
+    start = save_checkpoint(model, tmp_path / "start.pt")
+    classes = list(CLASS_NAMES) + ([extra_class] if extra_class else [])
+    project = create_project(tmp_path / "P", root / "images", root / "labels.json", classes=classes)
+    for i, state in ((0, "corrected"), (2, "accepted")):
+        table = dict(samples[i].instance_classes)
+        if extra_class:
+            table[min(table)] = extra_class
+        project.save_correction(project.names[i], samples[i].instances, [{"id": k, "class": c} for k, c in table.items()], state=state)
+    return root, start, project
+
+
+def test_cli_finetune_from_a_project_and_from_its_export(setup, tmp_path, capsys):
+    from napari_irnet.cli import main
+
+    model, _, _, samples = setup
+    root, start, project = _project_with_corrections(model, samples, tmp_path)
+    out = tmp_path / "tuned.pt"
+    assert main(["finetune", "--checkpoint", str(start), "--project", str(project.root), "--out", str(out),
+                 "--finetune-epochs", "1", "--device", "cpu"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "2 corrected and 2 weakly labelled images, the CAM network on the class maps of 2" in said
+    tuned = load_checkpoint(out)
+    assert tuned.history[-1]["corrected_images"] == 2 and tuned.history[-1]["cam_trained"]
+    assert main(["finetune", "--checkpoint", str(start), "--project", str(project.root), "--out", str(out),
+                 "--finetune-epochs", "1", "--device", "cpu", "--corrected-only"]) == 0  # fmt: skip
+    assert "2 corrected and 0 weakly labelled" in capsys.readouterr().out
+    # the project's own label-image export reads back, classes and all (the CAM learns from it too)
+    for fmt in ("tif", "png"):
+        assert main(["export", "--project", str(project.root), "--out", str(tmp_path / "export"), "--format", fmt]) == 0
+        assert main(["finetune", "--checkpoint", str(start), "--images", str(root / "images"), "--labels", str(root / "labels.json"),
+                     "--corrections", str(tmp_path / "export" / fmt), "--out", str(out), "--finetune-epochs", "1", "--device", "cpu"]) == 0  # fmt: skip
+        cap = capsys.readouterr()
+        assert "2 corrected and 2 weakly labelled images, the CAM network on the class maps of 2" in cap.out
+        assert "name no instance classes" not in cap.err
+    # a label image without its classes: said, not silent
+    (tmp_path / "export" / "png" / "instances" / f"{samples[0].name}.json").unlink()
+    assert main(["finetune", "--checkpoint", str(start), "--images", str(root / "images"), "--labels", str(root / "labels.json"),
+                 "--corrections", str(tmp_path / "export" / "png"), "--out", str(out), "--finetune-epochs", "1", "--device", "cpu"]) == 0  # fmt: skip
+    assert "1 corrected image(s) name no instance classes" in capsys.readouterr().err
+
+
+def test_cli_finetune_refuses_corrections_of_unknown_classes(setup, tmp_path, capsys):
+    from napari_irnet.cli import main
+    from napari_irnet.core.io import write_instance_tiff, write_instances_json
+
+    model, _, _, samples = setup
+    root, start, project = _project_with_corrections(model, samples, tmp_path, extra_class="giraffe")
+    out = tmp_path / "tuned.pt"
+    assert main(["finetune", "--checkpoint", str(start), "--project", str(project.root), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "correction-000001/instances.json: instance" in err and "'giraffe', which the checkpoint" in err
+    corrections = tmp_path / "corr"
+    write_instance_tiff(corrections / f"{samples[1].name}.tif", samples[1].instances)
+    records = [{"id": k, "class": "unicorn", "score": 1.0, "bbox": [0, 0, 1, 1], "area": 1} for k in samples[1].instance_classes]
+    write_instances_json(corrections / f"{samples[1].name}_instances.json", records)
+    assert main(["finetune", "--checkpoint", str(start), "--images", str(root / "images"), "--labels", str(root / "labels.json"),
+                 "--corrections", str(corrections), "--out", str(out), "--device", "cpu"]) == 2  # fmt: skip
+    assert f"{samples[1].name}_instances.json: instance" in capsys.readouterr().err
+    assert not out.exists()

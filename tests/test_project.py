@@ -358,3 +358,69 @@ def test_init_after_an_interrupted_init(tmp_path, dataset):
     with pytest.raises(ProjectError, match="not a napari-irnet project"):
         open_project(root)
     assert create_project(root, dataset / "images", dataset / "labels.csv").names
+
+
+def test_garbage_collection_never_deletes_through_links_nor_foreign_files(project, tiny_dataset, tmp_path):
+    """An item folder that is a link (or holds links, or a user's files): only the store's own revisions go."""
+    name, other = project.names[0], project.names[1]
+    inst, records = _gt(tiny_dataset[0])
+    user = tmp_path / "user"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    (user / "sub" / "data.csv").write_text("1,2")
+    (user / "result-000005").mkdir()  # named like a revision, but behind a link: not the store's to delete
+    (user / "result-000005" / "keep.txt").write_text("x")
+    folder = project.item_dir(name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.symlink_to(user, target_is_directory=True)
+    project.save_correction(name, inst, records)
+    project.save_correction(name, inst, records, state="accepted")  # the first revision is garbage now
+    assert project.cleanup() == 0
+    assert (user / "notes.txt").read_text() == "mine" and (user / "sub" / "data.csv").read_text() == "1,2"
+    assert (user / "result-000005" / "keep.txt").is_file()
+    # a real item folder: a link named like a revision and the user's own files stay; the store's garbage goes
+    inst1, records1 = _gt(tiny_dataset[1])
+    project.save_correction(other, inst1, records1)
+    real = project.item_dir(other)
+    (real / "correction-000009").symlink_to(user, target_is_directory=True)
+    (real / "my-notes").mkdir()
+    (real / "my-notes" / "n.txt").write_text("n")
+    (real / "correction-000008").mkdir()  # what an interrupted write leaves
+    project.save_correction(other, inst1, records1, state="accepted")
+    left = sorted(p.name for p in real.iterdir())
+    assert left == ["correction-000009", "correction-000010", "my-notes", "state.json"]
+    assert (user / "notes.txt").is_file() and (real / "my-notes" / "n.txt").is_file()
+
+
+def test_a_replaced_image_of_the_same_size_is_new_again_and_its_masks_are_kept(project, tiny_dataset, capsys):
+    from PIL import Image
+
+    from napari_irnet.cli import main
+
+    name, same = project.names[0], project.names[1]
+    for i, n in enumerate((name, same)):
+        project.read_image(n)
+        inst, records = _gt(tiny_dataset[i])
+        project.save_correction(n, inst, records)
+    path, path_same = project.image_path(name), project.image_path(same)
+    old_rev = project.state(name).correction["rev"]
+    # another image of the same size in its place; the other one re-saved with the same pixels
+    Image.fromarray(np.asarray(tiny_dataset[2].image)).save(path)
+    pixels = np.asarray(Image.open(path_same))
+    Image.fromarray(pixels).save(path_same, compress_level=1)
+    reopened = open_project(project.root)
+    st = reopened.state(name)
+    assert st.state == "new" and st.image_changed and st.correction is None
+    assert reopened.load_masks(name) is None and reopened.needs_prediction(name)
+    assert reopened.state(same).state == "corrected"  # same pixels, other bytes: its masks still fit
+    assert main(["status", "--project", str(project.root), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "image changed since its masks were made: 1" in out and str(path) in out and "(image changed)" in out
+    # masks for the new pixels: the earlier correction stays on disk, referenced, through later writes
+    inst, records = _gt(tiny_dataset[2])
+    reopened.save_result(name, inst, [{**r, "score": 0.5} for r in records], np.zeros_like(inst), "model", None)
+    st = reopened.state(name)
+    assert st.state == "proposed" and not st.image_changed
+    assert st.replaced[0]["correction"]["rev"] == old_rev
+    assert (reopened.item_dir(name) / f"correction-{old_rev:06d}" / "instances.tif").is_file()
+    assert reopened.cleanup() == 0

@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -85,7 +86,8 @@ class ProjectPrediction:
         Use (and record in the project) this checkpoint instead.
     params
         Use (and record in the project) these parameters instead of the
-        project's.
+        project's. Both are recorded only when the run starts and holds the
+        project's lock: a run refused by the lock changes nothing.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     force
@@ -115,13 +117,14 @@ class ProjectPrediction:
         limit: int | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be 0 or more, got {limit}")
         self.project = project
         self.device = device
         given_in_memory = model is not None and checkpoint is None
         if checkpoint is not None:
             model = load_checkpoint(checkpoint, classes=project.classes)
             model.require("cam", "irn")  # before the project points at it
-            project.set_checkpoint(checkpoint)
         if model is None:
             path = project.checkpoint_path
             if path is None:
@@ -131,15 +134,22 @@ class ProjectPrediction:
             unknown = [c for c in project.classes if c not in model.classes]
             if unknown:
                 raise CheckpointError(f"the model was trained for classes {model.classes}, which lack {unknown}")
+        where = checkpoint if checkpoint is not None else project.checkpoint_path
         model.require("cam", "irn")
+        if params is not None:
+            params.validate()
         self.model = model
-        if params is not None and params != project.params:
-            project.set_params(params)
-        self.params = project.params
+        #: the checkpoint and parameters to record in the project; written only once the run holds
+        #: the project's lock, so a run that is refused changes nothing
+        self._new_checkpoint = checkpoint
+        self._new_params = params if params is not None and params != project.params else None
+        self.params = params if params is not None else project.params
+        #: the checkpoint file the results come from (None for a model given in memory)
+        self.checkpoint_path = None if given_in_memory else Path(where).resolve()
         if given_in_memory:  # it may differ from the project's checkpoint file
             self.model_key = project.model_key(params=self.params, fingerprint=model_fingerprint(model))
         else:
-            self.model_key = project.model_key(params=self.params)
+            self.model_key = project.model_key(checkpoint=where, params=self.params)
         states = project.states()
         wanted = list(names) if names is not None else project.names
         chosen = []
@@ -151,12 +161,20 @@ class ProjectPrediction:
         self.needed = len(chosen)
         self.names = chosen[:limit] if limit is not None else chosen
 
+    def _record_settings(self) -> None:
+        """Save the run's checkpoint and parameters in the project (under its lock)."""
+        if self._new_checkpoint is not None:
+            self.project.set_checkpoint(self._new_checkpoint)
+        if self._new_params is not None:
+            self.project.set_params(self._new_params)
+
     def __len__(self) -> int:
         return len(self.names)
 
     def __iter__(self) -> Iterator[BatchEvent]:
         total = len(self.names)
         with self.project.batch_lock():
+            self._record_settings()
             for index, name in enumerate(self.names):
                 start = time.perf_counter()
                 try:

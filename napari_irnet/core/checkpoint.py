@@ -205,7 +205,7 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint", map_location: An
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" not in text and "Unsupported global" not in text:
+        if "Unsupported global" not in text and "GLOBAL" not in text:  # garbage, not a pickled object
             raise CheckpointError(f"{path}: not a readable {what} (UnpicklingError: {text.splitlines()[0] if text else ''})") from exc
         found = re.search(r"GLOBAL ([\w.]+)", text)
         culprit = f" such as {found.group(1)}" if found else ""

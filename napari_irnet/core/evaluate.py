@@ -37,7 +37,13 @@ An object whose class cannot be found (no vote) is treated as an ignore
 region. Instances are scored with :mod:`napari_irnet.core.metrics`
 (chainercv's VOC protocol, ignore pixels left out of every IoU), the
 semantic maps with the confusion-matrix mIoU over background + classes.
-Only images that have predictions are scored.
+
+Classes are matched by name: the records name their class, and
+``classes.json`` beside the predictions (written by ``predict``) says which
+class each value of the semantic maps is, in the model's order, which need
+not be the ground truth's. A ground-truth image without a prediction counts
+as an empty prediction (every object missed), with a warning, unless
+``only_predicted``.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import InputError, read_instances_json, read_label_image
+from .io import CLASS_LEGEND, InputError, read_class_legend, read_instances_json, read_label_image
 from .metrics import APAccumulator, _dense_ids, label_map_iou, mask_iou, semantic_confusion, semantic_miou
 
 __all__ = ["GT_FORMATS", "evaluate_folder", "format_table"]
@@ -106,7 +112,35 @@ class _Prediction:
     semantic: np.ndarray  # (H, W) class index + 1
 
 
-def _read_prediction(stem: str, tif: Path, classes: list[str]) -> _Prediction:
+def _prediction_classes(pred_dir: Path, classes: list[str], warnings: list[str]) -> tuple[list[str], np.ndarray]:
+    """The predictions' class names in value order, and the map of their semantic values to ``classes``' values.
+
+    The names come from ``<pred_dir>/classes.json`` (written by ``predict``,
+    in the model's class order); without it the values are taken to follow
+    ``classes`` and a warning says so. A predicted class that the ground
+    truth does not know maps to -1 (an error if a map uses it).
+    """
+    legend = pred_dir / CLASS_LEGEND
+    if not legend.exists():
+        warnings.append(
+            f"{legend} not found: the semantic maps' values are taken to be the ground truth's classes "
+            f"({_names(classes)}) in that order; predict writes this file, re-run it if the model's classes "
+            "are in another order"
+        )
+        pred_classes = list(classes)
+    else:
+        pred_classes = read_class_legend(legend)
+    index = {name: i for i, name in enumerate(classes)}
+    lut = np.full(256, -1, np.int64)
+    lut[0], lut[_IGNORE] = 0, _IGNORE
+    for value, name in enumerate(pred_classes, start=1):
+        if name in index and value < _IGNORE:
+            lut[value] = index[name] + 1
+    return pred_classes, lut
+
+
+def _read_prediction(stem: str, tif: Path, classes: list[str], pred_classes: list[str], lut: np.ndarray) -> _Prediction:
+    """One prediction, its class values and names mapped to the ground truth's ``classes``."""
     json_path = tif.with_name(f"{stem}_instances.json")
     sem_path = tif.with_name(f"{stem}_semantic.png")
     instances = read_label_image(tif)
@@ -116,12 +150,20 @@ def _read_prediction(stem: str, tif: Path, classes: list[str]) -> _Prediction:
         raise InputError(
             f"{sem_path}: size {semantic.shape} differs from the instance map {tif.name} {instances.shape}"
         )
-    bad = semantic[(semantic > len(classes)) & (semantic != _IGNORE)]
+    bad = semantic[(semantic > len(pred_classes)) & (semantic != _IGNORE)]
     if bad.size:
         raise InputError(
-            f"{sem_path}: class value {int(bad[0])} is larger than the number of classes "
-            f"({len(classes)}: {_names(classes)}); values are class index + 1"
+            f"{sem_path}: class value {int(bad[0])} is larger than the number of the predictions' classes "
+            f"({len(pred_classes)}: {_names(pred_classes)}); values are class index + 1"
         )
+    unknown = np.unique(semantic[lut[semantic] < 0])
+    if unknown.size:
+        name = pred_classes[int(unknown[0]) - 1]
+        raise InputError(
+            f"{sem_path}: class value {int(unknown[0])} is class {name!r} ({CLASS_LEGEND}), which is not one of "
+            f"the ground truth's classes ({_names(classes)})"
+        )
+    semantic = lut[semantic]
     index = {name: i for i, name in enumerate(classes)}
     cls: dict[int, int] = {}
     scores: dict[int, float] = {}
@@ -483,12 +525,37 @@ def _open_gt(gt_path: Path, gt_format: str, classes: list[str] | None):
 # evaluation
 
 
+def _score_image(acc: APAccumulator, truth: _GtImage, pred: _Prediction | None, where: Path | None, k: int) -> np.ndarray:
+    """Add one image's instances to ``acc``; return its semantic confusion. ``pred`` None: an empty prediction."""
+    shape = truth.semantic.shape
+    if pred is None:  # nothing predicted: every object missed, every pixel background
+        acc.add_iou(np.zeros((0, truth.labels.size)), [], [], truth.labels)
+        return semantic_confusion(np.zeros(shape, np.int64), truth.semantic, k + 1, _IGNORE)
+    if pred.instances.shape != shape:
+        raise InputError(f"{where}: size {pred.instances.shape} differs from the ground truth {truth.source} {shape}")
+    if truth.instances is not None:
+        iou, pred_ids, _ = label_map_iou(pred.instances, truth.instances, truth.ignore)
+    else:
+        pred_ids, index = _dense_ids(pred.instances)
+        index = index.reshape(pred.instances.shape)
+        masks = index[None] == np.arange(1, pred_ids.size + 1)[:, None, None]
+        iou = mask_iou(masks, truth.masks, truth.ignore)
+    acc.add_iou(
+        iou,
+        [pred.classes[int(i)] for i in pred_ids],
+        [pred.scores[int(i)] for i in pred_ids],
+        truth.labels,
+    )
+    return semantic_confusion(pred.semantic, truth.semantic, k + 1, _IGNORE)
+
+
 def evaluate_folder(
     pred_dir: Path,
     gt_path: Path,
     classes: list[str] | None = None,
     gt_format: str = "auto",
     iou_thresholds: Sequence[float] = (0.25, 0.5, 0.7, 0.75),
+    only_predicted: bool = False,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against the ground truth.
 
@@ -499,19 +566,26 @@ def evaluate_folder(
     gt_path
         VOC folder, label-image folder or COCO JSON file.
     classes
-        Class names in index order (the order of the values 1, 2, ... in the
-        class maps, and the names used in the prediction records). Default:
-        taken from the ground truth (see the module docstring).
+        The ground truth's class names in index order (the order of the
+        values 1, 2, ... in its class maps). Default: taken from the ground
+        truth (see the module docstring). The predictions' own class order
+        comes from their ``classes.json``; classes are matched by name.
     gt_format
         ``"auto"``, ``"voc"``, ``"labels"`` or ``"coco"``.
     iou_thresholds
         IoU thresholds of the instance AP.
+    only_predicted
+        Score only the images that have predictions. By default a
+        ground-truth image without a prediction counts as an empty
+        prediction (all its objects missed), with a warning.
 
     Returns
     -------
     dict
-        ``classes``, ``gt_format``, ``images`` (number scored),
-        ``images_without_prediction`` (ground-truth images not scored),
+        ``classes``, ``prediction_classes`` (the predictions' class order),
+        ``gt_format``, ``images`` (number scored), ``images_without_prediction``
+        (ground-truth images without a prediction: scored as empty, or left
+        out with ``only_predicted``), ``only_predicted``, ``warnings``,
         ``iou_thresholds``, ``instance`` ``{threshold: {"mAP": float, "AP":
         [per class]}}`` (NaN for a class without GT), ``n_gt`` / ``n_pred``
         (instances per class), ``semantic`` ``{"mIoU": float, "IoU":
@@ -525,6 +599,10 @@ def evaluate_folder(
         sizes that differ, unknown class names; the message names the file.
     """
     pred_dir, gt_path = Path(pred_dir), Path(gt_path)
+    if classes is not None:
+        repeated = sorted({c for c in classes if list(classes).count(c) > 1})
+        if repeated or not classes:
+            raise InputError(f"{gt_path}: the classes given for it {'list ' + repr(repeated[0]) + ' twice' if repeated else 'are empty'}")
     predictions = _find_predictions(pred_dir)
     gt = _open_gt(gt_path, gt_format, list(classes) if classes is not None else None)
     names = gt.classes
@@ -535,39 +613,30 @@ def evaluate_folder(
             f"{first}: no ground truth for image {orphans[0]!r} in {gt_path}"
             + (f" ({len(orphans)} predictions lack ground truth: {_names(orphans)})" if len(orphans) > 1 else "")
         )
+    warnings: list[str] = []
+    pred_classes, lut = _prediction_classes(pred_dir, names, warnings)
+    unpredicted = sorted(gt.stems - set(predictions))
+    if unpredicted:
+        how = "left out (only_predicted)" if only_predicted else "scored as empty predictions (every object missed)"
+        warnings.append(f"{pred_dir}: {len(unpredicted)} ground-truth image(s) have no prediction, {how}: {_names(unpredicted)}")
     k = len(names)
     acc = APAccumulator(iou_thresholds, num_classes=k)
     confusion = np.zeros((k + 1, k + 1), np.int64)
     for stem, tif in predictions.items():
-        pred = _read_prediction(stem, tif, names)
-        truth = gt.load(stem)
-        if pred.instances.shape != truth.semantic.shape:
-            raise InputError(
-                f"{tif}: size {pred.instances.shape} differs from the ground truth "
-                f"{truth.source} {truth.semantic.shape}"
-            )
-        if truth.instances is not None:
-            iou, pred_ids, _ = label_map_iou(pred.instances, truth.instances, truth.ignore)
-        else:
-            pred_ids, index = _dense_ids(pred.instances)
-            index = index.reshape(pred.instances.shape)
-            masks = index[None] == np.arange(1, pred_ids.size + 1)[:, None, None]
-            iou = mask_iou(masks, truth.masks, truth.ignore)
-        acc.add_iou(
-            iou,
-            [pred.classes[int(i)] for i in pred_ids],
-            [pred.scores[int(i)] for i in pred_ids],
-            truth.labels,
-        )
-        confusion += semantic_confusion(pred.semantic, truth.semantic, k + 1, _IGNORE)
+        confusion += _score_image(acc, gt.load(stem), _read_prediction(stem, tif, names, pred_classes, lut), tif, k)
+    for stem in [] if only_predicted else unpredicted:
+        confusion += _score_image(acc, gt.load(stem), None, None, k)
     ap = acc.result()
     miou, iou_per_class = semantic_miou(confusion)
     first = ap[acc.iou_thresholds[0]]
     return {
         "classes": list(names),
+        "prediction_classes": list(pred_classes),
         "gt_format": gt.format,
-        "images": len(predictions),
-        "images_without_prediction": len(gt.stems - set(predictions)),
+        "images": len(predictions) + (0 if only_predicted else len(unpredicted)),
+        "images_without_prediction": len(unpredicted),
+        "only_predicted": bool(only_predicted),
+        "warnings": warnings,
         "iou_thresholds": list(acc.iou_thresholds),
         "instance": {t: {"mAP": r["mAP"], "AP": [float(v) for v in r["AP"]]} for t, r in ap.items()},
         "n_gt": [int(v) for v in first["n_pos"]],
@@ -597,8 +666,10 @@ def format_table(results: dict) -> str:
     inst = results["instance"]
     sem_iou = results["semantic"]["IoU"]
     head = ["class", *[f"AP@{t:g}" for t in thresholds], "IoU", "GT", "pred"]
+    missing = results.get("images_without_prediction", 0)
+    counted = f" ({missing} without a prediction, {'left out' if results.get('only_predicted') else 'scored as empty'})" if missing else ""
     lines = [
-        f"{results['images']} images, ground truth: {results['gt_format']}; "
+        f"{results['images']} images{counted}, ground truth: {results['gt_format']}; "
         "instance AP: VOC area under the PR curve (chainercv protocol); IoU: semantic",
         "",
         "| " + " | ".join(head) + " |",

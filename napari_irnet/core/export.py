@@ -20,6 +20,11 @@ format, so all exports of an image agree. In VOC's ``SegmentationClass`` the
 class of every object is its instance's class (VOC requires the two images
 to agree); COCO and label images carry the stored class map as it is.
 
+Exporting again into the same folder replaces the earlier export: the
+files it wrote and this one does not (images no longer in the chosen
+states) are removed, as listed in the folder's ``.napari-irnet-export.json``;
+nothing else is. A folder that holds other files is refused.
+
 Which images: by default those an annotator has finished (``accepted``
 and ``corrected``); ``states`` chooses others. Which masks: ``source``
 ``"current"`` (the correction if any, else the model's result),
@@ -46,7 +51,9 @@ from .io import (
     InputError,
     OutputError,
     atomic_write,
+    output_stems,
     read_label_image,
+    write_class_legend,
     write_instance_tiff,
     write_instances_json,
     write_semantic_png,
@@ -99,15 +106,6 @@ class ImportedImage:
 # choosing images
 
 
-def _export_stems(names: Sequence[str]) -> dict[str, str]:
-    """A unique file stem per image: the name without suffix, or with ``_<suffix>`` on clashes."""
-    plain = {n: Path(n).with_suffix("").as_posix().replace("/", "__") for n in names}
-    counts: dict[str, int] = {}
-    for s in plain.values():
-        counts[s] = counts.get(s, 0) + 1
-    return {n: (s if counts[s] == 1 else n.replace("/", "__").replace(".", "_")) for n, s in plain.items()}
-
-
 def _selected(
     project: Project, states: Sequence[str], source: str, summary: ExportSummary
 ) -> list[tuple[str, str, int]]:
@@ -152,9 +150,58 @@ def _sequential(masks: Masks) -> Masks:
     return Masks(lut[masks.instances], out, masks.semantic, masks.source)
 
 
+#: the list of files an export wrote, kept in its folder so that the next export there removes
+#: what it does not write again (images no longer exported), and nothing else
+EXPORT_LIST = ".napari-irnet-export.json"
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: cannot write the export (it is a file, not a folder)")
+
+
+def _previous_export(out: Path) -> list[str]:
+    """Check an export folder; return the files the previous export into it wrote (relative paths).
+
+    Raises
+    ------
+    OutputError
+        ``out`` is a file.
+    ExportError
+        ``out`` holds files but no export list: they are not an earlier
+        export's, and an export into it could mix with them.
+    """
+    _check_out(out)
+    listing = out / EXPORT_LIST
+    if listing.is_file():
+        try:
+            files = json.loads(listing.read_text(encoding="utf-8"))["files"]
+            return [str(f) for f in files]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"{listing}: not a readable export list ({exc}); export into a new folder") from exc
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise ExportError(
+            f"{out}: the folder holds files that no napari-irnet export wrote (no {EXPORT_LIST}); "
+            "export into a new or empty folder, so that nothing stale mixes with the export"
+        )
+    return []
+
+
+def _finish(out: Path, previous: list[str], written: Sequence[Path]) -> None:
+    """Remove the files of the previous export that this one did not write again; record this one's."""
+    root = out.resolve()
+    now = sorted({Path(os.path.relpath(Path(p).resolve(), root)).as_posix() for p in written})
+    for rel in sorted(set(previous) - set(now)):
+        path = out / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or path.is_symlink() or not path.is_file():
+            continue  # only plain files inside the folder, as an export writes them
+        try:
+            path.unlink()
+            if path.parent != out and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+        except OSError:
+            pass
+    _write_text(out / EXPORT_LIST, json.dumps({"written": _now(), "files": now}, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------
@@ -213,7 +260,7 @@ def export_coco(
         The files could not be written (nothing half-written is left).
     """
     out = Path(out)
-    _check_out(out)
+    previous = _previous_export(out)
     summary = ExportSummary(out)
     classes = project.classes
     images, annotations = [], []
@@ -247,6 +294,7 @@ def export_coco(
             for a in annotations
         ]
         summary.files.append(_write_text(out / "results.json", json.dumps(dets)))
+    _finish(out, previous, summary.files)
     return summary
 
 
@@ -326,14 +374,13 @@ def export_label_images(
     unknown = [f for f in formats if f not in ("tif", "png")]
     if unknown:
         raise ValueError(f"unknown label image format {unknown[0]!r}; use 'tif' or 'png'")
+    previous = {fmt: _previous_export(out / fmt) for fmt in formats}
     summary = ExportSummary(out)
     selected = _selected(project, states, source, summary)
-    stems = _export_stems([n for n, _, _ in selected])
+    stems = output_stems([n for n, _, _ in selected])
     classes = project.classes
     for fmt in formats:
-        legend = {"background": 0, "classes": {str(i + 1): c for i, c in enumerate(classes)},
-                  "semantic": "class index + 1, 0 = background", "instances": "instance id, 0 = background"}  # fmt: skip
-        summary.files.append(_write_text(out / fmt / "classes.json", json.dumps(legend, indent=1) + "\n"))
+        summary.files.append(write_class_legend(out / fmt, classes))
     for name, _state, _count in selected:
         masks = _load(project, name, source)
         stem = stems[name]
@@ -349,10 +396,12 @@ def export_label_images(
                     raise ExportError(f"{name}: {len(masks.records)} instances do not fit a 16-bit PNG; export TIFF instead")
                 _write_png16(inst_path, masks.instances)
                 write_semantic_png(sem_path, masks.semantic)
-            write_instances_json(out / fmt / "instances" / f"{stem}.json", masks.records)
-            summary.files += [inst_path, sem_path]
+            json_path = write_instances_json(out / fmt / "instances" / f"{stem}.json", masks.records)
+            summary.files += [inst_path, sem_path, json_path]
         summary.images += 1
         summary.instances += len(masks.records)
+    for fmt in formats:
+        _finish(out / fmt, previous[fmt], [p for p in summary.files if Path(p).is_relative_to(out / fmt)])
     return summary
 
 
@@ -412,7 +461,7 @@ def export_voc(
         A file could not be written.
     """
     out = Path(out)
-    _check_out(out)
+    previous = _previous_export(out)
     summary = ExportSummary(out)
     selected = []
     for name, _state, count in _selected(project, states, source, summary):
@@ -422,7 +471,7 @@ def export_voc(
                 "(at most 254); export COCO or label TIFFs instead"
             )
         selected.append(name)
-    stems = _export_stems(selected)
+    stems = output_stems(selected)
     classes = project.classes
     for name in selected:
         masks = _load(project, name, source)
@@ -444,6 +493,7 @@ def export_voc(
     listing = "".join(f"{stems[n]}\n" for n in selected)
     summary.files.append(_write_text(out / "ImageSets" / "Segmentation" / f"{split}.txt", listing))
     summary.files.append(_write_text(out / "class_names.txt", "".join(f"{c}\n" for c in ["background", *classes])))
+    _finish(out, previous, summary.files)
     return summary
 
 

@@ -121,8 +121,8 @@ def correction_class_maps(
     corrections : (H, W) int or None, one per image
         Corrected instance maps, as for :func:`finetune_labels`.
     instance_classes : {instance id: class name} or None, one per image
-        The class of each corrected instance; instances without one, or with
-        a class the model does not know, are ignored.
+        The class of each corrected instance; instances without one are
+        ignored. A class the model does not know is an error.
     classes : the model's class names.
     reviewed : (H, W) bool or None, one per image, optional
         The reviewed part of each image; the rest is ignored.
@@ -137,8 +137,11 @@ def correction_class_maps(
     reviewed = list(reviewed) if reviewed is not None else [None] * len(corrections)
     index = {name: i for i, name in enumerate(classes)}
     out: list[np.ndarray | None] = []
-    for inst, table, seen in zip(corrections, instance_classes, reviewed):
-        known = {int(k): index[v] for k, v in (table or {}).items() if v in index}
+    for n, (inst, table, seen) in enumerate(zip(corrections, instance_classes, reviewed)):
+        unknown = sorted({str(v) for v in (table or {}).values() if v not in index})
+        if inst is not None and unknown:
+            raise ValueError(f"correction {n}: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})")
+        known = {int(k): index[v] for k, v in (table or {}).items()}
         out.append(None if inst is None or not known else class_map_target(inst, known, seen))
     return out
 

@@ -32,6 +32,7 @@ import tifffile
 from PIL import Image
 
 __all__ = [
+    "CLASS_LEGEND",
     "IMAGE_SUFFIXES",
     "ImageLabels",
     "InputError",
@@ -40,11 +41,14 @@ __all__ = [
     "atomic_write",
     "check_writable",
     "list_images",
+    "output_stems",
+    "read_class_legend",
     "read_image",
     "read_instances_json",
     "read_label_image",
     "read_labels",
     "voc_palette",
+    "write_class_legend",
     "write_instance_tiff",
     "write_instances_json",
     "write_semantic_png",
@@ -1131,3 +1135,88 @@ def read_instances_json(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if missing:
             raise InputError(f"{p}: record {i} is missing {', '.join(missing)}")
     return data
+
+
+# --------------------------------------------------------------------------
+# class legends
+
+#: the file beside predictions and label-image exports that names the class values
+CLASS_LEGEND = "classes.json"
+
+
+def write_class_legend(folder: str | os.PathLike[str], classes: Sequence[str]) -> Path:
+    """Write ``<folder>/classes.json``: which class each value of the semantic maps stands for.
+
+    ``{"background": 0, "classes": {"1": name, "2": name, ...}, ...}``, the
+    values being class index + 1 in ``classes``' order. ``predict`` writes it
+    beside its predictions (in the model's class order) and the label-image
+    export beside its maps (in the project's), so that readers map the
+    values to classes by name, never by position.
+    """
+    legend = {
+        "background": 0,
+        "classes": {str(i + 1): str(c) for i, c in enumerate(classes)},
+        "semantic": "class index + 1, 0 = background",
+        "instances": "instance id, 0 = background",
+    }
+    return write_json(Path(folder) / CLASS_LEGEND, legend)
+
+
+def read_class_legend(path: str | os.PathLike[str]) -> list[str]:
+    """The class names of a ``classes.json`` (see :func:`write_class_legend`), in value order.
+
+    Raises
+    ------
+    InputError
+        Missing or malformed file, values that are not 1..N, a name twice.
+    """
+    p = _existing_file(path, "class legend")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot read class legend ({_describe(exc)})") from exc
+    table = data.get("classes") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise InputError(f"{p}: expected {{\"classes\": {{\"1\": name, \"2\": name, ...}}}}")
+    try:
+        by_value = {int(k): v for k, v in table.items()}
+    except ValueError:
+        raise InputError(f"{p}: 'classes' keys must be the class values 1, 2, ...") from None
+    if sorted(by_value) != list(range(1, len(by_value) + 1)):
+        raise InputError(f"{p}: 'classes' must number the classes 1..N, got {sorted(by_value)}")
+    return _check_class_list(p, [by_value[v] for v in sorted(by_value)], "classes")
+
+
+def output_stems(names: Sequence[str]) -> dict[str, str]:
+    """A distinct file stem for each image name, for the files written about it.
+
+    The stem is the name without its suffix, sub-folders joined by ``__``
+    (``sub/a.png`` -> ``sub__a``); names whose stems would clash (``a.png``
+    and ``a.jpg``; also ``a.png`` and ``A.png``, which are one file on some
+    file systems) keep their suffix (``a_png``, ``a_jpg``), and any clash
+    left gets ``-2``, ``-3``, ...
+    """
+
+    def plain(name: str) -> str:
+        return Path(name).with_suffix("").as_posix().replace("/", "__")
+
+    def counts(stems) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in stems:
+            out[s.casefold()] = out.get(s.casefold(), 0) + 1
+        return out
+
+    first = {n: plain(n) for n in names}
+    seen = counts(first.values())
+    stems = {n: (s if seen[s.casefold()] == 1 else n.replace("/", "__").replace(".", "_")) for n, s in first.items()}
+    taken: set[str] = set()
+    for n, s in stems.items():
+        candidate, k = s, 1
+        while candidate.casefold() in taken:
+            k += 1
+            candidate = f"{s}-{k}"
+        taken.add(candidate.casefold())
+        stems[n] = candidate
+    return stems

@@ -48,16 +48,19 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .corrections import image_fingerprint
 from .io import (
     ImageLabels,
     InputError,
@@ -103,6 +106,9 @@ STATES: tuple[str, ...] = ("new", "proposed", "corrected", "accepted")
 #: images with more pixels are refused unless the project allows more
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 _MASK_FILES = ("instances.tif", "instances.json", "semantic.png")
+#: what the store writes into an item folder besides state.json: revision folders and temporary files
+_REVISION = re.compile(r"(result|correction)-[0-9]{6,}")
+_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]+\.tmp(\.[A-Za-z0-9]+)?")
 _MAX_NAMES_SHOWN = 10
 
 #: upgrade steps: ``_UPGRADES[v](root, manifest)`` turns a format-``v`` project
@@ -152,16 +158,29 @@ class ItemState:
     also has ``model`` (see :meth:`Project.model_key`) and ``labels`` (the
     image-level labels it was predicted for, ``None`` if the classifier
     chose them) and ``classes`` (the classes used). ``error`` is ``None`` or
-    ``{"message", "time"}`` from the last failed prediction.
+    ``{"message", "time"}`` from the last failed prediction. Results and
+    corrections also record ``image``: the fingerprint of the pixels they
+    were made for, with the file's size and modification time. ``replaced``
+    lists the results and corrections of earlier contents of the image file
+    (kept on disk, no longer used): ``{"time", "result", "correction"}``.
     """
 
     state: str = "new"
     result: dict[str, Any] | None = None
     correction: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    replaced: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def image_changed(self) -> bool:
+        """The image file changed since its masks were made, and it has none for its new pixels yet."""
+        return bool(self.replaced) and self.result is None and self.correction is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "result": self.result, "correction": self.correction, "error": self.error}
+        out = {"state": self.state, "result": self.result, "correction": self.correction, "error": self.error}
+        if self.replaced:
+            out["replaced"] = self.replaced
+        return out
 
 
 @dataclass
@@ -284,6 +303,13 @@ def _sha256(path: Path) -> str:
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
+#: pixel fingerprints of image files: (path, (size, mtime_ns), channels) -> fingerprint
+_PIXEL_FINGERPRINTS: dict[tuple[str, tuple[int, int], tuple[int, ...] | None], str] = {}
+
+
+def _file_signature(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> str:
@@ -309,6 +335,14 @@ def _bboxes(instances: np.ndarray) -> dict[int, tuple[list[int], int]]:
         sy, sx = slices[i - 1]
         out[i] = ([int(sx.start), int(sy.start), int(sx.stop), int(sy.stop)], int(n))
     return out
+
+
+def _revisions(st: ItemState, replaced: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, info) of the current result and correction, with ``replaced`` also the set-aside ones."""
+    parts = [("result", st.result), ("correction", st.correction)]
+    if replaced:
+        parts += [(kind, old.get(kind)) for old in st.replaced for kind in ("result", "correction")]
+    return [(kind, part) for kind, part in parts if part]
 
 
 # --------------------------------------------------------------------------
@@ -392,12 +426,17 @@ class Project:
         path = self.image_dir / entry.name
         size = image_size(path)
         _check_pixels(path, size, self.max_pixels)
+        with contextlib.suppress(OSError):
+            sig = _file_signature(path)
         image = read_image(path, self.channels)
         if image.shape[:2] != (entry.height, entry.width):
             raise InputError(
                 f"{path}: image is {image.shape[1]} x {image.shape[0]} now but was "
                 f"{entry.width} x {entry.height} when it was added to the project {self.root}"
             )
+        with contextlib.suppress(OSError, UnboundLocalError):
+            if _file_signature(path) == sig:  # the file did not change while it was read
+                _PIXEL_FINGERPRINTS[(str(path.resolve()), sig, self.channels)] = image_fingerprint(image)
         return image
 
     # ------------------------------------------------------------ manifest
@@ -485,7 +524,59 @@ class Project:
         data = _read_json(path, "image state file")
         if not isinstance(data, dict) or data.get("state") not in STATES:
             raise ProjectError(f"{path}: not a valid image state file (state must be one of {', '.join(STATES)})")
-        return ItemState(data["state"], data.get("result"), data.get("correction"), data.get("error"))
+        replaced = data.get("replaced") or []
+        st = ItemState(data["state"], data.get("result"), data.get("correction"), data.get("error"), list(replaced))
+        return self._set_aside_stale_masks(name, st)
+
+    # ------------------------------------------------------------ image contents
+    def image_fingerprint(self, name: str) -> dict[str, Any] | None:
+        """What identifies the image's current pixels: ``{"fingerprint", "size", "mtime_ns"}``.
+
+        The fingerprint is :func:`~napari_irnet.core.corrections.image_fingerprint`
+        of the pixels as :meth:`read_image` gives them (decoded once per file
+        version and remembered); ``size`` and ``mtime_ns`` are the file's, so
+        an unchanged file is recognised without decoding it. None when the
+        image cannot be read.
+        """
+        path = self.image_path(name)
+        try:
+            sig = _file_signature(path)
+            key = (str(path.resolve()), sig, self.channels)
+            if key not in _PIXEL_FINGERPRINTS:
+                self.read_image(name)  # remembers the fingerprint
+            fingerprint = _PIXEL_FINGERPRINTS[key]
+        except (OSError, InputError, KeyError):
+            return None
+        return {"fingerprint": fingerprint, "size": sig[0], "mtime_ns": sig[1]}
+
+    def _same_image(self, name: str, made_for: dict[str, Any]) -> bool:
+        """Whether the image file still holds the pixels a result or correction was made for."""
+        try:
+            if _file_signature(self.image_path(name)) == (made_for.get("size"), made_for.get("mtime_ns")):
+                return True
+        except OSError:
+            return True  # a missing image file says nothing about its masks
+        now = self.image_fingerprint(name)
+        return now is None or now["fingerprint"] == made_for.get("fingerprint")
+
+    def _set_aside_stale_masks(self, name: str, st: ItemState) -> ItemState:
+        """Move a result or correction made for other pixels than the image file holds now to ``replaced``.
+
+        The image counts as new again (or keeps what still fits it); the
+        masks stay on disk, referenced from ``replaced``, and the state file
+        says so at its next write.
+        """
+        stale = {kind: part for kind, part in _revisions(st) if "image" in part and not self._same_image(name, part["image"])}
+        if not stale:
+            return st
+        st.replaced = [*st.replaced, {"time": _now(), "result": stale.get("result"), "correction": stale.get("correction")}]
+        if "result" in stale:
+            st.result = None
+        if "correction" in stale:
+            st.correction = None
+        if st.correction is None:
+            st.state = "proposed" if st.result is not None else "new"
+        return st
 
     def states(self) -> dict[str, ItemState]:
         """Every image's state, in project order."""
@@ -554,6 +645,9 @@ class Project:
             shutil.rmtree(target, ignore_errors=True)
             raise
         info = {"rev": rev, "time": _now(), "instances": len(masks.records)}
+        made_for = self.image_fingerprint(name)
+        if made_for is not None:  # the pixels these masks belong to: a replaced image file makes them stale
+            info["image"] = made_for
         try:
             st = self.state(name)  # re-read: a viewer may have saved meanwhile
             if not update(st, info):
@@ -567,23 +661,30 @@ class Project:
         return True
 
     def _collect_garbage(self, name: str, st: ItemState | None = None) -> int:
-        """Delete revision folders and temporary files the state does not reference."""
+        """Delete what the store wrote and no longer references: revision folders, temporary files.
+
+        Only entries named as the store names them (``result-NNNNNN``,
+        ``correction-NNNNNN``, :func:`~napari_irnet.core.io.atomic_path`'s
+        ``.<name>.<hex>.tmp...``) are deleted, never through a symbolic link:
+        an item folder that is a link, or an entry that is one, is left alone,
+        and so is anything else in the folder.
+        """
         folder = self.item_dir(name)
-        if not folder.is_dir():
+        if folder.is_symlink() or folder.parent.is_symlink() or not folder.is_dir():
             return 0
         st = st or self.state(name)
-        keep = {STATE_FILE}
-        if st.result:
-            keep.add(f"result-{int(st.result['rev']):06d}")
-        if st.correction:
-            keep.add(f"correction-{int(st.correction['rev']):06d}")
+        keep = {f"{kind}-{int(part['rev']):06d}" for kind, part in _revisions(st, replaced=True)}
         removed = 0
         for p in folder.iterdir():
-            if p.name in keep:
+            if p.name in keep or p.is_symlink():
+                continue
+            own_revision = _REVISION.fullmatch(p.name) is not None and p.is_dir()
+            own_temp = _TEMP_FILE.fullmatch(p.name) is not None and p.is_file()
+            if not (own_revision or own_temp):
                 continue
             with contextlib.suppress(OSError):
-                if p.is_dir():
-                    shutil.rmtree(p)
+                if own_revision:
+                    shutil.rmtree(p)  # does not follow links inside
                 else:
                     p.unlink()
                 removed += 1
