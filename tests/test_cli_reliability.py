@@ -382,9 +382,17 @@ def test_bool_options_take_true_and_false_words(word, value):
     assert args.use_crf is value
 
 
-def test_any_other_file_problem_is_a_message_not_a_traceback(ws, tmp_path, capsys):
+def test_any_other_file_problem_is_a_message_not_a_traceback(ws, tmp_path, capsys, monkeypatch):
     out = tmp_path / "afile"
     out.write_text("keep")
     code, err = run(["predict", *ws["data"], "--checkpoint", ws["full"], "--out", out], capsys)
-    assert code == 2 and f"{out}: File exists" in err and "Traceback" not in err
+    assert code == 2 and f"{out} is not a folder" in err and "Traceback" not in err
     assert out.read_text() == "keep"
+    # an OSError no command expects (here: a file the system refuses to read) names the file too
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("napari_irnet.core.io.read_image", refused)
+    code, err = run(["predict", *ws["data"], "--checkpoint", ws["full"], "--out", tmp_path / "preds"], capsys)
+    assert code == 2 and "Permission denied" in err and ".png: " in err and "Traceback" not in err
