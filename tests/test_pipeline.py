@@ -180,3 +180,17 @@ def test_cli_train_and_predict(tmp_path, tiny_dataset):
     bad = tmp_path / "bad.csv"
     bad.write_text("image,classes\nnope.png,round\n")
     assert main(["predict", "--images", str(root / "images"), "--labels", str(bad), "--checkpoint", str(tmp_path / "irn.pt"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(1024, 128), (64, 16), (512, 0)])
+def test_tiles_cover_the_image_with_the_overlap_and_little_waste(tile, overlap):
+    from napari_irnet.core.inference import _tile_layout
+
+    for length in range(tile + 1, 9 * tile, 37):
+        starts, extent = _tile_layout(length, tile, overlap)
+        n = len(starts)
+        assert starts[0] == 0 and all(s % 16 == 0 for s in starts) and extent <= tile
+        assert starts[-1] + extent >= length  # the last tile reaches the far side
+        assert all(b - a <= extent - overlap for a, b in zip(starts, starts[1:]))  # neighbours share the overlap
+        # evenly spread: no more pixels than the overlaps need, up to the rounding to 16 px
+        assert n * extent <= length + (n - 1) * overlap + 32 * n

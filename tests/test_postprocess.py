@@ -116,3 +116,26 @@ def test_cam_class_map():
     cams[1, 2] = 0.1
     out = cam_class_map(cams, [1, 2], threshold=0.15)
     assert (out[0] == 2).all() and (out[1] == 0).all() and (out[2] == 0).all()
+
+
+def test_centroids_in_chunks_equal_the_whole_grid_at_once():
+    # pixels move independently: any chunking gives the same final positions
+    rng = np.random.default_rng(5)
+    field = rng.normal(0, 1.5, (2, 13, 17)).astype(np.float32)
+    whole = find_centroids(field, 40, chunk=10**9)
+    np.testing.assert_array_equal(find_centroids(field, 40, chunk=7), whole)
+    assert whole.shape == (2, 13, 17) and whole.dtype == np.int32
+    assert 0 <= whole[0].min() and whole[0].max() <= 12 and whole[1].max() <= 16
+
+
+def test_seeds_of_a_large_image_are_decided_in_bands_with_the_same_result():
+    # 3 maps of 1500 x 1000 exceed one band (4 Mi values): the rows are split, the rule is not
+    rng = np.random.default_rng(3)
+    cams = rng.random((3, 1500, 1000), dtype=np.float32) ** 3
+    seeds = seeds_from_cams(cams, [0, 2, 4], 0.30, 0.05, use_crf=False)
+    keys = np.array([0, 1, 3, 5])
+    fg = keys[np.argmax(np.concatenate([np.full((1, 1500, 1000), 0.30, np.float32), cams]), axis=0)]
+    bg = keys[np.argmax(np.concatenate([np.full((1, 1500, 1000), 0.05, np.float32), cams]), axis=0)]
+    expected = np.where(fg > 0, fg, np.where(bg == 0, 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(seeds, expected)
+    assert set(np.unique(seeds)) == {0, 1, 3, 5, 255}

@@ -106,13 +106,23 @@ def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins (multiples of 16) covering ``length`` with at least ``overlap``."""
+def _tile_layout(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Origins (multiples of 16) and extent of the fewest tiles of at most ``tile`` covering ``length``.
+
+    The tiles are spread evenly, each as short as the overlap allows, so a
+    2048 px side takes three tiles of 784 px rather than three of 1024 px.
+    Consecutive tiles share at least ``overlap`` pixels.
+    """
     if length <= tile:
-        return [0]
-    step = max(16, (tile - overlap) // 16 * 16)
-    last = math.ceil((length - tile) / 16) * 16
-    return list(range(0, last, step)) + [last]
+        return [0], length
+    n = max(2, math.ceil((length - overlap) / max(16, tile - overlap)))
+    while True:
+        extent = min(tile, 16 * math.ceil((length + (n - 1) * overlap) / n / 16) + 16)
+        last = 16 * math.ceil((length - extent) / 16)
+        starts = [16 * math.floor(i * last / (n - 1) / 16) for i in range(n - 1)] + [last]
+        if all(b - a <= extent - overlap for a, b in zip(starts, starts[1:])):
+            return starts, extent
+        n += 1
 
 
 def run_tiled(
@@ -132,13 +142,13 @@ def run_tiled(
     if H <= tile and W <= tile:
         return fn(x)
     tile = max(64, tile // 16 * 16)
-    ys, xs = _tile_starts(H, tile, overlap), _tile_starts(W, tile, overlap)
+    (ys, th), (xs, tw) = _tile_layout(H, tile, overlap), _tile_layout(W, tile, overlap)
     out_h, out_w = strided_size((H, W), stride)
     out = None
     half = overlap // 2 // stride
     for y0 in ys:
         for x0 in xs:
-            part = fn(x[..., y0 : y0 + tile, x0 : x0 + tile])
+            part = fn(x[..., y0 : y0 + th, x0 : x0 + tw])
             if out is None:
                 out = part.new_zeros(part.shape[:2] + (out_h, out_w))
             gy, gx = y0 // stride, x0 // stride

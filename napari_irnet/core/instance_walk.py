@@ -323,7 +323,7 @@ def _full_resolution_argmax(windows: list[Window], walked: list[torch.Tensor], i
     device = walked[0].device if walked else torch.device("cpu")
     dtype = walked[0].dtype if walked else torch.float32
     best = torch.full((H, W), -1.0, dtype=dtype, device=device)
-    arg = torch.zeros((H, W), dtype=torch.int64, device=device)
+    arg = torch.zeros((H, W), dtype=torch.int32, device=device)
     gmax = torch.zeros((), dtype=dtype, device=device)
     for win, part in zip(windows, walked):
         up = F.interpolate(part[None, None], scale_factor=stride, mode="bilinear", align_corners=False)[0, 0]

@@ -76,33 +76,41 @@ def seeds_from_cams(
     (H, W) uint8: 0 background, class id + 1 foreground, 255 ignore.
     """
     cams = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
-    keys = np.pad(np.asarray(class_ids, dtype=np.int64) + 1, (1, 0))
+    keys = np.pad(np.asarray(class_ids, dtype=np.int64) + 1, (1, 0)).astype(np.uint8)
     h, w = cams.shape[-2:]
     if cams.shape[0] == 0:
         return np.zeros((h, w), np.uint8)
+    crf = use_crf and image is not None
+    # without the CRF every pixel is decided alone: bands of rows keep the temporaries small
+    rows = h if crf else max(1, (1 << 22) // max(1, w * (cams.shape[0] + 1)))
+    seeds = np.empty((h, w), np.uint8)
+    for r0 in range(0, h, rows):
+        band = cams[:, r0 : r0 + rows]
 
-    def labelled(threshold: float) -> np.ndarray:
-        arg = np.argmax(np.concatenate([np.full((1, h, w), threshold, cams.dtype), cams]), axis=0)
-        if use_crf and image is not None:
-            refined = _dense_crf(image, arg, keys.shape[0])
-            if refined is not None:
-                arg = refined
-        return keys[arg]
+        def labelled(threshold: float) -> np.ndarray:
+            arg = np.argmax(np.concatenate([np.full((1,) + band.shape[1:], threshold, band.dtype), band]), axis=0)
+            if crf:
+                refined = _dense_crf(image, arg, keys.shape[0])
+                if refined is not None:
+                    arg = refined
+            return keys[arg]
 
-    fg = labelled(fg_threshold)
-    bg = labelled(bg_threshold)
-    seeds = fg.astype(np.uint8)
-    seeds[fg == 0] = IGNORE
-    seeds[(fg == 0) & (bg == 0)] = 0
+        fg = labelled(fg_threshold)
+        bg = labelled(bg_threshold)
+        fg[fg == 0] = np.where(bg[fg == 0] == 0, 0, IGNORE)
+        seeds[r0 : r0 + rows] = fg
     return seeds
 
 
-def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300) -> np.ndarray:
+def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300, chunk: int = 1 << 15) -> np.ndarray:
     """Move every grid pixel along the displacement field ``steps`` times.
 
     Bilinear interpolation of the field between floor/ceil corners, positions
     clipped to the grid after each step, rounded at the end (reference
-    ``find_centroids_with_refinement``).
+    ``find_centroids_with_refinement``). Pixels move independently, so they
+    are processed ``chunk`` at a time through all the steps: the working
+    arrays stay in the processor's cache (about twice as fast on a 1024²
+    grid as the whole grid at once, and the same result).
 
     Parameters
     ----------
@@ -115,20 +123,26 @@ def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300) ->
     d = displacement.detach().cpu().numpy() if isinstance(displacement, torch.Tensor) else np.asarray(displacement)
     d = d.astype(np.float32)
     h, w = d.shape[1:]
-    cy, cx = np.mgrid[0:h, 0:w].astype(np.float32)
     dy_map, dx_map = d[0].ravel(), d[1].ravel()
-    for _ in range(steps):
-        y0, x0 = np.floor(cy).astype(np.int32), np.floor(cx).astype(np.int32)
-        y1, x1 = np.ceil(cy).astype(np.int32), np.ceil(cx).astype(np.int32)
-        fy, fx = cy - y0, cx - x0
-        w11, w01 = fy * fx, (1 - fy) * fx
-        w10, w00 = fy * (1 - fx), (1 - fy) * (1 - fx)
-        i11, i01, i10, i00 = y1 * w + x1, y0 * w + x1, y1 * w + x0, y0 * w + x0
-        cy = cy + dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
-        cx = cx + dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
-        np.clip(cy, 0, h - 1, out=cy)
-        np.clip(cx, 0, w - 1, out=cx)
-    return np.stack([np.round(cy), np.round(cx)]).astype(np.int32)
+    out = np.empty((2, h * w), np.int32)
+    start_y, start_x = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    for s in range(0, h * w, chunk):
+        cy = start_y[s : s + chunk].astype(np.float32)
+        cx = start_x[s : s + chunk].astype(np.float32)
+        for _ in range(steps):
+            y0, x0 = np.floor(cy).astype(np.int32), np.floor(cx).astype(np.int32)
+            y1, x1 = np.ceil(cy).astype(np.int32), np.ceil(cx).astype(np.int32)
+            fy, fx = cy - y0, cx - x0
+            w11, w01 = fy * fx, (1 - fy) * fx
+            w10, w00 = fy * (1 - fx), (1 - fy) * (1 - fx)
+            i11, i01, i10, i00 = y1 * w + x1, y0 * w + x1, y1 * w + x0, y0 * w + x0
+            cy = cy + dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
+            cx = cx + dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
+            np.clip(cy, 0, h - 1, out=cy)
+            np.clip(cx, 0, w - 1, out=cx)
+        out[0, s : s + chunk] = np.round(cy)
+        out[1, s : s + chunk] = np.round(cx)
+    return out.reshape(2, h, w)
 
 
 def cluster_centroids(
@@ -190,14 +204,14 @@ def upsampled_argmax(walk: torch.Tensor, shape: tuple[int, int], chunk: int = 16
     H, W = shape
     h, w = walk.shape[-2:]
     best = torch.full((H, W), -1.0, dtype=walk.dtype, device=walk.device)
-    arg = torch.zeros((H, W), dtype=torch.int64, device=walk.device)
+    arg = torch.zeros((H, W), dtype=torch.int32, device=walk.device)
     gmax = torch.zeros((), dtype=walk.dtype, device=walk.device)
     for start in range(0, walk.shape[0], chunk):
         part = F.interpolate(walk[None, start : start + chunk], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)[0, :, :H, :W]
         val, idx = part.max(dim=0)
         better = val > best
         best = torch.where(better, val, best)
-        arg = torch.where(better, idx + start, arg)
+        arg = torch.where(better, (idx + start).to(torch.int32), arg)
         gmax = torch.maximum(gmax, val.max())
     return best, arg, gmax
 
@@ -257,7 +271,7 @@ def assign_from_argmax(
     best, arg, gmax = argmax
     gmax = float(gmax) if float(gmax) > 0 else 1.0
     norm = (best / gmax).cpu().numpy()
-    plane = arg.cpu().numpy() + 1
+    plane = arg.cpu().numpy().astype(np.int32) + 1
     plane[norm < bg_threshold] = 0
     # argmax ties against the background plane go to background, as torch.argmax does
     plane[norm == bg_threshold] = 0

@@ -141,12 +141,20 @@ def transition_weights(
     return unnormalised / unnormalised.sum(dim=0, keepdim=True)
 
 
+#: the stencil walker updates row bands of about this many values (channels × cells) at a
+#: time, so that one band's source, weights and result stay in the processor's cache through
+#: its ``K`` multiply-adds (on the 2-core CPU: about 2x faster than whole grids of 1024²)
+STENCIL_BAND_VALUES = 1 << 16
+
+
 def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
     """Walker applying ``K`` shifted multiply-adds over all channels per step.
 
     Two zero-bordered ``(C, h + 2p, w + 2p)`` buffers are used alternately;
     each step writes the interior of one from shifted views of the other, so
-    the loop allocates nothing.
+    the loop allocates nothing. On the CPU the rows are updated in bands of
+    about :data:`STENCIL_BAND_VALUES` values (the same sums, in cache); on
+    other devices the whole grid at once.
     """
     per_offset = weights[:, None]  # (K, 1, h, w): broadcast over channels
     pad = int(np.abs(offsets).max())
@@ -154,19 +162,25 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
 
     def walk(x: torch.Tensor, steps: int) -> Generator[int, None, torch.Tensor]:
         buffers = [x.new_zeros(x.shape[0], h + 2 * pad, w + 2 * pad) for _ in range(2)]
-        interiors = [b[:, pad : pad + h, pad : pad + w] for b in buffers]
-        views = [
-            [b[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets.tolist()]
-            for b in buffers
-        ]
-        interiors[0].copy_(x)
+        rows = h if x.device.type != "cpu" else max(1, STENCIL_BAND_VALUES // max(1, x.shape[0] * w))
+        bands = []
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            weights_band = per_offset[:, :, r0:r1]
+            views = [
+                [b[:, pad + dy + r0 : pad + dy + r1, pad + dx : pad + dx + w] for dy, dx in offsets.tolist()]
+                for b in buffers
+            ]
+            bands.append((weights_band, views, [b[:, pad + r0 : pad + r1, pad : pad + w] for b in buffers]))
+        buffers[0][:, pad : pad + h, pad : pad + w].copy_(x)
         for step in range(steps):
-            src, dst = views[step % 2], interiors[(step + 1) % 2]
-            torch.mul(src[0], per_offset[0], out=dst)
-            for k in range(1, len(src)):
-                dst.addcmul_(src[k], per_offset[k])
+            for weights_band, views, interiors in bands:
+                src, dst = views[step % 2], interiors[(step + 1) % 2]
+                torch.mul(src[0], weights_band[0], out=dst)
+                for k in range(1, len(src)):
+                    dst.addcmul_(src[k], weights_band[k])
             yield step + 1
-        return interiors[steps % 2].clone()
+        return buffers[steps % 2][:, pad : pad + h, pad : pad + w].clone()
 
     return walk
 
