@@ -112,7 +112,7 @@ def _folder_inputs(args: argparse.Namespace, model):
     from .cli import _load_dataset
     from .core.io import InputError, read_labels
 
-    _, items = _load_dataset(args.images, args.labels, model.classes)
+    _, items = _load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     folder = args.corrections or args.images / "napari-irnet"
     if not folder.is_dir():
         raise InputError(f"{folder}: corrections folder not found")
@@ -214,7 +214,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def add_finetune_command(sub) -> None:
     """Register ``finetune`` on the CLI's sub-parsers."""
-    from .cli import _PARAM_HELP, _add_dataclass_options
+    from .cli import _PARAM_HELP, _add_dataclass_options, add_max_pixels_option
     from .core.params import Params, TrainParams
 
     p = sub.add_parser("finetune", help="fine-tune IRNet from corrected instance maps (human in the loop)")
@@ -227,6 +227,7 @@ def add_finetune_command(sub) -> None:
     p.add_argument("--corrected-only", action="store_true",
                    help="train on the corrected images only (default: the uncorrected ones too, with their weak labels)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_max_pixels_option(p)
     _add_dataclass_options(p, TrainParams, "training parameters (finetune-epochs, finetune-learning-rate, correction-weight, ...)")
     _add_dataclass_options(p, Params, _PARAM_HELP)
     p.set_defaults(func=cmd_finetune)

@@ -21,6 +21,7 @@ import torchvision  # noqa: E402,F401  (imported once here, not first inside a w
 
 from .core.checkpoint import Model, load_checkpoint  # noqa: E402
 from .core.inference import resolve_device
+from .core.io import DEFAULT_MAX_PIXELS, check_pixels
 from .core.params import Params
 from .core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks
 from .core.session import StageCache
@@ -69,15 +70,19 @@ def run_job(
     device: str = "auto",
     centre_points: np.ndarray | None = None,
     live: dict | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[str]:
     """Load the model, run both networks once, then every cheap stage.
 
-    Yields a short description before each of :data:`RUN_STEPS` steps (the
-    widget advances its progress bar and a Cancel takes effect there);
+    Yields a short description before each of :data:`RUN_STEPS` steps, then
+    a :class:`~napari_irnet.core.progress.Step` after every stage and walk
+    step of the post-processing (the widget advances its progress bar, and a
+    Cancel takes effect at the next yield, also inside a long walk);
     returns a :class:`RunResult`. Without ``classes`` the classifier picks
     the image's classes. ``params`` defaults to the checkpoint's, with the
     fields in ``live`` (the widget's sliders) replaced.
     """
+    check_pixels("the image", image.shape[:2], max_pixels, hint="use a crop of it")
     yield "loading checkpoint"
     model = load_model(checkpoint)
     params = (params or model.params).replace(**(live or {}))
@@ -94,7 +99,7 @@ def run_job(
     outputs = run_networks(model, image, model.class_ids(classes), params, dev)
     yield "post-processing"
     cache = StageCache(outputs, params, image, dev)
-    prediction = cache.update(centre_points=centre_points)
+    prediction = yield from cache.iter_update(centre_points=centre_points)  # a Step per stage and walk step
     return RunResult(model, str(checkpoint), classes, outputs, cache, prediction, str(dev))
 
 

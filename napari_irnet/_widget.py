@@ -37,6 +37,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.qt.threading import create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
@@ -73,6 +74,7 @@ from .core.edits import (
 from .core.inference import describe_device, device_choices
 from .core.io import InputError, OutputError
 from .core.params import Params
+from .core.progress import Step
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -167,6 +169,7 @@ class IRNetWidget(Container):
         self._sessions: dict[str, ImageSession] = {}
         self._current: ImageSession | None = None
         self._run_worker = None
+        self._run_progress = None
         self._run_image = None  # (layer, image id) of the run in progress
         self._update_worker = None
         self._running_request: _Request | None = None
@@ -510,6 +513,7 @@ class IRNetWidget(Container):
         self._run_image = (layer, image_id, image)
         self._generation += 1  # results of older updates no longer apply
         self._pending = None
+        self._run_progress = progress(total=RUN_STEPS, desc="napari-irnet")
         worker = create_worker(
             run_job,
             self.checkpoint.value,
@@ -519,18 +523,39 @@ class IRNetWidget(Container):
             self.device.value,
             points,
             self.live_values(),  # ... with the sliders' values
-            _progress={"total": RUN_STEPS, "desc": "napari-irnet"},
             _connect={
-                "yielded": self._set_status,
+                "yielded": self._on_run_step,
                 "returned": self._on_run_returned,
                 "errored": self._on_run_error,
                 "aborted": lambda: self._set_status("run cancelled"),
-                "finished": self._on_run_finished,
+                "finished": [self._on_run_finished, self._run_progress.close],
             },
         )
         self._run_worker = worker
         self._refresh_controls()
         self._set_status("starting …")
+
+    def _on_run_step(self, item) -> None:
+        """A step of the run: its description, or a post-processing :class:`Step` (stage, walk step)."""
+        bar = self._run_progress
+        if bar is None:
+            return
+        # the status first: drawing the bar may process events (a later error's status must win)
+        if isinstance(item, Step):
+            if item.total:  # a walk: the bar follows its steps
+                if item.done == item.total or item.done % 32 == 0:
+                    self._set_status(f"{item.stage}: step {item.done} of {item.total}")
+                if bar.total != item.total:
+                    bar.total = item.total
+                bar.n = item.done
+                bar.set_description(f"napari-irnet: {item.stage}")
+                bar.refresh()
+            else:
+                self._set_status(f"post-processing: {item.stage} done")
+            return
+        self._set_status(item)
+        if bar.n < RUN_STEPS:
+            bar.update(1)
 
     def cancel(self, *_) -> None:
         """Stop the run at its next step."""

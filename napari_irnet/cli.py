@@ -59,9 +59,17 @@ def _with_overrides(base, args: argparse.Namespace):
     return dataclasses.replace(base, **_overrides(args, type(base)))
 
 
-def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None = None):
+def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: larger images are refused before they are decoded."""
+    from .core.io import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images of more than N pixels, before decoding them (default {DEFAULT_MAX_PIXELS:,}: 8192 x 8192; 0: no limit)")  # fmt: skip
+
+
+def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None = None, max_pixels: int | None = None):
     """Training items from an image folder and a labels file."""
-    from .core.io import read_image, read_labels
+    from .core.io import DEFAULT_MAX_PIXELS, read_image, read_labels
     from .core.training import LabelledImage
 
     labels = read_labels(labels_file, images_dir, classes=classes)
@@ -69,7 +77,7 @@ def _load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None
         print(f"note: {len(labels.unlabelled)} image(s) in {images_dir} have no labels and are not used", file=sys.stderr)
     items = []
     for name, names in labels.image_labels.items():
-        image = read_image(images_dir / name)
+        image = read_image(images_dir / name, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
         items.append(LabelledImage(Path(name).stem, image, [labels.classes.index(c) for c in names]))
     return labels.classes, items
 
@@ -145,10 +153,10 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint)
         model.params = _with_overrides(model.params, args)
         model.train_params = _with_overrides(model.train_params, args)
-        classes, items = _load_dataset(args.images, args.labels, model.classes)
+        classes, items = _load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     else:
         params, train_params = Params(**_overrides(args, Params)), TrainParams(**_overrides(args, TrainParams))
-        classes, items = _load_dataset(args.images, args.labels)
+        classes, items = _load_dataset(args.images, args.labels, max_pixels=args.max_pixels)
         weights = None if args.weights == "none" else args.weights
         import torch
 
@@ -171,7 +179,7 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     model.require("cam", task="train-irn")
     model.params = _with_overrides(model.params, args)
     model.train_params = _with_overrides(model.train_params, args)
-    _, items = _load_dataset(args.images, args.labels, model.classes)
+    _, items = _load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     import torch
 
     torch.manual_seed(model.train_params.seed)  # new heads: reproducible, equal in every torchrun process
@@ -234,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     total = len(inputs)
     mine = shard(inputs)  # under torchrun: every world-size-th image
     for name, path in progress_iter(mine, len(mine), "predict"):
-        image = read_image(path)
+        image = read_image(path, max_pixels=args.max_pixels)
         names = labels.image_labels[name] if labels else predict_classes(model, image, device=args.device)
         _, pred = predict(model, image, names, params, args.device)
         stem = stems[name]
@@ -301,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--images", type=Path, required=True, help="folder of images")
         p.add_argument("--labels", type=Path, required=need_labels, help="image-level labels: CSV (image,classes with ';') or JSON")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+        add_max_pixels_option(p)
 
     p = sub.add_parser("train-cam", help="train the CAM classifier from image-level labels")
     common(p)

@@ -570,3 +570,47 @@ def test_json_ready_and_write_json(tmp_path):
         write_json(tmp_path / "bad.json", {"v": float("nan")})
     assert not (tmp_path / "bad.json").exists()
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.json"]  # no temporary file left
+
+
+@pytest.fixture(scope="module")
+def huge_tiff(tmp_path_factory):
+    """A 200 KB TIFF that declares 12032 x 12032 pixels (zeros, compressed tiles)."""
+    path = tmp_path_factory.mktemp("huge") / "huge.tif"
+
+    def tiles():
+        for _ in range(47 * 47):
+            yield np.zeros((256, 256), np.uint8)
+
+    tifffile.imwrite(path, tiles(), shape=(12032, 12032), dtype="uint8", tile=(256, 256), compression="zlib")
+    return path
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(huge_tiff, tmp_path):
+    from napari_irnet.core.io import DEFAULT_MAX_PIXELS, image_size
+
+    assert huge_tiff.stat().st_size < 1_000_000 and image_size(huge_tiff) == (12032, 12032)
+    with pytest.raises(InputError, match=r"huge\.tif: image is 12032 x 12032 = 144,769,024 pixels, more than the limit of 67,108,864"):
+        read_image(huge_tiff)
+    assert DEFAULT_MAX_PIXELS == 8192 * 8192
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(small)
+    with pytest.raises(InputError, match=r"small\.png: image is 30 x 40 = 1,200 pixels, more than the limit of 1,000.*--max-pixels"):
+        read_image(small, max_pixels=1000)
+    assert read_image(small, max_pixels=0).shape == (40, 30, 3)  # 0: no limit
+
+
+def test_cli_predict_refuses_a_huge_image_with_a_message(huge_tiff, tmp_path, capsys):
+    import shutil
+
+    from napari_irnet.cli import main
+    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
+
+    model = new_model(["a"], "tiny")
+    model.irn = new_irnet(model, "cam")
+    ckpt = save_checkpoint(model, tmp_path / "m.pt")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(huge_tiff, images / "huge.tif")
+    code = main(["predict", "--images", str(images), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "huge.tif: image is 12032 x 12032" in err and "--max-pixels" in err

@@ -194,3 +194,22 @@ def test_tiles_cover_the_image_with_the_overlap_and_little_waste(tile, overlap):
         assert all(b - a <= extent - overlap for a, b in zip(starts, starts[1:]))  # neighbours share the overlap
         # evenly spread: no more pixels than the overlaps need, up to the rounding to 16 px
         assert n * extent <= length + (n - 1) * overlap + 32 * n
+
+
+def test_class_probabilities_equal_the_classifier_and_tile_large_images(tiny_dataset):
+    from napari_irnet.core.inference import image_to_tensor
+    from napari_irnet.core.pipeline import class_probabilities
+
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    image = np.tile(tiny_dataset[0].image, (3, 4, 1))[:150, :230]
+    x = image_to_tensor(image, torch.device("cpu"))
+    model.cam.eval()
+    with torch.no_grad():
+        direct = torch.sigmoid(model.cam(torch.cat([x, x.flip(-1)]))).mean(0)
+    whole = class_probabilities(model, image, "cpu")
+    torch.testing.assert_close(whole, direct, atol=1e-5, rtol=1e-5)  # one tile: the classifier itself
+    model.params = model.params.replace(tile_size=128, tile_overlap=32)
+    tiled = class_probabilities(model, image, "cpu")  # 2 x 2 tiles
+    assert tiled.shape == (len(CLASS_NAMES),)
+    assert torch.allclose(tiled, whole, atol=0.05)  # cells near tile borders differ a little

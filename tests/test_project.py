@@ -285,7 +285,7 @@ def test_init_bad_images_are_named_and_can_be_left_out(tmp_path, dataset):
 
 
 def test_init_image_size_limit(tmp_path, dataset):
-    with pytest.raises(InputError, match=r"64 x 64 = 4,096 pixels, more than this project's limit of 1,000"):
+    with pytest.raises(InputError, match=r"64 x 64 = 4,096 pixels, more than the limit of 1,000"):
         create_project(tmp_path / "P", dataset / "images", dataset / "labels.csv", max_pixels=1000)
 
 

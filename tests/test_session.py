@@ -120,6 +120,51 @@ def test_should_stop_interrupts_and_keeps_finished_stages():
     assert "seeds" not in cache.last_recomputed and "iwalk" in cache.last_recomputed
 
 
+def test_a_walk_reports_its_steps_and_stops_at_one():
+    from napari_irnet.core.progress import Step
+
+    cache = StageCache(_two_blobs(), FAST)
+    steps: list[Step] = []
+    cache.update(progress=steps.append)
+    stages = [s.stage for s in steps]
+    assert stages[:2] == ["seeds", "clusters"] and "instances" in stages
+    walk = [s for s in steps if s.stage == "instance walk"]
+    assert walk and walk[-1].done == walk[-1].total >= FAST.walk_steps
+    assert [s.done for s in steps if s.stage == "semantic walk"][-1] == FAST.walk_steps
+
+    seen: list[Step] = []
+    fresh = StageCache(_two_blobs(), FAST)
+    stop = lambda: len([s for s in seen if s.stage == "instance walk"]) >= 5  # noqa: E731
+    with pytest.raises(InterruptedError):
+        fresh.update(should_stop=stop, progress=seen.append)
+    assert [s.done for s in seen if s.stage == "instance walk"] == [1, 2, 3, 4, 5]  # stopped inside the walk
+    assert "iwalk" not in fresh.last_recomputed and "clusters" in fresh.last_recomputed
+
+
+def test_the_panels_run_job_yields_walk_steps_and_a_cancel_stops_inside_the_walk(monkeypatch, tmp_path):
+    import napari_irnet._jobs as jobs
+    from napari_irnet.core.checkpoint import new_irnet, new_model
+    from napari_irnet.core.progress import Step
+
+    model = new_model(["a"], "tiny")
+    model.irn = new_irnet(model, "cam")
+    model.params = FAST
+    monkeypatch.setattr(jobs, "load_model", lambda path: model)
+    monkeypatch.setattr(jobs, "run_networks", lambda *args: _two_blobs())
+    image = np.zeros((64, 128, 3), np.uint8)
+    job = jobs.run_job("m.pt", image, ["a"], device="cpu")
+    items = []
+    for item in job:
+        items.append(item)
+        if isinstance(item, Step) and item.stage == "instance walk" and item.done == 3:
+            job.close()  # what the worker's quit() does at a yield
+            break
+    assert items[:4] == ["loading checkpoint", "classes given", "CAM + IRNet", "post-processing"]
+    assert [i.done for i in items if isinstance(i, Step) and i.stage == "instance walk"] == [1, 2, 3]
+    with pytest.raises(ValueError, match="the image: image is 128 x 64 = 8,192 pixels, more than the limit of 1,000"):
+        next(jobs.run_job("m.pt", image, ["a"], device="cpu", max_pixels=1000))
+
+
 def test_instances_first_then_semantic():
     cache = StageCache(_two_blobs(), FAST)
     full = cache.update()

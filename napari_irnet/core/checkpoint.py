@@ -206,7 +206,7 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint", map_location: An
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Unsupported global" not in text and "GLOBAL" not in text:  # garbage, not a pickled object
-            raise CheckpointError(f"{path}: not a readable {what} (UnpicklingError: {text.splitlines()[0] if text else ''})") from exc
+            raise CheckpointError(f"{path}: not a readable {what} (not a PyTorch file, or a damaged one)") from exc
         found = re.search(r"GLOBAL ([\w.]+)", text)
         culprit = f" such as {found.group(1)}" if found else ""
         raise CheckpointError(

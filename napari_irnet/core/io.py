@@ -113,8 +113,52 @@ def _existing_file(path: str | os.PathLike[str], what: str) -> Path:
 # images
 
 
+#: largest image (pixels) that is read unless a larger limit is given: 8192 x 8192, about 8 GB
+#: of working memory through the whole pipeline (BENCHMARKS.md, Scale)
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file.
+    """
+    p = _existing_file(path, "image file")
+    try:
+        if p.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(p) as tif:
+                if not tif.series:
+                    raise InputError(f"{p}: not a readable TIFF file (it contains no image)")
+                series = tif.series[0]
+                shape, axes = series.shape, str(series.axes)
+            if "Y" in axes and "X" in axes:
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+            big = sorted(shape, reverse=True)[:2]
+            return (int(big[0]), int(big[1])) if len(big) == 2 else (int(big[0]), 1)
+        with Image.open(p) as img:
+            width, height = img.size
+        return int(height), int(width)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{p}: not a readable image file ({_describe(exc)})") from exc
+
+
+def check_pixels(path: str | os.PathLike[str], size: tuple[int, int], max_pixels: int, hint: str = "raise it with --max-pixels") -> None:
+    """Refuse an image of ``size`` (height, width) over ``max_pixels`` with a message naming ``path``."""
+    h, w = size
+    if max_pixels and h * w > max_pixels:
+        raise InputError(
+            f"{path}: image is {w} x {h} = {h * w:,} pixels, more than the limit of {max_pixels:,} "
+            f"(max_pixels); {hint} if the machine has the memory, or split the image into tiles"
+        )
+
+
 def read_image(
-    path: str | os.PathLike[str], channels: tuple[int, ...] | None = None
+    path: str | os.PathLike[str], channels: tuple[int, ...] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Read an image file as an 8-bit RGB array.
 
@@ -150,6 +194,9 @@ def read_image(
         automatically as described above. Also applies to RGB(A) images
         (``(0,)`` gives the red channel as gray); a 2D image has one
         channel, index 0.
+    max_pixels
+        Images with more pixels (height × width, from the file's header,
+        before anything is decoded) are refused; 0: no limit.
 
     Returns
     -------
@@ -159,15 +206,16 @@ def read_image(
     Raises
     ------
     InputError
-        Missing, empty, corrupt or truncated file; NaN/inf pixels; a channel
-        count that needs ``channels``; a 3D stack; an unsupported pixel type.
-        The message names the file and the problem.
+        Missing, empty, corrupt or truncated file; more than ``max_pixels``;
+        NaN/inf pixels; a channel count that needs ``channels``; a 3D stack;
+        an unsupported pixel type. The message names the file and the problem.
     """
     p = _existing_file(path, "image file")
     if channels is not None:
         channels = _check_channel_request(p, channels)
     if p.stat().st_size == 0:
         raise InputError(f"{p}: image file is empty (0 bytes)")
+    check_pixels(p, image_size(p), max_pixels)
     if p.suffix.lower() in _TIFF_SUFFIXES:
         array, axes = _read_tiff(p)
         array, channel_axis = _locate_channel_axis(p, array, axes, channels)

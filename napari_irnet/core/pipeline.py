@@ -137,11 +137,28 @@ def predict_classes(
 
     For images without image-level labels; with labels, use them instead.
     """
-    from .inference import image_to_tensor
+    prob = class_probabilities(model, image, device)
+    return [model.classes[i] for i in torch.nonzero(prob > threshold).flatten().tolist()]
+
+
+@torch.no_grad()
+def class_probabilities(model: Model, image: np.ndarray, device: str | torch.device | None = "auto") -> torch.Tensor:
+    """The CAM classifier's probability of every class in ``image``, flip-averaged: (num_classes,).
+
+    Large images are tiled as the CAMs are (``model.params.tile_size``): the
+    classifier's logits are the mean of its per-cell logits, so the tiles'
+    cells are averaged.
+    """
+    from .inference import image_to_tensor, run_tiled
 
     model.require("cam", task="finding the classes")
     dev = resolve_device(device)
     net = model.cam.to(dev).eval()
     x = image_to_tensor(image, dev)
-    prob = torch.sigmoid(net(torch.cat([x, x.flip(-1)]))).mean(0)
-    return [model.classes[i] for i in torch.nonzero(prob > threshold).flatten().tolist()]
+
+    def both(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net(t, pixels=True), net(t.flip(-1), pixels=True)], dim=1)
+
+    cells = run_tiled(both, x, 16, model.params.tile_size, model.params.tile_overlap)
+    logits = cells.mean(dim=(2, 3))[0].view(2, -1)  # (image, flipped image) x classes
+    return torch.sigmoid(logits).mean(0).cpu()

@@ -62,10 +62,13 @@ import numpy as np
 
 from .corrections import image_fingerprint
 from .io import (
+    DEFAULT_MAX_PIXELS,
     ImageLabels,
     InputError,
     OutputError,
     atomic_write,
+    check_pixels,
+    image_size,
     read_image,
     read_instances_json,
     read_label_image,
@@ -104,7 +107,6 @@ STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 STATES: tuple[str, ...] = ("new", "proposed", "corrected", "accepted")
 #: images with more pixels are refused unless the project allows more
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 _MASK_FILES = ("instances.tif", "instances.json", "semantic.png")
 #: what the store writes into an item folder besides state.json: revision folders and temporary files
 _REVISION = re.compile(r"(result|correction)-[0-9]{6,}")
@@ -249,51 +251,6 @@ def _store_path(target: Path, root: Path) -> str:
         return target.resolve().as_posix()
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels.
-
-    Raises
-    ------
-    InputError
-        Missing or unreadable file.
-    """
-    import tifffile
-    from PIL import Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: image file not found")
-    try:
-        if p.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(p) as tif:
-                if not tif.series:
-                    raise InputError(f"{p}: not a readable TIFF file (it contains no image)")
-                series = tif.series[0]
-                shape, axes = series.shape, str(series.axes)
-            if "Y" in axes and "X" in axes:
-                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-            big = sorted(shape, reverse=True)[:2]
-            return (int(big[0]), int(big[1])) if len(big) == 2 else (int(big[0]), 1)
-        with Image.open(p) as img:
-            width, height = img.size
-        return int(height), int(width)
-    except InputError:
-        raise
-    except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{p}: not a readable image file ({text})") from exc
-
-
-def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
-    h, w = size
-    if h * w > max_pixels:
-        raise InputError(
-            f"{path}: image is {w} x {h} = {h * w:,} pixels, more than this project's "
-            f"limit of {max_pixels:,} (max_pixels); raise the limit (init --max-pixels) "
-            "if the machine has the memory, or split the image into tiles"
-        )
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -425,10 +382,10 @@ class Project:
         entry = self.entry(name)
         path = self.image_dir / entry.name
         size = image_size(path)
-        _check_pixels(path, size, self.max_pixels)
+        check_pixels(path, size, self.max_pixels, hint="raise the project's limit (init --max-pixels)")
         with contextlib.suppress(OSError):
             sig = _file_signature(path)
-        image = read_image(path, self.channels)
+        image = read_image(path, self.channels, max_pixels=self.max_pixels)
         if image.shape[:2] != (entry.height, entry.width):
             raise InputError(
                 f"{path}: image is {image.shape[1]} x {image.shape[0]} now but was "
@@ -1063,8 +1020,8 @@ def create_project(
         path = image_dir / name
         try:
             size = image_size(path)
-            _check_pixels(path, size, max_pixels)
-            image = read_image(path, chosen)  # decodes it all: catches truncated files
+            check_pixels(path, size, max_pixels, hint="raise the limit (init --max-pixels)")
+            image = read_image(path, chosen, max_pixels=max_pixels)  # decodes it all: catches truncated files
             entries.append(ImageEntry(name, names, int(image.shape[0]), int(image.shape[1])))
             del image
         except InputError as exc:
