@@ -150,7 +150,37 @@ def test_channel_chunks_and_progress():
         x, boundary, steps=16, channel_chunk=2, progress=lambda d, n: calls.append((d, n))
     )
     torch.testing.assert_close(chunked, whole)
-    assert len(calls) == 48 and calls[-1] == (48, 48)
+    # one call per step on one thread; walks side by side report as their steps add up
+    assert calls[-1] == (48, 48) and 1 <= len(calls) <= 48
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})
+
+
+@pytest.mark.parametrize("method", ["stencil", "gather"])
+def test_walks_side_by_side_in_threads_equal_one_after_another(method):
+    from napari_irnet.core.random_walk import iter_transition
+    from napari_irnet.core.progress import run_steps
+
+    x, boundary = random_inputs((30, 41), channels=5, seed=8)
+    weights = transition_weights(boundary)
+    before = torch.get_num_threads()
+    one = run_steps(iter_transition(x, weights, 24, method=method, threads=1))
+    two = run_steps(iter_transition(x, weights, 24, method=method, threads=2))
+    torch.testing.assert_close(two, one, rtol=0, atol=0)
+    assert torch.get_num_threads() == before  # the caller's setting is back
+
+
+def test_closing_a_threaded_walk_stops_every_thread():
+    import threading
+
+    from napari_irnet.core.random_walk import iter_transition
+
+    x, boundary = random_inputs((60, 60), channels=4, seed=9)
+    before = torch.get_num_threads()
+    walking = iter_transition(x, transition_weights(boundary), 100_000, threads=2)
+    next(walking)
+    walking.close()  # a Cancel: the workers stop at their next step and are joined
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-irnet-walk")]
+    assert torch.get_num_threads() == before
 
 
 def test_apply_transition_validates_inputs():

@@ -46,6 +46,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import hashlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,7 +56,7 @@ from scipy import ndimage as ndi
 from .params import INSTANCE_WALKS
 from .postprocess import instance_cams, upsampled_argmax
 from .progress import Step, StepGenerator, run_steps
-from .random_walk import iter_transition, neighbour_offsets, transition_weights
+from .random_walk import iter_transition, iter_walks, make_walker, neighbour_offsets, transition_weights
 
 __all__ = ["WalkPlan", "instance_walk_argmax", "iter_instance_walk", "plan_windows"]
 
@@ -224,17 +226,56 @@ def _walk_windows(
     k_total: int,
     counter: list[int],
     stage: str,
+    memo: dict,
+    store: dict,
 ) -> StepGenerator[list[torch.Tensor]]:
     """Walk every window, packed into canvases; returns each window's ``(wh, ww)`` result.
 
-    ``counter`` is ``[steps done, steps planned]`` across calls, for the yielded steps.
+    Windows found in ``memo`` (from an earlier walk of the same image with the
+    same walk parameters: the same class, box and cluster mask) are not
+    walked again, so that moving one centroid re-walks only the clusters it
+    changed; every window's result goes into ``store``. The canvases are independent walks (:func:`~napari_irnet.core.random_walk.iter_walks`:
+    side by side on the CPU's threads); each is filled only when its walk
+    starts, so at most one canvas per thread is in memory. ``counter`` is
+    ``[steps done, steps planned]`` across calls, for the yielded steps.
     """
+    keys = [_window_key(win, clusters, k_total) for win in windows]
+    known = {key: store.get(key, memo.get(key)) for key in keys}
+    todo = [(win, key) for win, key in zip(windows, keys) if known[key] is None]
+    walked = yield from _walk_new_windows([win for win, _ in todo], start, clusters, weights, steps, radius, k_total, counter, stage)
+    known.update(zip((key for _, key in todo), walked))
+    store.update(known)
+    return [known[key] for key in keys]
+
+
+def _window_key(win: Window, clusters: torch.Tensor, k_total: int) -> tuple:
+    """What a window's walk depends on besides the image's outputs: its class, box and cluster mask."""
+    c, k = divmod(win.plane, k_total)
+    mask = (clusters[win.slices] == k).cpu().numpy()
+    return c, win.y0, win.y1, win.x0, win.x1, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+
+
+def _walk_new_windows(
+    windows: list[Window],
+    start: torch.Tensor,
+    clusters: torch.Tensor,
+    weights: torch.Tensor,
+    steps: int,
+    radius: int,
+    k_total: int,
+    counter: list[int],
+    stage: str,
+) -> StepGenerator[list[torch.Tensor]]:
+    """Walk windows packed into canvases (see :func:`_walk_windows`)."""
+    if not windows:
+        return []
     gap = int(np.abs(neighbour_offsets(radius)).max())
-    canvases = _pack(windows, gap, CANVAS_CELLS)
-    counter[1] += steps * len(canvases)
-    results: dict[int, torch.Tensor] = {}
-    index = {id(win): i for i, win in enumerate(windows)}
-    for (ch, cw), placed in canvases:
+    threads = torch.get_num_threads() if start.device.type == "cpu" else 1
+    cells = sum((win.y1 - win.y0 + gap) * (win.x1 - win.x0 + gap) for win in windows)
+    canvases = _pack(windows, gap, max(1 << 16, min(CANVAS_CELLS, cells // (2 * threads) + 1)))
+
+    def canvas_walk(size: tuple[int, int], placed: list[tuple[Window, int, int]]):
+        ch, cw = size
         x = start.new_zeros((1, ch, cw))
         w = weights.new_zeros((weights.shape[0], ch, cw))
         for win, top, left in placed:
@@ -243,19 +284,22 @@ def _walk_windows(
             dst = (slice(top, top + win.y1 - win.y0), slice(left, left + win.x1 - win.x0))
             x[0][dst] = start[c][ys, xs] * (clusters[ys, xs] == k)
             w[(slice(None),) + dst] = weights[(slice(None), ys, xs)]
-        walking = iter_transition(x, w, steps, radius, method="stencil")
-        while True:
-            try:
-                step = next(walking)
-            except StopIteration as result:
-                walked = result.value[0]
-                break
-            yield Step(stage, counter[0] + step.done, counter[1])
-        counter[0] += steps
-        del x, w
-        for win, top, left in placed:
-            results[index[id(win)]] = walked[top : top + win.y1 - win.y0, left : left + win.x1 - win.x0].clone()
-    return [results[i] for i in range(len(windows))]
+        walked = yield from make_walker(w, radius)(x, steps)
+        return [walked[0, top : top + win.y1 - win.y0, left : left + win.x1 - win.x0].clone() for win, top, left in placed]
+
+    jobs = [lambda size=size, placed=placed: canvas_walk(size, placed) for size, placed in canvases]
+    before, counter[1] = counter[0], counter[1] + steps * len(canvases)
+    walking = iter_walks(jobs, steps, stage, start.device, threads)
+    while True:
+        try:
+            step = next(walking)
+        except StopIteration as result:
+            parts = result.value
+            break
+        yield Step(stage, before + step.done, counter[1])
+    counter[0] = before + steps * len(canvases)
+    results = {id(win): part for (_, placed), canvas_parts in zip(canvases, parts) for (win, _, _), part in zip(placed, canvas_parts)}
+    return [results[id(win)] for win in windows]
 
 
 def _leaks(win: Window, part: torch.Tensor, level: float, shape: tuple[int, int]) -> bool:
@@ -351,6 +395,7 @@ def iter_instance_walk(
     method: str = "auto",
     weights: torch.Tensor | None = None,
     stage: str = "instance walk",
+    memo: dict | None = None,
 ) -> StepGenerator[tuple[Argmax | None, WalkPlan]]:
     """The instance walk and its full-resolution argmax, as a step generator.
 
@@ -374,6 +419,11 @@ def iter_instance_walk(
     weights : (69, h, w) tensor, optional
         :func:`~napari_irnet.core.random_walk.transition_weights` of
         ``boundary`` with this ``beta`` and ``radius``, when already computed.
+    memo : dict, optional
+        Walked windows of an earlier call for the same image, ``beta``,
+        ``steps`` and ``radius`` (the caller keeps it, and empties it when
+        one of those changes): windows with the same class, box and cluster
+        mask are taken from it. It is left holding this call's windows.
 
     Yields
     ------
@@ -403,7 +453,10 @@ def iter_instance_walk(
     cluster_map = torch.from_numpy(np.ascontiguousarray(clusters)).to(cams.device)
     counter = [0, 0]
     windows = plan.windows
-    walked = yield from _walk_windows(windows, start, cluster_map, weights, steps, radius, k_total, counter, stage)
+    fresh: dict = {}
+    earlier = memo if memo is not None else {}
+    walk = lambda wins: _walk_windows(wins, start, cluster_map, weights, steps, radius, k_total, counter, stage, earlier, fresh)  # noqa: E731
+    walked = yield from walk(windows)
     while True:
         level = tolerance * max(float(part.max()) for part in walked)
         small = [i for i, (win, part) in enumerate(zip(windows, walked)) if win.area < plan.grid_cells and _leaks(win, part, level, shape)]
@@ -412,11 +465,14 @@ def iter_instance_walk(
         plan.rounds += 1
         plan.grown += len(small)
         pairs, redo = _regrow(windows, walked, small, shape)
-        again = yield from _walk_windows(redo, start, cluster_map, weights, steps, radius, k_total, counter, stage)
+        again = yield from walk(redo)
         pairs += list(zip(redo, again))
         pairs.sort(key=lambda pair: (pair[0].plane, pair[0].y0, pair[0].x0))
         windows, walked = [p[0] for p in pairs], [p[1] for p in pairs]
     plan.windows = windows
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     return _full_resolution_argmax(windows, walked, image_shape), plan
 
 

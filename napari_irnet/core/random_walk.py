@@ -36,8 +36,11 @@ only: it runs without autograd.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Callable, Generator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -55,6 +58,8 @@ from .path_index import (
 __all__ = [
     "apply_transition",
     "iter_transition",
+    "iter_walks",
+    "make_walker",
     "neighbour_offsets",
     "random_walk",
     "random_walk_dense",
@@ -246,6 +251,102 @@ def _choose_method(method: str, device: torch.device, channels: int) -> str:
     return method
 
 
+def make_walker(weights: torch.Tensor, radius: int = 5, method: str = "stencil") -> Walker:
+    """A walk over stencil ``weights`` (:func:`transition_weights`): ``walker(x, steps)``.
+
+    The walker is a generator function: it yields after every step and
+    returns the walked ``(C, h, w)`` maps. ``method`` as in
+    :func:`apply_transition` ("stencil" or "gather").
+    """
+    if method not in _WALKERS:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(_WALKERS)}")
+    return _WALKERS[method](weights, neighbour_offsets(radius))
+
+
+WalkJob = Callable[[], Generator[int, None, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def _one_torch_thread(device: torch.device):
+    """Run the walk's many small operations on one torch thread of the calling thread.
+
+    A walk step is dozens of short operations; spread over OpenMP threads each
+    ends in a barrier where the threads wait for each other, which on a
+    shared machine (another process, napari's own threads) made the walk
+    tens to hundreds of times slower (BENCHMARKS.md, Scale). Independent
+    walks run side by side in Python threads instead (:func:`iter_walks`).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def iter_walks(jobs: list[WalkJob], steps: int, stage: str, device: torch.device, threads: int | None = None) -> StepGenerator[list[torch.Tensor]]:
+    """Run independent walks (each a generator that yields after every step); returns their results.
+
+    On the CPU the walks run side by side in up to ``threads`` Python threads
+    (default: the calling thread's torch thread count), each with one torch
+    thread: no barriers between the threads within a step. Yields a
+    :class:`~.progress.Step` as the steps of all walks add up (``total =
+    steps × len(jobs)``); closing the generator stops every walk at its next
+    step.
+    """
+    total = steps * len(jobs)
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if device.type != "cpu" or threads <= 1 or len(jobs) <= 1:
+        results = []
+        with _one_torch_thread(device), torch.no_grad():
+            for i, make in enumerate(jobs):
+                walking = make()
+                while True:
+                    try:
+                        done = next(walking)
+                    except StopIteration as result:
+                        results.append(result.value)
+                        break
+                    yield Step(stage, i * steps + done, total)
+        return results
+    stop = threading.Event()
+    lock = threading.Lock()
+    count = [0]
+
+    def work(make: WalkJob) -> torch.Tensor:
+        torch.set_num_threads(1)  # this thread's OpenMP setting only
+        with torch.no_grad():
+            walking = make()
+            while True:
+                if stop.is_set():
+                    raise InterruptedError("walk stopped")
+                try:
+                    next(walking)
+                except StopIteration as result:
+                    return result.value
+                with lock:
+                    count[0] += 1
+
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="napari-irnet-walk")
+    try:
+        futures = [pool.submit(work, make) for make in jobs]
+        shown = 0
+        while True:
+            _, pending = wait(futures, timeout=0.02, return_when=FIRST_EXCEPTION)
+            if count[0] != shown:
+                shown = count[0]
+                yield Step(stage, shown, total)
+            if not pending or any(f.done() and f.exception() is not None for f in futures):
+                break
+        return [f.result() for f in futures]
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def iter_transition(
     x: torch.Tensor,
     weights: torch.Tensor,
@@ -255,35 +356,32 @@ def iter_transition(
     method: str = "auto",
     channel_chunk: int | None = None,
     stage: str = "walk",
+    threads: int | None = None,
 ) -> StepGenerator[torch.Tensor]:
     """:func:`apply_transition` as a generator: yields a :class:`~.progress.Step` after every step.
 
-    ``Step.total`` is ``steps`` times the number of channel chunks; the
-    generator returns the walked ``(C, h, w)`` maps.
+    The channels are walked in chunks (``channel_chunk``; by default, on the
+    CPU, one chunk per thread of :func:`iter_walks`); ``Step.total`` is
+    ``steps`` times the number of chunks. Returns the walked ``(C, h, w)``
+    maps.
     """
     if x.dim() != 3 or x.shape[-2:] != weights.shape[-2:]:
         raise ValueError(f"x {tuple(x.shape)} and weights {tuple(weights.shape)} do not match")
     offsets = neighbour_offsets(radius)
     if weights.shape[0] != len(offsets):
         raise ValueError(f"weights have {weights.shape[0]} offsets, radius {radius} needs {len(offsets)}")
-    chunk = min(x.shape[0], int(channel_chunk)) if channel_chunk else x.shape[0]
+    if x.shape[0] == 0:
+        return x.clone()
+    if channel_chunk:
+        chunk = min(x.shape[0], int(channel_chunk))
+    else:
+        parts = torch.get_num_threads() if threads is None else int(threads)
+        chunk = math.ceil(x.shape[0] / max(1, parts)) if x.device.type == "cpu" else x.shape[0]
     method = _choose_method(method, x.device, chunk)
-    starts = range(0, x.shape[0], max(chunk, 1))
-    total = steps * len(starts)
-    outputs = []
     with torch.no_grad():
         walk = _WALKERS[method](weights.to(dtype=x.dtype, device=x.device), offsets)
-        for i, start in enumerate(starts):
-            walking = walk(x[start : start + chunk], steps)
-            while True:
-                try:
-                    done = next(walking)
-                except StopIteration as result:
-                    outputs.append(result.value)
-                    break
-                yield Step(stage, i * steps + done, total)
-    if not outputs:
-        return x.clone()
+    jobs = [lambda start=start: walk(x[start : start + chunk], steps) for start in range(0, x.shape[0], chunk)]
+    outputs = yield from iter_walks(jobs, steps, stage, x.device, threads)
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
 
