@@ -124,8 +124,11 @@ def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300) ->
         w11, w01 = fy * fx, (1 - fy) * fx
         w10, w00 = fy * (1 - fx), (1 - fy) * (1 - fx)
         i11, i01, i10, i00 = y1 * w + x1, y0 * w + x1, y1 * w + x0, y0 * w + x0
-        cy = cy + dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
-        cx = cx + dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
+        # in place: the positions stay float32 as the reference's do (its += rounds every
+        # step); kept in float64, most cells of a tangled field can end elsewhere
+        # (tests/test_reference_equivalence.py)
+        cy += dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
+        cx += dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
         np.clip(cy, 0, h - 1, out=cy)
         np.clip(cx, 0, w - 1, out=cx)
     return np.stack([np.round(cy), np.round(cx)]).astype(np.int32)
