@@ -7,10 +7,11 @@ deterministic ResNet-50 weights of ``golden/weights.py`` (rebuilt here),
 
 Every post-processing stage starts from the reference's own inputs of that
 stage, so a difference shows in the stage that makes it and does not carry
-over. The networks run on the image twice: once on the very tensor the
-reference's data loader makes (the outputs are then bitwise equal on the
-machine that made the fixtures), once through our own input path, where float
-noise remains (see the tolerances there).
+over; the last test runs them all in a row. The networks run on the image
+twice: once on the very tensor the reference's data loader makes (the
+outputs are then bitwise equal, single-threaded, on the machine that made the
+fixtures), once through our own input path, where float noise remains (see
+the tolerances there).
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ from napari_irnet.core.inference import CAMOutput, IRNetOutput
 from napari_irnet.core.networks import IMAGENET_MEAN, IMAGENET_STD
 from napari_irnet.core.pipeline import NetworkOutputs, postprocess, run_networks, walk_instances
 from napari_irnet.core.postprocess import (
-    assign_instances,
     cluster_centroids,
     find_centroids,
     propagate,
     seeds_from_cams,
-    semantic_from_walk,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "reference_outputs.npz"
@@ -72,7 +71,7 @@ def on_reference_input(golden, model):
 
 
 def _reference_outputs(g: dict) -> NetworkOutputs:
-    """The reference's network outputs of one image, as ours (no high-resolution CAM needed)."""
+    """The reference's network outputs of one image, as ours."""
     cam = CAMOutput(g["class_ids"], torch.from_numpy(g["cam_strided"]), torch.from_numpy(g["cam_high_res"]))
     irn = IRNetOutput(torch.from_numpy(g["boundary"]), torch.from_numpy(g["displacement"]))
     return NetworkOutputs(tuple(g["image"].shape[:2]), cam, irn)
@@ -88,22 +87,24 @@ def test_weights_are_those_the_fixtures_were_made_with(fixture_file, model):
 
 
 def test_cams_on_the_reference_input_match(golden, on_reference_input):
-    # same tensor in, same kernels: the network outputs are bitwise equal; the maps of the
-    # four scales are summed in another order (the reference stacks, then sums): 1-2 ulp
+    # same tensor in: single-threaded, the network outputs are bitwise equal where the
+    # fixture was made, and the maps of the four scales are summed in another order (the
+    # reference stacks, then sums: 3e-7). Other kernels (2 threads, another CPU or torch)
+    # round otherwise: 1e-5 with 2 threads
     for g, out in zip(golden, on_reference_input):
         np.testing.assert_array_equal(out.cam.class_ids, g["class_ids"])
-        np.testing.assert_allclose(out.cam.strided.numpy(), g["cam_strided"], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(out.cam.high_res.numpy(), g["cam_high_res"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out.cam.strided.numpy(), g["cam_strided"], rtol=0, atol=5e-5)
+        np.testing.assert_allclose(out.cam.high_res.numpy(), g["cam_high_res"], rtol=0, atol=5e-5)
 
 
 def test_boundary_and_displacement_on_the_reference_input_match(golden, on_reference_input):
-    # bitwise equal where the fixture was made; atol leaves room for another CPU's kernels.
-    # The boundary is flip-averaged on a 512x512 zero-padded canvas: padding each half
-    # before flipping it (the order fixed in 67a7018) moves the flipped half's boundary by
-    # the padding width and fails this by far (by 0.79 here)
+    # bitwise equal single-threaded where the fixture was made; other kernels (2 threads):
+    # 2e-6 and 5e-5. The boundary is flip-averaged on a 512x512 zero-padded canvas: padding
+    # each half before flipping it (the order fixed in 67a7018) moves the flipped half's
+    # boundary by the padding width and fails this by far (by 0.79 here)
     for g, out in zip(golden, on_reference_input):
         np.testing.assert_allclose(out.irn.boundary.numpy(), g["boundary"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(out.irn.displacement.numpy(), g["displacement"], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(out.irn.displacement.numpy(), g["displacement"], rtol=0, atol=5e-4)
 
 
 def test_network_outputs_on_our_input_match_up_to_float_noise(golden, model):
@@ -155,11 +156,12 @@ def _walks(g: dict, params) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_walks_match(golden, model):
     # the reference squares a dense transition matrix 8 times, we apply its 69-neighbour
-    # stencil 256 times: the same product summed in another order (walk values up to 0.5)
+    # stencil 256 times: the same product summed in another order, 4e-5 apart in float32
+    # (walk values up to 0.5); one step fewer moves them by 5e-4
     for g in golden:
         instance, semantic = _walks(g, model.params)
-        np.testing.assert_allclose(instance.numpy(), g["instance_walk"], rtol=0, atol=1e-4)
-        np.testing.assert_allclose(semantic.numpy(), g["semantic_walk"], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(instance.numpy(), g["instance_walk"], rtol=0, atol=1.5e-4)
+        np.testing.assert_allclose(semantic.numpy(), g["semantic_walk"], rtol=0, atol=1.5e-4)
 
 
 def _instance_masks(labels: np.ndarray) -> dict[bytes, int]:
@@ -174,31 +176,18 @@ def _assert_same_instances(result, g: dict) -> None:
     for mask, ref_id in ref.items():
         record = result.records[ours[mask] - 1]
         assert record["class_id"] == g["instance_classes"][ref_id - 1]
-        # normalised walk scores, summed in another order (see test_walks_match)
-        assert record["score"] == pytest.approx(float(g["instance_scores"][ref_id - 1]), abs=1e-4)
+        # walk scores divided by their maximum: 8e-5 apart (see test_walks_match)
+        assert record["score"] == pytest.approx(float(g["instance_scores"][ref_id - 1]), abs=3e-4)
 
 
-def test_instance_and_semantic_maps_match(golden, model):
-    # from our walks of the reference's inputs: the argmax maps are identical
-    p = model.params
-    for g in golden:
-        instance, semantic = _walks(g, p)
-        shape = g["image"].shape[:2]
-        k = int(g["clusters"].max()) + 1
-        result = assign_instances(instance, np.repeat(g["class_ids"], k), shape, p.instance_bg_threshold, p.min_fragment_fraction)
-        _assert_same_instances(result, g)
-        np.testing.assert_array_equal(semantic_from_walk(semantic, g["class_ids"], shape, p.semantic_bg_threshold), g["semantic"])
-
-
-def test_whole_pipeline_on_the_reference_input_matches(golden, model, on_reference_input):
-    # every stage of ours in a row (the stage cache, as the plugin and the CLI run them):
-    # identical where the fixture was made; another CPU's kernels could move a few cells
-    # of the tangled displacement field (see test_centroids_and_clusters_match)
+def test_whole_pipeline_matches_from_the_reference_network_outputs(golden, model):
+    # every stage after the networks in a row (the stage cache, as the plugin and the CLI
+    # run them) on the reference's CAMs, boundary and displacement: identical maps
     params = model.params.replace(use_crf=False)
-    for g, outputs in zip(golden, on_reference_input):
-        prediction = postprocess(outputs, params)
+    for g in golden:
+        prediction = postprocess(_reference_outputs(g), params)
         np.testing.assert_array_equal(prediction.seeds, g["seeds_plain"])
-        assert (prediction.clusters == g["clusters"]).mean() >= 0.99
+        np.testing.assert_array_equal(prediction.centroids, g["centroids"])
+        np.testing.assert_array_equal(prediction.clusters, g["clusters"])
+        _assert_same_instances(prediction.instances, g)
         np.testing.assert_array_equal(prediction.semantic, g["semantic"])
-        if (prediction.clusters == g["clusters"]).all():
-            _assert_same_instances(prediction.instances, g)
