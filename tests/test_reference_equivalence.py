@@ -132,7 +132,9 @@ def test_seeds_match(golden):
 def test_seeds_with_the_crf_match(golden):
     pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf is not installed (pip install 'napari-irnet[crf]')")
     for g in golden:
-        seeds = seeds_from_cams(g["cam_high_res"], g["class_ids"], 0.30, 0.05, image=g["image"], use_crf=True)
+        image = g["image"].copy()
+        image.setflags(write=False)  # as np.asarray(PIL.Image.open(...)) gives it
+        seeds = seeds_from_cams(g["cam_high_res"], g["class_ids"], 0.30, 0.05, image=image, use_crf=True)
         np.testing.assert_array_equal(seeds, g["seeds_crf"])
 
 

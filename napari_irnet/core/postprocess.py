@@ -44,7 +44,8 @@ def _dense_crf(image: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarr
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=0.7, zero_unsure=False))
     d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    # a writable copy: pydensecrf refuses read-only buffers (np.asarray of a PIL image is one)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.array(image, order="C"), compat=10)
     q = d.inference(10)
     return np.argmax(np.array(q).reshape((n_labels, h, w)), axis=0)
 
