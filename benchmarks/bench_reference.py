@@ -16,8 +16,10 @@ Usage (needs pydensecrf, which the reference imports, and a checkout of it)::
 
 The reference gets ``torch.set_flush_denormal(True)``: its dense transition
 matrix is full of denormal numbers, and without it its walk is many times
-slower. Prints a markdown table; skips (exit 0) with a message when the data
-or the reference is missing.
+slower. The reference's outputs and times are kept in
+``bench_output/reference_irn/`` and reused (``--cache ''`` reruns it). Prints a
+markdown table; skips (exit 0) with a message when the data or the reference
+is missing.
 """
 
 from __future__ import annotations
@@ -105,13 +107,24 @@ def _agreement(model, ref: dict, outputs, prediction) -> dict:
     }
 
 
-def _run_reference(ref, nets, image, class_ids) -> dict:
+def _run_reference(ref, nets, image, class_ids, cache: Path | None) -> dict:
+    """The reference's outputs and times, kept in ``cache`` (its walks take minutes on a full photo)."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            out = {k: z[k] for k in z.files if not k.startswith("seconds_")}
+            out["seconds"] = {k[len("seconds_"):]: float(z[k]) for k in z.files if k.startswith("seconds_")}
+        return out
     torch.set_flush_denormal(True)
     try:
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-            return reference_irn.run_image(ref, nets, image, class_ids, Path(tmp))
+            out = reference_irn.run_image(ref, nets, image, class_ids, Path(tmp))
     finally:
         torch.set_flush_denormal(False)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        seconds = {f"seconds_{k}": v for k, v in out["seconds"].items()}
+        np.savez(cache, **{k: v for k, v in out.items() if k != "seconds"}, **seconds)
+    return out
 
 
 HEADER = ("| photo | size | CAM | seeds (CRF) | boundary | displacement | centroids | clusters "
@@ -133,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", nargs="+", default=list(PHOTOS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--crops-only", action="store_true", help="skip the full-size photos (minutes each for the reference)")
+    ap.add_argument("--cache", default=str(ROOT / "bench_output" / "reference_irn"),
+                    help="where the reference's outputs and times are kept and reused ('' to always rerun)")  # fmt: skip
     args = ap.parse_args(argv)
     if not (args.data / "JPEGImages").is_dir():
         print(f"skipped: no coco_voc data at {args.data} (see the shared data README)")
@@ -152,7 +167,8 @@ def main(argv=None) -> int:
     for name in args.photos:
         photo, class_ids = _photo(args.data, name)
         for image in ([] if args.crops_only else [photo]) + [_centre_crop(photo, CROP)]:
-            ref_out = _run_reference(ref, nets, image, class_ids)
+            cache = Path(args.cache) / f"{name}_{image.shape[1]}x{image.shape[0]}.npz" if args.cache else None
+            ref_out = _run_reference(ref, nets, image, class_ids, cache)
             outputs, prediction, ours_s = _ours(model, image, class_ids)
             print(_row(name, image, _agreement(model, ref_out, outputs, prediction), ref_out["seconds"], ours_s), flush=True)
     return 0
