@@ -44,7 +44,8 @@ def _dense_crf(image: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarr
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=0.7, zero_unsure=False))
     d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    # a writable copy: pydensecrf refuses read-only buffers (np.asarray of a PIL image is one)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.array(image, order="C"), compat=10)
     q = d.inference(10)
     return np.argmax(np.array(q).reshape((n_labels, h, w)), axis=0)
 
@@ -136,8 +137,11 @@ def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300, ch
             w11, w01 = fy * fx, (1 - fy) * fx
             w10, w00 = fy * (1 - fx), (1 - fy) * (1 - fx)
             i11, i01, i10, i00 = y1 * w + x1, y0 * w + x1, y1 * w + x0, y0 * w + x0
-            cy = cy + dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
-            cx = cx + dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
+            # in place: the positions stay float32 as the reference's do (its += rounds every
+            # step); kept in float64, most cells of a tangled field can end elsewhere
+            # (tests/test_reference_equivalence.py)
+            cy += dy_map[i11] * w11 + dy_map[i01] * w01 + dy_map[i10] * w10 + dy_map[i00] * w00
+            cx += dx_map[i11] * w11 + dx_map[i01] * w01 + dx_map[i10] * w10 + dx_map[i00] * w00
             np.clip(cy, 0, h - 1, out=cy)
             np.clip(cx, 0, w - 1, out=cx)
         out[0, s : s + chunk] = np.round(cy)
