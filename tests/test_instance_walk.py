@@ -132,3 +132,24 @@ def test_unknown_method_is_refused():
     cams, boundary, clusters = _blobs()
     with pytest.raises(ValueError, match="unknown instance walk method 'magic'"):
         _walk(cams, boundary, clusters, method="magic")
+
+
+def test_windows_of_unchanged_clusters_are_taken_from_the_memo():
+    cams, boundary, clusters = _blobs()
+    memo: dict = {}
+    first, plan1 = _walk(cams, boundary, clusters, method="local", memo=memo)
+    assert plan1.reused == 0 and plan1.walked >= len(plan1.windows) and memo
+    again, plan2 = _walk(cams, boundary, clusters, method="local", memo=memo)
+    assert plan2.walked == 0 and plan2.reused >= len(plan2.windows)  # nothing changed: nothing walked
+    torch.testing.assert_close(again[0], first[0], rtol=0, atol=0)
+    # one cluster gives a corner of its cells to another: only the windows of those two change
+    moved = clusters.copy()
+    ys, xs = np.nonzero(moved == 3)
+    corner = (ys < ys.min() + 3) & (xs < xs.min() + 3)
+    moved[ys[corner], xs[corner]] = 4
+    changed, plan3 = _walk(cams, boundary, moved, method="local", memo=memo)
+    fresh, _ = _walk(cams, boundary, moved, method="local")
+    torch.testing.assert_close(changed[0], fresh[0], rtol=0, atol=0)
+    assert torch.equal(changed[1], fresh[1])
+    assert 1 <= plan3.walked <= 2 * len([w for w in plan3.windows if w.plane % 10 in (3, 4)])
+    assert plan3.walked < plan1.walked / 2

@@ -99,6 +99,9 @@ class WalkPlan:
     grown: int = 0
     #: "local" or "global": what was walked
     method: str = "local"
+    #: windows walked, and window walks taken from the memo of an earlier walk instead
+    walked: int = 0
+    reused: int = 0
 
     @property
     def window_cells(self) -> int:
@@ -269,6 +272,7 @@ def _walk_new_windows(
     """Walk windows packed into canvases (see :func:`_walk_windows`)."""
     if not windows:
         return []
+    counter[2] += len(windows)
     gap = int(np.abs(neighbour_offsets(radius)).max())
     threads = torch.get_num_threads() if start.device.type == "cpu" else 1
     cells = sum((win.y1 - win.y0 + gap) * (win.x1 - win.x0 + gap) for win in windows)
@@ -451,7 +455,7 @@ def iter_instance_walk(
         return None, plan
     shape = tuple(boundary.shape)
     cluster_map = torch.from_numpy(np.ascontiguousarray(clusters)).to(cams.device)
-    counter = [0, 0]
+    counter = [0, 0, 0]  # steps done, steps planned, windows walked
     windows = plan.windows
     fresh: dict = {}
     earlier = memo if memo is not None else {}
@@ -470,6 +474,8 @@ def iter_instance_walk(
         pairs.sort(key=lambda pair: (pair[0].plane, pair[0].y0, pair[0].x0))
         windows, walked = [p[0] for p in pairs], [p[1] for p in pairs]
     plan.windows = windows
+    plan.reused = sum(key in earlier for key in fresh)
+    plan.walked = counter[2]
     if memo is not None:
         memo.clear()
         memo.update(fresh)

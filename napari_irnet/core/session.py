@@ -156,6 +156,9 @@ class StageCache:
         self.last_recomputed: list[str] = []
         #: what the last instance walk walked (windows, growth rounds), for logs and benchmarks
         self.last_walk_plan: WalkPlan | None = None
+        # windows of the last instance walk, reused by the next one with the same walk parameters
+        self._walk_memo: dict = {}
+        self._memo_key: tuple | None = None
 
     # ------------------------------------------------------------------
     def _stage(self, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -259,10 +262,12 @@ class StageCache:
         k = int(clusters.max()) + 1
 
         def instance_walk() -> StepGenerator[Any]:
+            if self._memo_key != walk_key:  # windows walked with other parameters are of no use
+                self._walk_memo, self._memo_key = {}, walk_key
             argmax, self.last_walk_plan = yield from iter_instance_walk(
                 out.cam.strided.to(self.device), boundary, clusters, (H, W),
                 beta=p.beta, steps=p.walk_steps, radius=p.radius, tolerance=p.walk_tolerance,
-                method=p.instance_walk, weights=weights,
+                method=p.instance_walk, weights=weights, memo=self._walk_memo,
             )  # fmt: skip
             return argmax
 
