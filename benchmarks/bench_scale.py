@@ -1,7 +1,7 @@
 """Prediction time and memory from 512² to 8192² at a constant density of objects.
 
     python benchmarks/bench_scale.py [--sizes 512 1024 2048 4096 8192] [--threads 2]
-                                     [--device cpu] [--busy] [--agreement 1024]
+                                     [--device cpu] [--busy]
 
 The image is the bundled sample cells (``sample_data/cells``, six 256² images
 with 31 cells: about one cell per 100×100 pixels) tiled to each size, and the
@@ -18,12 +18,8 @@ networks, the whole prediction, and the peak RSS.
 core busy with the same kind of work (many small torch operations), as on a
 shared machine or beside napari's own threads.
 
-``--agreement S`` compares, on the sizes up to ``S``, the instance maps of
-the local walk (``instance_walk="local"``) with the global walk
-(``"global"``, every instance over the whole image, as the reference does):
-the share of pixels with the same assignment, and mAP^r at IoU 0.5 of both
-against the tiled ground truth. The global walk's time grows with pixels ×
-instances: about 2.5 minutes at 1024² on one core, hours at 4096².
+``bench_walk_agreement.py`` compares the local instance walk with the
+global one on these images and on CoNSeP.
 """
 
 from __future__ import annotations
@@ -79,7 +75,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(size: int, device: str, method: str, keep_maps: str | None) -> dict:
+def run_one(size: int, device: str, method: str = "auto") -> dict:
     """Predict one tiled image, timing every stage; returns a dict of numbers."""
     import numpy as np
     import torch
@@ -136,8 +132,6 @@ def run_one(size: int, device: str, method: str, keep_maps: str | None) -> dict:
 
     timed("semantic walk", semantic)
     t2 = time.perf_counter()
-    if keep_maps:
-        np.savez_compressed(keep_maps, instances=inst.labels, plane=argmax[1].numpy().astype(np.int32), best=argmax[0].numpy(), gmax=float(argmax[2]), classes=np.array([r["class_id"] for r in inst.records]), scores=np.array([r["score"] for r in inst.records]))
     return {
         "size": size,
         "method": plan.method,
@@ -158,13 +152,11 @@ def _child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(json.dumps(run_one(args.size, args.device, args.method, args.keep_maps)))
+    print(json.dumps(run_one(args.size, args.device, args.method)))
 
 
-def _spawn(size: int, args, method: str = "auto", keep_maps: str | None = None) -> dict:
+def _spawn(size: int, args, method: str = "auto") -> dict:
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--threads", str(args.threads), "--device", args.device, "--method", method]
-    if keep_maps:
-        cmd += ["--keep-maps", keep_maps]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -203,57 +195,16 @@ def _table(rows: list[dict], title: str) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def _agreement(size: int, args) -> dict:
-    """Local against global instance maps on one tiled image, and mAP^r 0.5 of each against the tiles' truth."""
-    import tempfile
-
-    import numpy as np
-
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.metrics import instance_average_precision, instances_from_label_map
-
-    model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
-    _, gt, gt_labels = tiled_sample(size)
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in ("local", "global"):
-            row = _spawn(size, args, method, keep_maps=str(Path(tmp) / f"{method}.npz"))
-            maps = np.load(Path(tmp) / f"{method}.npz")
-            out[method] = (row, maps["instances"], maps["plane"], maps["best"] / float(maps["gmax"]), maps["classes"], maps["scores"])
-    thr = model.params.instance_bg_threshold
-    (rl, il, pl, nl, cl, sl), (rg, ig, pg, ng, cg, sg) = out["local"], out["global"]
-    fl, fg = nl >= thr, ng >= thr
-    same = (fl == fg) & (~fl | (pl == pg))
-    gt_cls = {i: model.classes.index(c) for i, c in gt_labels.items()}
-
-    truth = instances_from_label_map(gt, gt_cls)
-
-    def ap(inst, classes, scores):
-        pred = instances_from_label_map(inst, np.concatenate([[0], classes]), np.concatenate([[0.0], scores]))
-        return instance_average_precision([pred], [truth], (0.5,), len(model.classes))[0.5]["mAP"]
-
-    return {
-        "size": size,
-        "instances": (rl["instances"], rg["instances"]),
-        "agreement": float(same.mean()),
-        "foreground_agreement": float(same[fl | fg].mean()),
-        "ap50": (ap(il, cl, sl), ap(ig, cg, sg)),
-        "walk_s": (rl["times"]["instance walk"], rg["times"]["instance walk"]),
-    }
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--busy", action="store_true", help="also run every size beside a busy process")
-    ap.add_argument("--agreement", type=int, default=0, metavar="S", help="compare local and global walks up to size S")
     ap.add_argument("--json", type=Path, help="write every row here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--method", default="auto", help=argparse.SUPPRESS)
-    ap.add_argument("--keep-maps", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args)
@@ -270,14 +221,6 @@ def main(argv=None) -> None:
         finally:
             busy.kill()
         _table(result["busy"], "Beside a process that keeps one core busy:")
-    if args.agreement:
-        agree = [_agreement(s, args) for s in args.sizes if s <= args.agreement]
-        result["agreement"] = agree
-        print("\nLocal against global instance walk (tiled sample cells, demo model):\n")
-        print("| image | instances local / global | pixels agreeing | foreground pixels agreeing | mAP^r 0.5 local / global | walk s local / global |")
-        print("|---|---|---|---|---|---|")
-        for a in agree:
-            print(f"| {a['size']}² | {a['instances'][0]} / {a['instances'][1]} | {100 * a['agreement']:.3f} % | {100 * a['foreground_agreement']:.2f} % | {100 * a['ap50'][0]:.2f} / {100 * a['ap50'][1]:.2f} | {a['walk_s'][0]:.1f} / {a['walk_s'][1]:.1f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

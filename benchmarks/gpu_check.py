@@ -77,7 +77,7 @@ def prediction_rows(device: str, sizes: list[int]) -> list[str]:
 
     rows = ["| image | instances | networks s | post-processing s | total s | post-processing s/MP |", "|---|---|---|---|---|---|"]
     for size in sizes:
-        r = run_one(size, device, "auto", None)
+        r = run_one(size, device)
         mp = size * size / 1e6
         rows.append(f"| {size}² | {r['instances']} | {r['networks_s']:.2f} | {r['post_s']:.2f} | {r['total_s']:.2f} | {r['post_s'] / mp:.2f} |")
     return rows
