@@ -5,4 +5,14 @@ nor Qt; :mod:`napari_irnet.cli` is the command line; the napari plugin is
 declared in ``napari.yaml``.
 """
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+# OpenMP threads that spin while they wait for work collide with any other busy thread
+# (another process, napari's own): on a shared 2-core machine the walk's many short
+# operations ran up to hundreds of times slower (BENCHMARKS.md, Scale). Unless the user
+# chose otherwise, waiting threads sleep; this must be set before torch is imported.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -133,3 +133,16 @@ def test_train_params_round_trip_and_defaults_are_valid():
     tp = TrainParams(cam_resize_long=[56, 72])
     assert tp.cam_resize_long == (56, 72)
     assert TrainParams.from_dict(tp.to_dict()) == tp
+
+
+def test_waiting_openmp_threads_sleep_unless_the_user_chose(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "import napari_irnet, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
