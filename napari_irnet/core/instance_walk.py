@@ -453,19 +453,29 @@ def iter_instance_walk(
         return (upsampled_argmax(walked, image_shape) if walked.shape[0] else None), plan
     if not plan.windows:
         return None, plan
-    shape = tuple(boundary.shape)
     cluster_map = torch.from_numpy(np.ascontiguousarray(clusters)).to(cams.device)
     counter = [0, 0, 0]  # steps done, steps planned, windows walked
-    windows = plan.windows
     fresh: dict = {}
     earlier = memo if memo is not None else {}
     walk = lambda wins: _walk_windows(wins, start, cluster_map, weights, steps, radius, k_total, counter, stage, earlier, fresh)  # noqa: E731
+    windows, walked = yield from _walk_and_grow(plan, walk, tolerance, tuple(boundary.shape))
+    plan.windows, plan.walked = windows, counter[2]
+    plan.reused = sum(key in earlier for key in fresh)
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
+    return _full_resolution_argmax(windows, walked, image_shape), plan
+
+
+def _walk_and_grow(plan: WalkPlan, walk, tolerance: float, shape: tuple[int, int]) -> StepGenerator[tuple[list[Window], list[torch.Tensor]]]:
+    """Walk the plan's windows, then grow and walk again those that leak, until none does."""
+    windows = plan.windows
     walked = yield from walk(windows)
     while True:
         level = tolerance * max(float(part.max()) for part in walked)
         small = [i for i, (win, part) in enumerate(zip(windows, walked)) if win.area < plan.grid_cells and _leaks(win, part, level, shape)]
         if not small:
-            break
+            return windows, walked
         plan.rounds += 1
         plan.grown += len(small)
         pairs, redo = _regrow(windows, walked, small, shape)
@@ -473,13 +483,6 @@ def iter_instance_walk(
         pairs += list(zip(redo, again))
         pairs.sort(key=lambda pair: (pair[0].plane, pair[0].y0, pair[0].x0))
         windows, walked = [p[0] for p in pairs], [p[1] for p in pairs]
-    plan.windows = windows
-    plan.reused = sum(key in earlier for key in fresh)
-    plan.walked = counter[2]
-    if memo is not None:
-        memo.clear()
-        memo.update(fresh)
-    return _full_resolution_argmax(windows, walked, image_shape), plan
 
 
 def instance_walk_argmax(*args, progress: Callable[[Step], None] | None = None, **kwargs) -> tuple[Argmax | None, WalkPlan]:
