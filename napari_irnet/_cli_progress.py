@@ -138,6 +138,37 @@ def progress_iter(iterable: Iterable, total: int | None = None, desc: str = "", 
             bar.update(1)
 
 
+class StepBars:
+    """A :class:`Progress` per walk of the post-processing: pass as ``progress=`` of ``predict``.
+
+    Stages without a count (seeds, clusters) are not shown; a walk's bar
+    follows its steps (its total may grow: windows walked again).
+    """
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.stage: str | None = None
+        self.bar: Progress | None = None
+        self.done = 0
+
+    def __call__(self, step) -> None:
+        if not step.total:
+            return
+        if step.stage != self.stage:
+            self.close()
+            self.stage, self.done = step.stage, 0
+            self.bar = Progress(step.total, f"{self.desc}: {step.stage}", "step", enabled=_is_main())
+        if step.total != self.bar.total:
+            self.bar.set_total(step.total)
+        self.bar.update(step.done - self.done)
+        self.done = step.done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def track_training(records: Iterable[dict], desc: str) -> dict | None:
     """Run a training generator to its end, showing its steps and loss; returns the last record.
 

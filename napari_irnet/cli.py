@@ -215,8 +215,12 @@ def _check_legend(out: Path, classes: list[str]) -> None:
         )
 
 
+#: images of at least this many pixels show a progress bar of their walks
+LARGE_IMAGE = 2048 * 2048
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ._cli_progress import progress_iter
+    from ._cli_progress import StepBars, progress_iter
     from .core.checkpoint import load_checkpoint
     from .core.io import output_stems, read_image, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.distributed import barrier, is_main, shard
@@ -244,7 +248,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for name, path in progress_iter(mine, len(mine), "predict"):
         image = read_image(path, max_pixels=args.max_pixels)
         names = labels.image_labels[name] if labels else predict_classes(model, image, device=args.device)
-        _, pred = predict(model, image, names, params, args.device)
+        bars = StepBars(name) if image.shape[0] * image.shape[1] >= LARGE_IMAGE else None  # the walks of large images
+        try:
+            _, pred = predict(model, image, names, params, args.device, progress=bars)
+        finally:
+            if bars is not None:
+                bars.close()
         stem = stems[name]
         write_instance_tiff(args.out / f"{stem}_instances.tif", pred.instances.labels)
         write_semantic_png(args.out / f"{stem}_semantic.png", pred.semantic.astype("uint8"))

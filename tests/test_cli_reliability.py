@@ -374,6 +374,28 @@ def test_progress_lines_come_every_few_seconds_not_every_step():
     assert lines[1].startswith("predict: 100/100 images (100%)")
 
 
+def test_the_walks_of_a_large_image_show_their_steps(monkeypatch, capsys):
+    from napari_irnet._cli_progress import StepBars
+    from napari_irnet.core.progress import Step
+    from napari_irnet.core.session import StageCache
+    from test_session import FAST, _two_blobs
+
+    monkeypatch.setenv("NAPARI_IRNET_PROGRESS_SECONDS", "0")
+    bars = StepBars("big.tif")
+    StageCache(_two_blobs(), FAST).update(progress=bars)
+    bars.close()
+    lines = capsys.readouterr().err.splitlines()
+    walk = [line for line in lines if line.startswith("big.tif: instance walk: ")]
+    assert walk and walk[-1].startswith("big.tif: instance walk: ") and "(100%)" in walk[-1]
+    assert any(line.startswith(f"big.tif: semantic walk: {FAST.walk_steps}/{FAST.walk_steps} steps (100%)") for line in lines)
+    assert not any("seeds" in line for line in lines)  # stages without a count are not shown
+    bars = StepBars("grows")
+    for step in (Step("instance walk", 1, 10), Step("instance walk", 10, 10), Step("instance walk", 15, 20)):
+        bars(step)
+    bars.close()
+    assert capsys.readouterr().err.splitlines()[-1].startswith("grows: instance walk: 15/20 steps (75%)")
+
+
 @pytest.mark.parametrize("word, value", [("TRUE", True), ("No", False), ("1", True), ("off", False), (" yes ", True)])
 def test_bool_options_take_true_and_false_words(word, value):
     from napari_irnet.cli import build_parser

@@ -11,7 +11,7 @@ or both at once with :func:`predict`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from .checkpoint import Model
 from .inference import CAMOutput, IRNetOutput, compute_cams, compute_irnet, resolve_device
 from .params import Params
+from .progress import Step
 from .postprocess import (
     InstanceResult,
     instance_cams,
@@ -96,6 +97,7 @@ def postprocess(
     image: np.ndarray | None = None,
     device: str | torch.device | None = "cpu",
     centre_points: np.ndarray | None = None,
+    progress: Callable[[Step], None] | None = None,
 ) -> Prediction:
     """All stages after the networks, computed once.
 
@@ -110,10 +112,13 @@ def postprocess(
     centre_points : (K, 2) float, optional
         Instance centres (y, x) in image pixels to use instead of the ones
         found from the displacement field (e.g. after a person edited them).
+    progress : callable, optional
+        Called with a :class:`~napari_irnet.core.progress.Step` after every
+        stage and walk step (it may raise to stop).
     """
     from .session import StageCache
 
-    return StageCache(outputs, params, image, device).update(centre_points=centre_points)
+    return StageCache(outputs, params, image, device).update(centre_points=centre_points, progress=progress)
 
 
 def predict(
@@ -122,11 +127,15 @@ def predict(
     classes: Sequence[str],
     params: Params | None = None,
     device: str | torch.device | None = "auto",
+    progress: Callable[[Step], None] | None = None,
 ) -> tuple[NetworkOutputs, Prediction]:
-    """Network outputs and every stage for one image with the given class names."""
+    """Network outputs and every stage for one image with the given class names.
+
+    ``progress`` is called with every post-processing step (see :func:`postprocess`).
+    """
     params = params or model.params
     outputs = run_networks(model, image, model.class_ids(list(classes)), params, device)
-    return outputs, postprocess(outputs, params, image, device)
+    return outputs, postprocess(outputs, params, image, device, progress=progress)
 
 
 @torch.no_grad()
