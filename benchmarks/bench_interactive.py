@@ -90,7 +90,7 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
     import numpy as np
 
     from napari_irnet import _layers
-    from napari_irnet.core.edits import LabelDiff, features_table, merge_protected, table_from_records
+    from napari_irnet.core.edits import LabelDiff, features_table, merge_proposal, table_from_records
     from napari_irnet.core.session import StageCache
 
     model, image, outputs, _ = setup(args)
@@ -125,7 +125,7 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
                 pts_layer.data = pred.centre_points  # before the features: the count of points may change
             if done & {"centroids", "clusters", "iwalk", "instances"}:
                 ptable = table_from_records(pred.instances.records, model.classes)
-                new_labels, new_table = merge_protected(pred.instances.labels, ptable, labels, table)
+                new_labels, new_table = merge_proposal(pred.instances.labels, ptable, labels, table)
                 LabelDiff.between(labels, new_labels)
                 labels, table = new_labels, new_table
                 inst_layer.data = labels

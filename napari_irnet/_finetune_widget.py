@@ -59,7 +59,7 @@ from ._finetune_jobs import (
     viewer_image,
 )
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
-from .core.corrections import STATE_FILE, corrections_folder
+from .core.corrections import FolderStore, corrections_folder, image_fingerprint
 from .core.edits import features_table, table_from_records
 from .core.inference import describe_device, device_choices
 from .core.io import InputError
@@ -72,15 +72,6 @@ if TYPE_CHECKING:  # pragma: no cover
 COMPARE_STAGE = "compare"
 #: ms of quiet after layer changes before the image list is refreshed
 REFRESH_MS = 300
-
-
-def _state_stamp(folder: Path) -> tuple[int, int] | None:
-    """(mtime in ns, size) of a corrections folder's state file; None when there is none."""
-    try:
-        st = (Path(folder) / STATE_FILE).stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
 
 
 class LossPlot(QWidget):
@@ -453,15 +444,16 @@ class FinetuneWidget(Container):
                     image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
                 except ValueError:
                     continue
-                entry = (layer.data, image, corrections_folder(layer.name, image, image_path=path), None, None)
-            _, image, folder, stamp, result = entry
-            now = _state_stamp(folder)
+                folder = corrections_folder(layer.name, image, image_path=path)
+                entry = (layer.data, image, FolderStore(folder, image.shape[:2], (image_fingerprint(image),)), None, None)
+            _, image, store, stamp, result = entry
+            now = store.stamp()
             if now != stamp or now is None:  # the corrections changed (or cannot be stamped): read them again
                 try:
-                    result = viewer_image(layer.name, image, path, folder=folder)
+                    result = viewer_image(layer.name, image, store, str(path or ""))
                 except (InputError, OSError, ValueError) as exc:
                     result = exc
-            cache[layer.name] = (layer.data, image, folder, now, result)
+            cache[layer.name] = (layer.data, image, store, now, result)
             if isinstance(result, Exception):
                 skipped[layer.name] = str(result)
             elif result is not None:

@@ -63,7 +63,7 @@ from .core.edits import (
     instance_at,
     instance_ids,
     merge,
-    merge_protected,
+    merge_proposal,
     next_free_id,
     set_class,
     split_by_line,
@@ -591,7 +591,7 @@ class IRNetWidget(Container):
             if stored.state == "accepted":
                 session.labels, session.table = stored.labels.astype(np.int32), dict(stored.instances)
             else:  # keep the person's instances, propose the rest
-                session.labels, session.table = merge_protected(labels, table, stored.labels, stored.instances)
+                session.labels, session.table = merge_proposal(labels, table, stored.labels, stored.instances)
             session.state = stored.state
             show_info(f"napari-irnet: loaded the corrections of {layer.name} ({stored.state}, saved {stored.updated})")
         session.known = session.labels.copy()
@@ -816,7 +816,7 @@ class IRNetWidget(Container):
             else:
                 proposed = pred.instances.labels
                 ptable = table_from_records(pred.instances.records, session.model_classes)
-                labels, table = merge_protected(proposed, ptable, session.labels, session.table)
+                labels, table = merge_proposal(proposed, ptable, session.labels, session.table)
                 diff = LabelDiff.between(session.labels, labels)
                 before = {"table": session.table, "state": session.state, **before}
                 after = {"table": table, "state": session.state, **after}

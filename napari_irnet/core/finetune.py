@@ -70,6 +70,7 @@ def finetune_labels(
     reviewed: Sequence[np.ndarray | None] | None = None,
     params: Params | None = None,
     device="auto",
+    background: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Relation labels for every image: exact where corrected, CAM seeds elsewhere.
 
@@ -82,6 +83,9 @@ def finetune_labels(
         image nobody corrected.
     reviewed : (H, W) bool or None, one per item, optional
         The part of a corrected image a person reviewed (default: all of it).
+    background : (H, W) bool or None, one per item, optional
+        The annotator background of a corrected image (pixels a person
+        cleared): true background, never ignore.
 
     Yields
     ------
@@ -92,6 +96,7 @@ def finetune_labels(
     if len(corrections) != len(items):
         raise ValueError(f"{len(corrections)} corrections for {len(items)} images")
     reviewed = list(reviewed) if reviewed is not None else [None] * len(items)
+    background = list(background) if background is not None else [None] * len(items)
     weak = [i for i, c in enumerate(corrections) if c is None]
     for i, (item, inst) in enumerate(zip(items, corrections)):
         if inst is None:
@@ -100,7 +105,7 @@ def finetune_labels(
             raise ValueError(
                 f"correction of {item.name!r} has shape {np.asarray(inst).shape}, its image {item.image.shape[:2]}"
             )
-        yield i, relation_labels(inst, reviewed[i]), True
+        yield i, relation_labels(inst, reviewed[i], background[i]), True
     if weak and model.cam is None:
         raise ValueError("images without corrections need the CAM network for their weak labels")
     for j, seeds in make_seeds(model, [items[i] for i in weak], params, device):
@@ -112,6 +117,7 @@ def correction_class_maps(
     instance_classes: Sequence[Mapping[int, str] | None],
     classes: Sequence[str],
     reviewed: Sequence[np.ndarray | None] | None = None,
+    background: Sequence[np.ndarray | None] | None = None,
 ) -> list[np.ndarray | None]:
     """Class maps of the corrected images for :func:`finetune` (None where there is nothing to learn).
 
@@ -125,6 +131,8 @@ def correction_class_maps(
     classes : the model's class names.
     reviewed : (H, W) bool or None, one per image, optional
         The reviewed part of each image; the rest is ignored.
+    background : (H, W) bool or None, one per image, optional
+        The annotator background: background (0), never ignored.
 
     Returns
     -------
@@ -134,11 +142,12 @@ def correction_class_maps(
     if len(instance_classes) != len(corrections):
         raise ValueError(f"{len(instance_classes)} instance class tables for {len(corrections)} corrections")
     reviewed = list(reviewed) if reviewed is not None else [None] * len(corrections)
+    background = list(background) if background is not None else [None] * len(corrections)
     index = {name: i for i, name in enumerate(classes)}
     out: list[np.ndarray | None] = []
-    for inst, table, seen in zip(corrections, instance_classes, reviewed):
+    for inst, table, seen, cleared in zip(corrections, instance_classes, reviewed, background):
         known = {int(k): index[v] for k, v in (table or {}).items() if v in index}
-        out.append(None if inst is None or not known else class_map_target(inst, known, seen))
+        out.append(None if inst is None or not known else class_map_target(inst, known, seen, cleared))
     return out
 
 
