@@ -59,7 +59,8 @@ from ._finetune_jobs import (
     viewer_image,
 )
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
-from .core.corrections import FolderStore, corrections_folder, image_fingerprint
+from ._session import store_for_layer
+from .core.project import ProjectError
 from .core.edits import features_table, table_from_records
 from .core.inference import describe_device, device_choices
 from .core.io import InputError
@@ -441,11 +442,15 @@ class FinetuneWidget(Container):
             if entry is None or entry[0] is not layer.data:
                 # converting and fingerprinting the pixels is the costly part: once per data array
                 try:
-                    image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
+                    image = _layers.layer_to_rgb8(layer)
                 except ValueError:
                     continue
-                folder = corrections_folder(layer.name, image, image_path=path)
-                entry = (layer.data, image, FolderStore(folder, image.shape[:2], (image_fingerprint(image),)), None, None)
+                try:
+                    store = store_for_layer(layer, image)
+                except (ProjectError, OSError) as exc:
+                    skipped[layer.name] = str(exc)
+                    continue
+                entry = (layer.data, image, store, None, None)
             _, image, store, stamp, result = entry
             now = store.stamp()
             if now != stamp or now is None:  # the corrections changed (or cannot be stamped): read them again

@@ -114,8 +114,8 @@ def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
     widget = _dock(viewer)
     _wait(qtbot, widget)
     assert widget.refresh_images() == ["cells"]
-    looked_up, real = [], fw.corrections_folder
-    monkeypatch.setattr(fw, "corrections_folder", lambda name, *a, **k: looked_up.append(name) or real(name, *a, **k))
+    looked_up, real = [], fw.store_for_layer
+    monkeypatch.setattr(fw, "store_for_layer", lambda layer, *a, **k: looked_up.append(layer.name) or real(layer, *a, **k))
     for _ in range(3):
         assert widget.refresh_images() == ["cells"]
     assert looked_up == []  # same pixels: no new conversion or fingerprint

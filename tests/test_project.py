@@ -371,7 +371,7 @@ def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset
     table = {r["id"]: InstanceInfo(r["class"], 0.5) for r in records}
     session = AnnotationSession(inst, table, classes=project.entry(name).labels)
     # a Run's proposal is stored as the image's result (state proposed), not as a correction
-    assert store.save_proposal(session.to_corrections(), np.zeros_like(inst), ["round", "rod", "blob"], "m", None)
+    assert store.save_proposal(session.to_corrections(), np.zeros_like(inst), ["round", "rod", "blob"])
     assert project.state(name).state == "proposed" and store.load() is None
     first, second = [int(i) for i in np.unique(inst) if i][:2]
     session.delete([first])
@@ -383,6 +383,6 @@ def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset
     assert back.instances[second] == InstanceInfo("rod", 0.5, "edited")
     assert {back.instances[i].state for i in back.instances if i != second} == {"proposed"}
     # a later proposal never replaces the correction
-    assert not store.save_proposal(session.to_corrections(), None, (), "m2", None)
+    assert not store.save_proposal(session.to_corrections())
     project.accept(name)
     np.testing.assert_array_equal(store.load().background, inst == first)

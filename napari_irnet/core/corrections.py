@@ -102,6 +102,7 @@ def corrections_folder(
     image: np.ndarray | None = None,
     image_path: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
+    fingerprint: str | None = None,
 ) -> Path:
     """Where the corrections of one image live (see the module docstring).
 
@@ -115,14 +116,16 @@ def corrections_folder(
         The image file, when the image was read from one.
     root
         Folder for images without a file (default :func:`user_data_dir`).
+    fingerprint
+        :func:`image_fingerprint` of ``image`` when already known.
     """
     if image_path is not None:
         p = Path(image_path)
         return p.parent / "napari-irnet" / p.name
-    if image is None:
+    if image is None and fingerprint is None:
         raise ValueError("an image without a file needs its pixels to find its corrections")
     base = (Path(root) if root is not None else user_data_dir()) / "corrections"
-    fingerprint = image_fingerprint(image)
+    fingerprint = fingerprint or image_fingerprint(image)
     folder = base / fingerprint
     if not folder.is_dir() and base.is_dir():
         older = sorted(base.glob(f"*-{fingerprint}"))  # named after the layer by earlier versions

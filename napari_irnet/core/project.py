@@ -1165,8 +1165,14 @@ class ProjectImageStore:
 
         return file_stamp(self.project.item_dir(self.name) / STATE_FILE)
 
-    def save_proposal(self, corrections, semantic=None, model_classes=(), model_key=None, labels_used=None) -> bool:
-        """Store the model's proposal as the image's result (never over a correction); True when stored."""
+    def save_proposal(self, corrections, semantic=None, model_classes=(), checkpoint=None, params=None, labels_used=None) -> bool:
+        """Store the model's proposal as the image's result (never over a correction); True when stored.
+
+        ``checkpoint`` and ``params`` made it (they give the result's
+        :meth:`Project.model_key`, so a batch prediction with the same model
+        skips the image); ``semantic`` is in ``model_classes`` order.
+        """
+        model_key = self.project.model_key(checkpoint, params) if checkpoint is not None else None
         labels = np.asarray(corrections.labels)
         if semantic is None:
             semantic = np.zeros(labels.shape, np.uint8)
