@@ -690,18 +690,18 @@ class IRNetWidget(EditActions, Container):
             layer, created = put_layer(self._viewer, tup, visible=self.show_stage[stage].value if stage in self.show_stage else None)
         finally:
             self._applying = False
-        if created:
-            self._connect_layer(layer, stage)
+        self._connect_layer(layer, stage)  # also a layer found there (e.g. the Project panel's): connecting is idempotent
         return layer
 
     def _connect_layer(self, layer, stage: str) -> None:
         if stage == "instances":
             layer.events.paint.connect(self._on_paint)
-            layer.mouse_drag_callbacks.append(self._on_instances_click)
+            if self._on_instances_click not in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.append(self._on_instances_click)
             self._bind_keys(layer)
         elif stage == "centroids":
             layer.events.data.connect(self._on_points_changed)
-        elif stage == "corrections":
+        elif stage == "corrections" and layer.contour != _layers.OUTLINE_WIDTH:
             layer.contour = _layers.OUTLINE_WIDTH
             layer.editable = False
 
