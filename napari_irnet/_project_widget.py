@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, EmptyWidget, Label, ProgressBar, PushButton
 from napari.layers import Labels
-from napari.qt.threading import create_worker
+from ._workers import start_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
@@ -369,7 +369,7 @@ class ProjectWidget(Container):
         self._wanted = i
         name = self.project.names[i]
         self._set_status(f"loading {name} …")
-        self._load_worker = create_worker(
+        self._load_worker = start_worker(
             _load_job,
             self.project,
             name,
@@ -687,7 +687,7 @@ class ProjectWidget(Container):
         self._stop_predict = False
         panel = self.irnet_panel()
         device = str(panel.device.value) if panel is not None else "auto"
-        self._predict_worker = create_worker(
+        self._predict_worker = start_worker(
             predict_all_job,
             self.project,
             device,

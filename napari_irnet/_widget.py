@@ -37,7 +37,7 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.layers import Image
-from napari.qt.threading import create_worker
+from ._workers import start_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
@@ -424,7 +424,7 @@ class IRNetWidget(EditActions, Container):
     def _on_checkpoint_changed(self, path: str | None) -> None:
         if not path or self._closed:
             return
-        worker = create_worker(
+        worker = start_worker(
             load_model,
             path,
             _connect={
@@ -558,7 +558,7 @@ class IRNetWidget(EditActions, Container):
         self._run_image = (layer, image_id, image)
         self._generation += 1  # results of older updates no longer apply
         self._pending = None
-        worker = create_worker(
+        worker = start_worker(
             run_job,
             self.checkpoint.value,
             image,
@@ -822,7 +822,7 @@ class IRNetWidget(EditActions, Container):
         request.cache = session.result.cache
         self._running_request = request
         self._generation += 1
-        self._update_worker = create_worker(
+        self._update_worker = start_worker(
             update_job,
             session.result.cache,
             request.params,

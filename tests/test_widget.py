@@ -599,3 +599,75 @@ def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_p
     assert rgb.shape == gray8.shape + (3,)
     np.testing.assert_array_equal(rgb[..., 0], 255 - gray8)
     np.testing.assert_array_equal(rgb[..., 2], 255 - gray8)
+
+
+def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_legend(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from napari_irnet._layers import CLASS_COLOURS, STATE_COLOURS
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    viewer = make_napari_viewer_proxy()
+    widget = _proposed(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    classes = widget.session.model_classes
+    ids = [int(i) for i in np.unique(layer.data) if i]
+    for i in ids:  # each instance in a shade of its class's colour
+        base = transform_color(CLASS_COLOURS[classes.index(widget.session.table[i].class_name)])[0][:3]
+        colour = layer.colormap.map(i)[:3]
+        assert np.corrcoef(base, colour)[0, 1] > 0.9 or np.allclose(base, colour, atol=0.25)
+    before = {i: layer.colormap.map(i).copy() for i in ids}
+    # text under the centroids: id and class of the instance there
+    points = _layer(viewer, "centroids")
+    texts = [str(t) for t in points.text.values]
+    feats = points.features
+    assert any(t for t in texts)
+    for t, i, c in zip(texts, feats["instance"], feats["class"]):
+        assert t == (f"{i} {c}" if i else "")
+    # an edited instance gets an outline in the corrections layer, an accepted one another colour
+    target = ids[0]
+    widget.pick_at(np.argwhere(layer.data == target)[0])
+    widget.set_class_of_picked("rod")
+    outline = _layer(viewer, "corrections")
+    assert outline.contour > 0 and (outline.data == target).sum() == (layer.data == target).sum()
+    np.testing.assert_allclose(outline.colormap.map(target), transform_color(STATE_COLOURS["edited"])[0])
+    assert "rod" in [str(t) for t in points.text.values][feats["instance"].tolist().index(target)] if target in feats["instance"].tolist() else True
+    assert "rod" in widget.status.value and "1 edited" in widget.status.value
+    widget.param_widgets["beta"].value = 11.0  # an update keeps the others' colours
+    _wait_idle(qtbot, widget)
+    for i in ids[1:]:
+        if (layer.data == i).any():
+            np.testing.assert_allclose(layer.colormap.map(i), before[i])
+    widget.accept()
+    np.testing.assert_allclose(outline.colormap.map(target), transform_color(STATE_COLOURS["accepted"])[0])
+    # the legend names the image's classes and the outline colours
+    for name in list(image.labels) + ["edited", "accepted"]:
+        assert name in widget.legend.value
+    for stage in ("seeds", "semantic"):  # the same class colours
+        cmap = _layer(viewer, stage).colormap
+        np.testing.assert_allclose(cmap.map(1)[:3], transform_color(CLASS_COLOURS[0])[0][:3])
+
+
+_CLOSE_AND_EXIT = """
+import time
+import napari
+import napari_irnet._widget as w
+real = w.load_model
+def slow(path):
+    time.sleep(2)
+    return real(path)
+w.load_model = slow
+viewer = napari.Viewer(show=False)
+viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")  # starts loading the demo checkpoint
+viewer.close()
+print("closed")
+"""
+
+
+def test_python_exits_cleanly_when_the_viewer_closes_while_a_checkpoint_loads(env):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _CLOSE_AND_EXIT], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "closed" in out.stdout

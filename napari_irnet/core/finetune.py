@@ -324,7 +324,9 @@ def finetune(
         loss weight and a corrected image in the batch; ``cam_loss`` when the
         CAM network trains too; on the first record, ``displacement_reset``
         (None, ``"asked"`` or ``"collapsed"``) and, for a resumed run,
-        ``resumed_from``. The entry appended to ``model.history`` keeps
+        ``resumed_from`` and ``earlier_losses`` ([step, loss] of the steps
+        before, as the resume file keeps them, so a loss plot starts where
+        the interrupted run began). The entry appended to ``model.history`` keeps
         ``displacement_reset`` and ``field_check`` (the
         :class:`FieldCheck` as a dict, None when not made).
     """
@@ -379,6 +381,7 @@ def finetune(
     digest = _config_digest(items, strong, tp, with_maps if train_cam else [])
     resume_file = Path(resume_file) if resume_file is not None else None
     step = 0
+    losses_so_far: list[list[float]] = []  # [step, loss] of every step, kept in the resume file
     if resume_file is not None and resume_file.exists():
         try:
             state = torch.load(resume_file, map_location=dev, weights_only=False)
@@ -388,6 +391,7 @@ def finetune(
             net.load_state_dict(state["irn_state"])
             opt.load_state_dict(state["optimizer"])
             step = int(state["step"])
+            losses_so_far = [list(p) for p in state.get("losses", [])]
             sched.step_count = step
             if train_cam:
                 cam_net.load_state_dict(state["cam_state"])
@@ -401,6 +405,7 @@ def finetune(
                 "step": step,
                 "irn_state": net.state_dict(),
                 "optimizer": opt.state_dict(),
+                "losses": losses_so_far,
             }
             if train_cam:
                 state["cam_state"], state["cam_optimizer"] = cam_net.state_dict(), cam_opt.state_dict()
@@ -449,6 +454,8 @@ def finetune(
                 record["displacement_reset"] = reset
                 if resumed_from:
                     record["resumed_from"] = resumed_from
+                    record["earlier_losses"] = [list(p) for p in losses_so_far]
+            losses_so_far.append([step, float(losses["loss"])])
             if save_every and step % save_every == 0:
                 save_state()
             yield record
