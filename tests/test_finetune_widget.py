@@ -310,3 +310,14 @@ def test_every_panel_fits_in_420_pixels_even_with_a_long_status(make_napari_view
     for panel in panels:
         assert panel.native.minimumSizeHint().width() <= 420, type(panel).__name__
         assert panel.native.minimumWidth() <= 420, type(panel).__name__
+
+
+def test_versions_of_the_bundled_model_go_to_the_user_data_folder(env):
+    from pathlib import Path
+
+    import napari_irnet
+    from napari_irnet._finetune_jobs import store_of
+
+    bundled = Path(napari_irnet.__file__).parent / "data" / "demo_model.pt"
+    store, number = store_of(bundled)
+    assert number == 0 and (env / "data") in store.folder.parents  # never inside the installed package
