@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
