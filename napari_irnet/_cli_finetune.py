@@ -33,10 +33,14 @@ import numpy as np
 _LABEL_NAMES = ("{stem}.tif", "{stem}.tiff", "{stem}.png", "{stem}_instances.tif")
 
 
-def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[np.ndarray, dict[int, str] | None] | None:
-    """The corrected instance map of one image in ``folder`` and its instances' classes, or None.
+def find_correction(
+    folder: Path, image_file: str, image: np.ndarray
+) -> tuple[np.ndarray, dict[int, str] | None, np.ndarray | None] | None:
+    """The corrected instance map of one image in ``folder``, its instances' classes and its annotator background, or None.
 
-    The classes are ``{instance id: class name}``, None when nothing says them.
+    The classes are ``{instance id: class name}``, None when nothing says them;
+    the annotator background (pixels a person cleared: background in the
+    targets) comes with the plugin's folders, else it is None.
     """
     from .core.corrections import load_corrections
     from .core.io import InputError, read_instances_json, read_label_image
@@ -45,7 +49,7 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[n
     if plugin_folder.is_dir():
         stored = load_corrections(plugin_folder, image)
         if stored is not None and stored.state in ("corrected", "accepted"):
-            return stored.labels, stored.instance_classes
+            return stored.labels, stored.instance_classes, stored.background
         return None
     stem = Path(image_file).stem
     for pattern in _LABEL_NAMES:
@@ -56,7 +60,7 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[n
                 raise InputError(f"{path}: label image is {labels.shape}, its image {image_file} is {image.shape[:2]}")
             records = folder / f"{stem}_instances.json"
             table = {int(r["id"]): str(r["class"]) for r in read_instances_json(records)} if records.is_file() else None
-            return labels, table
+            return labels, table, None
     return None
 
 
@@ -78,18 +82,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     files = list(read_labels(args.labels, args.images, classes=model.classes).image_labels)
     found = [find_correction(folder, name, item.image) for name, item in zip(files, items)]
     corrections = [f[0] if f is not None else None for f in found]
-    class_maps = correction_class_maps(corrections, [f[1] if f is not None else None for f in found], model.classes)
+    backgrounds = [f[2] if f is not None else None for f in found]
+    class_maps = correction_class_maps(corrections, [f[1] if f is not None else None for f in found], model.classes, background=backgrounds)
     n_strong = sum(c is not None for c in corrections)
     if n_strong == 0:
         raise InputError(f"{folder}: no corrected or accepted instance map for any of the {len(items)} images")
     if args.corrected_only:
         keep = [i for i, c in enumerate(corrections) if c is not None]
         items, corrections, class_maps = [items[i] for i in keep], [corrections[i] for i in keep], [class_maps[i] for i in keep]
+        backgrounds = [backgrounds[i] for i in keep]
     n_maps = sum(m is not None for m in class_maps) if model.train_params.finetune_cam else 0
     print(f"fine-tuning IRNet on {n_strong} corrected and {len(items) - n_strong} weakly labelled images"
           + (f", the CAM network on the class maps of {n_maps}" if n_maps else ""))  # fmt: skip
     labels, strong = [None] * len(items), [False] * len(items)
-    gen = finetune_labels(model, items, corrections, params=model.params, device=args.device)
+    gen = finetune_labels(model, items, corrections, params=model.params, device=args.device, background=backgrounds)
     for i, lab, is_strong in tqdm(gen, total=len(items), desc="labels", disable=None):
         labels[i], strong[i] = lab, is_strong
     resume = args.out.with_name(args.out.name + ".resume")

@@ -126,12 +126,12 @@ def folder_images(
         found = find_correction(folder, file, image) if folder.is_dir() else None
         if found is None and not weak:
             continue
-        inst, table = found if found is not None else (None, None)
+        inst, table, background = found if found is not None else (None, None, None)
         state = "corrected" if inst is not None else "new"
         if inst is not None and (folder / file).is_dir():
             stored = load_corrections(folder / file, image)
             state = stored.state if stored is not None else state
-        out.append(TrainingImage(Path(file).stem, image, list(names), inst, state, str(images_dir / file), table))
+        out.append(TrainingImage(Path(file).stem, image, list(names), inst, state, str(images_dir / file), table, background))
     return out
 
 

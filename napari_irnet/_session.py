@@ -97,8 +97,10 @@ class ImageSession:
     picks: list[tuple[int, tuple[float, float]]] = field(default_factory=list)
     #: the last pipeline result applied (instances before the corrections)
     prediction: Any = None
-    #: fingerprint of the layer's pixels (as stored with the corrections)
+    #: fingerprint of the layer's own data (stored as the corrections' ``data_fingerprint``)
     fingerprint: str = ""
+    #: fingerprint of ``image``, the networks' input (computed at the first save)
+    input_fingerprint: str = ""
 
     # the annotation's parts, as the panel and tests read them
     @property

@@ -26,6 +26,7 @@ from qtpy.QtCore import QTimer
 from . import _layers
 from ._session import ImageSession, find_layer
 from .core.annotation import AnnotationChange
+from .core.corrections import image_fingerprint
 from .core.edits import EditError, LabelDiff
 from .core.io import InputError, OutputError
 
@@ -399,13 +400,16 @@ class EditActions:
     def _save(self, session: ImageSession) -> None:
         """Store the corrections in the image's store; nothing is stored for a pure proposal."""
         ann = session.annotation
+        if not session.input_fingerprint:
+            session.input_fingerprint = image_fingerprint(session.image)
         try:
             if not ann.has_corrections:
                 session.store.clear()
                 return
             corr = ann.to_corrections(
                 image_name=session.image_name,
-                fingerprint=session.fingerprint,
+                fingerprint=session.input_fingerprint or image_fingerprint(session.image),
+                data_fingerprint=session.fingerprint,
                 checkpoint=session.result.checkpoint,
                 params=session.params.to_dict(),
             )

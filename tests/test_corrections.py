@@ -147,3 +147,16 @@ def test_the_annotators_background_is_saved_loaded_and_cleared(tmp_path):
         FolderStore(tmp_path / "c", (16, 16), ("0123456789abcdef",)).load()
     store.clear()
     assert store.load() is None
+
+
+def test_the_command_line_finds_the_annotators_background_with_the_corrections(tmp_path):
+    from napari_irnet._cli_finetune import find_correction
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    corr = _corrections(image)
+    corr.background = np.zeros((16, 16), bool)
+    corr.background[12:, 12:] = True
+    save_corrections(tmp_path / "a.png", corr)
+    labels, classes, background = find_correction(tmp_path, "a.png", image)
+    assert classes == {1: "round", 5: "rod"}
+    np.testing.assert_array_equal(background, corr.background)

@@ -21,7 +21,7 @@ file, then rename): ``instances.tif`` (uint16/uint32 instance ids),
 absent when there are none) and ``corrections.json``::
 
     {"format": "napari-irnet-corrections", "version": 1,
-     "image": {"name": ..., "shape": [H, W], "fingerprint": ...},
+     "image": {"name": ..., "shape": [H, W], "fingerprint": ..., "data_fingerprint": ...},
      "state": "new" | "proposed" | "corrected" | "accepted",
      "classes": [...], "checkpoint": ..., "params": {...}, "updated": ISO time,
      "labels_checksum": ...,
@@ -146,7 +146,8 @@ class Corrections:
     state : str
         Image state, one of :data:`IMAGE_STATES`.
     image_name, fingerprint
-        Which image (fingerprint of its pixels, "" when unknown).
+        Which image (fingerprint of its pixels as the networks saw them, 8-bit
+        RGB as :func:`~napari_irnet.core.io.read_image` gives them; "" when unknown).
     classes : list of str
         The image-level classes used.
     checkpoint : str or None
@@ -170,6 +171,8 @@ class Corrections:
     params: dict[str, Any] | None = None
     updated: str = ""
     background: np.ndarray | None = None
+    #: fingerprint of the image layer's own data (any type; stable when only the display changes)
+    data_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in IMAGE_STATES:
@@ -196,7 +199,12 @@ def save_corrections(folder: str | os.PathLike[str], corrections: Corrections) -
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "image": {"name": corrections.image_name, "shape": list(labels.shape), "fingerprint": corrections.fingerprint},
+        "image": {
+            "name": corrections.image_name,
+            "shape": list(labels.shape),
+            "fingerprint": corrections.fingerprint,
+            "data_fingerprint": corrections.data_fingerprint,
+        },
         "state": corrections.state,
         "classes": list(corrections.classes),
         "checkpoint": corrections.checkpoint,
@@ -267,8 +275,8 @@ def load_corrections(
         fingerprints = (image_fingerprint(image),)
     if shape is not None and tuple(labels.shape) != tuple(shape):
         raise InputError(f"{labels_path}: corrections are {labels.shape[0]}x{labels.shape[1]} but the image is {shape[0]}x{shape[1]}")
-    stored = meta.get("fingerprint") or ""
-    if stored and fingerprints and stored not in fingerprints:
+    stored = {str(meta.get(k) or "") for k in ("fingerprint", "data_fingerprint")} - {""}
+    if stored and fingerprints and not stored & set(fingerprints):
         raise InputError(f"{state_path}: these corrections belong to another version of the image (its pixels changed)")
     background = None
     if (folder / BACKGROUND_FILE).is_file():
@@ -292,6 +300,7 @@ def load_corrections(
             state=str(doc.get("state", "corrected")),
             image_name=str(meta.get("name", "")),
             fingerprint=str(meta.get("fingerprint", "")),
+            data_fingerprint=str(meta.get("data_fingerprint", "")),
             classes=[str(c) for c in doc.get("classes", [])],
             checkpoint=doc.get("checkpoint"),
             params=doc.get("params"),
