@@ -671,3 +671,17 @@ def test_python_exits_cleanly_when_the_viewer_closes_while_a_checkpoint_loads(en
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "closed" in out.stdout
+
+
+def test_merging_instances_that_do_not_touch_warns(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    n = len(notification_manager.records)
+    widget.pick_at((15, 15))
+    widget.pick_at((15, 50))  # 15 px to the right of the first square
+    widget.merge_picked()
+    messages = [str(r.message) for r in notification_manager.records[n:]]
+    assert any("do not touch" in m and "15 px" in m for m in messages), messages
+    assert 2 not in _layer(viewer, "instances").data  # merged all the same (undo takes it back)
