@@ -20,9 +20,11 @@ For each change the script times what the widget does:
   without the semantic walk, as the widget's worker does before it shows
   the instances; the semantic walk follows (*semantic layer after*);
 - *layer*: the main-thread work after it, as in the widget: the proposal as an
-  instance table, merging it with protected instances, the undo diff, and
-  writing data and features into a napari ``Labels`` layer (plus the seeds,
-  semantic or centroids layer when those stages changed).
+  instance table merged into the image's ``AnnotationSession`` (corrections
+  and ids kept, the undo step), the changed pixels written into a napari
+  ``Labels`` layer with its features and class colours, the outlines of the
+  corrected instances (plus the seeds, semantic or centroids layer when
+  those stages changed).
 
 With ``--viewer`` (needs a display or Xvfb) it also drives the real widget in
 a napari window: set the slider, wait until the instances layer holds the
@@ -112,15 +114,16 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
     import numpy as np
 
     from napari_irnet import _layers
-    from napari_irnet.core.edits import LabelDiff, features_table, merge_protected, table_from_records
+    from napari_irnet.core.annotation import AnnotationSession
+    from napari_irnet.core.edits import features_table, table_from_records
     from napari_irnet.core.session import StageCache
 
     model, image, outputs, _ = setup(args)
     cache = StageCache(outputs, model.params, image, "cpu")
     pred = cache.update()
-    labels = pred.instances.labels.astype(np.int32)
-    table = table_from_records(pred.instances.records, model.classes)
-    inst_layer = napari.layers.Labels(labels, features=features_table(labels, table))
+    session = AnnotationSession.from_prediction(pred, model.classes)
+    inst_layer = napari.layers.Labels(session.labels.copy(), features=features_table(session.labels, session.table))
+    outline_layer = napari.layers.Labels(_layers.outline_data(session.labels, session.table))
     seeds_layer = napari.layers.Labels(pred.seeds.astype(np.int32))
     sem_layer = napari.layers.Labels(pred.semantic)
     pts_layer = napari.layers.Points(pred.centre_points)
@@ -147,12 +150,14 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
                 pts_layer.data = pred.centre_points  # before the features: the count of points may change
             if done & {"centroids", "clusters", "iwalk", "instances"}:
                 ptable = table_from_records(pred.instances.records, model.classes)
-                new_labels, new_table = merge_protected(pred.instances.labels, ptable, labels, table)
-                LabelDiff.between(labels, new_labels)
-                labels, table = new_labels, new_table
-                inst_layer.data = labels
-                inst_layer.features = features_table(labels, table)
-                pts_layer.features = _layers.centroid_features(pred.centre_points, labels, table)
+                record = session.apply_proposal(pred.instances.labels, ptable)
+                if record.diff is not None:
+                    inst_layer.data_setitem(record.diff.indices(), record.diff.new.astype(np.int32))
+                feats = features_table(session.labels, session.table)
+                inst_layer.features = feats
+                inst_layer.colormap = _layers.instances_colormap(session.table, model.classes, feats["index"][1:])
+                outline_layer.data = _layers.outline_data(session.labels, session.table)
+                pts_layer.features = _layers.centroid_features(pred.centre_points, session.labels, session.table)
             if "seeds" in done:
                 seeds_layer.data = pred.seeds.astype(np.int32)
             t2 = time.perf_counter()
@@ -216,16 +221,14 @@ def bench_viewer(args) -> dict[str, float]:
     wait(lambda: widget.idle and widget.session is not None)
     run_seconds = time.perf_counter() - t0
 
-    from napari_irnet._session import find_layer
-
-    def instances_data():
-        return find_layer(viewer.layers, widget.session.image_id, "instances").data
+    changes: list = []  # the annotation's change events: the widget has written the new instances
+    widget.session.annotation.connect(changes.append)
 
     results = {}
     for name, field, values, _goal in CHANGES:
         times = []
         for k in range(args.repeat):
-            before = instances_data()
+            changes.clear()
             touches_instances = not name.startswith(("seed", "semantic"))
             t0 = time.perf_counter()
             if field is None:
@@ -235,7 +238,7 @@ def bench_viewer(args) -> dict[str, float]:
             else:
                 widget.param_widgets[field].value = values[k % 2]
             if touches_instances:  # until the layer shows the new instances (drawn: Qt events processed)
-                wait(lambda: instances_data() is not before)
+                wait(lambda: bool(changes))
             else:  # seeds or semantic only: until the widget is idle
                 wait(lambda: widget.idle)
             times.append(time.perf_counter() - t0)

@@ -5,7 +5,12 @@
 Opens the sample image (File ▸ Open Sample ▸ napari-irnet ▸ Synthetic cells),
 docks the IRNet widget with the bundled demo checkpoint, presses Run, and
 saves the whole window with every stage layer, then one canvas view per
-stage (the image plus that stage), and the correction tools splitting an instance along a drawn line.
+stage (the image plus that stage), the correction tools splitting an
+instance along a drawn line, and the feedback after a few corrections
+(instances in their class's colours, outlines of edited and accepted
+instances, id and class under each centroid, the legend and the status
+line): a deleted proposal, a changed class, and a missed object added by
+Shift+click (click to add).
 """
 
 from __future__ import annotations
@@ -128,8 +133,51 @@ def main() -> int:
         widget.split()
         viewer.layers.selection.active = inst
         shot("corrections_split.png", canvas_only=True)
+    _feedback(viewer, widget, by_stage, shot, image)
     viewer.close()
     return 0
+
+
+def _missed_object(truth, labels):
+    """The innermost pixel of the ground-truth object that no instance covers best (None when all are found)."""
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    best, point = 0.0, None
+    for g in np.unique(truth[truth > 0]):
+        mask = truth == g
+        free = mask & (labels == 0)
+        if free.sum() < 0.6 * mask.sum():
+            continue
+        dist = distance_transform_edt(mask)
+        dist[~free] = 0
+        if dist.max() > best:
+            best, point = float(dist.max()), np.unravel_index(np.argmax(dist), dist.shape)
+    return point
+
+
+def _feedback(viewer, widget, by_stage, shot, image) -> None:
+    """A few corrections, then the window and the canvas with the feedback layers."""
+    import numpy as np
+
+    inst = by_stage("instances")[0]
+    _only(viewer, {image, "instances", "corrections", "centroids"})
+    labels = np.asarray(inst.data)
+    ids, areas = np.unique(labels[labels > 0], return_counts=True)
+    if len(ids) >= 2:
+        widget.pick_at(np.argwhere(labels == ids[areas.argmin()])[0])  # the smallest proposal: a fragment
+        widget.delete_picked()
+        other = [c for c in widget.session.edit_classes if c != widget.session.table[int(ids[areas.argmax()])].class_name]
+        widget.pick_at(np.argwhere(labels == ids[areas.argmax()])[0])
+        widget.set_class_of_picked(other[0] if other else None)
+    truth = viewer.layers["ground truth"].data if "ground truth" in [ly.name for ly in viewer.layers] else None
+    point = _missed_object(truth, np.asarray(inst.data)) if truth is not None else None
+    if point is not None:
+        widget.add_at(point)
+    bar = widget.root_native_widget.verticalScrollBar()
+    bar.setValue(bar.maximum())
+    shot("feedback_window.png", canvas_only=False)
+    shot("feedback.png", canvas_only=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,12 +74,21 @@ def _label_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple
     return None
 
 
-def find_correction(folder: Path, image_file: str, image: np.ndarray, with_source: bool = False):
-    """The corrected instance map of one image in ``folder`` and its instances' classes, or None.
+class FoundCorrection(NamedTuple):
+    """A corrected instance map found for one image (see :func:`find_correction`)."""
 
-    The classes are ``{instance id: class name}``, None when nothing says
-    them. With ``with_source`` a third item names the file the classes come
-    from (or the label image, when none does).
+    #: (H, W) instance ids
+    labels: np.ndarray
+    #: {instance id: class name}, None when nothing says them
+    classes: dict[int, str] | None
+    #: (H, W) bool: pixels the annotator cleared (background in the targets); the plugin's folders only
+    background: np.ndarray | None
+    #: the file the classes come from (or the label image, when none does)
+    source: Path
+
+
+def find_correction(folder: Path, image_file: str, image: np.ndarray) -> FoundCorrection | None:
+    """The corrected instance map of one image in ``folder``, with its classes and annotator background, or None.
     """
     from .core.corrections import STATE_FILE, load_corrections
 
@@ -86,13 +96,10 @@ def find_correction(folder: Path, image_file: str, image: np.ndarray, with_sourc
     if plugin_folder.is_dir():
         stored = load_corrections(plugin_folder, image)
         if stored is not None and stored.state in ("corrected", "accepted"):
-            found = stored.labels, stored.instance_classes, plugin_folder / STATE_FILE
-            return found if with_source else found[:2]
+            return FoundCorrection(stored.labels, stored.instance_classes, stored.background, plugin_folder / STATE_FILE)
         return None
     found = _label_correction(folder, image_file, image)
-    if found is None:
-        return None
-    return found if with_source else found[:2]
+    return None if found is None else FoundCorrection(found[0], found[1], None, found[2])
 
 
 def _check_classes(table: dict[int, str] | None, classes: list[str], where: Path, checkpoint: Path) -> None:
@@ -108,7 +115,7 @@ def _check_classes(table: dict[int, str] | None, classes: list[str], where: Path
 
 
 def _folder_inputs(args: argparse.Namespace, model):
-    """Training images, corrections, class tables and the tables' files, from --images/--labels/--corrections."""
+    """Training images, corrections, class tables, annotator backgrounds and the tables' files, from --images/--labels/--corrections."""
     from .cli import _load_dataset
     from .core.io import InputError, read_labels
 
@@ -117,13 +124,14 @@ def _folder_inputs(args: argparse.Namespace, model):
     if not folder.is_dir():
         raise InputError(f"{folder}: corrections folder not found")
     files = list(read_labels(args.labels, args.images, classes=model.classes).image_labels)
-    found = [find_correction(folder, name, item.image, with_source=True) for name, item in zip(files, items)]
+    found = [find_correction(folder, name, item.image) for name, item in zip(files, items)]
     for f in found:
         if f is not None:
-            _check_classes(f[1], model.classes, f[2], args.checkpoint)
+            _check_classes(f.classes, model.classes, f.source, args.checkpoint)
     if not any(f is not None for f in found):
         raise InputError(f"{folder}: no corrected or accepted instance map for any of the {len(items)} images")
-    return items, [f[0] if f else None for f in found], [f[1] if f else None for f in found], [f[2] if f else None for f in found]
+    columns = [[getattr(f, name) if f else None for f in found] for name in ("labels", "classes", "background", "source")]
+    return (items, *columns)
 
 
 def _project_inputs(args: argparse.Namespace, model):
@@ -133,7 +141,7 @@ def _project_inputs(args: argparse.Namespace, model):
     from .core.training import LabelledImage
 
     project = open_project(args.project)
-    items, corrections, tables, sources = [], [], [], []
+    items, corrections, tables, backgrounds, sources = [], [], [], [], []
     for name, st in project.states().items():
         labels = project.entry(name).labels
         corrected = st.state in ("corrected", "accepted") and st.correction is not None
@@ -152,10 +160,11 @@ def _project_inputs(args: argparse.Namespace, model):
         items.append(LabelledImage(Path(name).stem, project.read_image(name), [model.classes.index(c) for c in names]))
         corrections.append(masks.instances if masks is not None else None)
         tables.append(table)
+        backgrounds.append(masks.background if masks is not None else None)
         sources.append(where)
     if not any(c is not None for c in corrections):
         raise InputError(f"{project.root}: no corrected or accepted image to fine-tune from ({_counts(project)})")
-    return items, corrections, tables, sources
+    return items, corrections, tables, backgrounds, sources
 
 
 def _counts(project) -> str:
@@ -180,12 +189,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.project is not None:
         if args.images is not None or args.labels is not None or args.corrections is not None:
             raise InputError(f"{args.project}: --project fine-tunes from the project's own images and corrections: leave out --images, --labels and --corrections")
-        items, corrections, tables, sources = _project_inputs(args, model)
+        items, corrections, tables, backgrounds, sources = _project_inputs(args, model)
     else:
         if args.images is None or args.labels is None:
             raise InputError("finetune needs --images and --labels (or --project)")
-        items, corrections, tables, sources = _folder_inputs(args, model)
-    class_maps = correction_class_maps(corrections, tables, model.classes)
+        items, corrections, tables, backgrounds, sources = _folder_inputs(args, model)
+    class_maps = correction_class_maps(corrections, tables, model.classes, background=backgrounds)
     n_strong = sum(c is not None for c in corrections)
     unclassed = [str(src) for c, t, src in zip(corrections, tables, sources) if c is not None and not t]
     if unclassed and model.train_params.finetune_cam:
@@ -195,11 +204,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.corrected_only:
         keep = [i for i, c in enumerate(corrections) if c is not None]
         items, corrections, class_maps = [items[i] for i in keep], [corrections[i] for i in keep], [class_maps[i] for i in keep]
+        backgrounds = [backgrounds[i] for i in keep]
     n_maps = sum(m is not None for m in class_maps) if model.train_params.finetune_cam else 0
     print(f"fine-tuning IRNet on {n_strong} corrected and {len(items) - n_strong} weakly labelled images"
           + (f", the CAM network on the class maps of {n_maps}" if n_maps else ""))  # fmt: skip
     labels, strong = [None] * len(items), [False] * len(items)
-    gen = finetune_labels(model, items, corrections, params=model.params, device=args.device)
+    gen = finetune_labels(model, items, corrections, params=model.params, device=args.device, background=backgrounds)
     for i, lab, is_strong in progress_iter(gen, len(items), "labels"):
         labels[i], strong[i] = lab, is_strong
     track_training(finetune(model, items, labels, strong, device=args.device, resume_file=resume, class_maps=class_maps), "fine-tune")

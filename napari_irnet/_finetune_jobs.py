@@ -33,7 +33,7 @@ avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported here once, not first inside a worker thread)
 
 from .core.checkpoint import load_checkpoint  # noqa: E402
-from .core.corrections import corrections_folder, load_corrections, user_data_dir  # noqa: E402
+from .core.corrections import load_corrections, user_data_dir  # noqa: E402
 from .core.finetune import VersionStore, correction_class_maps, describe_reset, finetune, finetune_labels  # noqa: E402
 from .core.inference import resolve_device  # noqa: E402
 from .core.io import InputError  # noqa: E402
@@ -71,34 +71,33 @@ class TrainingImage:
     state: str = "new"
     source: str = ""  # the image file, or "" for an image without one
     instance_classes: dict[int, str] | None = None
+    #: the annotator background of the correction (true background in the targets)
+    background: np.ndarray | None = None
 
     @property
     def strong(self) -> bool:
         return self.instances is not None
 
 
-def viewer_image(
-    name: str,
-    image: np.ndarray,
-    image_path: str | os.PathLike[str] | None = None,
-    folder: str | os.PathLike[str] | None = None,
-) -> TrainingImage | None:
+def viewer_image(name: str, image: np.ndarray, store, source: str = "") -> TrainingImage | None:
     """An image shown in the viewer with its stored corrections, None when it has none usable.
 
-    The corrections are looked up where the IRNet panel keeps them
-    (:func:`~napari_irnet.core.corrections.corrections_folder`, or ``folder``
-    when the caller knows it already). Raises
-    :class:`~napari_irnet.core.io.InputError` for unreadable or foreign
-    corrections.
+    ``store`` is the image's correction store (the one the IRNet panel
+    saves into: :class:`~napari_irnet.core.corrections.FolderStore`, or
+    :class:`~napari_irnet.core.project.ProjectImageStore` for a project
+    image). Raises :class:`~napari_irnet.core.io.InputError` for unreadable
+    or foreign corrections.
     """
-    if folder is None:
-        folder = corrections_folder(name, image, image_path=image_path)
-    stored = load_corrections(folder, image)
+    return training_image(name, image, store.load(), source)
+
+
+def training_image(name: str, image: np.ndarray, stored, source: str = "") -> TrainingImage | None:
+    """A :class:`TrainingImage` from stored corrections (any store), None when they are not corrected or accepted."""
     if stored is None or stored.state not in USABLE_STATES:
         return None
     table = stored.instance_classes
     classes = list(dict.fromkeys(list(stored.classes) + list(table.values())))
-    return TrainingImage(name, image, classes, stored.labels, stored.state, str(image_path or ""), table)
+    return TrainingImage(name, image, classes, stored.labels, stored.state, source, table, stored.background)
 
 
 def folder_images(
@@ -127,12 +126,12 @@ def folder_images(
         found = find_correction(folder, file, image) if folder.is_dir() else None
         if found is None and not weak:
             continue
-        inst, table = found if found is not None else (None, None)
+        inst, table, background = (found.labels, found.classes, found.background) if found is not None else (None, None, None)
         state = "corrected" if inst is not None else "new"
         if inst is not None and (folder / file).is_dir():
             stored = load_corrections(folder / file, image)
             state = stored.state if stored is not None else state
-        out.append(TrainingImage(Path(file).stem, image, list(names), inst, state, str(images_dir / file), table))
+        out.append(TrainingImage(Path(file).stem, image, list(names), inst, state, str(images_dir / file), table, background))
     return out
 
 
@@ -174,10 +173,20 @@ def store_of(checkpoint: str | os.PathLike[str]) -> tuple[VersionStore, int]:
     if m and (p.parent / VersionStore.INDEX).is_file():
         return VersionStore(p.parent), int(m.group(1))
     folder = p.parent / f"{p.stem}.versions"
-    if not _writable(folder):
+    if not _writable(folder) or _inside_package(p):
         digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]
         folder = user_data_dir() / "versions" / f"{p.stem}-{digest}.versions"
     return VersionStore(folder), 0
+
+
+def _inside_package(path: Path) -> bool:
+    """True for a file installed with napari-irnet (the bundled demo model): never write next to it."""
+    package = Path(__file__).resolve().parent
+    try:
+        path.resolve().relative_to(package)
+    except ValueError:
+        return False
+    return True
 
 
 def _writable(folder: Path) -> bool:
@@ -311,7 +320,8 @@ def finetune_job(
     labels: list[np.ndarray | None] = [None] * len(items)
     strong = [False] * len(items)
     done = 0
-    for i, lab, is_strong in finetune_labels(model, items, corrections, params=params, device=dev):
+    backgrounds = [im.background for im in images]
+    for i, lab, is_strong in finetune_labels(model, items, corrections, params=params, device=dev, background=backgrounds):
         labels[i], strong[i] = lab, is_strong
         done += 1
         yield {"stage": "labels", "done": done, "total": len(items)}
@@ -320,7 +330,7 @@ def finetune_job(
             return result
     store, parent = store_of(checkpoint)
     resume_file = store.folder / f"finetune-from-{'original' if parent == 0 else f'v{parent:04d}'}.resume" if resume else None
-    class_maps = correction_class_maps(corrections, [im.instance_classes for im in images], model.classes)
+    class_maps = correction_class_maps(corrections, [im.instance_classes for im in images], model.classes, background=backgrounds)
     run = finetune(model, items, labels, strong, tp, dev, should_stop=should_stop, resume_file=resume_file, class_maps=class_maps)
     for record in run:
         if record.get("stopped"):

@@ -14,7 +14,7 @@ images are gathered and trained on in :mod:`napari_irnet._finetune_jobs`
 - A finished run is saved as a new version (``<checkpoint>.versions/v0001.pt``,
   ...), which the IRNet panel then uses for the next image. Any version (or
   the original) can be taken back with "Use this version".
-- "Compare on current image" runs the IRNet panel's current image with the
+- "Compare on image" runs the IRNet panel's current image with the
   chosen version and adds ``instances (v1)`` / ``semantic (v1)`` beside the
   panel's ``instances`` (and the old model's proposal when the shown
   instances are corrections).
@@ -41,7 +41,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image
-from napari.qt.threading import create_worker
+from ._workers import start_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
@@ -59,7 +59,8 @@ from ._finetune_jobs import (
     viewer_image,
 )
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
-from .core.corrections import STATE_FILE, corrections_folder
+from ._session import store_for_layer
+from .core.project import ProjectError
 from .core.edits import features_table, table_from_records
 from .core.inference import describe_device, device_choices
 from .core.io import InputError
@@ -72,15 +73,6 @@ if TYPE_CHECKING:  # pragma: no cover
 COMPARE_STAGE = "compare"
 #: ms of quiet after layer changes before the image list is refreshed
 REFRESH_MS = 300
-
-
-def _state_stamp(folder: Path) -> tuple[int, int] | None:
-    """(mtime in ns, size) of a corrections folder's state file; None when there is none."""
-    try:
-        st = (Path(folder) / STATE_FILE).stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
 
 
 class LossPlot(QWidget):
@@ -179,7 +171,7 @@ class FinetuneWidget(Container):
         # --- what to train -----------------------------------------
         self.checkpoint = FileEdit(label="start from", name="checkpoint", mode="r", filter="Checkpoints (*.pt *.pth)", value=None, nullable=True)
         self.checkpoint.tooltip = "The checkpoint to fine-tune (never written); empty: the IRNet panel's"
-        self.from_panel_button = PushButton(text="IRNet panel's checkpoint", name="from_panel_button")
+        self.from_panel_button = PushButton(text="From IRNet panel", name="from_panel_button")
         self.images = Select(label="viewer images", name="images", choices=self._image_choices)
         self.images.tooltip = "Image layers whose corrections are saved as corrected or accepted (IRNet panel)"
         self.images.native.setMaximumHeight(110)
@@ -189,7 +181,8 @@ class FinetuneWidget(Container):
         self.labels_file = FileEdit(label="labels file", name="labels_file", mode="r", filter="Labels (*.csv *.json)", value=None, nullable=True)
         self.corrections_dir = FileEdit(label="corrections", name="corrections_dir", mode="d", value=None, nullable=True)
         self.corrections_dir.tooltip = "Where the folder's corrections are (empty: <images folder>/napari-irnet)"
-        self.weak = CheckBox(text="uncorrected folder images too (weak labels)", name="weak", value=True)
+        self.weak = CheckBox(text="uncorrected folder images too", name="weak", value=True)
+        self.weak.tooltip = "Also train on the folder's images without corrections, with their weak labels from the CAMs"
 
         # --- parameters (TrainParams names) --------------------------------
         self.finetune_epochs = SpinBox(label="epochs", name="finetune_epochs", min=1, max=10_000, value=defaults.finetune_epochs)
@@ -200,7 +193,7 @@ class FinetuneWidget(Container):
         self.correction_weight = SpinBox(label="correction weight", name="correction_weight", min=1, max=1000, value=defaults.correction_weight)
         self.correction_weight.tooltip = "How many times a corrected image is drawn per epoch (a weakly labelled one: once)"
         self.weak_displacement_weight = FloatSpinBox(
-            label="weak displacement weight", name="weak_displacement_weight", min=0.0, max=1.0, step=0.05,
+            label="weak displ. weight", name="weak_displacement_weight", min=0.0, max=1.0, step=0.05,
             value=defaults.weak_displacement_weight,
         )  # fmt: skip
         self.weak_displacement_weight.tooltip = (
@@ -208,7 +201,7 @@ class FinetuneWidget(Container):
             "1 as much, 0 not at all"
         )
         self.finetune_reset_displacement = CheckBox(
-            text="relearn the displacement from the corrections", name="finetune_reset_displacement",
+            text="relearn the displacement", name="finetune_reset_displacement",
             value=defaults.finetune_reset_displacement,
         )  # fmt: skip
         self.finetune_reset_displacement.tooltip = (
@@ -216,7 +209,7 @@ class FinetuneWidget(Container):
             "Unticked, this happens only when the model's field has collapsed on the corrected images "
             "(it finds one instance per region)"
         )
-        self.finetune_cam = CheckBox(text="CAM network learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)
+        self.finetune_cam = CheckBox(text="CAM learns the corrected classes", name="finetune_cam", value=defaults.finetune_cam)
         self.finetune_cam.tooltip = "Also train the CAM network per pixel on the class maps of the corrected images"
         self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
         self.device_in_use = Label(label="in use", name="device_in_use", value=describe_device("auto"))
@@ -227,6 +220,7 @@ class FinetuneWidget(Container):
         self.stop_button.tooltip = "End at the next step without a new version (Start again with the same images and settings continues)"
         self.progress = ProgressBar(label="progress", name="progress", min=0, max=1, value=0)
         self.status = Label(label="status", name="status", value="accept or correct images in the IRNet panel, then Start")
+        self.status.native.setWordWrap(True)  # a long message must not widen the dock
         self.loss_plot = LossPlot()
         plot_holder = EmptyWidget(name="loss_plot", label="loss")
         box = plot_holder.native.layout()
@@ -237,11 +231,11 @@ class FinetuneWidget(Container):
         box.addWidget(self.loss_plot)
 
         # --- versions and comparison ---------------------------------------
-        self.use_new = CheckBox(text="IRNet panel uses each new version", name="use_new", value=True)
+        self.use_new = CheckBox(text="IRNet panel uses new versions", name="use_new", value=True)
         self.versions = ComboBox(label="versions", name="versions", choices=self._version_choices)
         self.use_version_button = PushButton(text="Use this version", name="use_version_button")
         self.use_version_button.tooltip = "Roll back or forward: fine-tune from this version, and use it in the IRNet panel"
-        self.compare_button = PushButton(text="Compare on current image", name="compare_button")
+        self.compare_button = PushButton(text="Compare on image", name="compare_button")
         self.compare_button.tooltip = "Run the IRNet panel's current image with the chosen version; adds 'instances (vN)' layers"
 
         self.extend(
@@ -298,6 +292,11 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------
     # helpers
+
+    @property
+    def native(self):
+        """The scroll area around the controls, so napari docks a widget that scrolls (and stays narrow)."""
+        return self.root_native_widget
 
     def _on_destroyed(self, *_) -> None:
         """The panel was closed: a running fine-tuning stops at its next step, late results are dropped."""
@@ -379,7 +378,7 @@ class FinetuneWidget(Container):
         if not path or self.running:
             return
         # show the checkpoint's own fine-tuning settings
-        self._load_worker = create_worker(
+        self._load_worker = start_worker(
             load_model,
             path,
             _connect={
@@ -450,18 +449,23 @@ class FinetuneWidget(Container):
             if entry is None or entry[0] is not layer.data:
                 # converting and fingerprinting the pixels is the costly part: once per data array
                 try:
-                    image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
+                    image = _layers.layer_to_rgb8(layer)
                 except ValueError:
                     continue
-                entry = (layer.data, image, corrections_folder(layer.name, image, image_path=path), None, None)
-            _, image, folder, stamp, result = entry
-            now = _state_stamp(folder)
+                try:
+                    store = store_for_layer(layer, image)
+                except (ProjectError, OSError) as exc:
+                    skipped[layer.name] = str(exc)
+                    continue
+                entry = (layer.data, image, store, None, None)
+            _, image, store, stamp, result = entry
+            now = store.stamp()
             if now != stamp or now is None:  # the corrections changed (or cannot be stamped): read them again
                 try:
-                    result = viewer_image(layer.name, image, path, folder=folder)
+                    result = viewer_image(layer.name, image, store, str(path or ""))
                 except (InputError, OSError, ValueError) as exc:
                     result = exc
-            cache[layer.name] = (layer.data, image, folder, now, result)
+            cache[layer.name] = (layer.data, image, store, now, result)
             if isinstance(result, Exception):
                 skipped[layer.name] = str(result)
             elif result is not None:
@@ -514,7 +518,7 @@ class FinetuneWidget(Container):
         self._stop_requested = False
         self.loss_plot.clear()
         self.progress.max, self.progress.value = 1, 0
-        self._worker = create_worker(
+        self._worker = start_worker(
             finetune_job,
             checkpoint,
             images,
@@ -556,6 +560,8 @@ class FinetuneWidget(Container):
         elif stage == "finetune":
             self.progress.max = max(1, int(record["max_step"]))
             self.progress.value = int(record["step"])
+            for step, loss in record.get("earlier_losses", ()):  # a resumed run: its steps before the stop
+                self.loss_plot.add(int(step), float(loss))
             self.loss_plot.add(int(record["step"]), float(record["loss"]))
             resumed = f" (resumed at step {record['resumed_from']})" if "resumed_from" in record else ""
             self._set_status(f"epoch {record['epoch'] + 1}, step {record['step']}/{record['max_step']}: loss {record['loss']:.4f}{resumed}")
@@ -614,7 +620,7 @@ class FinetuneWidget(Container):
             show_warning("napari-irnet: run the IRNet panel on an image first")
             return
         self._compare_args = {"session": session, "path": path}
-        self._compare_worker = create_worker(
+        self._compare_worker = start_worker(
             run_job,
             path,
             session.image,

@@ -8,7 +8,7 @@ project store itself is :mod:`napari_irnet.core.project`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ __all__ = [
     "corrections_table",
     "is_project_folder",
     "load_snapshot",
+    "predict_all_job",
     "records_for",
     "save_snapshot",
     "step_index",
@@ -72,18 +73,35 @@ class Snapshot:
     classes: dict[int, str] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     state: str = "proposed"
+    #: the annotator background (pixels cleared by the annotator; None: none)
+    background: np.ndarray | None = None
 
     def same_as(self, other: "Snapshot | None") -> bool:
-        """Equal pixels, classes of the present ids, and state."""
+        """Equal pixels, classes of the present ids, annotator background and state."""
         if other is None or self.state != other.state:
             return False
         if self.labels.shape != other.labels.shape or not np.array_equal(self.labels, other.labels):
+            return False
+        if not np.array_equal(_flags(self.background, self.labels.shape), _flags(other.background, other.labels.shape)):
             return False
         ids = [int(i) for i in np.unique(self.labels) if i]
         return all(self.classes.get(i) == other.classes.get(i) for i in ids)
 
     def copy(self) -> "Snapshot":
-        return Snapshot(np.array(self.labels, copy=True), dict(self.classes), dict(self.scores), self.state)
+        bg = None if self.background is None else self.background.copy()
+        return Snapshot(np.array(self.labels, copy=True), dict(self.classes), dict(self.scores), self.state, bg)
+
+    def edited_from(self, before: "Snapshot | None") -> np.ndarray | None:
+        """The annotator background after edits of ``before``'s map: its own, plus pixels erased since (None: none)."""
+        if before is None or before.labels.shape != self.labels.shape:
+            return self.background
+        bg = _flags(before.background, self.labels.shape) | ((before.labels != 0) & (self.labels == 0))
+        bg &= self.labels == 0
+        return bg if bg.any() else None
+
+
+def _flags(background: np.ndarray | None, shape) -> np.ndarray:
+    return np.zeros(shape, bool) if background is None else np.asarray(background, bool)
 
 
 def load_snapshot(project: Project, name: str) -> tuple[Snapshot | None, str]:
@@ -103,7 +121,7 @@ def load_snapshot(project: Project, name: str) -> tuple[Snapshot | None, str]:
     labels = np.asarray(masks.instances).astype(np.int32)
     classes = {int(r["id"]): str(r["class"]) for r in masks.records}
     scores = {int(r["id"]): float(r.get("score", 1.0)) for r in masks.records}
-    return Snapshot(labels, classes, scores, state), state
+    return Snapshot(labels, classes, scores, state, masks.background), state
 
 
 def default_class(project: Project, name: str) -> str:
@@ -148,7 +166,7 @@ def save_snapshot(project: Project, name: str, snap: Snapshot) -> str | None:
     state = "accepted" if snap.state == "accepted" else "corrected"
     records = records_for(snap.labels, snap.classes, project.classes, default_class(project, name), snap.scores)
     try:
-        project.save_correction(name, snap.labels, records, state=state)
+        project.save_correction(name, snap.labels, records, state=state, background=snap.background)
     except (OutputError, ProjectError, OSError, ValueError) as exc:
         return f"{name}: not saved ({exc})"
     return None
@@ -166,6 +184,28 @@ def corrections_table(snap: Snapshot, accepted: bool, edited: bool = True) -> di
         for i in np.unique(snap.labels)
         if i
     }
+
+
+def predict_all_job(project: Project, device: str = "auto", should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
+    """The command line's ``predict --project`` as a generator for the panel's worker.
+
+    Yields the number of images to predict first, then one
+    :class:`~napari_irnet.core.batch.BatchEvent` per image (after its result
+    is stored, so stopping loses nothing); corrected and accepted images are
+    never touched. Stops early once ``should_stop()`` is true.
+    """
+    from .core.batch import ProjectPrediction
+
+    run = ProjectPrediction(project, device=device)
+    yield len(run)
+    events = iter(run)
+    try:
+        for event in events:
+            yield event
+            if should_stop is not None and should_stop():
+                return
+    finally:
+        events.close()  # releases the project's batch lock at once
 
 
 def open_project_folder(path: str | os.PathLike[str]) -> Project:

@@ -14,14 +14,22 @@ The widget holds no algorithm: the project store is
   of the previous image. The IRNet panel is pointed at the new image (and
   given the project's checkpoint when it has none), so Run and the sliders
   work on it.
-- Autosave: every edit of ``instances`` (a brush stroke, fill or eraser, and
-  the IRNet panel's merge / split / delete / class / accept) is saved into
-  the project 500 ms after the last change, and at once on Next, Previous,
-  another image, Accept and when the viewer closes; the image becomes
-  *corrected*. A pure model proposal (a Run without edits) is not stored as
-  a correction. A failed save (read-only project, full disk) is reported;
-  the edits stay in memory and are saved with the next successful save.
+- One store per image: the project. Once the IRNet panel has run on the
+  shown image it saves every edit there itself (with the annotator
+  background: pixels the annotator cleared, which no prediction fills
+  again), and a Run's proposal becomes the image's result, so it is shown
+  again on the next visit without running anything. Before a Run, edits of
+  this panel's ``instances`` layer (brush, fill, eraser) are saved here 500 ms
+  after the last change, and at once on Next, Previous, another image, Accept
+  and when the viewer closes; the image becomes *corrected*. A failed save
+  (read-only project, full disk) is reported; the edits stay in memory and
+  are saved with the next successful save.
 - Accept marks the image *accepted* (Reopen takes that back).
+- Predict all runs the command line's ``predict --project`` in the
+  background (progress, Stop): every image that needs a proposal; corrected
+  and accepted images are never touched.
+- Moving to another image removes the previous image's layers, and the IRNet
+  panel frees what it held for it.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, EmptyWidget, Label, PushButton
+from magicgui.widgets import CheckBox, Container, EmptyWidget, Label, ProgressBar, PushButton
 from napari.layers import Labels
-from napari.qt.threading import create_worker
+from ._workers import start_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
@@ -46,9 +54,11 @@ from ._project_jobs import (
     corrections_table,
     load_snapshot,
     open_project_folder,
+    predict_all_job,
     save_snapshot,
     step_index,
 )
+from ._session import PROJECT_IMAGE_KEY, share_project
 from .core.edits import features_table
 from .core.io import OutputError
 from .core.project import Project, ProjectError
@@ -61,8 +71,7 @@ AUTOSAVE_MS = 500
 #: viewer shortcuts (napari's own key names); bound with overwrite=True
 NEXT_KEY = "PageDown"
 PREVIOUS_KEY = "PageUp"
-#: metadata key of the layers this panel adds (besides the usual stage marker)
-PROJECT_KEY = "project"
+from ._session import PROJECT_KEY  # noqa: E402  (metadata key of the layers this panel adds)
 #: the stage a project instances layer is moved to while the IRNet panel makes its own
 _HANDED_OVER = "project instances"
 
@@ -96,6 +105,8 @@ class ProjectWidget(Container):
         self._updating_list = False
         self._closed = False
         self._run_watch: QTimer | None = None
+        self._predict_worker = None
+        self._stop_predict = False
 
         self.open_button = PushButton(text="Open project…", name="open_button")
         self.refresh_button = PushButton(text="Refresh", name="refresh_button", tooltip="Read every image's state again (e.g. after a command-line run)")
@@ -115,6 +126,10 @@ class ProjectWidget(Container):
         self.skip_accepted = CheckBox(text="skip accepted images", name="skip_accepted", value=True)
         self.accept_button = PushButton(text="Accept image", name="accept_button", tooltip="Save the shown instances and mark the image accepted")
         self.reopen_button = PushButton(text="Reopen", name="reopen_button", tooltip="Take back the acceptance (accepted → corrected)")
+        self.predict_button = PushButton(text="Predict all", name="predict_button")
+        self.predict_button.tooltip = "Propose masks for every image that needs them (new, or made by another model), in the background"
+        self.stop_button = PushButton(text="Stop", name="stop_button", enabled=False, tooltip="Stop after the image in progress")
+        self.progress = ProgressBar(name="progress", min=0, max=1, value=0, visible=False)
         self.status = Label(name="status", value="open a project folder (made with `napari-irnet init`)")
         self.status.native.setWordWrap(True)
 
@@ -129,6 +144,8 @@ class ProjectWidget(Container):
                 row(self.previous_button, self.next_button),
                 self.skip_accepted,
                 row(self.accept_button, self.reopen_button),
+                row(self.predict_button, self.stop_button),
+                self.progress,
                 self.status,
             ]
         )
@@ -144,6 +161,8 @@ class ProjectWidget(Container):
         self.next_button.changed.connect(self.next)
         self.accept_button.changed.connect(self.accept)
         self.reopen_button.changed.connect(self.reopen)
+        self.predict_button.changed.connect(self.predict_all)
+        self.stop_button.changed.connect(self.stop_predicting)
         self.image_list.currentRowChanged.connect(self._on_row_changed)
         self._viewer.layers.events.removing.connect(self._on_layer_removing)
         self._viewer.layers.events.inserted.connect(self._on_layer_inserted)
@@ -158,8 +177,9 @@ class ProjectWidget(Container):
 
     @property
     def idle(self) -> bool:
-        """True when no image is loading and no save waits (tests wait for this)."""
-        return self._load_worker is None and (self._closed or not self._autosave_timer.isActive())
+        """True when no image is loading, no prediction runs and no save waits (tests wait for this)."""
+        waiting = not self._closed and self._autosave_timer.isActive()
+        return self._load_worker is None and self._predict_worker is None and not waiting
 
     @property
     def current_name(self) -> str | None:
@@ -213,6 +233,8 @@ class ProjectWidget(Container):
         shown = self._index is not None
         for w in (self.previous_button, self.next_button, self.refresh_button):
             w.enabled = has
+        self.predict_button.enabled = has and self._predict_worker is None
+        self.stop_button.enabled = self._predict_worker is not None
         self.accept_button.enabled = shown and self._instances is not None
         self.reopen_button.enabled = shown and self._states[self._index] == "accepted" if shown else False
 
@@ -288,6 +310,7 @@ class ProjectWidget(Container):
             return None
         self.save_now()
         self._clear_image()
+        share_project(project)  # the IRNet panel stores this image's corrections in the same project
         self.project, self._states, self._index = project, states, None
         self._unsaved.clear()
         self._fill_list()
@@ -346,7 +369,7 @@ class ProjectWidget(Container):
         self._wanted = i
         name = self.project.names[i]
         self._set_status(f"loading {name} …")
-        self._load_worker = create_worker(
+        self._load_worker = start_worker(
             _load_job,
             self.project,
             name,
@@ -388,13 +411,12 @@ class ProjectWidget(Container):
         shown = self._unsaved.get(name, snap)
         self._image_id = f"p{uuid.uuid4().hex[:8]}"
         labels = self.project.entry(name).labels
-        meta = {"image_id": self._image_id, "labels": list(labels or []), PROJECT_KEY: str(self.project.root), "project_image": name}
+        meta = {"image_id": self._image_id, "labels": list(labels or []), PROJECT_KEY: str(self.project.root), PROJECT_IMAGE_KEY: name}
         self._image_layer = self._viewer.add_image(image, name=Path(name).stem, rgb=True, metadata={_layers.META_KEY: meta})
         self._own_layers = [self._image_layer]
         entry = self.project.entry(name)
         empty = Snapshot(np.zeros((entry.height, entry.width), np.int32), state=state)
         self._add_instances(shown if shown is not None else empty, accepted=state == "accepted")
-        self._seed_panel_corrections(shown, state)
         self._point_panel()
         n = 0 if shown is None else len(np.unique(shown.labels)) - 1
         what = "no masks yet: Run in the IRNet panel, or paint into 'instances'" if shown is None else f"{n} instances"
@@ -471,32 +493,14 @@ class ProjectWidget(Container):
             panel.run_button.changed.connect(self._on_panel_run)
             self._hooked_panel = panel
 
-    def _seed_panel_corrections(self, snap: Snapshot | None, state: str) -> None:
-        """Store the project's correction where the IRNet panel looks, so a Run keeps it."""
-        if snap is None or state not in ("corrected", "accepted") or self._image_layer is None:
-            return
-        from .core.corrections import Corrections, corrections_folder, image_fingerprint, save_corrections
-
-        image = _layers.image_to_rgb8(self._image_layer.data, True)
-        labels = np.asarray(snap.labels, dtype=np.int32)
-        table = corrections_table(snap, state == "accepted")
-        try:
-            corr = Corrections(labels, table, state, self._image_layer.name, image_fingerprint(image),
-                               [c for c in self.project.entry(self.current_name).labels or []])
-            save_corrections(corrections_folder(self._image_layer.name, image), corr)
-        except (OutputError, OSError, ValueError) as exc:
-            show_warning(f"napari-irnet: the IRNet panel will not see this image's corrections: {exc}")
-
     def _on_panel_run(self, *_) -> None:
         """The IRNet panel's Run on our image: hand it the masks, let it make its own layer."""
         panel = self._hooked_panel
-        if panel is None or self._image_layer is None or panel.image.value is not self._image_layer:
+        if panel is None or self._image_layer is None or panel.image.value != self._image_layer:
             return
         if self._instances is None or self._panel_session() is not None:
             return  # its own layer already, or nothing to hand over
-        self.save_now()
-        snap = self._snapshot()
-        self._seed_panel_corrections(snap, snap.state if snap.state in ("corrected", "accepted") else "proposed")
+        self.save_now()  # the IRNet panel reads the image's corrections from the project
         layer = self._instances
         meta = dict(layer.metadata)
         meta[_layers.META_KEY] = {**meta[_layers.META_KEY], "stage": _HANDED_OVER}
@@ -514,7 +518,7 @@ class ProjectWidget(Container):
         if self._run_watch is not None:
             self._run_watch.stop()
             self._run_watch = None
-        if layer is self._instances and layer in self._viewer.layers:
+        if layer == self._instances and layer in self._viewer.layers:
             layer.editable = True  # the run failed or was cancelled: ours again
 
     def _on_layer_inserted(self, event) -> None:
@@ -522,11 +526,13 @@ class ProjectWidget(Container):
         layer = event.value
         info = _layers.stage_of(getattr(layer, "metadata", None))
         if (self._image_id is None or not isinstance(layer, Labels) or info is None or info.get("stage") != "instances"
-                or info.get("image") != self._image_id or layer is self._instances):
+                or info.get("image") != self._image_id or layer == self._instances):
             return
         old = self._instances
         self._adopt(layer)
         self._person_change = False
+        if self.current_name is not None:
+            self._sync_state(self.current_name)  # the panel's Run stored its proposal in the project
         if old is not None and old in self._viewer.layers and _layers.stage_of(old.metadata).get("stage") == _HANDED_OVER:
             self._own_layers = [ly for ly in self._own_layers if ly is not old]
             QTimer.singleShot(0, lambda: self._drop_old(old, layer))
@@ -552,7 +558,7 @@ class ProjectWidget(Container):
             self._autosave_timer.start()
 
     def _snapshot(self) -> Snapshot | None:
-        """The shown instances with their classes and the state they stand for."""
+        """This panel's shown instances with their classes, annotator background and state."""
         layer = self._instances
         if layer is None:
             return None
@@ -566,34 +572,42 @@ class ProjectWidget(Container):
             for idx, cls in zip(feats["index"], feats["class"]):
                 if int(idx) and isinstance(cls, str) and cls:
                     classes.setdefault(int(idx), cls)
-        session = self._panel_session()
-        if session is not None:
-            for i, info in session.table.items():
-                if info.class_name:
-                    classes[int(i)] = info.class_name
-                    scores[int(i)] = float(info.score)
-            if session.state in ("corrected", "accepted"):
-                state = session.state
-        if self._person_change and (session is None or session.state != "accepted"):
+        if self._person_change and state != "accepted":
             state = "corrected"
-        return Snapshot(np.array(labels, dtype=np.int32, copy=True), classes, scores, state)
+        snap = Snapshot(np.array(labels, dtype=np.int32, copy=True), classes, scores, state)
+        snap.background = snap.edited_from(base)  # what was cleared before, and what the eraser cleared here
+        return snap
 
     def save_now(self, *_) -> bool:
-        """Save the shown image's edits now (and any that failed before); True when all are stored."""
+        """Save the shown image's edits now (and any that failed before); True when all are stored.
+
+        Once the IRNet panel works on the shown image it stores every edit in
+        the project itself: then only the list's state is brought up to date.
+        """
         if not self._closed:
             self._autosave_timer.stop()
         if self.project is None:
             return True
         ok = self._retry_unsaved()
         name = self.current_name
-        snap = self._snapshot()
-        if name is None or snap is None:
+        if name is None:
             return ok
-        session = self._panel_session()
-        edited = self._person_change or (session is not None and session.state in ("corrected", "accepted"))
-        if not edited or snap.state not in ("corrected", "accepted") or snap.same_as(self._saved):
+        if self._panel_session() is not None:
+            self._sync_state(name)
+            return ok
+        snap = self._snapshot()
+        if snap is None or not self._person_change or snap.same_as(self._saved):
             return ok
         return self._store(name, snap) and ok
+
+    def _sync_state(self, name: str) -> None:
+        """Show the state the project holds for ``name`` (after another panel stored into it)."""
+        try:
+            state = self.project.state(name).state
+        except (ProjectError, OSError):
+            return
+        if state != self._states[self.project.names.index(name)]:
+            self._set_state(name, state)
 
     def _store(self, name: str, snap: Snapshot) -> bool:
         error = save_snapshot(self.project, name, snap)
@@ -632,9 +646,12 @@ class ProjectWidget(Container):
             show_warning("napari-irnet: nothing to accept: show an image with instances first")
             return False
         session = self._panel_session()
-        panel = self.irnet_panel()
-        if session is not None and session.state != "accepted":
-            panel.accept()
+        if session is not None:  # the IRNet panel stores its acceptance in the project
+            if session.state != "accepted":
+                self.irnet_panel().accept()
+            self._sync_state(name)
+            self._set_status(f"{name} accepted ({len(session.annotation.instance_ids())} instances)")
+            return session.state == "accepted"
         snap = self._snapshot()
         snap.state = "accepted"
         if snap.same_as(self._saved):
@@ -660,6 +677,63 @@ class ProjectWidget(Container):
         self._set_status(f"{name} reopened (corrected)")
 
     # ------------------------------------------------------------------
+    # predict all
+
+    def predict_all(self, *_) -> None:
+        """Propose masks for every image that needs them, in the background (``predict --project``)."""
+        if self.project is None or self._predict_worker is not None:
+            return
+        self.save_now()
+        self._stop_predict = False
+        panel = self.irnet_panel()
+        device = str(panel.device.value) if panel is not None else "auto"
+        self._predict_worker = start_worker(
+            predict_all_job,
+            self.project,
+            device,
+            lambda: self._stop_predict,
+            _connect={"yielded": self._on_predicted, "errored": self._on_predict_error, "finished": self._on_predict_finished},
+        )
+        self.progress.visible, self.progress.value = True, 0
+        self._set_status("predicting: loading the checkpoint …")
+        self._refresh_controls()
+
+    def stop_predicting(self, *_) -> None:
+        """Stop Predict all after the image in progress (its result is kept)."""
+        if self._predict_worker is not None:
+            self._stop_predict = True
+            self._set_status("stopping after the image in progress …")
+
+    def _on_predicted(self, item) -> None:
+        if self._closed or self.project is None:
+            return
+        if isinstance(item, int):
+            self.progress.max = max(1, item)
+            self._set_status(f"predicting {item} image(s)" if item else "every image has an up-to-date proposal already")
+            return
+        self.progress.value = item.index + 1
+        if item.status == "predicted":
+            self._set_state(item.name, "proposed")
+        what = f"{item.instances} instances" if item.error is None else item.error
+        self._set_status(f"{item.index + 1}/{item.total}: {item.name} {item.status} ({what}, {item.seconds:.1f} s)")
+
+    def _on_predict_error(self, exc: Exception) -> None:
+        if self._closed:
+            return
+        self._set_status(f"Predict all failed: {exc}")
+        show_error(f"napari-irnet: Predict all failed: {exc}")
+
+    def _on_predict_finished(self) -> None:
+        self._predict_worker = None
+        if self._closed:
+            return
+        self.progress.visible = False
+        self._refresh_controls()
+        shown = self._index
+        if shown is not None and self._saved is None and not self._person_change and self._states[shown] == "proposed":
+            self.show_image(shown)  # the shown image got its proposal: show it
+
+    # ------------------------------------------------------------------
     # closing
 
     def _on_layer_removing(self, event) -> None:
@@ -668,13 +742,14 @@ class ProjectWidget(Container):
             layer = self._viewer.layers[event.index]
         except (IndexError, AttributeError, TypeError):
             return
-        if layer is self._instances:
+        if layer == self._instances:
             self.save_now()
 
     def _on_destroyed(self, *_) -> None:
         """The panel is gone (viewer closed): store what is not stored yet."""
         self._closed = True  # the Qt parts may be gone: no status, list or timer from here on
         self._run_watch = None
+        self._stop_predict = True
         try:
             self.save_now()
         except Exception as exc:  # noqa: BLE001 - nothing may escape a Qt destructor callback

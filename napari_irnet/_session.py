@@ -1,14 +1,19 @@
-"""What the widget knows about one image, and finding the plugin's layers.
+"""What the IRNet panel knows about one image, its correction store, and finding the plugin's layers.
 
 No Qt here and no algorithm: an :class:`ImageSession` holds one image's
-run result, its current instance map and table, its undo history and its
-correction folder; :func:`find_layer` and :func:`put_layer` look layers up by
-the plugin's metadata marker (never by name, which the user may change) and
-create or update them.
+run result, its :class:`~napari_irnet.core.annotation.AnnotationSession`
+(instances, table, annotator background, undo: the edit rules live there),
+the centroid points and parameters shown, and the store its corrections go
+to; :func:`store_for_layer` picks that store (the project for a project
+image, else the per-image folder keyed by the file or by the pixels);
+:func:`find_layer` and :func:`put_layer` look layers up by the plugin's
+metadata marker (never by name, which the user may change) and create or
+update them.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,48 +21,108 @@ from typing import Any
 import numpy as np
 
 from ._jobs import RunResult
-from ._layers import stage_of
-from .core.corrections import image_fingerprint
+from ._layers import META_KEY, stage_of
+from .core.annotation import AnnotationSession
+from .core.corrections import FolderStore, corrections_folder, image_fingerprint
 from .core.edits import History, InstanceInfo
 from .core.params import Params
+
+#: metadata keys of a project image's layer (set by the Project panel)
+PROJECT_KEY = "project"
+PROJECT_IMAGE_KEY = "project_image"
+
+_projects: dict[str, Any] = {}  # project root -> the Project opened for it (one per folder)
+
+
+def project_of(root: str | os.PathLike[str]):
+    """The project at ``root`` (opened once per folder and shared)."""
+    from .core.project import open_project
+
+    key = str(Path(root).resolve())
+    if key not in _projects:
+        _projects[key] = open_project(key)
+    return _projects[key]
+
+
+def share_project(project) -> None:
+    """Let :func:`project_of` return this open project (the Project panel's) for its folder."""
+    _projects[str(Path(project.root).resolve())] = project
+
+
+def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | None = None):
+    """The one store of an image layer's corrections.
+
+    - a project image (its metadata names the project and the image): the
+      project (:class:`~napari_irnet.core.project.ProjectImageStore`);
+    - an image read from a file: ``<dir>/napari-irnet/<file name>/``;
+    - else: the user data folder, keyed by a fingerprint of the layer's
+      pixels (renaming the layer changes nothing).
+
+    ``image`` is the (H, W, 3) uint8 image the networks see; corrections
+    stored under its fingerprint by earlier versions are accepted too.
+    ``fingerprint`` is the layer data's :func:`image_fingerprint` when known.
+    """
+    info = (layer.metadata or {}).get(META_KEY)
+    if isinstance(info, dict) and info.get(PROJECT_KEY) and info.get(PROJECT_IMAGE_KEY):
+        from .core.project import ProjectImageStore
+
+        return ProjectImageStore(project_of(info[PROJECT_KEY]), str(info[PROJECT_IMAGE_KEY]))
+    data = np.asarray(layer.data)
+    path = getattr(getattr(layer, "source", None), "path", None)
+    shape = tuple(image.shape[:2]) if image is not None else tuple(data.shape[:2])
+    fingerprint = fingerprint or image_fingerprint(data)
+    prints = (fingerprint,) + ((image_fingerprint(image),) if image is not None else ())
+    if path is not None:
+        folder = corrections_folder(layer.name, image_path=path)
+    else:
+        folder = corrections_folder(layer.name, fingerprint=fingerprint)
+    return FolderStore(folder, shape, prints)
 
 
 @dataclass
 class ImageSession:
-    """One image the widget has run on."""
+    """One image the panel has run on: the run result, the annotation, what is shown."""
 
     image_id: str
     image_name: str
     image: np.ndarray  # (H, W, 3) uint8, what the networks saw
-    image_path: str | None
-    folder: Path  # where its corrections are stored
+    store: Any  # FolderStore or ProjectImageStore: where its corrections go
     result: RunResult
-    labels: np.ndarray  # the instance map shown (the same array as the layer's data)
-    table: dict[int, InstanceInfo]
-    state: str = "proposed"
+    annotation: AnnotationSession
     params: Params = field(default_factory=Params)
     #: centroid points shown (image pixels, y x) and whether a person edited them
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     points_edited: bool = False
-    history: History = field(default_factory=lambda: History(limit=50))
-    #: copy of ``labels`` as last seen, to find what a brush stroke changed
-    known: np.ndarray | None = None
     #: picked instances: (id, (y, x)) per click
     picks: list[tuple[int, tuple[float, float]]] = field(default_factory=list)
-    #: the last pipeline result applied (instances before protection)
+    #: the last pipeline result applied (instances before the corrections)
     prediction: Any = None
-    #: classes offered for edits (the image's, then the model's others)
-    edit_classes: list[str] = field(default_factory=list)
+    #: fingerprint of the layer's own data (stored as the corrections' ``data_fingerprint``)
+    fingerprint: str = ""
+    #: fingerprint of ``image``, the networks' input (computed at the first save)
+    input_fingerprint: str = ""
 
-    #: fingerprint of ``image``'s pixels (computed once, on the first save)
-    _fingerprint: str | None = None
+    # the annotation's parts, as the panel and tests read them
+    @property
+    def labels(self) -> np.ndarray:
+        return self.annotation.labels
 
     @property
-    def fingerprint(self) -> str:
-        """:func:`~napari_irnet.core.corrections.image_fingerprint` of the image, cached."""
-        if self._fingerprint is None:
-            self._fingerprint = image_fingerprint(self.image)
-        return self._fingerprint
+    def table(self) -> dict[int, InstanceInfo]:
+        return self.annotation.table
+
+    @property
+    def state(self) -> str:
+        return self.annotation.state
+
+    @property
+    def history(self) -> History:
+        return self.annotation.history
+
+    @property
+    def folder(self) -> Path | None:
+        """The corrections folder (None for a project image: the project is its store)."""
+        return getattr(self.store, "folder", None)
 
     @property
     def classes(self) -> list[str]:
@@ -68,18 +133,10 @@ class ImageSession:
     def model_classes(self) -> list[str]:
         return list(self.result.model.classes)
 
-    #: ids present in ``labels`` as of the last features update (None: not known)
-    present: np.ndarray | None = None
-
-    def present_ids(self) -> np.ndarray:
-        if self.present is None:
-            ids = np.unique(self.labels)
-            self.present = ids[ids != 0]
-        return self.present
-
-    def protected_count(self) -> int:
-        """Instances a re-run keeps: edited, accepted, or painted by hand (not in the table)."""
-        return sum(1 for i in self.present_ids().tolist() if i not in self.table or self.table[i].protected)
+    @property
+    def edit_classes(self) -> list[str]:
+        """Classes offered for edits: the image's first, then the model's others."""
+        return list(dict.fromkeys(self.classes + self.model_classes))
 
 
 def find_layer(layers, image_id: str, stage: str, class_name: str | None = None):
@@ -105,7 +162,17 @@ def stage_layers(layers, image_id: str, stage: str) -> list:
 
 
 # attributes copied onto an existing layer when its stage is recomputed
-_UPDATABLE = ("features", "contrast_limits")
+_UPDATABLE = ("features", "contrast_limits", "colormap")
+
+
+def _free_name(viewer, kwargs: dict) -> str:
+    """The layer's stage name, or ``<stage> (<image name>)`` when another image's layer has it (never 'instances [1]')."""
+    name = kwargs["name"]
+    taken = {layer.name for layer in viewer.layers}
+    if name not in taken:
+        return name
+    label = stage_of(kwargs["metadata"]).get("image_name")
+    return f"{name} ({label})" if label else name
 
 
 def put_layer(viewer, layer_tuple: tuple, visible: bool | None = None) -> tuple[Any, bool]:
@@ -117,6 +184,7 @@ def put_layer(viewer, layer_tuple: tuple, visible: bool | None = None) -> tuple[
         kw = dict(kwargs)
         if visible is not None:
             kw["visible"] = visible
+        kw["name"] = _free_name(viewer, kw)
         layer = getattr(viewer, f"add_{kind}")(data, **kw)
         return layer, True
     layer.data = data

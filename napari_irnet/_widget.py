@@ -1,24 +1,24 @@
 """The napari dock widget: run IRNet on an image, tune it live, correct the result.
 
 Plugins ▸ napari-irnet ▸ IRNet. The widget holds no algorithm: the networks
-and stages run in :mod:`napari_irnet._jobs` (background workers), the edits
-are :mod:`napari_irnet.core.edits`, the correction files
-:mod:`napari_irnet.core.corrections`, the layers :mod:`napari_irnet._layers`.
+and stages run in :mod:`napari_irnet._jobs` (background workers); the
+corrections, their rules and their undo are the image's
+:class:`~napari_irnet.core.annotation.AnnotationSession` (the buttons and
+keys are :mod:`napari_irnet._widget_edits`); its corrections go to the
+image's one store (:func:`napari_irnet._session.store_for_layer`: the
+project for a project image, else its own folder); the layers are
+:mod:`napari_irnet._layers`.
 
 Layers of one image are found by their metadata marker, so renaming one is
-harmless and a deleted one comes back at the next update.
-
-Keyboard shortcuts (with the ``instances`` layer selected; also in the
-buttons' tooltips): Shift-M merge, Shift-S split, Shift-D delete, Shift-C set
-class, Shift-N next free id (then paint), Shift-A accept, Shift-K clear
-picks, Ctrl-Z undo, Ctrl-Shift-Z redo. Picking: with the ``instances`` layer
-in pan/zoom mode, click instances (a click without dragging).
+harmless and a deleted one comes back at the next update. After a run and
+after every edit the ``instances`` layer is the active one. Closing the
+viewer while a job runs is safe: the panel stops listening to its workers.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,51 +30,32 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     Select,
     Slider,
     create_widget,
 )
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from . import _layers
+from ._workers import start_worker
 from ._jobs import RUN_STEPS, RunResult, UpdateResult, load_model, run_job, update_job
 from ._layers import STAGES, VISIBLE_STAGES
 from ._recent import checkpoint_choices, remember_checkpoint
-from ._session import ImageSession, find_layer, put_layer, stage_layers
-from .core.corrections import (
-    Corrections,
-    corrections_folder,
-    delete_corrections,
-    load_corrections,
-    save_corrections,
-)
-from .core.edits import (
-    EditError,
-    EditRecord,
-    InstanceInfo,
-    LabelDiff,
-    accept_all,
-    delete,
-    features_table,
-    instance_at,
-    instance_ids,
-    merge,
-    merge_protected,
-    next_free_id,
-    set_class,
-    split_by_line,
-    split_by_seeds,
-    table_from_records,
-)
+from ._session import ImageSession, find_layer, put_layer, stage_layers, store_for_layer
+from ._widget_edits import SHORTCUTS, EditActions
+from .core.annotation import AnnotationSession
+from .core.corrections import image_fingerprint
+from .core.edits import features_table, table_from_records
 from .core.inference import describe_device, device_choices
 from .core.io import InputError, OutputError
 from .core.params import Params
 from .core.progress import Step
+from .core.project import ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -94,19 +75,11 @@ LIVE_PARAMS: dict[str, tuple[type, float, float, float, str]] = {
 }
 #: ms of quiet after the last slider change before the stages re-run
 DEBOUNCE_MS = 25
+#: the widest a docked panel may be (pixels)
+PANEL_WIDTH = 420
 #: cache stages -> the layers they feed
 _INSTANCE_STAGES = {"centroids", "clusters", "iwalk", "instances"}
-_SHORTCUTS = {
-    "merge": "Shift-M",
-    "split": "Shift-S",
-    "delete": "Shift-D",
-    "set_class": "Shift-C",
-    "next_id": "Shift-N",
-    "accept": "Shift-A",
-    "clear_picks": "Shift-K",
-    "undo": "Control-Z",
-    "redo": "Control-Shift-Z",
-}
+_SHORTCUTS = SHORTCUTS
 #: how the shortcuts are written on the buttons
 _KEY_TEXT = {"Shift-": "⇧", "Control-": "Ctrl+"}
 
@@ -160,7 +133,7 @@ class _Request:
         )
 
 
-class IRNetWidget(Container):
+class IRNetWidget(EditActions, Container):
     """Dock widget: image, checkpoint, classes, device, Run; live parameters; stages; corrections."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
@@ -170,7 +143,7 @@ class IRNetWidget(Container):
         self._current: ImageSession | None = None
         self._run_worker = None
         self._run_progress = None
-        self._run_image = None  # (layer, image id) of the run in progress
+        self._run_image = None  # (layer, image id, image) of the run in progress
         self._update_worker = None
         self._running_request: _Request | None = None
         self._pending: _Request | None = None
@@ -182,14 +155,45 @@ class IRNetWidget(Container):
         self._applying = False  # our own writes into layers: ignore their events
         self._paint_check_queued = False
         self._accepted_notice_given = False
+        self._closed = False  # the Qt widgets are gone (viewer closed): workers' late results are dropped
 
-        # --- input ---------------------------------------------------
+        self.extend([*self._build_input(), *self._build_params(), *self._build_stages(), *self._build_corrections()])
+        scroll = self.root_native_widget
+        if hasattr(scroll, "widget") and scroll.widget() is not None:  # wide enough for the controls, never wider than the dock
+            scroll.setMinimumWidth(min(scroll.widget().minimumSizeHint().width() + 24, PANEL_WIDTH))
+
+        self._debounce = QTimer(self.native)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._on_debounce)
+        self._connect_controls()
+
+        layers_events = self._viewer.layers.events
+        layers_events.inserted.connect(self.reset_choices)
+        layers_events.removed.connect(self._on_layers_removed)
+        self._bind_keys(self._viewer)
+        self.native.destroyed.connect(self._on_destroyed)
+        self.reset_choices()
+        if self.checkpoint.value:
+            self._on_checkpoint_changed(self.checkpoint.value)
+        self._on_image_changed(self.image.value)
+        self._refresh_controls()
+
+    # ------------------------------------------------------------------ building
+    def _build_input(self) -> list:
         self.image = create_widget(annotation=Image, label="image", name="image")
         self.checkpoint = ComboBox(label="checkpoint", name="checkpoint", choices=self._checkpoint_choices)
         self.browse = PushButton(text="Browse…", name="browse", tooltip="Choose a checkpoint file (.pt, .pth)")
         self.classes = Select(label="classes", name="classes", choices=self._class_choices)
         self.classes.tooltip = "The classes present in this image (image-level labels); none chosen: the classifier decides"
         self.classes.native.setMaximumHeight(72)
+        self.intensity = ComboBox(label="intensity", name="intensity", choices=list(_layers.INTENSITY_MODES.items()), value="contrast")
+        self.intensity.tooltip = (
+            "How the image's values become the networks' 8-bit input: as the layer shows them (its contrast limits), "
+            "or stretched between percentiles or minimum and maximum"
+        )
+        self.channels = LineEdit(label="channels", name="channels", value="")
+        self.channels.tooltip = "For a (channels, H, W) image: one channel (gray) or three (red green blue), e.g. '0' or '0 2 1'"
         self.device = ComboBox(label="device", name="device", choices=device_choices(), value="auto")
         self.device_in_use = Label(label="in use", name="device_in_use", value=describe_device("auto"))
         self.run_button = PushButton(text="Run", name="run_button", tooltip="Run both networks once, then every stage")
@@ -198,11 +202,13 @@ class IRNetWidget(Container):
         self.status.native.setWordWrap(True)
         ckpt_row = Container(widgets=[self.checkpoint, self.browse], layout="horizontal", labels=False, label="checkpoint")
         input_box = Container(
-            widgets=[self.image, ckpt_row, self.classes, self.device, self.device_in_use, self.status], name="input_box"
+            widgets=[self.image, ckpt_row, self.classes, self.intensity, self.channels, self.device, self.device_in_use, self.status],
+            name="input_box",
         )
         run_row = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        return [Label(value="<b>Input</b>"), input_box, run_row]
 
-        # --- live parameters ----------------------------------------
+    def _build_params(self) -> list:
         self.param_widgets: dict[str, Any] = {}
         defaults = Params()
         for name, (cls, lo, hi, step, label) in LIVE_PARAMS.items():
@@ -212,51 +218,58 @@ class IRNetWidget(Container):
             self.param_widgets[name] = w
         self.reset_params_button = PushButton(text="Reset to the checkpoint's values", name="reset_params_button")
         params_box = Container(widgets=list(self.param_widgets.values()), name="parameters")
+        return [Label(value="<b>Live parameters</b>"), params_box, self.reset_params_button]
 
-        # --- stage visibility ----------------------------------------
+    def _build_stages(self) -> list:
         self.show_stage: dict[str, CheckBox] = {}
         for stage in STAGES:
             cb = CheckBox(text=stage, name=f"show_{stage}", value=stage in VISIBLE_STAGES)
             cb.changed.connect(lambda value, s=stage: self._on_show_changed(s, value))
             self.show_stage[stage] = cb
         stages = list(self.show_stage.values())
-        stage_rows = [
-            Container(widgets=stages[i : i + 4], layout="horizontal", labels=False) for i in range(0, len(stages), 4)
-        ]
+        rows = [Container(widgets=stages[i : i + 3], layout="horizontal", labels=False) for i in range(0, len(stages), 3)]
+        self.legend = Label(name="legend", value="")
+        self.legend.native.setWordWrap(True)
+        self.legend.tooltip = "Instances, seeds and semantic in their class's colour (instances in shades of it); outlines: edited, accepted"
+        return [Label(value="<b>Stages shown</b>"), *rows, self.legend]
 
-        # --- corrections ---------------------------------------------
-        s = _SHORTCUTS
+    def _button(self, name: str, text: str, key: str | None, tip: str) -> PushButton:
+        keys = _SHORTCUTS[key] if key else ""
+        for long, short in _KEY_TEXT.items():
+            keys = keys.replace(long, short)
+        label = f"{text}  {keys}" if key else text
+        return PushButton(text=label, name=name, tooltip=tip + (f" (shortcut {_SHORTCUTS[key]})" if key else ""))
+
+    def _build_corrections(self) -> list:
+        b = self._button
         self.edit_class = ComboBox(label="class", name="edit_class", choices=self._edit_class_choices)
-        self.edit_class.tooltip = "Class for Set class and for newly painted instances"
+        self.edit_class.tooltip = "Class for Set class, for painted instances and for Shift+click (click to add)"
+        self.new_class_note = Label(label="new", name="new_class_note", value="–")
+        self.new_class_note.tooltip = "The class a painted or added instance gets"
         self.picked = Label(label="picked", name="picked", value="–")
-        self.picked.tooltip = "Click instances to pick them (the instances layer in pan/zoom mode, a click without dragging)"
+        self.picked.tooltip = "Click instances to pick them (the instances layer in pan/zoom mode); Shift+click on background adds one"
         self.image_state = Label(label="image", name="image_state", value="–")
-
-        def button(name: str, text: str, key: str | None, tip: str) -> PushButton:
-            keys = s[key] if key else ""
-            for long, short in _KEY_TEXT.items():
-                keys = keys.replace(long, short)
-            label = f"{text}  {keys}" if key else text
-            return PushButton(text=label, name=name, tooltip=tip + (f" (shortcut {s[key]} on the instances layer)" if key else ""))
-
-        self.merge_button = button("merge_button", "Merge", "merge", "Merge the picked instances into the first one picked")
-        self.split_button = button("split_button", "Split", "split", "Split along the path drawn in 'split line', or between two picks in one instance")
-        self.delete_button = button("delete_button", "Delete", "delete", "Delete the picked instances (or the selected label)")
-        self.set_class_button = button("set_class_button", "Set class", "set_class", "Give the picked instances the class chosen above")
-        self.next_id_button = button("next_id_button", "New id", "next_id", "Select the next free id in 'instances' and start painting")
-        self.draw_line_button = button("draw_line_button", "Draw split line", None, "Draw a path across one instance in the 'split line' layer, then Split")
-        self.clear_picks_button = button("clear_picks_button", "Clear picks", "clear_picks", "Forget the picked instances")
-        self.accept_button = button("accept_button", "Accept image", "accept", "Mark every instance and the image as done; saved with the image")
-        self.undo_button = button("undo_button", "Undo", "undo", "Undo the last edit, brush stroke or parameter change")
-        self.redo_button = button("redo_button", "Redo", "redo", "Redo")
-        self.reset_centroids_button = button("reset_centroids_button", "Centroids from field", None, "Forget edited centroids: clusters come from the displacement field again")
-        self.discard_button = button("discard_button", "Discard corrections…", None, "Replace every instance with the model's proposal (asks first; undoable)")
+        self.image_state.native.setWordWrap(True)
+        self.merge_button = b("merge_button", "Merge", "merge", "Merge the picked instances into the first one picked")
+        self.split_button = b("split_button", "Split", "split", "Split along the path drawn in 'split line', or between two picks in one instance")
+        self.delete_button = b("delete_button", "Delete", "delete", "Delete the picked instances (or the selected label); their pixels stay background")
+        self.set_class_button = b("set_class_button", "Set class", "set_class", "Give the picked instances the class chosen above")
+        self.next_id_button = b("next_id_button", "New id", "next_id", "Select the next free id in 'instances' and start painting")
+        self.draw_line_button = b("draw_line_button", "Split line", None, "Draw a path across one instance in the 'split line' layer, then Split")
+        self.clear_picks_button = b("clear_picks_button", "Clear picks", "clear_picks", "Forget the picked instances")
+        self.accept_button = b("accept_button", "Accept", "accept", "Mark every instance and the image as done; saved with the image")
+        self.undo_button = b("undo_button", "Undo", "undo", "Undo the last edit, brush stroke or parameter change")
+        self.redo_button = b("redo_button", "Redo", "redo", "Redo")
+        self.reset_centroids_button = b("reset_centroids_button", "Centroids from field", None, "Forget edited centroids: clusters come from the displacement field again")
+        self.discard_button = b("discard_button", "Discard…", None, "Replace every instance with the model's proposal (asks first; undoable)")
 
         def row(*widgets) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=False)
 
-        edit_box = Container(widgets=[self.edit_class, self.picked, self.image_state], name="edit_box")
-        buttons = [
+        edit_box = Container(widgets=[self.edit_class, self.new_class_note, self.picked, self.image_state], name="edit_box")
+        return [
+            Label(value="<b>Corrections</b>"),
+            edit_box,
             row(self.merge_button, self.split_button),
             row(self.delete_button, self.set_class_button),
             row(self.next_id_button, self.draw_line_button),
@@ -265,37 +278,14 @@ class IRNetWidget(Container):
             row(self.accept_button, self.discard_button),
         ]
 
-        self.extend(
-            [
-                Label(value="<b>Input</b>"),
-                input_box,
-                run_row,
-                Label(value="<b>Live parameters</b>"),
-                params_box,
-                self.reset_params_button,
-                Label(value="<b>Stages shown</b>"),
-                *stage_rows,
-                Label(value="<b>Corrections</b>"),
-                edit_box,
-                *buttons,
-            ]
-        )
-
-        scroll = self.root_native_widget
-        if hasattr(scroll, "widget") and scroll.widget() is not None:  # wide enough for the controls
-            scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + 24)
-
-        self._debounce = QTimer(self.native)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._on_debounce)
-
+    def _connect_controls(self) -> None:
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.browse.changed.connect(self._browse_checkpoint)
         self.checkpoint.changed.connect(self._on_checkpoint_changed)
         self.device.changed.connect(lambda v: setattr(self.device_in_use, "value", describe_device(v)))
         self.image.changed.connect(self._on_image_changed)
+        self.edit_class.changed.connect(lambda *_: self._show_new_class())
         self.reset_params_button.changed.connect(self.reset_params)
         self.merge_button.changed.connect(self.merge_picked)
         self.split_button.changed.connect(lambda *_: self.split())
@@ -310,23 +300,37 @@ class IRNetWidget(Container):
         self.reset_centroids_button.changed.connect(self.reset_centroids)
         self.discard_button.changed.connect(self.discard_corrections)
 
-        layers_events = self._viewer.layers.events
-        layers_events.inserted.connect(self.reset_choices)
-        layers_events.removed.connect(self.reset_choices)
-        self.reset_choices()
-        if self.checkpoint.value:
-            self._on_checkpoint_changed(self.checkpoint.value)
-        self._on_image_changed(self.image.value)
-        self._refresh_controls()
-
     @property
     def native(self):
         """The scroll area around the controls, so napari docks a widget that scrolls."""
         return self.root_native_widget
 
-    # ------------------------------------------------------------------
-    # small helpers
+    # ------------------------------------------------------------------ closing
+    def _on_destroyed(self, *_) -> None:
+        """The panel is gone (viewer closed): stop listening to workers, keys and layers."""
+        self._closed = True
+        for worker in (self._run_worker, self._update_worker, self._load_worker):
+            if worker is not None:
+                try:
+                    worker.quit()
+                except RuntimeError:  # its Qt side is gone already
+                    pass
+        self._pending = None
+        self._unbind_keys(self._viewer)
+        for emitter, callback in ((self._viewer.layers.events.inserted, self.reset_choices),
+                                  (self._viewer.layers.events.removed, self._on_layers_removed)):  # fmt: skip
+            try:
+                emitter.disconnect(callback)
+            except Exception:  # noqa: BLE001 - nothing may escape a Qt destructor callback
+                pass
+        for session in self._sessions.values():
+            session.annotation._listeners.clear()
 
+    def reset_choices(self, *args) -> None:
+        if not self._closed:
+            super().reset_choices(*args)
+
+    # ------------------------------------------------------------------ small helpers
     def _checkpoint_choices(self, *_) -> list[tuple[str, str]]:
         choices = checkpoint_choices()
         current = getattr(self, "_extra_checkpoint", None)
@@ -344,7 +348,8 @@ class IRNetWidget(Container):
         return list(getattr(self, "_model_classes", []) or []) or [""]
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        if not self._closed:
+            self.status.value = text
 
     @property
     def session(self) -> ImageSession | None:
@@ -375,7 +380,7 @@ class IRNetWidget(Container):
             and self._update_worker is None
             and self._pending is None
             and self._load_worker is None
-            and not self._debounce.isActive()
+            and (self._closed or not self._debounce.isActive())
         )
 
     def _image_id(self, layer) -> str:
@@ -389,9 +394,28 @@ class IRNetWidget(Container):
         layer.metadata = meta
         return new_id
 
-    # ------------------------------------------------------------------
-    # checkpoint, classes, image
+    def _new_class(self) -> str:
+        """The class a painted or added instance gets: the menu's, else the image's first."""
+        if self.edit_class.value:
+            return str(self.edit_class.value)
+        return self._current.annotation.default_class if self._current is not None else ""
 
+    def _show_new_class(self) -> None:
+        if self._closed:
+            return
+        cls = self._new_class()
+        if self._current is not None and cls:
+            self._current.annotation.default_class = cls
+        self.new_class_note.value = f"painted and added instances: {cls}" if cls else "–"
+
+    def _default_edit_class(self, session: ImageSession) -> None:
+        """The class menu starts on the image's first class (never one the image does not have)."""
+        self.edit_class.reset_choices()
+        if self.edit_class.value not in session.classes and session.classes:
+            self.edit_class.value = session.classes[0]
+        self._show_new_class()
+
+    # ------------------------------------------------------------------ checkpoint, classes, image
     def set_checkpoint(self, path: str | Path) -> None:
         """Use the checkpoint file ``path`` (added to the menu and the recent list)."""
         path = str(Path(path).expanduser())
@@ -410,9 +434,9 @@ class IRNetWidget(Container):
             self.set_checkpoint(path)
 
     def _on_checkpoint_changed(self, path: str | None) -> None:
-        if not path:
+        if not path or self._closed:
             return
-        worker = create_worker(
+        worker = start_worker(
             _load_predicting_model,
             path,
             _connect={
@@ -430,8 +454,8 @@ class IRNetWidget(Container):
             self._load_worker = None
 
     def _on_model_loaded(self, model, path: str | None = None) -> None:
-        if path is not None and path != self.checkpoint.value:
-            return  # an older choice finished loading late
+        if self._closed or (path is not None and path != self.checkpoint.value):
+            return  # the panel is gone, or an older choice finished loading late
         self._model_classes = list(model.classes)
         self._loaded_params[str(path or self.checkpoint.value)] = model.params
         keep = [c for c in self.classes.value if c in self._model_classes]
@@ -443,7 +467,7 @@ class IRNetWidget(Container):
         self._set_status(f"checkpoint: {len(model.classes)} classes, backbone {model.backbone}; press Run")
 
     def _on_load_error(self, exc: Exception, path: str | None = None) -> None:
-        if path is not None and path != self.checkpoint.value:
+        if self._closed or (path is not None and path != self.checkpoint.value):
             return
         self._model_classes = []
         self.classes.reset_choices()
@@ -459,7 +483,7 @@ class IRNetWidget(Container):
         return [c for c in labels if c in self._model_classes]
 
     def _on_image_changed(self, layer) -> None:
-        if layer is None:
+        if layer is None or self._closed:
             return
         labels = self._image_labels_for(layer)
         if labels:
@@ -467,10 +491,40 @@ class IRNetWidget(Container):
         info = layer.metadata.get("napari_irnet")
         image_id = info.get("image_id") if isinstance(info, dict) else None
         if image_id and image_id in self._sessions and self._sessions[image_id] is not self._current:
-            self._current = self._sessions[image_id]
-            self._set_params_widgets(self._current.params)
-            self.edit_class.reset_choices()
+            self._switch_to(self._sessions[image_id])
+
+    def _switch_to(self, session: ImageSession) -> None:
+        self._current = session
+        self._set_params_widgets(session.params)
+        self._default_edit_class(session)
+        self._show_legend(session)
+        self._refresh_controls()
+
+    def _on_layers_removed(self, event=None) -> None:
+        """An image layer gone: its session (network outputs, cache) is freed; choices updated."""
+        if self._closed:
+            return
+        self.reset_choices()
+        alive = set()
+        for layer in self._viewer.layers:
+            info = layer.metadata.get("napari_irnet") if isinstance(layer.metadata, dict) else None
+            if isinstance(layer, Image) and isinstance(info, dict) and info.get("image_id"):
+                alive.add(str(info["image_id"]))
+        for image_id in [i for i in self._sessions if i not in alive]:
+            self._drop_session(image_id)
+
+    def _drop_session(self, image_id: str) -> None:
+        session = self._sessions.pop(image_id)
+        session.annotation._listeners.clear()
+        if self._current is session:
+            self._current = None
+            self._drop_pending_updates()
             self._refresh_controls()
+
+    @property
+    def sessions(self) -> dict[str, ImageSession]:
+        """The images this panel holds (image id -> session); an image layer removed frees its session."""
+        return dict(self._sessions)
 
     def _set_params_widgets(self, params: Params) -> None:
         for name, w in self.param_widgets.items():
@@ -486,8 +540,11 @@ class IRNetWidget(Container):
         for name, w in self.param_widgets.items():
             w.value = getattr(base, name)
 
-    # ------------------------------------------------------------------
-    # run
+    # ------------------------------------------------------------------ run
+    def _network_input(self, layer) -> np.ndarray:
+        """The layer's pixels as the networks take them (intensity and channels as chosen in the panel)."""
+        channels = _layers.parse_channels(self.channels.value)
+        return _layers.layer_to_rgb8(layer, self.intensity.value, channels)
 
     def run(self, *_) -> None:
         """Run the networks on the chosen image in a background worker."""
@@ -502,7 +559,7 @@ class IRNetWidget(Container):
             show_warning("napari-irnet: choose a checkpoint first (Browse…)")
             return
         try:
-            image = _layers.image_to_rgb8(layer.data, bool(layer.rgb))
+            image = self._network_input(layer)
         except ValueError as exc:
             show_error(f"napari-irnet: {layer.name}: {exc}")
             return
@@ -514,7 +571,7 @@ class IRNetWidget(Container):
         self._generation += 1  # results of older updates no longer apply
         self._pending = None
         self._run_progress = progress(total=RUN_STEPS, desc="napari-irnet")
-        worker = create_worker(
+        worker = start_worker(
             run_job,
             self.checkpoint.value,
             image,
@@ -564,130 +621,144 @@ class IRNetWidget(Container):
             self._set_status("cancelling …")
 
     def _on_run_error(self, exc: Exception) -> None:
+        if self._closed:
+            return
         self._set_status(f"run failed: {exc}")
         show_error(f"napari-irnet: run failed: {exc}")
 
     def _on_run_finished(self) -> None:
         self._run_worker = None
         self._run_image = None
+        if self._closed:
+            return
         self._refresh_controls()
         if self._pending is not None and self._update_worker is None:
             self._start_update()
 
     def _on_run_returned(self, result: RunResult) -> None:
+        if self._closed or self._run_image is None:
+            return
         layer, image_id, image = self._run_image
+        if layer not in self._viewer.layers:
+            return  # the image was closed while its networks ran
         self.device_in_use.value = result.device
         remember_checkpoint(result.checkpoint)
         self.checkpoint.reset_choices()
+        self._model_classes = list(result.model.classes)
         session = self._sessions.get(image_id)
         if session is not None and session.image.shape != image.shape:
+            self._drop_session(image_id)
             session = None
         if session is None:
             self._start_session(layer, image_id, image, result)
         else:
             self._rerun_session(session, result)
-        self._model_classes = list(result.model.classes)
-        self.edit_class.reset_choices()
+        self._default_edit_class(self._current)
         # sliders moved while the networks ran: bring the stages up to date
         if self.params != self._current.params:
             self._request(_Request(self.params, session=self._current))
-        n = len(np.unique(self._current.labels)) - 1
-        self._set_status(f"{n} instances on {self._current.image_name} ({result.device})")
+        self._activate_instances(self._current)
+        self._set_status(f"{self._describe(self._current)} on {self._current.image_name} ({result.device})")
 
     def _start_session(self, layer, image_id: str, image: np.ndarray, result: RunResult) -> None:
-        path = getattr(getattr(layer, "source", None), "path", None)
-        folder = corrections_folder(layer.name, image, image_path=path)
         pred = result.prediction
-        labels = pred.instances.labels.astype(np.int32)
-        table = table_from_records(pred.instances.records, result.model.classes)
-        session = ImageSession(
-            image_id=image_id,
-            image_name=layer.name,
-            image=image,
-            image_path=str(path) if path else None,
-            folder=folder,
-            result=result,
-            labels=labels,
-            table=table,
-            params=result.cache.params,
-            points=np.asarray(pred.centre_points, dtype=np.float64),
-            prediction=pred,
-        )
-        session.edit_classes = list(dict.fromkeys(list(result.classes) + list(result.model.classes)))
-        stored = None
+        annotation = AnnotationSession.from_prediction(pred, result.model.classes, result.classes)
+        fingerprint = image_fingerprint(np.asarray(layer.data))
         try:
-            stored = load_corrections(folder, image)
-        except InputError as exc:
-            show_warning(f"napari-irnet: stored corrections not used: {exc}")
+            store = store_for_layer(layer, image, fingerprint)
+        except ProjectError as exc:
+            show_error(f"napari-irnet: {exc}")
+            return
+        session = ImageSession(
+            image_id=image_id, image_name=layer.name, image=image, store=store, result=result, annotation=annotation,
+            params=result.cache.params, points=np.asarray(pred.centre_points, dtype=np.float64), prediction=pred,
+            fingerprint=fingerprint,
+        )  # fmt: skip
+        self._restore_stored(session)
+        annotation.connect(lambda change, s=session: self._on_annotation_change(s, change))
         self._sessions[image_id] = session
         self._current = session
-        if stored is not None:
-            if stored.state == "accepted":
-                session.labels, session.table = stored.labels.astype(np.int32), dict(stored.instances)
-            else:  # keep the person's instances, propose the rest
-                session.labels, session.table = merge_protected(labels, table, stored.labels, stored.instances)
-            session.state = stored.state
-            show_info(f"napari-irnet: loaded the corrections of {layer.name} ({stored.state}, saved {stored.updated})")
-        session.known = session.labels.copy()
+        self._store_proposal(session)
         self._show_all_stages(session)
+
+    def _restore_stored(self, session: ImageSession) -> None:
+        """Start from the corrections stored for this image (they win over the proposal)."""
+        try:
+            stored = session.store.load()
+        except (InputError, ProjectError, OSError, ValueError) as exc:
+            show_warning(f"napari-irnet: stored corrections not used: {exc}")
+            return
+        if stored is None:
+            return
+        try:
+            session.annotation.restore(stored)
+        except ValueError as exc:
+            show_warning(f"napari-irnet: stored corrections not used: {exc}")
+            return
+        show_info(f"napari-irnet: loaded the corrections of {session.image_name} ({stored.state}{', saved ' + stored.updated if stored.updated else ''})")
+
+    def _store_proposal(self, session: ImageSession) -> None:
+        """In a project, a Run's proposal is stored as the image's result (the store decides; a folder keeps none)."""
+        pred = session.prediction
+        corr = AnnotationSession.from_prediction(pred, session.model_classes, session.classes).to_corrections()
+        try:
+            session.store.save_proposal(corr, pred.semantic, session.model_classes, session.result.checkpoint, session.params, session.classes)
+        except (OutputError, ProjectError, OSError, ValueError) as exc:
+            show_warning(f"napari-irnet: the proposal is not stored: {exc}")
 
     def _rerun_session(self, session: ImageSession, result: RunResult) -> None:
         session.result = result
         before = {"params": session.params}
         session.params = result.cache.params
-        session.edit_classes = list(dict.fromkeys(list(result.classes) + list(result.model.classes)))
         self._apply_prediction(session, result.prediction, None, "re-run", "update", before, {"params": session.params})
+        self._store_proposal(session)
         self._put_static_stages(session)
+        self._current = session
 
-    # ------------------------------------------------------------------
-    # layers
-
-    def _put(self, tup, stage: str):
+    # ------------------------------------------------------------------ layers
+    def _put(self, tup, stage: str, session: ImageSession | None = None):
+        if session is not None:
+            tup[1]["metadata"][_layers.META_KEY]["image_name"] = session.image_name
         self._applying = True
         try:
             layer, created = put_layer(self._viewer, tup, visible=self.show_stage[stage].value if stage in self.show_stage else None)
         finally:
             self._applying = False
-        if created:
-            self._connect_layer(layer, stage)
+        self._connect_layer(layer, stage)  # also a layer found there (e.g. the Project panel's): connecting is idempotent
         return layer
 
     def _connect_layer(self, layer, stage: str) -> None:
         if stage == "instances":
             layer.events.paint.connect(self._on_paint)
-            layer.mouse_drag_callbacks.append(self._on_instances_click)
-            keys = {
-                "merge": self.merge_picked,
-                "split": self.split,
-                "delete": self.delete_picked,
-                "set_class": self.set_class_of_picked,
-                "next_id": self.next_free_id,
-                "accept": self.accept,
-                "clear_picks": self.clear_picks,
-                "undo": self.undo,
-                "redo": self.redo,
-            }
-            for action, func in keys.items():
-                layer.bind_key(_SHORTCUTS[action], lambda _layer, f=func: f(), overwrite=True)
+            if self._on_instances_click not in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.append(self._on_instances_click)
+            self._bind_keys(layer)
         elif stage == "centroids":
             layer.events.data.connect(self._on_points_changed)
+        elif stage == "corrections" and layer.contour != _layers.OUTLINE_WIDTH:
+            layer.contour = _layers.OUTLINE_WIDTH
+            layer.editable = False
 
     def _put_static_stages(self, session: ImageSession) -> None:
         """CAM, boundary and displacement: they change only with a run."""
-        out, classes, sid = session.result.outputs, session.result.model.classes, session.image_id
+        out, classes, sid = session.result.outputs, session.model_classes, session.image_id
         for tup in _layers.cam_layers(sid, out, classes):
-            self._put(tup, "CAM")
-        self._put(_layers.boundary_layer(sid, out), "boundary")
-        self._put(_layers.displacement_layer(sid, out), "displacement")
+            self._put(tup, "CAM", session)
+        self._put(_layers.boundary_layer(sid, out), "boundary", session)
+        self._put(_layers.displacement_layer(sid, out), "displacement", session)
 
     def _show_all_stages(self, session: ImageSession) -> None:
-        sid, pred = session.image_id, session.result.prediction
+        sid, pred = session.image_id, session.prediction
         self._put_static_stages(session)
-        self._put(_layers.seeds_layer(sid, pred.seeds), "seeds")
-        self._put(_layers.semantic_layer(sid, pred.semantic, session.model_classes), "semantic")
+        self._put(_layers.seeds_layer(sid, pred.seeds, session.model_classes), "seeds", session)
+        self._put(_layers.semantic_layer(sid, pred.semantic, session.model_classes), "semantic", session)
         self._put_instances(session)
-        self._put(_layers.centroids_layer(sid, session.points, session.labels, session.table), "centroids")
+        self._put(_layers.centroids_layer(sid, session.points, session.labels, session.table), "centroids", session)
+        self._show_legend(session)
         self._refresh_controls()
+
+    def _show_legend(self, session: ImageSession) -> None:
+        self.legend.value = _layers.legend_html(session.model_classes, session.classes)
 
     def _instances_layer(self, session: ImageSession | None = None):
         """The instances layer of the current image, re-created if it was deleted."""
@@ -699,21 +770,29 @@ class IRNetWidget(Container):
             layer = self._put_instances(session)
         return layer
 
+    def _activate_instances(self, session: ImageSession) -> None:
+        """Make the instances layer the active one, in pan/zoom mode unless it is painting (first click picks)."""
+        layer = self._instances_layer(session)
+        if layer is None:
+            return
+        self._viewer.layers.selection.active = layer
+        if layer.mode not in ("paint", "fill", "erase", "pan_zoom"):
+            layer.mode = "pan_zoom"
+
     def _put_instances(self, session: ImageSession):
-        tup = _layers.instances_layer(session.image_id, session.labels, session.table, session.model_classes)
-        tup[1]["metadata"]["napari_irnet"]["image_name"] = session.image_name
-        session.present = tup[1]["features"]["index"][1:]
-        layer = self._put(tup, "instances")
+        tup = _layers.instances_layer(session.image_id, session.labels.copy(), session.table, session.model_classes)
+        layer = self._put(tup, "instances", session)
+        self._put(_layers.corrections_layer(session.image_id, session.labels, session.table), "corrections", session)
         return layer
 
-    def _refresh_features(self, session: ImageSession, instances: bool = True) -> None:
-        """Features of the instances layer (and the centroids') after an edit."""
+    def _refresh_features(self, session: ImageSession) -> None:
+        """Features, colours and outlines of the instances, and the centroids' text, after a change."""
         layer = find_layer(self._viewer.layers, session.image_id, "instances")
-        if instances:
-            feats = features_table(session.labels, session.table)
-            session.present = feats["index"][1:]
-            if layer is not None:
-                layer.features = feats
+        if layer is not None:
+            feats = features_table(session.labels, session.table, session.annotation.default_class)
+            layer.features = feats
+            layer.colormap = _layers.instances_colormap(session.table, session.model_classes, feats["index"][1:])
+        self._put(_layers.corrections_layer(session.image_id, session.labels, session.table), "corrections", session)
         pts = find_layer(self._viewer.layers, session.image_id, "centroids")
         if pts is not None and len(pts.data) == len(session.points):
             pts.features = _layers.centroid_features(session.points, session.labels, session.table)
@@ -724,18 +803,16 @@ class IRNetWidget(Container):
         for layer in stage_layers(self._viewer.layers, self._current.image_id, stage):
             layer.visible = bool(value)
 
-    # ------------------------------------------------------------------
-    # live updates ("latest wins")
-
+    # ------------------------------------------------------------------ live updates ("latest wins")
     def _on_param_changed(self, *_) -> None:
-        if self._current is None:
+        if self._current is None or self._closed:
             return
         self._debounce.start()
 
     def _on_debounce(self) -> None:
         """The sliders have been still for DEBOUNCE_MS: re-run what their change touches."""
         session = self._current
-        if session is None:
+        if session is None or self._closed:
             return
         target = session.params
         if self._running_request is not None:
@@ -758,9 +835,17 @@ class IRNetWidget(Container):
         self._pending = request if self._pending is None else self._pending.then(request)
         self._start_update()
 
+    def _drop_pending_updates(self) -> None:
+        """Forget re-runs waiting or running (their results no longer apply)."""
+        self._generation += 1
+        self._pending = None
+        self._running_request = None
+        if not self._closed:
+            self._debounce.stop()
+
     def _start_update(self) -> None:
         """Start the waiting request unless a job runs (it starts when that one finishes)."""
-        if self._pending is None or self._update_worker is not None or self._run_worker is not None:
+        if self._closed or self._pending is None or self._update_worker is not None or self._run_worker is not None:
             return
         request, self._pending = self._pending, None
         session = request.session or self._current
@@ -771,7 +856,7 @@ class IRNetWidget(Container):
         request.cache = session.result.cache
         self._running_request = request
         self._generation += 1
-        self._update_worker = create_worker(
+        self._update_worker = start_worker(
             update_job,
             session.result.cache,
             request.params,
@@ -788,19 +873,19 @@ class IRNetWidget(Container):
         )
 
     def _is_current(self, generation: int) -> bool:
-        """Polled by the worker between stages: False once a newer request waits."""
-        return generation == self._generation and self._pending is None
+        """Polled by the worker between stages: False once a newer request waits (or the panel is gone)."""
+        return not self._closed and generation == self._generation and self._pending is None
 
     def _on_update_result(self, result: UpdateResult | None) -> None:
         """Instances first (yielded), then the semantic map (returned)."""
         request = self._running_request
-        if result is None or request is None or result.generation != self._generation:
+        if self._closed or result is None or request is None or result.generation != self._generation:
             return
         if result.final:
             self._running_request = None
         session = request.session
-        if session is None or session.result.cache is not request.cache:
-            return  # a new run replaced the cache meanwhile
+        if session is None or session.result.cache is not request.cache or session.image_id not in self._sessions:
+            return  # a new run replaced the cache meanwhile, or the image is gone
         before = {"params": session.params, **request.before}
         session.params = result.params
         after = {**request.after, "params": result.params}
@@ -810,6 +895,8 @@ class IRNetWidget(Container):
 
     def _on_update_error(self, exc: Exception) -> None:
         self._running_request = None
+        if self._closed:
+            return
         self._set_status(f"update failed: {exc}")
         show_error(f"napari-irnet: update failed: {exc}")
 
@@ -829,45 +916,60 @@ class IRNetWidget(Container):
         after: dict[str, Any],
         keep_instances: bool = False,
     ) -> None:
-        """Show the stages a re-run recomputed; instances keep every protected one."""
+        """Show the stages a re-run recomputed; the annotation merges new instances with the corrections."""
         stages = set(STAGES) | _INSTANCE_STAGES | {"swalk"} if recomputed is None else set(recomputed)
         sid = session.image_id
         session.prediction = pred
         if "seeds" in stages:
-            self._put(_layers.seeds_layer(sid, pred.seeds), "seeds")
+            self._put(_layers.seeds_layer(sid, pred.seeds, session.model_classes), "seeds", session)
         if stages & {"swalk", "semantic"}:
-            self._put(_layers.semantic_layer(sid, pred.semantic, session.model_classes), "semantic")
+            self._put(_layers.semantic_layer(sid, pred.semantic, session.model_classes), "semantic", session)
         if {"centroids", "clusters"} & stages and not session.points_edited:
             before.setdefault("points", (session.points, False))
             session.points = np.asarray(pred.centre_points, dtype=np.float64)
             after["points"] = (session.points, False)
-            self._put(_layers.centroids_layer(sid, session.points, session.labels, session.table), "centroids")
+            self._put(_layers.centroids_layer(sid, session.points, session.labels, session.table), "centroids", session)
         if stages & _INSTANCE_STAGES and not keep_instances:
-            if session.state == "accepted":
-                if not self._accepted_notice_given:
-                    show_info("napari-irnet: this image is accepted; its instances stay as they are (undo the acceptance or discard corrections to change them)")
-                    self._accepted_notice_given = True
-            else:
-                proposed = pred.instances.labels
-                ptable = table_from_records(pred.instances.records, session.model_classes)
-                labels, table = merge_protected(proposed, ptable, session.labels, session.table)
-                diff = LabelDiff.between(session.labels, labels)
-                before = {"table": session.table, "state": session.state, **before}
-                after = {"table": table, "state": session.state, **after}
-                session.history.push(EditRecord(name, diff, before, after, kind))
-                session.labels, session.table = labels, table
-                session.known = labels.copy()
-                self._put_instances(session)
-                self._refresh_features(session, instances=False)
-                if kind == "edit":
-                    self._after_edit(session)
+            if session.state == "accepted" and not self._accepted_notice_given:
+                show_info("napari-irnet: this image is accepted; its instances stay as they are (undo the acceptance or discard corrections to change them)")
+                self._accepted_notice_given = True
+            ptable = table_from_records(pred.instances.records, session.model_classes)
+            record = session.annotation.apply_proposal(pred.instances.labels, ptable, name, kind, before, after)
+            if record is not None and kind == "edit":
+                self._after_edit(session)
+            if record is not None and session is self._current:
+                self._set_status(f"updated: {self._describe(session)}")
         self._refresh_controls()
 
-    # ------------------------------------------------------------------
-    # centroids
+    def _restore_snapshot(self, session: ImageSession, snap: dict[str, Any]) -> None:
+        """Centroid points and parameters of an undone or redone step (the annotation restores the rest)."""
+        if "points" in snap:
+            pts, edited = snap["points"]
+            session.points, session.points_edited = np.asarray(pts, dtype=np.float64), bool(edited)
+            layer = find_layer(self._viewer.layers, session.image_id, "centroids")
+            self._applying = True
+            try:
+                if layer is not None:
+                    layer.data = session.points
+            finally:
+                self._applying = False
+        if "params" in snap and snap["params"] != session.params:
+            session.params = snap["params"]
+            self._set_params_widgets(session.params)
+        self._refresh_features(session)
 
+    def _resync_cache(self, session: ImageSession, snap: dict[str, Any]) -> None:
+        """Bring the cache (seeds, semantic, clusters) back to a restored state; the instances stay."""
+        req = _Request(session.params, keep_instances=True, session=session)
+        if "points" in snap:
+            pts, edited = snap["points"]
+            req.centre_points = np.asarray(pts) if edited else None
+            req.reset_points = not edited
+        self._request(req)
+
+    # ------------------------------------------------------------------ centroids
     def _on_points_changed(self, event) -> None:
-        if self._applying or self._current is None:
+        if self._applying or self._current is None or self._closed:
             return
         action = str(getattr(event, "action", "changed"))
         if not action.endswith(("added", "removed", "changed")):
@@ -908,394 +1010,10 @@ class IRNetWidget(Container):
         session.points_edited = False
         self._request(_Request(self.params, reset_points=True, name="reset centroids", kind="edit", before=before, after={}, session=session))
 
-    # ------------------------------------------------------------------
-    # picking
-
-    def _on_instances_click(self, layer, event):
-        if layer.mode != "pan_zoom":
-            return
-        start = np.asarray(event.position)[-2:]
-        dragged = False
-        yield
-        while event.type == "mouse_move":
-            dragged = True
-            yield
-        if not dragged:
-            self.pick_at(layer.world_to_data(start) if hasattr(layer, "world_to_data") else start)
-
-    def pick_at(self, point) -> int:
-        """Pick the instance under ``point`` (y, x in pixels); returns its id (0: nothing there)."""
-        session = self._current
-        if session is None:
-            return 0
-        point = tuple(float(v) for v in np.asarray(point)[-2:])
-        label = instance_at(session.labels, point)
-        if label == 0:
-            return 0
-        session.picks.append((label, point))
-        self._show_picks(session)
-        return label
-
-    def clear_picks(self, *_) -> None:
-        if self._current is not None:
-            self._current.picks.clear()
-            self._show_picks(self._current)
-
-    def _show_picks(self, session: ImageSession) -> None:
-        ids = list(dict.fromkeys(i for i, _ in session.picks))
-        self.picked.value = ", ".join(str(i) for i in ids) if ids else "–"
-        pts = np.array([p for _, p in session.picks], dtype=np.float64).reshape(-1, 2)
-        layer = find_layer(self._viewer.layers, session.image_id, "picks")
-        if layer is None and len(pts) == 0:
-            return
-        if layer is None:
-            layer = self._viewer.add_points(
-                pts, name="picks", symbol="cross", size=9, face_color="red", border_color="white",
-                metadata=_layers.layer_meta("picks", session.image_id),
-            )
-            self._viewer.layers.selection.active = self._instances_layer(session)
-        else:
-            layer.data = pts
-
-    def _picked_ids(self) -> list[int]:
-        session = self._current
-        ids = list(dict.fromkeys(i for i, _ in session.picks)) if session else []
-        return [i for i in ids if np.any(session.labels == i)]
-
-    # ------------------------------------------------------------------
-    # edits
-
-    def _edit(self, name: str, diff: LabelDiff | None, table: dict[int, InstanceInfo], state: str | None = None) -> None:
-        """Apply one person's edit through the instances layer and record it for undo."""
-        session = self._current
-        new_state = state or "corrected"
-        record = EditRecord(
-            name,
-            diff if diff else None,
-            {"table": session.table, "state": session.state},
-            {"table": table, "state": new_state},
-        )
-        self._apply_record(session, record, reverse=False)
-        session.history.push(record)
-        session.picks.clear()
-        self._show_picks(session)
-        self._after_edit(session)
-
-    def _write_labels(self, session: ImageSession, diff: LabelDiff, reverse: bool) -> None:
-        layer = self._instances_layer(session)
-        values = (diff.old if reverse else diff.new).astype(session.labels.dtype)
-        self._applying = True
-        try:
-            if layer is not None and layer.data is session.labels:
-                with layer.block_history():
-                    layer.data_setitem(diff.indices(), values)
-            else:
-                session.labels.reshape(-1)[diff.index] = values
-                if layer is not None:
-                    layer.data = session.labels
-        finally:
-            self._applying = False
-        if session.known is not None:
-            diff.apply(session.known, reverse=reverse)
-
-    def _apply_record(self, session: ImageSession, record: EditRecord, reverse: bool) -> None:
-        snap = record.before if reverse else record.after
-        if record.diff is not None:
-            self._write_labels(session, record.diff, reverse)
-        if "table" in snap:
-            session.table = dict(snap["table"])
-        if "state" in snap:
-            session.state = snap["state"]
-        if "points" in snap:
-            pts, edited = snap["points"]
-            session.points, session.points_edited = np.asarray(pts, dtype=np.float64), bool(edited)
-            layer = find_layer(self._viewer.layers, session.image_id, "centroids")
-            self._applying = True
-            try:
-                if layer is not None:
-                    layer.data = session.points
-            finally:
-                self._applying = False
-        if "params" in snap and snap["params"] != session.params:
-            session.params = snap["params"]
-            self._set_params_widgets(session.params)
-        self._refresh_features(session)
-
-    def _after_edit(self, session: ImageSession) -> None:
-        self._save(session)
-        self._refresh_controls()
-
-    def _guard(self, func, *args, **kwargs):
-        """Run an edit; a refused edit becomes a warning, never an exception in the viewer."""
-        if self._current is None:
-            show_warning("napari-irnet: run the model on an image first")
-            return None
-        try:
-            return func(*args, **kwargs)
-        except EditError as exc:
-            show_warning(f"napari-irnet: {exc}")
-            return None
-
-    def merge_picked(self, *_) -> None:
-        """Merge the picked instances into the first one picked."""
-        self._guard(self._merge)
-
-    def _merge(self) -> None:
-        session, ids = self._current, self._picked_ids()
-        if len(ids) < 2:
-            raise EditError("pick two instances to merge (click them with the instances layer in pan/zoom mode)")
-        diff = merge(session.labels, ids)
-        infos = [session.table.get(i) for i in ids]
-        first = infos[0] or InstanceInfo(self.edit_class.value or "")
-        score = max((i.score for i in infos if i is not None), default=1.0)
-        table = {k: v for k, v in session.table.items() if k not in ids[1:]}
-        table[ids[0]] = InstanceInfo(first.class_name, score, "edited")
-        self._edit(f"merge {ids}", diff, table)
-
-    def delete_picked(self, *_) -> None:
-        """Delete the picked instances (or the instances layer's selected label)."""
-        self._guard(self._delete)
-
-    def _delete(self) -> None:
-        session, ids = self._current, self._picked_ids()
-        if not ids:
-            layer = self._instances_layer(session)
-            sel = int(layer.selected_label) if layer is not None else 0
-            ids = [sel] if sel and np.any(session.labels == sel) else []
-        if not ids:
-            raise EditError("pick the instances to delete (or select their label)")
-        diff = delete(session.labels, ids)
-        table = {k: v for k, v in session.table.items() if k not in ids}
-        self._edit(f"delete {ids}", diff, table)
-
-    def split(self, line: np.ndarray | None = None, seeds: np.ndarray | None = None) -> None:
-        """Split an instance along ``line`` / the drawn split line, or between two seeds.
-
-        Without arguments: the last path in the ``split line`` layer if there
-        is one, else the picks when two or more lie in one instance.
-        """
-        self._guard(self._split, line, seeds)
-
-    def _split(self, line, seeds) -> None:
-        session = self._current
-        line_layer = find_layer(self._viewer.layers, session.image_id, "split line")
-        if line is None and seeds is None:
-            if line_layer is not None and len(line_layer.data):
-                line = np.asarray(line_layer.data[-1])[:, -2:]
-            elif len(session.picks) >= 2:
-                seeds = np.array([p for _, p in session.picks])
-            else:
-                raise EditError("draw a split line across an instance (Draw split line), or pick two points inside it")
-        if line is not None:
-            diff, new_ids = split_by_line(session.labels, line, new_id=next_free_id(session.labels, session.table))
-            if line_layer is not None:
-                line_layer.data = []
-        else:
-            diff, new_ids = split_by_seeds(session.labels, seeds, new_id=next_free_id(session.labels, session.table), image=session.image)
-        old_ids = [int(i) for i in np.unique(diff.old) if i]
-        base = session.table.get(old_ids[0], InstanceInfo(self.edit_class.value or "")) if old_ids else InstanceInfo("")
-        table = dict(session.table)
-        for i in old_ids + list(new_ids):
-            table[i] = InstanceInfo(base.class_name, base.score, "edited")
-        self._edit(f"split {old_ids} -> {old_ids + new_ids}", diff, table)
-
-    def set_class_of_picked(self, class_name: str | None = None) -> None:
-        """Give the picked instances (or the selected label) ``class_name`` (default: the class menu)."""
-        self._guard(self._set_class, class_name)
-
-    def _set_class(self, class_name) -> None:
-        session = self._current
-        class_name = class_name or self.edit_class.value
-        if not class_name:
-            raise EditError("choose a class first")
-        ids = self._picked_ids()
-        if not ids:
-            layer = self._instances_layer(session)
-            sel = int(layer.selected_label) if layer is not None else 0
-            ids = [sel] if sel and np.any(session.labels == sel) else []
-        if not ids:
-            raise EditError("pick the instances whose class to change")
-        self._edit(f"class of {ids} -> {class_name}", None, set_class(session.table, ids, class_name))
-
-    def next_free_id(self, *_) -> int:
-        """Select the next free id in the instances layer and switch it to painting."""
-        session = self._current
-        if session is None:
-            show_warning("napari-irnet: run the model on an image first")
-            return 0
-        new_id = next_free_id(session.labels, session.table)
-        layer = self._instances_layer(session)
-        layer.selected_label = new_id
-        layer.mode = "paint"
-        self._viewer.layers.selection.active = layer
-        return new_id
-
-    def draw_split_line(self, *_) -> None:
-        """Add (or select) the ``split line`` Shapes layer in path mode."""
-        session = self._current
-        if session is None:
-            show_warning("napari-irnet: run the model on an image first")
-            return
-        layer = find_layer(self._viewer.layers, session.image_id, "split line")
-        if layer is None:
-            layer = self._viewer.add_shapes(
-                name="split line", edge_color="red", edge_width=2, face_color="transparent",
-                metadata=_layers.layer_meta("split line", session.image_id),
-            )
-        self._viewer.layers.selection.active = layer
-        layer.mode = "add_path"
-
-    def accept(self, *_) -> None:
-        """Mark every instance and the image as accepted (saved with the image)."""
-        session = self._current
-        if session is None:
-            show_warning("napari-irnet: run the model on an image first")
-            return
-        table = accept_all(session.labels, session.table, self.edit_class.value or "")
-        self._edit("accept image", None, table, state="accepted")
-        n = len(instance_ids(session.labels))
-        self._set_status(f"{session.image_name} accepted ({n} instances); saved in {session.folder}")
-
-    def set_instances(self, labels: np.ndarray, classes: dict[int, str] | None = None) -> None:
-        """Replace the instances with a given map (e.g. from another tool); undoable.
-
-        ``classes`` maps ids to class names (default: the class menu's). The
-        instances count as edited, so parameter changes keep them.
-        """
-        session = self._current
-        if session is None:
-            show_warning("napari-irnet: run the model on an image first")
-            return
-        labels = np.asarray(labels)
-        if labels.shape != session.labels.shape:
-            show_error(f"napari-irnet: the map is {labels.shape}, the image {session.labels.shape}")
-            return
-        classes = classes or {}
-        default = self.edit_class.value or ""
-        table = {int(i): InstanceInfo(classes.get(int(i), default), 1.0, "edited") for i in np.unique(labels) if i}
-        self._edit("replace instances", LabelDiff.between(session.labels, labels.astype(session.labels.dtype)), table)
-
-    def discard_corrections(self, *_) -> None:
-        """After asking: replace every instance with the model's current proposal (undoable)."""
-        session = self._current
-        if session is None:
-            return
-        if session.protected_count() == 0 and session.state != "accepted":
-            show_info("napari-irnet: nothing to discard")
-            return
-        if not self._confirm("Discard every hand-edited and accepted instance of this image and use the model's proposal?"):
-            return
-        pred = session.prediction or session.result.prediction
-        labels = pred.instances.labels.astype(np.int32)
-        table = table_from_records(pred.instances.records, session.model_classes)
-        diff = LabelDiff.between(session.labels, labels)
-        self._edit("discard corrections", diff, table, state="proposed")
-
-    def _confirm(self, question: str) -> bool:
-        from qtpy.QtWidgets import QMessageBox
-
-        answer = QMessageBox.question(self.native, "napari-irnet", question)
-        return answer == QMessageBox.StandardButton.Yes
-
-    # ------------------------------------------------------------------
-    # painting
-
-    def _on_paint(self, event=None) -> None:
-        """A brush, fill or eraser stroke ended (napari may emit this before writing the pixels)."""
-        if self._applying or self._current is None or self._paint_check_queued:
-            return
-        self._paint_check_queued = True
-        QTimer.singleShot(0, self._record_paint)
-
-    def _record_paint(self) -> None:
-        """Record what the brush changed since we last looked; mark the touched instances edited."""
-        self._paint_check_queued = False
-        session = self._current
-        if session is None or session.known is None:
-            return
-        layer = find_layer(self._viewer.layers, session.image_id, "instances")
-        if layer is None:
-            return
-        data = layer.data
-        if data is not session.labels:
-            session.labels = np.asarray(data)
-        diff = LabelDiff.between(session.known, session.labels)
-        if not diff:
-            return
-        session.known = session.labels.copy()
-        table = dict(session.table)
-        default = self.edit_class.value or (session.classes[0] if session.classes else "")
-        for i in diff.ids():
-            i = int(i)
-            info = table.get(i)
-            table[i] = InstanceInfo(default, 1.0, "edited") if info is None else replace(info, state="edited" if info.state != "accepted" else "accepted")
-        record = EditRecord("paint", diff, {"table": session.table, "state": session.state}, {"table": table, "state": "corrected"})
-        session.table, session.state = table, "corrected"
-        session.history.push(record)
-        self._refresh_features(session)
-        self._after_edit(session)
-
-    # ------------------------------------------------------------------
-    # undo / redo
-
-    def undo(self, *_) -> None:
-        """Undo the last edit, paint stroke or parameter change of this image."""
-        self._step(undo=True)
-
-    def redo(self, *_) -> None:
-        self._step(undo=False)
-
-    def _step(self, undo: bool) -> None:
-        session = self._current
-        if session is None:
-            return
-        # a re-run waiting or running would apply on top of the state being restored
-        self._generation += 1
-        self._pending = None
-        self._running_request = None
-        self._debounce.stop()
-        record = session.history.undo() if undo else session.history.redo()
-        if record is None:
-            show_info(f"napari-irnet: nothing to {'undo' if undo else 'redo'}")
-            return
-        params_before = session.params
-        self._apply_record(session, record, reverse=undo)
-        if session.params != params_before or "points" in (record.before if undo else record.after):
-            # bring the cache (seeds, semantic, clusters) back to the restored state; instances stay
-            snap = record.before if undo else record.after
-            pts, edited = snap.get("points", (session.points, session.points_edited))
-            req = _Request(session.params, keep_instances=True, session=session)
-            if "points" in snap:
-                req.centre_points = np.asarray(pts) if edited else None
-                req.reset_points = not edited
-            self._request(req)
-        self._set_status(f"{'undid' if undo else 'redid'}: {record.name}")
-        self._after_edit(session)
-
-    # ------------------------------------------------------------------
-    # storage and controls
-
-    def _save(self, session: ImageSession) -> None:
-        """Store the corrections with the image; nothing is stored for a pure proposal."""
-        try:
-            if session.state == "proposed" and session.protected_count() == 0:
-                delete_corrections(session.folder)
-                return
-            corr = Corrections(
-                labels=session.labels,
-                instances=session.table,
-                state=session.state,
-                image_name=session.image_name,
-                fingerprint=session.fingerprint,
-                classes=session.classes,
-                checkpoint=session.result.checkpoint,
-                params=session.params.to_dict(),
-            )
-            save_corrections(session.folder, corr)
-        except (OutputError, OSError, ValueError) as exc:
-            show_error(f"napari-irnet: corrections not saved: {exc}")
-
+    # ------------------------------------------------------------------ controls
     def _refresh_controls(self) -> None:
+        if self._closed:
+            return
         running = self._run_worker is not None
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
@@ -1306,8 +1024,4 @@ class IRNetWidget(Container):
             w.enabled = has
         self.undo_button.enabled = has and session.history.can_undo
         self.redo_button.enabled = has and session.history.can_redo
-        if has:
-            n = len(session.present_ids())
-            self.image_state.value = f"{session.state} · {n} instances · {session.protected_count()} edited/accepted"
-        else:
-            self.image_state.value = "–"
+        self.image_state.value = self._describe(session) if has else "–"

@@ -112,9 +112,51 @@ def test_folder_next_to_an_image_file_or_in_the_data_dir(tmp_path, monkeypatch):
     image = np.zeros((4, 4, 3), np.uint8)
     f = corrections_folder("synthetic cells", image)
     assert f.parent == tmp_path / "data" / "corrections"
-    assert f.name.startswith("synthetic_cells-") and f.name.endswith(image_fingerprint(image))
+    # keyed by the pixels alone: renaming the layer finds the same corrections
+    assert f.name == image_fingerprint(image) and corrections_folder("renamed", image) == f
     assert corrections_folder("y", image, root=tmp_path / "r").parent == tmp_path / "r" / "corrections"
     with pytest.raises(ValueError):
         corrections_folder("z")
     with pytest.raises(ValueError):
         Corrections(np.zeros((2, 2), np.int32), {}, state="done")
+
+
+def test_a_folder_named_by_an_older_version_is_still_found(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    older = tmp_path / "corrections" / f"synthetic_cells-{image_fingerprint(image)}"
+    older.mkdir(parents=True)
+    assert corrections_folder("another name", image, root=tmp_path) == older
+
+
+def test_the_annotators_background_is_saved_loaded_and_cleared(tmp_path):
+    from napari_irnet.core.corrections import FolderStore
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    corr = _corrections(image)
+    corr.background = np.zeros((16, 16), bool)
+    corr.background[12:16, 10:16] = True
+    store = FolderStore(tmp_path / "c", (16, 16), (image_fingerprint(image),))
+    store.save(corr)
+    back = store.load()
+    np.testing.assert_array_equal(back.background, corr.background)
+    assert back.instances[5].state == "edited"
+    corr.background[:] = False  # nothing cleared any more: no file
+    store.save(corr)
+    assert store.load().background is None and not (tmp_path / "c" / "background.png").exists()
+    with pytest.raises(InputError, match="another version"):
+        FolderStore(tmp_path / "c", (16, 16), ("0123456789abcdef",)).load()
+    store.clear()
+    assert store.load() is None
+
+
+def test_the_command_line_finds_the_annotators_background_with_the_corrections(tmp_path):
+    from napari_irnet._cli_finetune import find_correction
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    corr = _corrections(image)
+    corr.background = np.zeros((16, 16), bool)
+    corr.background[12:, 12:] = True
+    save_corrections(tmp_path / "a.png", corr)
+    found = find_correction(tmp_path, "a.png", image)
+    assert found.classes == {1: "round", 5: "rod"}
+    np.testing.assert_array_equal(found.background, corr.background)

@@ -15,7 +15,8 @@ from napari_irnet.core.edits import (
     features_table,
     instance_at,
     merge,
-    merge_protected,
+    instance_gap,
+    merge_proposal,
     next_free_id,
     set_class,
     set_state,
@@ -150,25 +151,51 @@ def test_instance_table_and_features():
         InstanceInfo("x", state="bogus")
 
 
-def test_merge_protected_keeps_edited_and_accepted_instances():
+def test_merge_proposal_keeps_edited_and_accepted_instances():
     current = _map()
     table = {1: InstanceInfo("a", 1.0, "accepted"), 2: InstanceInfo("a", 0.5, "proposed"), 3: InstanceInfo("b", 1.0, "edited")}
     proposed = np.zeros_like(current)
     proposed[0:12, 0:40] = 1  # one big proposal over instances 1 and 2
     proposed[30:40, 40:60] = 2
     ptable = {1: InstanceInfo("a", 0.7), 2: InstanceInfo("b", 0.6)}
-    out, out_table = merge_protected(proposed, ptable, current, table)
+    out, out_table = merge_proposal(proposed, ptable, current, table)
     # protected ids and pixels unchanged
     for i in (1, 3):
         np.testing.assert_array_equal(out == i, current == i)
         assert out_table[i] == table[i]
-    # the proposals fill the rest with ids above the protected ones
-    assert out[5, 33] == 4 and out_table[4] == ptable[1]
-    assert out[35, 50] == 5 and out_table[5] == ptable[2]
-    assert 2 not in out
-    # nothing protected: the proposal as it is
-    plain, plain_table = merge_protected(proposed, ptable, current, {})
-    np.testing.assert_array_equal(plain, proposed)
+    # what is left of the big proposal covers the unedited instance 2 and keeps its id
+    assert out[5, 33] == 2 and out_table[2] == ptable[1]
+    # a proposal overlapping nothing gets an id above every id in use
+    assert out[35, 50] == 4 and out_table[4] == ptable[2]
+
+
+def test_merge_proposal_keeps_ids_of_unedited_instances_and_the_annotators_background():
+    current = _map()
+    table = {i: InstanceInfo("a", 0.5) for i in (1, 2, 3)}
+    # the next proposal numbers the same objects differently and grows them a little
+    proposed = np.zeros_like(current)
+    proposed[current == 3] = 1
+    proposed[1:11, 29:39] = 2
+    proposed[1:11, 1:21] = 3
+    ptable = {i: InstanceInfo("b", 0.9) for i in (1, 2, 3)}
+    out, _ = merge_proposal(proposed, ptable, current, table)
+    assert out[28, 15] == 3 and out[5, 33] == 2 and out[5, 5] == 1
+    # pixels the annotator cleared stay clear, whatever is proposed there
+    background = np.zeros(current.shape, bool)
+    background[1:11, 1:21] = True
+    out, out_table = merge_proposal(proposed, ptable, current, table, background)
+    assert not out[background].any() and 1 not in out_table
+
+
+def test_instance_gap_says_whether_instances_touch():
+    labels = np.zeros((20, 40), np.int32)
+    labels[2:8, 2:8] = 1
+    labels[2:8, 8:12] = 2  # touches 1
+    labels[2:8, 30:35] = 3  # 18 columns from 2
+    assert instance_gap(labels, [1, 2]) == 0
+    assert instance_gap(labels, [1, 2, 3]) == pytest.approx(18)
+    labels[8, 8] = 4  # diagonal neighbour of 1
+    assert instance_gap(labels, [1, 4]) == 0
 
 
 def test_diff_composition_equals_doing_both():

@@ -114,8 +114,8 @@ def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
     widget = _dock(viewer)
     _wait(qtbot, widget)
     assert widget.refresh_images() == ["cells"]
-    looked_up, real = [], fw.corrections_folder
-    monkeypatch.setattr(fw, "corrections_folder", lambda name, *a, **k: looked_up.append(name) or real(name, *a, **k))
+    looked_up, real = [], fw.store_for_layer
+    monkeypatch.setattr(fw, "store_for_layer", lambda layer, *a, **k: looked_up.append(layer.name) or real(layer, *a, **k))
     for _ in range(3):
         assert widget.refresh_images() == ["cells"]
     assert looked_up == []  # same pixels: no new conversion or fingerprint
@@ -209,9 +209,13 @@ def test_stop_mid_run_makes_no_version_and_keeps_the_checkpoint(make_napari_view
     assert _digest(checkpoint) == original
     assert widget.start_button.enabled and not widget.stop_button.enabled
     assert "no new version" in widget.status.value
-    # closing the viewer mid-run stops the training too
+    stopped_at = widget.loss_plot.points[-1][0]
+    # Start again resumes: the plot keeps the steps before the stop
     widget.start()
     qtbot.waitUntil(lambda: len(widget.loss_plot.points) >= 1, timeout=WAIT_MS)
+    steps = [s for s, _ in widget.loss_plot.points]
+    assert steps[0] == 1 and stopped_at + 1 in steps
+    # closing the viewer mid-run stops the training too
     viewer.close()
     _wait(qtbot, widget)
     assert not list((checkpoint.parent / "tiny.versions").glob("v*.pt"))
@@ -294,3 +298,26 @@ def test_job_relearns_a_collapsed_field_and_says_so(checkpoint, sample, tmp_path
     assert first["displacement_reset"] == "collapsed"
     assert result.note.startswith("the displacement field had collapsed (mean displacement 0.00 grid cells")
     assert result.version["note"].endswith("displacement relearnt (collapsed)")
+
+
+@pytest.mark.viewer
+def test_every_panel_fits_in_420_pixels_even_with_a_long_status(make_napari_viewer_proxy, qtbot, env):
+    viewer = make_napari_viewer_proxy()
+    panels = [_dock(viewer, name) for name in ("IRNet", "Project", "Fine-tune IRNet")]
+    for panel in panels:
+        panel.status.value = "fine-tuning failed: " + "a long message without end " * 12
+    qtbot.wait(50)
+    for panel in panels:
+        assert panel.native.minimumSizeHint().width() <= 420, type(panel).__name__
+        assert panel.native.minimumWidth() <= 420, type(panel).__name__
+
+
+def test_versions_of_the_bundled_model_go_to_the_user_data_folder(env):
+    from pathlib import Path
+
+    import napari_irnet
+    from napari_irnet._finetune_jobs import store_of
+
+    bundled = Path(napari_irnet.__file__).parent / "data" / "demo_model.pt"
+    store, number = store_of(bundled)
+    assert number == 0 and (env / "data") in store.folder.parents  # never inside the installed package

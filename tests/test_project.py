@@ -424,3 +424,31 @@ def test_a_replaced_image_of_the_same_size_is_new_again_and_its_masks_are_kept(p
     assert st.replaced[0]["correction"]["rev"] == old_rev
     assert (reopened.item_dir(name) / f"correction-{old_rev:06d}" / "instances.tif").is_file()
     assert reopened.cleanup() == 0
+
+
+def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset):
+    from napari_irnet.core.annotation import AnnotationSession
+    from napari_irnet.core.edits import InstanceInfo
+    from napari_irnet.core.project import ProjectImageStore
+
+    name = project.names[1]
+    inst, records = _gt(tiny_dataset[1])  # four instances
+    store = ProjectImageStore(project, name)
+    table = {r["id"]: InstanceInfo(r["class"], 0.5) for r in records}
+    session = AnnotationSession(inst, table, classes=project.entry(name).labels)
+    # a Run's proposal is stored as the image's result (state proposed), not as a correction
+    assert store.save_proposal(session.to_corrections(), np.zeros_like(inst), ["round", "rod", "blob"])
+    assert project.state(name).state == "proposed" and store.load() is None
+    first, second = [int(i) for i in np.unique(inst) if i][:2]
+    session.delete([first])
+    session.set_class([second], "rod")
+    store.save(session.to_corrections())
+    back = store.load()
+    assert project.state(name).state == "corrected"
+    np.testing.assert_array_equal(back.background, inst == first)
+    assert back.instances[second] == InstanceInfo("rod", 0.5, "edited")
+    assert {back.instances[i].state for i in back.instances if i != second} == {"proposed"}
+    # a later proposal never replaces the correction
+    assert not store.save_proposal(session.to_corrections())
+    project.accept(name)
+    np.testing.assert_array_equal(store.load().background, inst == first)

@@ -247,3 +247,77 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     assert _states(project_dir)[name] == "corrected"
     widget.accept()  # through the panel: both agree
     assert panel.session.state == "accepted" and _states(project_dir)[name] == "accepted"
+
+
+def _run_panel(qtbot, panel):
+    _wait(qtbot, panel)
+    panel.run_button.native.click()
+    _wait(qtbot, panel)
+    qtbot.waitUntil(lambda: panel.session is not None, timeout=WAIT_MS)
+
+
+@pytest.mark.viewer
+def test_a_runs_proposal_is_stored_and_shown_again_on_the_next_visit(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    panel = _dock(viewer, "IRNet")
+    widget = _open(qtbot, viewer, project_dir, skip=False)
+    widget.show_image(2)  # a new image: nothing stored yet
+    _wait(qtbot, widget)
+    panel.param_widgets["instance_bg_threshold"].value = 0.0  # every pixel in some instance
+    _run_panel(qtbot, panel)
+    proposed = panel.session.labels.copy()
+    assert proposed.max() > 0
+    name = widget.current_name
+    assert _states(project_dir)[name] == "proposed" and widget.states()[name] == "proposed"
+    widget.next()
+    _wait(qtbot, widget)
+    widget.previous()
+    _wait(qtbot, widget)
+    assert widget.current_name == name
+    np.testing.assert_array_equal(widget.instances_layer.data, proposed)  # shown without running again
+
+
+@pytest.mark.viewer
+def test_the_irnet_panel_stores_into_the_project_only_and_frees_each_image(make_napari_viewer_proxy, qtbot, project_dir, env):
+    from napari_irnet.core.project import open_project
+
+    viewer = make_napari_viewer_proxy()
+    panel = _dock(viewer, "IRNet")
+    widget = _open(qtbot, viewer, project_dir, skip=False)
+    _run_panel(qtbot, panel)
+    name = widget.current_name
+    victim = int(np.unique(panel.session.labels[panel.session.labels > 0])[0])
+    region = panel.session.labels == victim
+    panel.pick_at(np.argwhere(region)[0])
+    panel.delete_picked()
+    _wait(qtbot, widget)
+    masks = open_project(project_dir).load_masks(name)
+    assert masks.source == "correction" and not masks.instances[region].any()
+    np.testing.assert_array_equal(masks.background, region)  # the annotator background, in the project
+    assert not (env / "data" / "corrections").exists()  # one store: nothing in the per-image folders
+    for _ in range(2):
+        widget.next()
+        _wait(qtbot, widget)
+        _run_panel(qtbot, panel)
+    assert len(panel.sessions) == 1  # the images left behind were freed
+    widget.show_image(0)
+    _wait(qtbot, widget)
+    assert not widget.instances_layer.data[region].any()
+    _run_panel(qtbot, panel)  # a new run on the image honours the stored background
+    assert not panel.session.labels[region].any()
+
+
+@pytest.mark.viewer
+def test_predict_all_proposes_every_new_image_in_the_background(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    widget = _open(qtbot, viewer, project_dir, skip=False)
+    widget.show_image(2)  # the new image is shown while it is predicted
+    _wait(qtbot, widget)
+    assert widget.predict_button.enabled
+    widget.predict_button.native.click()
+    _wait(qtbot, widget)
+    states = _states(project_dir)
+    assert "new" not in states.values() and states[widget.project.names[1]] == "accepted"
+    assert list(widget.states().values()) == list(states.values())
+    assert widget.current_name == widget.project.names[2]
+    assert "instances" in widget.status.value or "predicted" in widget.status.value

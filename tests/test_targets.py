@@ -89,3 +89,18 @@ def test_class_map_target_gives_each_instance_its_class_and_ignores_the_unknown(
         class_map_target(inst, {7: 254})
     with pytest.raises(ValueError, match="2-D"):
         class_map_target(inst[None], {7: 0})
+
+
+def test_the_annotators_background_is_true_background_even_where_unreviewed():
+    from napari_irnet.core.finetune import correction_class_maps
+
+    inst = np.zeros((8, 8), np.int32)
+    inst[1:4, 1:4] = 5
+    reviewed = np.zeros((8, 8), bool)
+    reviewed[:4, :4] = True
+    cleared = np.zeros((8, 8), bool)
+    cleared[5:8, 5:8] = True  # a deleted proposal, outside the reviewed part
+    rel = relation_labels(inst, reviewed, cleared)
+    assert (rel[5:8, 5:8] == 0).all() and (rel[0, 6] == 255) and rel[2, 2] not in (0, 255)
+    cls = correction_class_maps([inst], [{5: "rod"}], ["round", "rod"], [reviewed], [cleared])[0]
+    assert (cls[5:8, 5:8] == 0).all() and cls[0, 6] == 255 and cls[2, 2] == 2

@@ -52,6 +52,12 @@ def _layer(viewer, stage):
     return found[0] if found else None
 
 
+def _active_stage(viewer):
+    from napari_irnet._layers import stage_of
+
+    return (stage_of(viewer.layers.selection.active.metadata) or {}).get("stage")
+
+
 def _blobs(shape=(96, 96)) -> np.ndarray:
     """Three known instances: two squares and two touching discs (one id)."""
     labels = np.zeros(shape, np.int32)
@@ -354,3 +360,340 @@ def test_a_cam_only_checkpoint_is_refused_when_chosen(make_napari_viewer_proxy, 
     widget.set_checkpoint(path)
     qtbot.waitUntil(lambda: "cannot use this checkpoint" in widget.status.value, timeout=WAIT_MS)
     assert "IRNet was never trained" in widget.status.value and "train-irn" in widget.status.value
+
+
+# -------------------------------------------------------------------------- the annotator's loop (issue: corrections that hold)
+
+
+def _proposed(qtbot, viewer, checkpoint, image):
+    """A run whose proposal has instances (every pixel belongs to some instance)."""
+    widget = _run(qtbot, viewer, checkpoint, image)
+    widget.param_widgets["instance_bg_threshold"].value = 0.0
+    _wait_idle(qtbot, widget)
+    labels = _layer(viewer, "instances").data
+    assert labels.max() > 0
+    return widget
+
+
+def _biggest(labels):
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    return int(ids[counts.argmax()])
+
+
+def test_a_deleted_proposal_stays_deleted_after_a_slider_change_and_a_reopen(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _proposed(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    target = _biggest(layer.data)
+    region = layer.data == target
+    widget.pick_at(np.argwhere(region)[0])
+    widget.delete_picked()
+    assert not layer.data[region].any()
+    widget.param_widgets["instance_bg_threshold"].value = 0.01  # re-proposes every pixel
+    _wait_idle(qtbot, widget)
+    assert not layer.data[region].any()
+    widget.param_widgets["beta"].value = 12.0  # the walk again
+    _wait_idle(qtbot, widget)
+    assert not layer.data[region].any()
+    # reopening the image (a new viewer, the same pixels) brings the deletion back, not the instance
+    viewer2 = make_napari_viewer_proxy()
+    widget2 = _run(qtbot, viewer2, checkpoint, image)
+    widget2.param_widgets["instance_bg_threshold"].value = 0.0
+    _wait_idle(qtbot, widget2)
+    assert not _layer(viewer2, "instances").data[region].any()
+
+
+def test_an_erased_halo_does_not_return_as_a_ring(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from scipy.ndimage import binary_erosion
+
+    viewer = make_napari_viewer_proxy()
+    widget = _proposed(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    target = _biggest(layer.data)
+    region = layer.data == target
+    halo = region & ~binary_erosion(region, iterations=2)
+    layer.data_setitem(np.nonzero(halo), 0)  # the eraser
+    layer.events.paint(value=[])
+    qtbot.waitUntil(lambda: widget.session.history.names()[-1] == "paint", timeout=WAIT_MS)
+    widget.param_widgets["instance_bg_threshold"].value = 0.01
+    _wait_idle(qtbot, widget)
+    assert not layer.data[halo].any()
+    assert len(np.unique(layer.data[region])) <= 2  # the core and background: no new ring-shaped instance
+
+
+def test_unedited_instances_keep_their_ids_across_slider_changes(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _proposed(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    ids = [int(i) for i in np.unique(layer.data) if i]
+    assert len(ids) >= 3
+    widget.pick_at(np.argwhere(layer.data == ids[-1])[0])
+    widget.set_class_of_picked("blob")  # the last instance edited
+    before = layer.data.copy()
+    widget.param_widgets["instance_bg_threshold"].value = 0.02  # a re-run: the proposals come back numbered afresh
+    _wait_idle(qtbot, widget)
+    after = layer.data
+    for i in ids[:-1]:  # every unedited instance keeps its id where it still is
+        assert (after[before == i] == i).mean() > 0.5
+
+
+def test_after_run_and_edits_the_instances_layer_is_active_and_keys_work_from_the_viewer(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    assert _active_stage(viewer) == "instances"
+    viewer.layers.selection.active = _layer(viewer, "centroids")  # another layer active: the viewer's keys still work
+    widget.pick_at((15, 15))
+    widget.pick_at((15, 50))
+    viewer.keymap[coerce_keybinding("Shift-M")](viewer)
+    assert set(np.unique(layer.data)) == {0, 1, 3}
+    assert _active_stage(viewer) == "instances"
+    viewer.keymap[coerce_keybinding("Control-Z")](viewer)
+    np.testing.assert_array_equal(layer.data, _blobs())
+    # after a split along a drawn line the instances layer is active again, the line layer no longer drawing
+    widget.draw_split_line()
+    line_layer = viewer.layers.selection.active
+    line_layer.add_paths(np.array([[0.0, 15.0], [30.0, 15.0]]))
+    widget.split()
+    assert _active_stage(viewer) == "instances" and line_layer.mode == "pan_zoom"
+    assert layer.data[15, 8] != layer.data[15, 20]
+
+
+def test_shift_click_adds_the_missed_object_in_one_undoable_step(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    widget.pick_at((15, 15))
+    widget.delete_picked()  # the object at (15, 15) is now missed
+    n = len(widget.session.history.names())
+
+    class Click:  # what napari hands a mouse callback: a press and release, no drag
+        type = "mouse_press"
+        position = (15.0, 15.0)
+        modifiers = ("Shift",)
+
+    gen = widget._on_instances_click(layer, Click())
+    next(gen)
+    Click.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+    new = int(layer.data[15, 15])
+    assert new and widget.session.table[new].state == "edited"
+    assert widget.session.table[new].class_name == widget.edit_class.value
+    assert len(widget.session.history.names()) == n + 1 and widget.session.history.names()[-1].startswith("add")
+    widget.undo()
+    assert layer.data[15, 15] == 0
+
+
+def test_the_class_menu_starts_on_the_images_class_and_says_what_new_instances_get(make_napari_viewer_proxy, qtbot, checkpoint):
+    from napari_irnet.core.synthetic import make_dataset
+
+    a, b = make_dataset(8, shape=(64, 64), seed=3, prefix="m")[:8:7]
+    viewer = make_napari_viewer_proxy()
+    first = _run(qtbot, viewer, checkpoint, a)
+    assert first.edit_class.value == a.labels[0]
+    other = next(c for c in ("round", "rod", "blob") if c not in b.labels)
+    first.edit_class.value = other  # a class the next image does not have
+    layer = viewer.add_image(b.image, name="second", rgb=True, metadata={"napari_irnet": {"labels": list(b.labels)}})
+    first.image.value = layer
+    first.classes.value = list(b.labels)
+    first.run()
+    _wait_idle(qtbot, first)
+    assert first.edit_class.value in b.labels
+    assert first.edit_class.value in first.new_class_note.value
+    painted = _layer_of(viewer, first.session.image_id, "instances")
+    painted.selected_label = 99
+    painted.paint((5, 5), 99)
+    qtbot.waitUntil(lambda: 99 in first.session.table, timeout=WAIT_MS)
+    assert first.session.table[99].class_name in b.labels
+
+
+def _layer_of(viewer, image_id, stage):
+    from napari_irnet._session import find_layer
+
+    return find_layer(viewer.layers, image_id, stage)
+
+
+def test_two_images_give_no_numbered_layer_names_and_closing_one_frees_its_session(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _run(qtbot, viewer, checkpoint, image)
+    layer = viewer.add_image(image.image[::-1].copy(), name="flipped", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
+    widget.image.value = layer
+    widget.run()
+    _wait_idle(qtbot, widget)
+    assert not [ly.name for ly in viewer.layers if "[" in ly.name]
+    assert "instances (flipped)" in [ly.name for ly in viewer.layers]
+    assert len(widget.sessions) == 2
+    viewer.layers.remove(layer)
+    assert len(widget.sessions) == 1
+
+
+def test_renaming_the_layer_keeps_its_corrections(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    widget.accept()
+    viewer2 = make_napari_viewer_proxy()
+    viewer2.add_image(image.image, name="renamed", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
+    widget2 = _dock(viewer2)
+    widget2.set_checkpoint(checkpoint)
+    _wait_idle(qtbot, widget2)
+    widget2.run()
+    _wait_idle(qtbot, widget2)
+    assert widget2.session.state == "accepted"
+    np.testing.assert_array_equal(_layer(viewer2, "instances").data, _blobs())
+
+
+def test_closing_the_viewer_during_a_run_or_a_checkpoint_load_is_safe(make_napari_viewer_proxy, qtbot, checkpoint, image, monkeypatch):
+    import threading
+
+    import napari_irnet._widget as widget_module
+
+    release = threading.Event()
+    real_run, real_load = widget_module.run_job, widget_module.load_model
+
+    def slow_run(*args, **kwargs):
+        yield "waiting"
+        release.wait(10)
+        return (yield from real_run(*args, **kwargs))
+
+    def slow_load(path):
+        release.wait(10)
+        return real_load(path)
+
+    monkeypatch.setattr(widget_module, "run_job", slow_run)
+    viewer = make_napari_viewer_proxy()
+    widget = _run_started(qtbot, viewer, checkpoint, image)
+    monkeypatch.setattr(widget_module, "load_model", slow_load)
+    widget.set_checkpoint(checkpoint.with_name("other.pt"))  # a load in flight too
+    workers = [widget._run_worker, widget._load_worker]
+    viewer.close()
+    release.set()
+    for w in workers:
+        qtbot.waitUntil(lambda w=w: not w.is_running, timeout=WAIT_MS)
+    qtbot.wait(200)  # the workers' finished signals reach the (closed) panel: nothing may raise
+
+
+def _run_started(qtbot, viewer, checkpoint, image):
+    viewer.add_image(image.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
+    widget = _dock(viewer)
+    widget.set_checkpoint(checkpoint)
+    _wait_idle(qtbot, widget)
+    widget.run()
+    return widget
+
+
+def test_the_panel_fits_in_420_pixels(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    widget.status.value = "a very long status line " * 20
+    qtbot.wait(50)
+    assert widget.native.minimumSizeHint().width() <= 420
+    assert widget.native.minimumWidth() <= 420
+
+
+def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_proxy, qtbot, image):
+    from napari_irnet._layers import layer_to_rgb8
+
+    viewer = make_napari_viewer_proxy()
+    gray8 = image.image.mean(axis=2).astype(np.uint8)
+    gray8[0, 0], gray8[0, 1] = 0, 255  # the full 8-bit range, as a real image may have
+    as8 = viewer.add_image(gray8, name="8-bit")
+    as16 = viewer.add_image(gray8.astype(np.uint16), name="16-bit", contrast_limits=(0, 255))
+    np.testing.assert_array_equal(layer_to_rgb8(as8), layer_to_rgb8(as16))  # the same pixels, the same input
+    as16.contrast_limits = (0, 127)  # what the annotator sees changes the input
+    assert layer_to_rgb8(as16).mean() > layer_to_rgb8(as8).mean()
+    stack = viewer.add_image(np.stack([gray8, 255 - gray8, gray8 // 2]).astype(np.uint16), name="stack", rgb=False, contrast_limits=(0, 255))
+    widget = _dock(viewer)
+    widget.channels.value = "1"  # the second channel, as gray
+    rgb = widget._network_input(stack)
+    assert rgb.shape == gray8.shape + (3,)
+    np.testing.assert_array_equal(rgb[..., 0], 255 - gray8)
+    np.testing.assert_array_equal(rgb[..., 2], 255 - gray8)
+
+
+def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_legend(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from napari_irnet._layers import CLASS_COLOURS, STATE_COLOURS
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    viewer = make_napari_viewer_proxy()
+    widget = _proposed(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    classes = widget.session.model_classes
+    ids = [int(i) for i in np.unique(layer.data) if i]
+    for i in ids:  # each instance in a shade of its class's colour
+        base = transform_color(CLASS_COLOURS[classes.index(widget.session.table[i].class_name)])[0][:3]
+        colour = layer.colormap.map(i)[:3]
+        assert np.corrcoef(base, colour)[0, 1] > 0.9 or np.allclose(base, colour, atol=0.25)
+    before = {i: layer.colormap.map(i).copy() for i in ids}
+    # text under the centroids: id and class of the instance there
+    points = _layer(viewer, "centroids")
+    texts = [str(t) for t in points.text.values]
+    feats = points.features
+    assert any(t for t in texts)
+    for t, i, c in zip(texts, feats["instance"], feats["class"]):
+        assert t == (f"{i} {c}" if i else "")
+    # an edited instance gets an outline in the corrections layer, an accepted one another colour
+    target = ids[0]
+    widget.pick_at(np.argwhere(layer.data == target)[0])
+    widget.set_class_of_picked("rod")
+    outline = _layer(viewer, "corrections")
+    assert outline.contour > 0 and (outline.data == target).sum() == (layer.data == target).sum()
+    np.testing.assert_allclose(outline.colormap.map(target), transform_color(STATE_COLOURS["edited"])[0])
+    assert "rod" in [str(t) for t in points.text.values][feats["instance"].tolist().index(target)] if target in feats["instance"].tolist() else True
+    assert "rod" in widget.status.value and "1 edited" in widget.status.value
+    widget.param_widgets["beta"].value = 11.0  # an update keeps the others' colours
+    _wait_idle(qtbot, widget)
+    for i in ids[1:]:
+        if (layer.data == i).any():
+            np.testing.assert_allclose(layer.colormap.map(i), before[i])
+    widget.accept()
+    np.testing.assert_allclose(outline.colormap.map(target), transform_color(STATE_COLOURS["accepted"])[0])
+    # the legend names the image's classes and the outline colours
+    for name in list(image.labels) + ["edited", "accepted"]:
+        assert name in widget.legend.value
+    for stage in ("seeds", "semantic"):  # the same class colours
+        cmap = _layer(viewer, stage).colormap
+        np.testing.assert_allclose(cmap.map(1)[:3], transform_color(CLASS_COLOURS[0])[0][:3])
+
+
+_CLOSE_AND_EXIT = """
+import time
+import napari
+import napari_irnet._widget as w
+real = w.load_model
+def slow(path):
+    time.sleep(2)
+    return real(path)
+w.load_model = slow
+viewer = napari.Viewer(show=False)
+viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")  # starts loading the demo checkpoint
+viewer.close()
+print("closed")
+"""
+
+
+def test_python_exits_cleanly_when_the_viewer_closes_while_a_checkpoint_loads(env):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _CLOSE_AND_EXIT], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "closed" in out.stdout
+
+
+def test_merging_instances_that_do_not_touch_warns(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer_proxy()
+    widget = _with_blobs(qtbot, viewer, checkpoint, image)
+    n = len(notification_manager.records)
+    widget.pick_at((15, 15))
+    widget.pick_at((15, 50))  # 15 px to the right of the first square
+    widget.merge_picked()
+    messages = [str(r.message) for r in notification_manager.records[n:]]
+    assert any("do not touch" in m and "15 px" in m for m in messages), messages
+    assert 2 not in _layer(viewer, "instances").data  # merged all the same (undo takes it back)

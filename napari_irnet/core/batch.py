@@ -29,7 +29,7 @@ import numpy as np
 from .checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint
 from .io import InputError
 from .params import Params
-from .project import Project, ProjectError
+from .project import Project, ProjectError, semantic_for_project
 
 __all__ = ["BatchEvent", "ProjectPrediction", "model_fingerprint", "predict_image"]
 
@@ -64,11 +64,7 @@ def predict_image(project: Project, model: Model, name: str, params: Params, dev
         {"id": r["id"], "class": model.classes[r["class_id"]], "score": r["score"]} for r in pred.instances.records
     ]
     # the model's class order may differ from the project's
-    lut = np.zeros(len(model.classes) + 1, np.uint8)
-    for i, cls in enumerate(model.classes):
-        if cls in project.classes:
-            lut[i + 1] = project.classes.index(cls) + 1
-    semantic = lut[np.asarray(pred.semantic)]
+    semantic = semantic_for_project(pred.semantic, model.classes, project.classes)
     return pred.instances.labels, records, semantic, labels
 
 

@@ -5,16 +5,23 @@ Each image gets a folder of its own:
 - an image read from a file ``<dir>/<name>``: ``<dir>/napari-irnet/<name>/``
   (the corrections travel with the image folder);
 - an image without a file (sample data, arrays from scripts): a folder named
-  after the image and a fingerprint of its pixels under the user data folder,
-  ``<data>/corrections/<name>-<fingerprint>/``; ``<data>`` is
-  ``$NAPARI_IRNET_DATA_DIR`` when set, else the platform's user data folder.
+  after a fingerprint of its pixels under the user data folder,
+  ``<data>/corrections/<fingerprint>/`` (renaming the layer changes nothing;
+  a folder of an older version, ``<name>-<fingerprint>``, is still found);
+  ``<data>`` is ``$NAPARI_IRNET_DATA_DIR`` when set, else the platform's user
+  data folder.
 
-The folder holds two files, each written atomically (temporary file, then
-rename): ``instances.tif`` (uint16/uint32 instance ids) and
-``corrections.json``::
+Inside a project, the project is the image's one store instead
+(:class:`~napari_irnet.core.project.ProjectImageStore`); both stores offer
+the same ``load`` / ``save`` / ``clear`` (:class:`FolderStore` here).
+
+The folder holds up to three files, each written atomically (temporary
+file, then rename): ``instances.tif`` (uint16/uint32 instance ids),
+``background.png`` (the annotator background: pixels a person cleared, 1;
+absent when there are none) and ``corrections.json``::
 
     {"format": "napari-irnet-corrections", "version": 1,
-     "image": {"name": ..., "shape": [H, W], "fingerprint": ...},
+     "image": {"name": ..., "shape": [H, W], "fingerprint": ..., "data_fingerprint": ...},
      "state": "new" | "proposed" | "corrected" | "accepted",
      "classes": [...], "checkpoint": ..., "params": {...}, "updated": ISO time,
      "labels_checksum": ...,
@@ -30,9 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,12 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from .edits import InstanceInfo
-from .io import InputError, read_label_image, write_instance_tiff, write_json
+from .edits import InstanceInfo, instance_records
+from .io import InputError, read_label_image, write_instance_tiff, write_json, write_semantic_png
 
 __all__ = [
     "IMAGE_STATES",
     "Corrections",
+    "FolderStore",
     "corrections_folder",
     "delete_corrections",
     "image_fingerprint",
@@ -59,6 +65,7 @@ VERSION = 1
 #: states of one image, in the order of the work on it
 IMAGE_STATES = ("new", "proposed", "corrected", "accepted")
 LABELS_FILE = "instances.tif"
+BACKGROUND_FILE = "background.png"
 STATE_FILE = "corrections.json"
 
 
@@ -89,16 +96,12 @@ def _labels_checksum(labels: np.ndarray) -> str:
     return hashlib.sha1(a.tobytes()).hexdigest()[:16]
 
 
-def _safe_name(name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
-    return stem[:60]
-
-
 def corrections_folder(
     image_name: str,
     image: np.ndarray | None = None,
     image_path: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
+    fingerprint: str | None = None,
 ) -> Path:
     """Where the corrections of one image live (see the module docstring).
 
@@ -112,14 +115,22 @@ def corrections_folder(
         The image file, when the image was read from one.
     root
         Folder for images without a file (default :func:`user_data_dir`).
+    fingerprint
+        :func:`image_fingerprint` of ``image`` when already known.
     """
     if image_path is not None:
         p = Path(image_path)
         return p.parent / "napari-irnet" / p.name
-    if image is None:
+    if image is None and fingerprint is None:
         raise ValueError("an image without a file needs its pixels to find its corrections")
-    base = Path(root) if root is not None else user_data_dir()
-    return base / "corrections" / f"{_safe_name(image_name)}-{image_fingerprint(image)}"
+    base = (Path(root) if root is not None else user_data_dir()) / "corrections"
+    fingerprint = fingerprint or image_fingerprint(image)
+    folder = base / fingerprint
+    if not folder.is_dir() and base.is_dir():
+        older = sorted(base.glob(f"*-{fingerprint}"))  # named after the layer by earlier versions
+        if older:
+            return older[0]
+    return folder
 
 
 @dataclass
@@ -135,7 +146,8 @@ class Corrections:
     state : str
         Image state, one of :data:`IMAGE_STATES`.
     image_name, fingerprint
-        Which image (fingerprint of its pixels, "" when unknown).
+        Which image (fingerprint of its pixels as the networks saw them, 8-bit
+        RGB as :func:`~napari_irnet.core.io.read_image` gives them; "" when unknown).
     classes : list of str
         The image-level classes used.
     checkpoint : str or None
@@ -144,6 +156,9 @@ class Corrections:
         ``Params.to_dict()`` of the proposals.
     updated : str
         ISO time of the save (set by :func:`save_corrections`).
+    background : (H, W) bool or None
+        The annotator background: pixels a person cleared (deleted or erased);
+        re-runs never fill them and fine-tuning takes them as background.
     """
 
     labels: np.ndarray
@@ -155,6 +170,9 @@ class Corrections:
     checkpoint: str | None = None
     params: dict[str, Any] | None = None
     updated: str = ""
+    background: np.ndarray | None = None
+    #: fingerprint of the image layer's own data (any type; stable when only the display changes)
+    data_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in IMAGE_STATES:
@@ -164,26 +182,6 @@ class Corrections:
     def instance_classes(self) -> dict[int, str]:
         """``{instance id: class name}`` of the instances that have a class."""
         return {int(i): info.class_name for i, info in self.instances.items() if info.class_name}
-
-
-def _records(labels: np.ndarray, instances: Mapping[int, InstanceInfo]) -> list[dict[str, Any]]:
-    from skimage.measure import regionprops
-
-    out = []
-    for region in regionprops(np.asarray(labels, dtype=np.int32)):
-        info = instances.get(int(region.label), InstanceInfo("", 1.0, "edited"))
-        y0, x0, y1, x1 = region.bbox
-        out.append(
-            {
-                "id": int(region.label),
-                "class": info.class_name,
-                "score": float(info.score),
-                "state": info.state,
-                "area": int(region.area),
-                "bbox": [int(x0), int(y0), int(x1), int(y1)],
-            }
-        )
-    return out
 
 
 def save_corrections(folder: str | os.PathLike[str], corrections: Corrections) -> Path:
@@ -201,21 +199,43 @@ def save_corrections(folder: str | os.PathLike[str], corrections: Corrections) -
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "image": {"name": corrections.image_name, "shape": list(labels.shape), "fingerprint": corrections.fingerprint},
+        "image": {
+            "name": corrections.image_name,
+            "shape": list(labels.shape),
+            "fingerprint": corrections.fingerprint,
+            "data_fingerprint": corrections.data_fingerprint,
+        },
         "state": corrections.state,
         "classes": list(corrections.classes),
         "checkpoint": corrections.checkpoint,
         "params": corrections.params,
         "updated": corrections.updated,
         "labels_checksum": _labels_checksum(labels),
-        "instances": _records(labels, corrections.instances),
+        "instances": [_stored_record(r) for r in instance_records(labels, corrections.instances)],
     }
+    bg = corrections.background
+    if bg is not None and np.asarray(bg).any():
+        bg = np.asarray(bg, bool)
+        if bg.shape != labels.shape:
+            raise ValueError(f"background {bg.shape} and labels {labels.shape} differ in shape")
+        write_semantic_png(folder / BACKGROUND_FILE, bg.astype(np.uint8), palette=False)
+    else:
+        (folder / BACKGROUND_FILE).unlink(missing_ok=True)
     write_json(folder / STATE_FILE, doc)
     return folder
 
 
+def _stored_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record in the file's key order (id, class, score, state, area, bbox)."""
+    return {k: record[k] for k in ("id", "class", "score", "state", "area", "bbox")}
+
+
 def load_corrections(
-    folder: str | os.PathLike[str], image: np.ndarray | None = None
+    folder: str | os.PathLike[str],
+    image: np.ndarray | None = None,
+    *,
+    shape: tuple[int, int] | None = None,
+    fingerprints: tuple[str, ...] = (),
 ) -> Corrections | None:
     """Read the corrections in ``folder``; None when there are none.
 
@@ -224,6 +244,9 @@ def load_corrections(
     image
         When given, the stored corrections must belong to it (same size, and
         the same pixels when a fingerprint was stored), else InputError.
+    shape, fingerprints
+        The same check without the pixels: the image's (H, W), and the
+        fingerprints it may have been stored under (any one matches).
 
     Raises
     ------
@@ -249,11 +272,17 @@ def load_corrections(
     meta = doc.get("image", {})
     if image is not None:
         shape = tuple(np.asarray(image).shape[:2])
-        if tuple(labels.shape) != shape:
-            raise InputError(f"{labels_path}: corrections are {labels.shape[0]}x{labels.shape[1]} but the image is {shape[0]}x{shape[1]}")
-        stored = meta.get("fingerprint") or ""
-        if stored and stored != image_fingerprint(image):
-            raise InputError(f"{state_path}: these corrections belong to another version of the image (its pixels changed)")
+        fingerprints = (image_fingerprint(image),)
+    if shape is not None and tuple(labels.shape) != tuple(shape):
+        raise InputError(f"{labels_path}: corrections are {labels.shape[0]}x{labels.shape[1]} but the image is {shape[0]}x{shape[1]}")
+    stored = {str(meta.get(k) or "") for k in ("fingerprint", "data_fingerprint")} - {""}
+    if stored and fingerprints and not stored & set(fingerprints):
+        raise InputError(f"{state_path}: these corrections belong to another version of the image (its pixels changed)")
+    background = None
+    if (folder / BACKGROUND_FILE).is_file():
+        background = read_label_image(folder / BACKGROUND_FILE) > 0
+        if background.shape != labels.shape:
+            raise InputError(f"{folder / BACKGROUND_FILE}: {background.shape[0]}x{background.shape[1]}, the corrections {labels.shape[0]}x{labels.shape[1]}")
     if doc.get("labels_checksum") != _labels_checksum(labels):
         warnings.warn(
             f"{labels_path}: newer than {state_path.name} (a save was interrupted); "
@@ -271,10 +300,12 @@ def load_corrections(
             state=str(doc.get("state", "corrected")),
             image_name=str(meta.get("name", "")),
             fingerprint=str(meta.get("fingerprint", "")),
+            data_fingerprint=str(meta.get("data_fingerprint", "")),
             classes=[str(c) for c in doc.get("classes", [])],
             checkpoint=doc.get("checkpoint"),
             params=doc.get("params"),
             updated=str(doc.get("updated", "")),
+            background=background,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{state_path}: malformed corrections ({exc})") from exc
@@ -284,7 +315,7 @@ def load_corrections(
 def delete_corrections(folder: str | os.PathLike[str]) -> None:
     """Remove the stored corrections of one image (the folder itself too when empty)."""
     folder = Path(folder)
-    for name in (STATE_FILE, LABELS_FILE):
+    for name in (STATE_FILE, LABELS_FILE, BACKGROUND_FILE):
         (folder / name).unlink(missing_ok=True)
     try:
         folder.rmdir()
@@ -301,3 +332,48 @@ def summarise(corrections: Corrections) -> dict[str, int]:
         counts[info.state if info else "edited"] += 1
     return counts
 
+
+
+@dataclass
+class FolderStore:
+    """The corrections of one image in its own folder (an image outside a project).
+
+    ``shape`` and ``fingerprints`` check that stored corrections belong to
+    the image (see :func:`load_corrections`).
+    """
+
+    folder: Path
+    shape: tuple[int, int] | None = None
+    fingerprints: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def load(self) -> Corrections | None:
+        """The stored corrections, None when there are none (InputError when they are unusable)."""
+        return load_corrections(self.folder, shape=self.shape, fingerprints=self.fingerprints)
+
+    def save(self, corrections: Corrections) -> None:
+        """Store the corrections (OutputError when that fails; the old files stay)."""
+        save_corrections(self.folder, corrections)
+
+    def clear(self) -> None:
+        """Nothing left to store (a pure proposal): remove the files."""
+        delete_corrections(self.folder)
+
+    def save_proposal(self, corrections: Corrections, *_, **__) -> bool:
+        """A proposal is not stored outside a project (a Run makes it again)."""
+        return False
+
+    def stamp(self) -> tuple[int, int] | None:
+        """(mtime in ns, size) of the state file, to notice a change; None when there is none."""
+        return file_stamp(self.folder / STATE_FILE)
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file; None when it does not exist."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)

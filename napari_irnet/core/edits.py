@@ -9,7 +9,8 @@ applies what they return; nothing here knows about napari or Qt.
   score, state). States: ``"proposed"`` (made by the pipeline), ``"edited"``
   (touched by a person), ``"accepted"`` (confirmed by a person). Edited and
   accepted instances are *protected*: a re-run of the pipeline never
-  overwrites them (:func:`merge_protected`).
+  overwrites them (:func:`merge_proposal`), and neither does it fill the
+  pixels the annotator cleared (the *annotator background*).
 - Every edit returns a :class:`LabelDiff`, the pixels it changes with their
   old and new values, so it can be applied, undone and redone exactly
   (:class:`History`).
@@ -40,8 +41,10 @@ __all__ = [
     "features_table",
     "instance_at",
     "instance_ids",
+    "instance_records",
     "merge",
-    "merge_protected",
+    "instance_gap",
+    "merge_proposal",
     "next_free_id",
     "set_class",
     "set_state",
@@ -170,6 +173,30 @@ def features_table(
         "state": np.array(["background"] + [r.state for r in rows], dtype=object),
         "area": np.concatenate([[counts[0] if counts.size else 0], counts[ids]]).astype(np.int64),
     }
+
+
+def instance_records(labels: np.ndarray, table: Mapping[int, InstanceInfo], default_class: str = "") -> list[dict[str, Any]]:
+    """One record per instance present: id, class, score, state, bbox ``[x0, y0, x1, y1]`` (exclusive ends), area."""
+    from scipy.ndimage import find_objects
+
+    labels = np.asarray(labels)
+    out = []
+    counts = np.bincount(labels.ravel()) if labels.size else np.zeros(1, np.int64)
+    for i, sl in enumerate(find_objects(labels), start=1):
+        if sl is None:
+            continue
+        info = table.get(i, InstanceInfo(default_class, 1.0, "edited"))
+        out.append(
+            {
+                "id": i,
+                "class": info.class_name,
+                "score": float(info.score),
+                "state": info.state,
+                "bbox": [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop],
+                "area": int(counts[i]),
+            }
+        )
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -460,45 +487,110 @@ def split_by_seeds(
     return LabelDiff.assign(labels, flat, values[parts[ys, xs]]), new_ids
 
 
-def merge_protected(
+def merge_proposal(
     proposed: np.ndarray,
     proposed_table: Mapping[int, InstanceInfo],
     current: np.ndarray,
     current_table: Mapping[int, InstanceInfo],
+    background: np.ndarray | None = None,
     min_area: int = 1,
 ) -> tuple[np.ndarray, dict[int, InstanceInfo]]:
-    """A new pipeline result that keeps every protected instance of the current map.
+    """A new pipeline result merged with the annotator's corrections.
 
-    Protected (edited or accepted) instances of ``current`` keep their
-    pixels and ids; proposed instances fill the rest of the image with ids
-    above every protected id. A proposal left with fewer than ``min_area``
-    pixels is dropped.
+    - Protected (edited or accepted) instances of ``current`` keep their
+      pixels and ids.
+    - Pixels of ``background`` (the annotator's: deleted instances, erased
+      pixels) stay background.
+    - Proposed instances fill the rest. One that overlaps an unprotected
+      instance of ``current`` by at least half the smaller of the two keeps
+      that instance's id (each id once, the largest overlaps first), so an
+      unedited instance keeps its id, and its colour, across re-runs; the
+      others get ids above every id in use. A proposal left with fewer than
+      ``min_area`` pixels is dropped.
 
     Returns
     -------
-    (labels, table)
+    (labels (H, W) int32, table)
     """
     if proposed.shape != current.shape:
         raise ValueError(f"shapes differ: {proposed.shape} and {current.shape}")
-    keep_ids = np.array([i for i, info in current_table.items() if info.protected], dtype=np.int64)
-    keep_ids = keep_ids[np.isin(keep_ids, current)] if keep_ids.size else keep_ids
-    if keep_ids.size == 0:
-        return proposed.astype(np.int32, copy=True), dict(proposed_table)
-    keep = np.isin(current, keep_ids)
-    free = np.where(keep, 0, proposed)
-    counts = np.bincount(free.ravel(), minlength=int(proposed.max()) + 1)
+    keep_ids = np.array(sorted(i for i, info in current_table.items() if info.protected), dtype=np.int64)
+    keep = np.isin(current, keep_ids) if keep_ids.size else np.zeros(current.shape, bool)
+    if background is not None:
+        keep_bg = np.asarray(background, bool)
+        if keep_bg.shape != current.shape:
+            raise ValueError(f"background {keep_bg.shape} and instances {current.shape} differ in shape")
+        free = np.where(keep | keep_bg, 0, proposed)
+    else:
+        free = np.where(keep, 0, proposed)
+    counts = np.bincount(free.ravel(), minlength=int(proposed.max(initial=0)) + 1)
     survivors = [i for i in range(1, counts.size) if counts[i] >= max(min_area, 1)]
-    offset = int(keep_ids.max())
+    old = np.where(keep, 0, current)
+    reuse = _matching_ids(free, old, counts)
+    kept = [int(i) for i in keep_ids if np.any(current == i)] if keep_ids.size else []
+    top = max([int(current.max(initial=0)), *kept, *(int(i) for i in current_table)], default=0)
     lut = np.zeros(counts.size, np.int64)
-    for k, i in enumerate(survivors, start=1):
-        lut[i] = offset + k
+    for i in survivors:
+        if i in reuse:
+            lut[i] = reuse[i]
+        else:
+            top += 1
+            lut[i] = top
     out = np.where(keep, current, lut[free]).astype(np.int32)
-    table = {int(i): current_table[int(i)] for i in keep_ids}
+    table = {i: current_table[i] for i in kept}
     for i in survivors:
         info = proposed_table.get(i)
         if info is not None:
             table[int(lut[i])] = info
     return out, table
+
+
+def _matching_ids(new: np.ndarray, old: np.ndarray, new_areas: np.ndarray) -> dict[int, int]:
+    """new id -> old id for pairs overlapping by half the smaller instance or more (greedy, largest first)."""
+    both = (new > 0) & (old > 0)
+    if not both.any():
+        return {}
+    n, o = new[both].astype(np.int64), old[both].astype(np.int64)
+    stride = int(o.max()) + 1
+    pairs, overlap = np.unique(n * stride + o, return_counts=True)
+    old_areas = np.bincount(old.ravel(), minlength=stride)
+    out: dict[int, int] = {}
+    taken: set[int] = set()
+    for k in np.argsort(-overlap, kind="stable"):
+        ni, oi = divmod(int(pairs[k]), stride)
+        if ni in out or oi in taken:
+            continue
+        if 2 * int(overlap[k]) >= min(int(new_areas[ni]), int(old_areas[oi])):
+            out[ni] = oi
+            taken.add(oi)
+    return out
+
+
+def instance_gap(labels: np.ndarray, ids: Sequence[int]) -> float:
+    """How far the instances ``ids`` lie apart: 0 when they touch (8-connected), else pixels.
+
+    The largest distance from one of them to the nearest of the others, so
+    a merge of several instances is flagged when any one lies apart.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    if len(ids) < 2:
+        return 0.0
+    union = np.isin(labels, ids)
+    if not union.any():
+        return 0.0
+    window = _bbox(union, 1, labels.shape)
+    sub = labels[window]
+    gap = 0.0
+    for i in ids:
+        own = sub == i
+        others = np.isin(sub, [j for j in ids if j != i])
+        if not own.any() or not others.any():
+            continue
+        dist = distance_transform_edt(~others)[own].min()
+        gap = max(gap, float(dist))
+    return 0.0 if gap < 1.5 else gap - 1.0
 
 
 # --------------------------------------------------------------------------
@@ -521,6 +613,14 @@ class EditRecord:
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     kind: str = "edit"
+    #: the pixels whose annotator-background flag the step changes (values 0/1)
+    background: LabelDiff | None = None
+
+
+def _then(first: LabelDiff | None, later: LabelDiff | None) -> LabelDiff | None:
+    if first is None or later is None:
+        return later if first is None else first
+    return first.then(later)
 
 
 class History:
@@ -536,13 +636,11 @@ class History:
         self._redo.clear()
         top = self._undo[-1] if self._undo else None
         if coalesce and top is not None and record.kind == "update" and top.kind == "update":
-            if top.diff is not None and record.diff is not None:
-                diff = top.diff.then(record.diff)
-            else:
-                diff = record.diff if top.diff is None else top.diff
+            diff = _then(top.diff, record.diff)
             before = {**record.before, **top.before}
             after = {**top.after, **record.after}
-            self._undo[-1] = EditRecord(record.name, diff, before, after, "update")
+            bg = _then(top.background, record.background)
+            self._undo[-1] = EditRecord(record.name, diff, before, after, "update", bg)
             return
         self._undo.append(record)
         del self._undo[: max(0, len(self._undo) - self.limit)]

@@ -71,6 +71,7 @@ def finetune_labels(
     reviewed: Sequence[np.ndarray | None] | None = None,
     params: Params | None = None,
     device="auto",
+    background: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Relation labels for every image: exact where corrected, CAM seeds elsewhere.
 
@@ -83,6 +84,9 @@ def finetune_labels(
         image nobody corrected.
     reviewed : (H, W) bool or None, one per item, optional
         The part of a corrected image a person reviewed (default: all of it).
+    background : (H, W) bool or None, one per item, optional
+        The annotator background of a corrected image (pixels a person
+        cleared): true background, never ignore.
 
     Yields
     ------
@@ -93,6 +97,7 @@ def finetune_labels(
     if len(corrections) != len(items):
         raise ValueError(f"{len(corrections)} corrections for {len(items)} images")
     reviewed = list(reviewed) if reviewed is not None else [None] * len(items)
+    background = list(background) if background is not None else [None] * len(items)
     weak = [i for i, c in enumerate(corrections) if c is None]
     for i, (item, inst) in enumerate(zip(items, corrections)):
         if inst is None:
@@ -101,7 +106,7 @@ def finetune_labels(
             raise ValueError(
                 f"correction of {item.name!r} has shape {np.asarray(inst).shape}, its image {item.image.shape[:2]}"
             )
-        yield i, relation_labels(inst, reviewed[i]), True
+        yield i, relation_labels(inst, reviewed[i], background[i]), True
     if weak and model.cam is None:
         raise ValueError("images without corrections need the CAM network for their weak labels")
     for j, seeds in make_seeds(model, [items[i] for i in weak], params, device):
@@ -113,6 +118,7 @@ def correction_class_maps(
     instance_classes: Sequence[Mapping[int, str] | None],
     classes: Sequence[str],
     reviewed: Sequence[np.ndarray | None] | None = None,
+    background: Sequence[np.ndarray | None] | None = None,
 ) -> list[np.ndarray | None]:
     """Class maps of the corrected images for :func:`finetune` (None where there is nothing to learn).
 
@@ -126,6 +132,8 @@ def correction_class_maps(
     classes : the model's class names.
     reviewed : (H, W) bool or None, one per image, optional
         The reviewed part of each image; the rest is ignored.
+    background : (H, W) bool or None, one per image, optional
+        The annotator background: background (0), never ignored.
 
     Returns
     -------
@@ -135,14 +143,15 @@ def correction_class_maps(
     if len(instance_classes) != len(corrections):
         raise ValueError(f"{len(instance_classes)} instance class tables for {len(corrections)} corrections")
     reviewed = list(reviewed) if reviewed is not None else [None] * len(corrections)
+    background = list(background) if background is not None else [None] * len(corrections)
     index = {name: i for i, name in enumerate(classes)}
     out: list[np.ndarray | None] = []
-    for n, (inst, table, seen) in enumerate(zip(corrections, instance_classes, reviewed)):
+    for n, (inst, table, seen, cleared) in enumerate(zip(corrections, instance_classes, reviewed, background)):
         unknown = sorted({str(v) for v in (table or {}).values() if v not in index})
         if inst is not None and unknown:
             raise ValueError(f"correction {n}: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})")
         known = {int(k): index[v] for k, v in (table or {}).items()}
-        out.append(None if inst is None or not known else class_map_target(inst, known, seen))
+        out.append(None if inst is None or not known else class_map_target(inst, known, seen, cleared))
     return out
 
 
@@ -322,7 +331,9 @@ def finetune(
         loss weight and a corrected image in the batch; ``cam_loss`` when the
         CAM network trains too; on the first record, ``displacement_reset``
         (None, ``"asked"`` or ``"collapsed"``) and, for a resumed run,
-        ``resumed_from``. The entry appended to ``model.history`` keeps
+        ``resumed_from`` and ``earlier_losses`` ([step, loss] of the steps
+        before, as the resume file keeps them, so a loss plot starts where
+        the interrupted run began). The entry appended to ``model.history`` keeps
         ``displacement_reset`` and ``field_check`` (the
         :class:`FieldCheck` as a dict, None when not made).
     """
@@ -377,6 +388,7 @@ def finetune(
     resume_file = Path(resume_file) if resume_file is not None else None
     step = 0
     last_loss = None
+    losses_so_far: list[list[float]] = []  # [step, loss] of every step, kept in the resume file
     if resume_file is not None and resume_file.exists():
         try:  # a torn, foreign or planted file: say so (never unpickle code); the user deletes it to start over
             state = safe_torch_load(resume_file, "resume file", dev)
@@ -392,6 +404,7 @@ def finetune(
                     cam_net.load_state_dict(state["cam_state"])
                     cam_opt.load_state_dict(state["cam_optimizer"])
                 step, last_loss = int(state["step"]), state.get("loss")
+                losses_so_far = [[int(a), float(b)] for a, b in state.get("losses", [])]
             except (KeyError, RuntimeError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"{resume_file}: a damaged resume file ({' '.join(str(exc).split())}); delete it to start over") from exc
             sched.step_count = step
@@ -403,7 +416,7 @@ def finetune(
         if resume_file is None:
             return
         state = {"digest": digest, "step": step, "irn_state": net.state_dict(), "optimizer": opt.state_dict(),
-                 "loss": record.get("loss", last_loss)}  # fmt: skip
+                 "loss": record.get("loss", last_loss), "losses": losses_so_far}  # fmt: skip
         if train_cam:
             state["cam_state"], state["cam_optimizer"] = cam_net.state_dict(), cam_opt.state_dict()
         try:
@@ -456,6 +469,8 @@ def finetune(
                 record["displacement_reset"] = reset
                 if resumed_from:
                     record["resumed_from"] = resumed_from
+                    record["earlier_losses"] = [list(p) for p in losses_so_far]
+            losses_so_far.append([step, float(losses["loss"])])
             if save_every and step % save_every == 0:
                 save_state()
             yield record

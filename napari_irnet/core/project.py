@@ -106,11 +106,12 @@ ITEMS = "items"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 STATES: tuple[str, ...] = ("new", "proposed", "corrected", "accepted")
-#: images with more pixels are refused unless the project allows more
 _MASK_FILES = ("instances.tif", "instances.json", "semantic.png")
 #: what the store writes into an item folder besides state.json: revision folders and temporary files
 _REVISION = re.compile(r"(result|correction)-[0-9]{6,}")
 _TEMP_FILE = re.compile(r"\..+\.[0-9a-f]+\.tmp(\.[A-Za-z0-9]+)?")
+#: a correction's annotator background (1 where the annotator cleared pixels)
+BACKGROUND_FILE = "background.png"
 _MAX_NAMES_SHOWN = 10
 
 #: upgrade steps: ``_UPGRADES[v](root, manifest)`` turns a format-``v`` project
@@ -200,12 +201,16 @@ class Masks:
         Project class index + 1, 0 = background.
     source : str
         ``"result"`` (the model's) or ``"correction"`` (the annotator's).
+    background : (H, W) bool or None
+        A correction's annotator background: pixels the annotator cleared,
+        which no prediction fills again (``background.png``; None when none).
     """
 
     instances: np.ndarray
     records: list[dict[str, Any]]
     semantic: np.ndarray
     source: str = "result"
+    background: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------
@@ -585,6 +590,8 @@ class Project:
         write_instance_tiff(target / "instances.tif", masks.instances)
         write_instances_json(target / "instances.json", masks.records)
         write_semantic_png(target / "semantic.png", masks.semantic)
+        if masks.background is not None and masks.background.any():
+            write_semantic_png(target / BACKGROUND_FILE, masks.background.astype(np.uint8), palette=False)
 
     def _commit(self, name: str, kind: str, masks: Masks, update: Callable[[ItemState, dict[str, Any]], bool]) -> bool:
         """Write ``masks`` as a new revision, then let ``update`` change the state and save it.
@@ -716,6 +723,7 @@ class Project:
         records: list[dict[str, Any]],
         semantic: np.ndarray | None = None,
         state: str = "corrected",
+        background: np.ndarray | None = None,
     ) -> None:
         """Store the annotator's masks for an image; the way every edit is saved.
 
@@ -732,6 +740,9 @@ class Project:
             Class index + 1; by default derived from the instances.
         state
             ``"corrected"`` (default) or ``"accepted"``.
+        background : (H, W) bool, optional
+            The annotator background: pixels the annotator cleared (stored
+            with the correction, honoured by every later prediction).
 
         Raises
         ------
@@ -744,6 +755,11 @@ class Project:
         if state not in ("corrected", "accepted"):
             raise ValueError(f"state must be 'corrected' or 'accepted', got {state!r}")
         masks = self._masks(name, instances, records, semantic, source="correction", default_score=1.0)
+        if background is not None:
+            bg = np.asarray(background, bool)
+            if bg.shape != masks.instances.shape:
+                raise ValueError(f"{name}: background has shape {bg.shape}, the image is {masks.instances.shape}")
+            masks.background = bg & (masks.instances == 0)
 
         def update(cur: ItemState, info: dict[str, Any]) -> bool:
             cur.state, cur.correction = state, info
@@ -760,7 +776,7 @@ class Project:
             if st.result is None:
                 raise ProjectError(f"{name}: nothing to accept yet (state {st.state!r}); predict or correct it first")
             masks = self.load_masks(name, "result")
-            self.save_correction(name, masks.instances, masks.records, masks.semantic, state="accepted")
+            self.save_correction(name, masks.instances, masks.records, masks.semantic, state="accepted", background=masks.background)
             return
         st.state = "accepted"
         self._write_state(name, st)
@@ -854,9 +870,10 @@ class Project:
             instances = read_label_image(folder / "instances.tif")
             records = read_instances_json(folder / "instances.json")
             semantic = read_label_image(folder / "semantic.png").astype(np.uint8)
+            background = read_label_image(folder / BACKGROUND_FILE) > 0 if (folder / BACKGROUND_FILE).is_file() else None
         except InputError as exc:
             raise ProjectError(f"damaged project {self.root}: {exc}") from exc
-        return Masks(instances, records, semantic, kind)
+        return Masks(instances, records, semantic, kind, background)
 
     # ------------------------------------------------------------ locking
     @contextlib.contextmanager
@@ -1132,3 +1149,91 @@ def open_project(root: str | os.PathLike[str]) -> Project:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProjectError(f"{root / IMAGE_TABLE}: entry {i} is malformed ({exc!r})") from exc
     return Project(root, manifest, images)
+
+
+def semantic_for_project(semantic: np.ndarray, model_classes: Sequence[str], project_classes: Sequence[str]) -> np.ndarray:
+    """A semantic map of model class index + 1 as project class index + 1 (classes the project lacks: 0)."""
+    lut = np.zeros(len(model_classes) + 1, np.uint8)
+    for i, cls in enumerate(model_classes):
+        if cls in project_classes:
+            lut[i + 1] = list(project_classes).index(cls) + 1
+    return lut[np.asarray(semantic)]
+
+
+class ProjectImageStore:
+    """One project image's corrections, kept in the project: the store the panels use for it.
+
+    The same ``load`` / ``save`` / ``clear`` / ``save_proposal`` as
+    :class:`~napari_irnet.core.corrections.FolderStore`, so an image has one
+    store: inside a project, the project. Instance states (proposed, edited,
+    accepted) are kept in the records, the annotator background as the
+    correction's ``background.png``.
+    """
+
+    def __init__(self, project: Project, name: str) -> None:
+        project.entry(name)  # a clear error for an image the project lacks
+        self.project, self.name = project, name
+
+    def __str__(self) -> str:
+        return f"{self.project.root} ({self.name})"
+
+    def load(self):
+        """The image's correction as :class:`~napari_irnet.core.corrections.Corrections`, None when it has none."""
+        from .corrections import Corrections
+        from .edits import INSTANCE_STATES, InstanceInfo
+
+        st = self.project.state(self.name)
+        masks = self.project.load_masks(self.name, "correction") if st.correction else None
+        if masks is None:
+            return None
+        default = "accepted" if st.state == "accepted" else "edited"
+        table = {}
+        for r in masks.records:
+            state = r.get("state") if r.get("state") in INSTANCE_STATES else default
+            table[int(r["id"])] = InstanceInfo(str(r["class"]), float(r.get("score", 1.0)), state)
+        return Corrections(np.asarray(masks.instances, dtype=np.int32), table, st.state, self.name,
+                           classes=list(self.project.entry(self.name).labels or []), background=masks.background)  # fmt: skip
+
+    def _records(self, labels: np.ndarray, table) -> list[dict[str, Any]]:
+        from .edits import instance_records
+
+        labels_ = self.project.entry(self.name).labels
+        fallback = labels_[0] if labels_ else self.project.classes[0]
+        out = []
+        for r in instance_records(labels, table, fallback):
+            if r["class"] not in self.project.classes:
+                r["class"] = fallback
+            out.append({k: r[k] for k in ("id", "class", "score", "state")})
+        return out
+
+    def save(self, corrections) -> None:
+        """Store the annotator's masks (state corrected or accepted) with their annotator background."""
+        state = "accepted" if corrections.state == "accepted" else "corrected"
+        labels = np.asarray(corrections.labels)
+        self.project.save_correction(self.name, labels, self._records(labels, corrections.instances), state=state,
+                                     background=corrections.background)  # fmt: skip
+
+    def clear(self) -> None:
+        """Nothing to do: a project keeps an image's last correction (an annotator's work is never deleted here)."""
+
+    def stamp(self) -> tuple[int, int] | None:
+        """(mtime in ns, size) of the image's state file, to notice a change."""
+        from .corrections import file_stamp
+
+        return file_stamp(self.project.item_dir(self.name) / STATE_FILE)
+
+    def save_proposal(self, corrections, semantic=None, model_classes=(), checkpoint=None, params=None, labels_used=None) -> bool:
+        """Store the model's proposal as the image's result (never over a correction); True when stored.
+
+        ``checkpoint`` and ``params`` made it (they give the result's
+        :meth:`Project.model_key`, so a batch prediction with the same model
+        skips the image); ``semantic`` is in ``model_classes`` order.
+        """
+        model_key = self.project.model_key(checkpoint, params) if checkpoint is not None else None
+        labels = np.asarray(corrections.labels)
+        if semantic is None:
+            semantic = np.zeros(labels.shape, np.uint8)
+        else:
+            semantic = semantic_for_project(semantic, list(model_classes), self.project.classes)
+        records = [{k: r[k] for k in ("id", "class", "score")} for r in self._records(labels, corrections.instances)]
+        return self.project.save_result(self.name, labels, records, semantic, model_key, labels_used)

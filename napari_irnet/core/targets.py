@@ -33,17 +33,26 @@ from .postprocess import IGNORE
 __all__ = ["boundary_target", "class_map_target", "displacement_target", "relation_labels", "to_grid"]
 
 
-def _ignore_unreviewed(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndarray:
-    """``labels`` with IGNORE where ``reviewed`` (same shape, bool; None: all reviewed) is False."""
+def _ignore_unreviewed(labels: np.ndarray, reviewed: np.ndarray | None, background: np.ndarray | None = None) -> np.ndarray:
+    """``labels`` with IGNORE where ``reviewed`` (same shape, bool; None: all reviewed) is False.
+
+    ``background`` (the annotator background: pixels a person cleared) is
+    true background (0) whatever ``reviewed`` says.
+    """
     if reviewed is not None:
         reviewed = np.asarray(reviewed, bool)
         if reviewed.shape != labels.shape:
             raise ValueError(f"reviewed {reviewed.shape} and instances {labels.shape} differ in shape")
         labels[~reviewed] = IGNORE
+    if background is not None:
+        background = np.asarray(background, bool)
+        if background.shape != labels.shape:
+            raise ValueError(f"background {background.shape} and instances {labels.shape} differ in shape")
+        labels[background] = 0
     return labels
 
 
-def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -> np.ndarray:
+def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
     """Instance map to relation labels: one positive region per instance.
 
     Parameters
@@ -53,6 +62,9 @@ def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -
     reviewed : (H, W) bool, optional
         Pixels a person has checked; the rest become ignore (255) so that
         they add no pairs. Default: all reviewed.
+    background : (H, W) bool, optional
+        The annotator background (deleted or erased pixels): background, even
+        outside ``reviewed``.
 
     Returns
     -------
@@ -67,11 +79,14 @@ def relation_labels(instances: np.ndarray, reviewed: np.ndarray | None = None) -
     if ids[0] != 0:  # no background pixel: every value is an instance
         inverse += 1
     inverse[inverse >= IGNORE] += 1  # keep 255 for "ignore"
-    return _ignore_unreviewed(inverse, reviewed)
+    return _ignore_unreviewed(inverse, reviewed, background)
 
 
 def class_map_target(
-    instances: np.ndarray, instance_classes: Mapping[int, int], reviewed: np.ndarray | None = None
+    instances: np.ndarray,
+    instance_classes: Mapping[int, int],
+    reviewed: np.ndarray | None = None,
+    background: np.ndarray | None = None,
 ) -> np.ndarray:
     """Instance map and the class of each instance to a class map.
 
@@ -83,6 +98,8 @@ def class_map_target(
         Instances missing here (class unknown) become ignore.
     reviewed : (H, W) bool, optional
         Pixels a person has checked; the rest become ignore. Default: all.
+    background : (H, W) bool, optional
+        The annotator background: background (0) even outside ``reviewed``.
 
     Returns
     -------
@@ -103,7 +120,7 @@ def class_map_target(
                 raise ValueError(f"instance {iid}: class index {c} out of range")
             lookup[n] = c + 1
     out = lookup[inverse.reshape(instances.shape)]
-    return _ignore_unreviewed(out, reviewed)
+    return _ignore_unreviewed(out, reviewed, background)
 
 
 def to_grid(labels: np.ndarray, stride: int = 4) -> np.ndarray:
