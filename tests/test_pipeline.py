@@ -213,3 +213,21 @@ def test_class_probabilities_equal_the_classifier_and_tile_large_images(tiny_dat
     tiled = class_probabilities(model, image, "cpu")  # 2 x 2 tiles
     assert tiled.shape == (len(CLASS_NAMES),)
     assert torch.allclose(tiled, whole, atol=0.05)  # cells near tile borders differ a little
+
+
+def test_large_images_are_normalised_tile_by_tile_with_the_same_values(tiny_dataset):
+    from napari_irnet.core.inference import image_to_tensor, network_input, run_tiled
+
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    model.cam.eval()
+    image = np.tile(tiny_dataset[0].image, (3, 4, 1))[:150, :230]
+    small, prepare = network_input(image[:60, :60], torch.device("cpu"), 64)
+    assert prepare is None and small.dtype == torch.float32  # one tile: normalised whole
+    pixels, prepare = network_input(image, torch.device("cpu"), 64)
+    assert pixels.dtype == torch.uint8 and prepare is not None  # tiles: kept 8-bit until each tile runs
+    with torch.no_grad():
+        fn = lambda t: model.cam.cam(t)  # noqa: E731
+        whole = run_tiled(fn, image_to_tensor(image, torch.device("cpu")), 16, 64, 16)
+        tiled = run_tiled(fn, pixels, 16, 64, 16, prepare)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)

@@ -97,6 +97,20 @@ def image_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return normalize_image(t.to(device)).unsqueeze(0)
 
 
+def network_input(image: np.ndarray, device: torch.device, tile: int) -> tuple[torch.Tensor, Callable | None]:
+    """The networks' input and what each tile needs before the network.
+
+    An image that fits one tile is normalised whole (:func:`image_to_tensor`);
+    a larger one stays 8-bit and each tile is normalised on its own (the same
+    values, a quarter of the memory: 1.8 GB less for the 1.5× CAM scale of an
+    8192² image).
+    """
+    if image.shape[0] <= tile and image.shape[1] <= tile:
+        return image_to_tensor(image, device), None
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None]
+    return pixels, lambda t: normalize_image(t.contiguous())
+
+
 def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
     """Bicubic PIL rescale to round(H*s), round(W*s), as the reference does."""
     if scale == 1.0:
@@ -131,13 +145,18 @@ def run_tiled(
     stride: int,
     tile: int,
     overlap: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Apply a fully convolutional ``fn`` to (1, 3, H, W) in overlapping tiles.
 
     ``fn`` maps a (1, 3, h, w) input to (1, C, ceil(h/stride), ceil(w/stride)).
     Returns (1, C, ceil(H/stride), ceil(W/stride)). Without tiling (both sides
-    at most ``tile``) this is exactly ``fn(x)``.
+    at most ``tile``) this is exactly ``fn(x)``. ``prepare``, when given, is
+    applied to every tile before ``fn`` (e.g. the normalisation of 8-bit
+    pixels).
     """
+    if prepare is not None:
+        fn = lambda t, f=fn: f(prepare(t))  # noqa: E731
     H, W = x.shape[-2:]
     if H <= tile and W <= tile:
         return fn(x)
@@ -216,10 +235,12 @@ def compute_cams(
         return (both[0] + both[1].flip(-1)).unsqueeze(0)
 
     for s in params.cam_scales:
-        x = image_to_tensor(rescale_image(image, s), dev)
-        cam = run_tiled(cam_with_flip, x, 16, params.tile_size, params.tile_overlap)[:, sel]
+        x, prepare = network_input(rescale_image(image, s), dev, params.tile_size)
+        cam = run_tiled(cam_with_flip, x, 16, params.tile_size, params.tile_overlap, prepare)[:, sel]
+        del x
         strided += F.interpolate(cam, size4, mode="bilinear", align_corners=False)[0]
-        high += F.interpolate(cam, size_up, mode="bilinear", align_corners=False)[0]
+        for c in range(cam.shape[1]):  # one class at a time: a full-size temporary of one map, not of all
+            high[c] += F.interpolate(cam[:, c : c + 1], size_up, mode="bilinear", align_corners=False)[0, 0]
     high = high[:, :H, :W]
     strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5
     high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
@@ -261,7 +282,7 @@ def compute_irnet(
     model = model.to(dev).eval()
     H, W = image.shape[:2]
     h, w = strided_size((H, W), 4)
-    x = image_to_tensor(image, dev)
+    x, prepare = network_input(image, dev, params.tile_size)
 
     def both(t: torch.Tensor) -> torch.Tensor:
         th, tw = t.shape[-2:]
@@ -279,5 +300,5 @@ def compute_irnet(
         edge = edge[0] / 2 + edge[1].flip(-1) / 2
         return torch.cat([edge, disp[0]], dim=0).unsqueeze(0)
 
-    out = run_tiled(both, x, 4, params.tile_size, params.tile_overlap)[0, :, :h, :w]
+    out = run_tiled(both, x, 4, params.tile_size, params.tile_overlap, prepare)[0, :, :h, :w]
     return IRNetOutput(torch.sigmoid(out[0]).float().cpu(), out[1:3].float().cpu())

@@ -158,16 +158,16 @@ def class_probabilities(model: Model, image: np.ndarray, device: str | torch.dev
     classifier's logits are the mean of its per-cell logits, so the tiles'
     cells are averaged.
     """
-    from .inference import image_to_tensor, run_tiled
+    from .inference import network_input, run_tiled
 
     model.require("cam", task="finding the classes")
     dev = resolve_device(device)
     net = model.cam.to(dev).eval()
-    x = image_to_tensor(image, dev)
+    x, prepare = network_input(image, dev, model.params.tile_size)
 
     def both(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([net(t, pixels=True), net(t.flip(-1), pixels=True)], dim=1)
 
-    cells = run_tiled(both, x, 16, model.params.tile_size, model.params.tile_overlap)
+    cells = run_tiled(both, x, 16, model.params.tile_size, model.params.tile_overlap, prepare)
     logits = cells.mean(dim=(2, 3))[0].view(2, -1)  # (image, flipped image) x classes
     return torch.sigmoid(logits).mean(0).cpu()

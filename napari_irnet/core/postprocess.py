@@ -199,14 +199,16 @@ def propagate(
     return random_walk(scores, boundary.to(scores.device, scores.dtype), beta=beta, steps=steps, radius=radius)
 
 
-def upsampled_argmax(walk: torch.Tensor, shape: tuple[int, int], chunk: int = 16):
+def upsampled_argmax(walk: torch.Tensor, shape: tuple[int, int], chunk: int | None = None):
     """Bilinear x4 upsampling of (P, h, w), cropped to ``shape``, reduced on the fly.
 
     Returns (best value (H, W), best plane (H, W), global max) without holding
-    all P full-resolution planes at once.
+    all P full-resolution planes at once: ``chunk`` planes at a time (default:
+    as many as make 16 Mi values, at least one).
     """
     H, W = shape
     h, w = walk.shape[-2:]
+    chunk = chunk or max(1, (1 << 24) // max(1, 16 * h * w))
     best = torch.full((H, W), -1.0, dtype=walk.dtype, device=walk.device)
     arg = torch.zeros((H, W), dtype=torch.int32, device=walk.device)
     gmax = torch.zeros((), dtype=walk.dtype, device=walk.device)
