@@ -21,6 +21,7 @@ sysdeps:
 	@bash .ci/install-system-deps.sh
 
 test: $(STAMP) sysdeps
+	$(VENV)/bin/ruff check napari_irnet tests benchmarks docs sample_data
 	OMP_NUM_THREADS=1 $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 demo: $(STAMP) sysdeps

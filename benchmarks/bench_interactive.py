@@ -83,6 +83,7 @@ def setup(args):
 
     if args.demo:
         from bench_scale import tiled_sample
+
         from napari_irnet.core.checkpoint import load_checkpoint
         from napari_irnet.core.pipeline import run_networks
 
@@ -284,8 +285,8 @@ def main(argv=None) -> int:
     for name, _field, _values, goal in CHANGES:
         if args.size > 1024:  # the goals of large images: post-walk changes 0.5 s, walk changes 5 s
             goal = 0.5 if goal < 1 else 5.0
-        stages, c, l, sem = core[name]
-        row = f"| {name} | {', '.join(stages) or '–'} | {c:.3f} | {l:.3f} | **{c + l:.3f}** | {sem:.3f} |"
+        stages, core_s, layer_s, sem = core[name]
+        row = f"| {name} | {', '.join(stages) or '–'} | {core_s:.3f} | {layer_s:.3f} | **{core_s + layer_s:.3f}** | {sem:.3f} |"
         if viewer:
             row += f" {viewer[name]:.3f} |"
         row += f" ≤ {goal:g} |"

@@ -42,7 +42,7 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
     from napari_irnet.core.checkpoint import new_model
     from napari_irnet.core.inference import compute_cams, compute_irnet, resolve_device
     from napari_irnet.core.params import Params
-    from napari_irnet.core.pipeline import NetworkOutputs
+    from napari_irnet.core.pipeline import NetworkOutputs, walk_instances
     from napari_irnet.core.postprocess import (
         assign_instances,
         cluster_centroids,
@@ -51,7 +51,6 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
         seeds_from_cams,
         semantic_from_walk,
     )
-    from napari_irnet.core.pipeline import walk_instances
 
     dev = resolve_device(args.device)
     torch.manual_seed(0)

@@ -522,7 +522,7 @@ def make_figure(figure: dict, path: Path, panel: int = 220) -> None:
     titles = ["image", "ground truth", "CAM (max over classes)", "boundary (IRNet)", "displacement (IRNet)",
               "(a) CAM + CC", "(b) CAM + RW + CC", "IRNet instances", "(c) upper bound"]  # fmt: skip
     rows = []
-    for name, f in figure.items():
+    for f in figure.values():
         it = f["item"]
         h, w = it.image.shape[:2]
         cam = f["cam"].max(0) if f["cam"].shape[0] else np.zeros((h, w))

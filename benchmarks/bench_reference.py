@@ -39,6 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import reference_irn  # noqa: E402
 from golden.weights import golden_model  # noqa: E402
+
 from napari_irnet.core.checkpoint import VOC_CLASSES, import_reference  # noqa: E402
 from napari_irnet.core.pipeline import postprocess, run_networks, walk_instances  # noqa: E402
 from napari_irnet.core.postprocess import propagate  # noqa: E402

@@ -66,8 +66,8 @@ def _agreement(both: dict, threshold: float) -> tuple[int, int]:
 
 def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]:
     import torch
-
     from bench_quality import Scorer, load_consep
+
     from napari_irnet.core.checkpoint import load_checkpoint
     from napari_irnet.core.inference import CAMOutput, IRNetOutput
     from napari_irnet.core.pipeline import NetworkOutputs
@@ -111,6 +111,7 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
 def cells(sizes: list[int]) -> list[str]:
     from bench_quality import Scorer, _make_item
     from bench_scale import tiled_sample
+
     from napari_irnet.core.checkpoint import load_checkpoint
     from napari_irnet.core.pipeline import run_networks
 

@@ -38,9 +38,9 @@ def _sync(device: str) -> None:
 
 
 def walk_rows(device: str, sizes: list[int]) -> list[str]:
-    import torch
 
     from bench_scale import tiled_sample
+
     from napari_irnet.core.checkpoint import load_checkpoint
     from napari_irnet.core.inference import compute_cams, compute_irnet
     from napari_irnet.core.instance_walk import instance_walk_argmax
@@ -108,8 +108,8 @@ def finetune_rate(device: str, steps: int = 40) -> str:
 
 def agreement_rows(device: str, size: int) -> list[str]:
     import numpy as np
-
     from bench_scale import tiled_sample
+
     from napari_irnet.core.checkpoint import load_checkpoint
     from napari_irnet.core.pipeline import predict
 

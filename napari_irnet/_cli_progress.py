@@ -112,7 +112,7 @@ class Progress:
         print(self.line(), file=self.stream, flush=True)
         self._last_line, self._printed_at = now, self.n
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {project.image_path(n)}")
     if failed:
         print(f"failed on the last try: {len(failed)}")
-        for n, msg in list(failed.items())[: 10 if not args.list else None]:
+        for msg in list(failed.values())[: 10 if not args.list else None]:
             print(f"  {msg}")
     if args.list:
         print()

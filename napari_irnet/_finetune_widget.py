@@ -41,7 +41,6 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image
-from ._workers import start_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
@@ -50,8 +49,8 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 from . import _layers
 from ._finetune_jobs import (
     PANEL_TRAIN_PARAMS,
-    FolderSource,
     FinetuneResult,
+    FolderSource,
     TrainingImage,
     finetune_job,
     version_choices,
@@ -60,11 +59,12 @@ from ._finetune_jobs import (
 )
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
 from ._session import store_for_layer
-from .core.project import ProjectError
+from ._workers import start_worker
 from .core.edits import features_table, table_from_records
 from .core.inference import describe_device, device_choices
 from .core.io import InputError
 from .core.params import TrainParams
+from .core.project import ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -150,7 +150,7 @@ class LossPlot(QWidget):
 class FinetuneWidget(Container):
     """Dock widget: images, epochs, learning rate, device; Start/Stop; loss; versions; compare."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
         self._viewer = napari_viewer
         self._worker = None

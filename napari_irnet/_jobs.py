@@ -20,11 +20,11 @@ avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported once here, not first inside a worker thread)
 
 from .core.checkpoint import Model, load_checkpoint  # noqa: E402
-from .core.inference import resolve_device
-from .core.io import DEFAULT_MAX_PIXELS, check_pixels
-from .core.params import Params
-from .core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks
-from .core.session import StageCache
+from .core.inference import resolve_device  # noqa: E402
+from .core.io import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
+from .core.params import Params  # noqa: E402
+from .core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks  # noqa: E402
+from .core.session import StageCache  # noqa: E402
 
 #: steps :func:`run_job` yields (for a progress bar)
 RUN_STEPS = 4

@@ -76,7 +76,7 @@ class Snapshot:
     #: the annotator background (pixels cleared by the annotator; None: none)
     background: np.ndarray | None = None
 
-    def same_as(self, other: "Snapshot | None") -> bool:
+    def same_as(self, other: Snapshot | None) -> bool:
         """Equal pixels, classes of the present ids, annotator background and state."""
         if other is None or self.state != other.state:
             return False
@@ -87,11 +87,11 @@ class Snapshot:
         ids = [int(i) for i in np.unique(self.labels) if i]
         return all(self.classes.get(i) == other.classes.get(i) for i in ids)
 
-    def copy(self) -> "Snapshot":
+    def copy(self) -> Snapshot:
         bg = None if self.background is None else self.background.copy()
         return Snapshot(np.array(self.labels, copy=True), dict(self.classes), dict(self.scores), self.state, bg)
 
-    def edited_from(self, before: "Snapshot | None") -> np.ndarray | None:
+    def edited_from(self, before: Snapshot | None) -> np.ndarray | None:
         """The annotator background after edits of ``before``'s map: its own, plus pixels erased since (None: none)."""
         if before is None or before.labels.shape != self.labels.shape:
             return self.background

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, EmptyWidget, Label, ProgressBar, PushButton
 from napari.layers import Labels
-from ._workers import start_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
@@ -59,6 +58,7 @@ from ._project_jobs import (
     step_index,
 )
 from ._session import PROJECT_IMAGE_KEY, share_project
+from ._workers import start_worker
 from .core.edits import features_table
 from .core.io import OutputError
 from .core.project import Project, ProjectError
@@ -72,6 +72,7 @@ AUTOSAVE_MS = 500
 NEXT_KEY = "PageDown"
 PREVIOUS_KEY = "PageUp"
 from ._session import PROJECT_KEY  # noqa: E402  (metadata key of the layers this panel adds)
+
 #: the stage a project instances layer is moved to while the IRNet panel makes its own
 _HANDED_OVER = "project instances"
 
@@ -86,7 +87,7 @@ def _load_job(project: Project, name: str) -> tuple[np.ndarray, Snapshot | None,
 class ProjectWidget(Container):
     """Dock widget: a project's images with their states, Next / Previous, Accept, autosave."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=False)
         self._viewer = napari_viewer
         self.project: Project | None = None

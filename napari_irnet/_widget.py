@@ -42,12 +42,12 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from . import _layers
-from ._workers import start_worker
 from ._jobs import RUN_STEPS, RunResult, UpdateResult, load_model, run_job, update_job
 from ._layers import STAGES, VISIBLE_STAGES
 from ._recent import checkpoint_choices, remember_checkpoint
 from ._session import ImageSession, find_layer, put_layer, stage_layers, store_for_layer
 from ._widget_edits import SHORTCUTS, EditActions
+from ._workers import start_worker
 from .core.annotation import AnnotationSession
 from .core.corrections import image_fingerprint
 from .core.edits import features_table, table_from_records
@@ -84,7 +84,7 @@ _SHORTCUTS = SHORTCUTS
 _KEY_TEXT = {"Shift-": "⇧", "Control-": "Ctrl+"}
 
 
-def _load_predicting_model(path: str) -> "Model":
+def _load_predicting_model(path: str) -> Model:
     """The checkpoint at ``path``, refused (CheckpointError) when it lacks a trained network prediction needs."""
     model = load_model(path)
     model.require("cam", "irn")
@@ -107,7 +107,7 @@ class _Request:
     cache: Any = None  # the StageCache it ran on
     applied: bool = False  # its instances are shown already (only the semantic map is to come)
 
-    def then(self, later: "_Request") -> "_Request":
+    def then(self, later: _Request) -> _Request:
         """One request doing ``self`` and then ``later`` (snapshots: oldest before, newest after)."""
         edit = self.kind == "edit" or later.kind == "edit"
         if later.centre_points is not None or later.reset_points:
@@ -136,7 +136,7 @@ class _Request:
 class IRNetWidget(EditActions, Container):
     """Dock widget: image, checkpoint, classes, device, Run; live parameters; stages; corrections."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True, labels=False)
         self._viewer = napari_viewer
         self._sessions: dict[str, ImageSession] = {}

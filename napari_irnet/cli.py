@@ -222,11 +222,9 @@ LARGE_IMAGE = 2048 * 2048
 def cmd_predict(args: argparse.Namespace) -> int:
     from ._cli_progress import StepBars, progress_iter
     from .core.checkpoint import load_checkpoint
-    from .core.io import output_stems, read_image, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.distributed import barrier, is_main, shard
+    from .core.io import InputError, output_stems, read_image, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.pipeline import predict, predict_classes
-
-    from .core.io import InputError
 
     if args.out.resolve() == args.images.resolve():
         raise InputError(f"{args.out}: is the image folder; write the predictions to another folder (they would be read as images)")
@@ -378,10 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     args = build_parser().parse_args(argv)
     from .core.checkpoint import CheckpointError
-    from .core.io import InputError, OutputError
-
     from .core.distributed import init_from_env, shutdown
     from .core.inference import DeviceError, resolve_device
+    from .core.io import InputError, OutputError
     from .core.params import ParamError
 
     try:

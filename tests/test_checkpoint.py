@@ -266,7 +266,7 @@ def test_cam_only_checkpoint_is_refused_for_prediction(tmp_path, tiny_dataset):
     cam_only = load_checkpoint(path)
     assert cam_only.untrained_networks() == ["irn"]
     image = tiny_dataset[0].image
-    message = rf"cam\.pt: this checkpoint has a trained CAM network but its IRNet was never trained.*train-irn --checkpoint \S*cam\.pt"
+    message = r"cam\.pt: this checkpoint has a trained CAM network but its IRNet was never trained.*train-irn --checkpoint \S*cam\.pt"
     with pytest.raises(CheckpointError, match=message):
         predict(cam_only, image, ["a"])
     with pytest.raises(CheckpointError, match=message):

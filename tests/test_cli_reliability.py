@@ -375,10 +375,11 @@ def test_progress_lines_come_every_few_seconds_not_every_step():
 
 
 def test_the_walks_of_a_large_image_show_their_steps(monkeypatch, capsys):
+    from test_session import FAST, _two_blobs
+
     from napari_irnet._cli_progress import StepBars
     from napari_irnet.core.progress import Step
     from napari_irnet.core.session import StageCache
-    from test_session import FAST, _two_blobs
 
     monkeypatch.setenv("NAPARI_IRNET_PROGRESS_SECONDS", "0")
     bars = StepBars("big.tif")

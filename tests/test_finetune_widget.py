@@ -256,10 +256,10 @@ def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample
 
 
 def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, sample, tmp_path):
-    from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
-    from napari_irnet.core.corrections import Corrections, save_corrections
     from PIL import Image
 
+    from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
+    from napari_irnet.core.corrections import Corrections, save_corrections
     from napari_irnet.core.io import InputError
 
     weak_only = [TrainingImage("cells", sample.image, list(sample.labels))]

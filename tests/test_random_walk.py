@@ -157,8 +157,8 @@ def test_channel_chunks_and_progress():
 
 @pytest.mark.parametrize("method", ["stencil", "gather"])
 def test_walks_side_by_side_in_threads_equal_one_after_another(method):
-    from napari_irnet.core.random_walk import iter_transition
     from napari_irnet.core.progress import run_steps
+    from napari_irnet.core.random_walk import iter_transition
 
     x, boundary = random_inputs((30, 41), channels=5, seed=8)
     weights = transition_weights(boundary)

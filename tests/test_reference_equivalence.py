@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden.weights import fingerprint, golden_model
 
 import napari_irnet.core.inference as inference
-from golden.weights import fingerprint, golden_model
 from napari_irnet.core.inference import CAMOutput, IRNetOutput
 from napari_irnet.core.networks import IMAGENET_MEAN, IMAGENET_STD
 from napari_irnet.core.pipeline import NetworkOutputs, postprocess, run_networks, walk_instances

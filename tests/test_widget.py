@@ -614,8 +614,9 @@ def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_p
 
 
 def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_legend(make_napari_viewer_proxy, qtbot, checkpoint, image):
-    from napari_irnet._layers import CLASS_COLOURS, STATE_COLOURS
     from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_irnet._layers import CLASS_COLOURS, STATE_COLOURS
 
     viewer = make_napari_viewer_proxy()
     widget = _proposed(qtbot, viewer, checkpoint, image)

@@ -142,7 +142,7 @@ class AnnotationSession:
         self._listeners: list[Callable[[AnnotationChange], None]] = []
 
     @classmethod
-    def from_prediction(cls, prediction, model_classes: Sequence[str], image_classes: Sequence[str] = (), **kwargs) -> "AnnotationSession":
+    def from_prediction(cls, prediction, model_classes: Sequence[str], image_classes: Sequence[str] = (), **kwargs) -> AnnotationSession:
         """A session on a pipeline result (every instance proposed)."""
         table = table_from_records(prediction.instances.records, model_classes)
         session = cls(prediction.instances.labels, table, classes=list(image_classes) or list(model_classes), **kwargs)

@@ -49,8 +49,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torchvision.models import resnet
 
 _RESNETS = ("resnet50", "resnet18", "tiny")

@@ -18,13 +18,10 @@ A failed write (disk full, read-only folder) stops the run with an
 from __future__ import annotations
 
 import gc
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint
 from .io import InputError

@@ -39,7 +39,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ def save_corrections(folder: str | os.PathLike[str], corrections: Corrections) -
     labels = np.asarray(corrections.labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2D, got shape {labels.shape}")
-    corrections.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    corrections.updated = datetime.now(UTC).isoformat(timespec="seconds")
     write_instance_tiff(folder / LABELS_FILE, labels)
     doc = {
         "format": FORMAT,

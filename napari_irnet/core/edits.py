@@ -216,12 +216,12 @@ class LabelDiff:
     new: np.ndarray
 
     @classmethod
-    def empty(cls, shape: Sequence[int]) -> "LabelDiff":
+    def empty(cls, shape: Sequence[int]) -> LabelDiff:
         z = np.zeros(0, np.int64)
         return cls(tuple(shape), z, z.copy(), z.copy())
 
     @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray) -> "LabelDiff":
+    def between(cls, before: np.ndarray, after: np.ndarray) -> LabelDiff:
         """The difference from ``before`` to ``after`` (same shape)."""
         if before.shape != after.shape:
             raise ValueError(f"shapes differ: {before.shape} and {after.shape}")
@@ -230,7 +230,7 @@ class LabelDiff:
         return cls(tuple(before.shape), idx, b[idx].astype(np.int64), a[idx].astype(np.int64))
 
     @classmethod
-    def assign(cls, labels: np.ndarray, index: np.ndarray, value: int | np.ndarray) -> "LabelDiff":
+    def assign(cls, labels: np.ndarray, index: np.ndarray, value: int | np.ndarray) -> LabelDiff:
         """The diff that sets flat ``index`` of ``labels`` to ``value`` (unchanged pixels dropped)."""
         index = np.asarray(index, dtype=np.int64).ravel()
         new = np.broadcast_to(np.asarray(value, dtype=np.int64), index.shape)
@@ -250,7 +250,7 @@ class LabelDiff:
         """The changed pixels as a tuple of index arrays (numpy fancy indexing)."""
         return np.unravel_index(self.index, self.shape)
 
-    def inverted(self) -> "LabelDiff":
+    def inverted(self) -> LabelDiff:
         return LabelDiff(self.shape, self.index, self.new, self.old)
 
     def apply(self, labels: np.ndarray, reverse: bool = False) -> np.ndarray:
@@ -263,7 +263,7 @@ class LabelDiff:
         flat[self.index] = self.old if reverse else self.new
         return labels
 
-    def then(self, later: "LabelDiff") -> "LabelDiff":
+    def then(self, later: LabelDiff) -> LabelDiff:
         """The single diff doing ``self`` and then ``later``."""
         if later.shape != self.shape:
             raise ValueError("diffs of different shapes")

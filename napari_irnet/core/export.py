@@ -216,7 +216,7 @@ def _coco_annotations(masks: Masks, image_id: int, classes: list[str], first_id:
     anns = []
     slices = ndimage.find_objects(masks.instances)
     h, w = masks.instances.shape
-    for k, rec in enumerate(masks.records):
+    for rec in masks.records:
         sl = slices[rec["id"] - 1] if rec["id"] - 1 < len(slices) else None
         if sl is None:
             continue
@@ -389,8 +389,7 @@ def export_label_images(
             sem_path = out / fmt / "semantic" / f"{stem}.{fmt}"
             if fmt == "tif":
                 write_instance_tiff(inst_path, masks.instances)
-                sem = masks.semantic
-                atomic_write(sem_path, lambda tmp: tifffile.imwrite(tmp, sem, compression="zlib", photometric="minisblack"))
+                atomic_write(sem_path, lambda tmp, sem=masks.semantic: tifffile.imwrite(tmp, sem, compression="zlib", photometric="minisblack"))
             else:
                 if len(masks.records) > 65535:
                     raise ExportError(f"{name}: {len(masks.records)} instances do not fit a 16-bit PNG; export TIFF instead")
@@ -486,7 +485,7 @@ def export_voc(
         if copy_images:
             image = Image.fromarray(project.read_image(name))
             summary.files.append(
-                atomic_write(out / "JPEGImages" / f"{stem}.jpg", lambda tmp: image.save(tmp, format="JPEG", quality=95))
+                atomic_write(out / "JPEGImages" / f"{stem}.jpg", lambda tmp, image=image: image.save(tmp, format="JPEG", quality=95))
             )
         summary.images += 1
         summary.instances += len(masks.records)

@@ -50,8 +50,8 @@ from .path_index import PathIndex
 from .postprocess import IGNORE
 from .targets import class_map_target, displacement_target, relation_labels, to_grid
 from .training import (
-    LabelledImage,
     ClassMapDataset,
+    LabelledImage,
     PolySchedule,
     RelationDataset,
     _optimizer,
@@ -532,7 +532,7 @@ class VersionStore:
         record = {
             "version": number,
             "file": f"v{number:04d}.pt",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "parent": parent if parent is not None else (records[-1]["version"] if records else None),
             "note": note,
         }

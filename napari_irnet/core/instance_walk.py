@@ -43,10 +43,9 @@ planes (small images with few instances).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import hashlib
 
 import numpy as np
 import torch

@@ -917,7 +917,7 @@ def coco_mask_ap(
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truths)} ground-truth sets")
     labels = [s.labels for s in (*predictions, *ground_truths) if len(s)]
-    k = num_classes if num_classes is not None else (int(max(l.max() for l in labels)) + 1 if labels else 0)
+    k = num_classes if num_classes is not None else (int(max(lab.max() for lab in labels)) + 1 if labels else 0)
     images, gt_anns, dt_anns = [], [], []
     gt_index, pred_index = [], []
     for i, (pred, gt) in enumerate(zip(predictions, ground_truths), start=1):

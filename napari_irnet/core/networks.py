@@ -172,7 +172,7 @@ class IRNet(nn.Module):
         self.fc_dp6 = _head(768, 256, 16, up=2)
         self.fc_dp7 = _displacement_output(displacement_head)
 
-    def train(self, mode: bool = True) -> "IRNet":
+    def train(self, mode: bool = True) -> IRNet:
         super().train(mode)
         self.backbone.eval()
         return self

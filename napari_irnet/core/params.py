@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 #: the instance walk's methods (:mod:`napari_irnet.core.instance_walk`); here so that the
 #: command line can list them without importing torch
 INSTANCE_WALKS = ("auto", "local", "global")
@@ -138,7 +137,7 @@ class Params:
             ("preset", lambda v: v in ("irnet", "reference"), "'irnet' or 'reference'"),
         ])  # fmt: skip
 
-    def replace(self, **changes: Any) -> "Params":
+    def replace(self, **changes: Any) -> Params:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -148,7 +147,7 @@ class Params:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Params":
+    def from_dict(cls, d: dict[str, Any]) -> Params:
         """Build from a dict; unknown keys raise, missing keys take defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
@@ -160,7 +159,7 @@ class Params:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "Params":
+    def from_json(cls, text: str) -> Params:
         return cls.from_dict(json.loads(text))
 
 
@@ -260,7 +259,7 @@ class TrainParams:
             ("num_workers", lambda v: _is_int(v, 0), "an integer >= 0"),
         ])  # fmt: skip
 
-    def replace(self, **changes: Any) -> "TrainParams":
+    def replace(self, **changes: Any) -> TrainParams:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -271,7 +270,7 @@ class TrainParams:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainParams":
+    def from_dict(cls, d: dict[str, Any]) -> TrainParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

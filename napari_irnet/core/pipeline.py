@@ -20,12 +20,12 @@ import torch
 from .checkpoint import Model
 from .inference import CAMOutput, IRNetOutput, compute_cams, compute_irnet, resolve_device
 from .params import Params
-from .progress import Step
 from .postprocess import (
     InstanceResult,
     instance_cams,
     propagate,
 )
+from .progress import Step
 
 
 @dataclass

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-
 IGNORE = 255
 
 _crf_notice_given = False
@@ -85,19 +84,19 @@ def seeds_from_cams(
     # without the CRF every pixel is decided alone: bands of rows keep the temporaries small
     rows = h if crf else max(1, (1 << 22) // max(1, w * (cams.shape[0] + 1)))
     seeds = np.empty((h, w), np.uint8)
+
+    def labelled(band: np.ndarray, threshold: float) -> np.ndarray:
+        arg = np.argmax(np.concatenate([np.full((1,) + band.shape[1:], threshold, band.dtype), band]), axis=0)
+        if crf:
+            refined = _dense_crf(image, arg, keys.shape[0])
+            if refined is not None:
+                arg = refined
+        return keys[arg]
+
     for r0 in range(0, h, rows):
         band = cams[:, r0 : r0 + rows]
-
-        def labelled(threshold: float) -> np.ndarray:
-            arg = np.argmax(np.concatenate([np.full((1,) + band.shape[1:], threshold, band.dtype), band]), axis=0)
-            if crf:
-                refined = _dense_crf(image, arg, keys.shape[0])
-                if refined is not None:
-                    arg = refined
-            return keys[arg]
-
-        fg = labelled(fg_threshold)
-        bg = labelled(bg_threshold)
+        fg = labelled(band, fg_threshold)
+        bg = labelled(band, bg_threshold)
         fg[fg == 0] = np.where(bg[fg == 0] == 0, 0, IGNORE)
         seeds[r0 : r0 + rows] = fg
     return seeds

@@ -45,6 +45,7 @@ Pure numpy / json: importing this module never imports torch, napari or Qt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,7 +54,6 @@ import shutil
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,11 @@ from .io import (
     atomic_write,
     check_pixels,
     image_size,
+    list_images,
     read_image,
     read_instances_json,
     read_label_image,
     read_labels,
-    list_images,
     write_instance_tiff,
     write_instances_json,
     write_json,

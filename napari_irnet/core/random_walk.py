@@ -46,7 +46,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .progress import Step, StepGenerator, run_steps
 from .path_index import (
     PathIndex,
     _grouped_paths,
@@ -54,6 +53,7 @@ from .path_index import (
     max_along_paths,
     search_directions,
 )
+from .progress import Step, StepGenerator, run_steps
 
 __all__ = [
     "apply_transition",
