@@ -12,7 +12,9 @@ resident set size (RSS) is its own.
 Printed per size: instances found, the instance walk's planes (walked /
 classes × clusters) and window cells (sum of the window areas over the grid
 cells), seconds per stage, the seconds per megapixel of everything after the
-networks, the whole prediction, and the peak RSS.
+networks, the whole prediction (wall clock, and the processor time of all
+its threads, which other processes on a shared machine disturb less), and
+the peak RSS.
 
 ``--busy`` runs every size a second time while another process keeps one
 core busy with the same kind of work (many small torch operations), as on a
@@ -69,6 +71,15 @@ def tiled_sample(size: int):
     return image[:size, :size], inst[:size, :size], labels
 
 
+def _cpu_seconds() -> float:
+    """Processor time of this process so far (user + system, every thread): what the work cost,
+    less affected than the wall time by other processes on a shared machine."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_mb() -> float:
     import resource
 
@@ -105,6 +116,7 @@ def run_one(size: int, device: str, method: str = "auto") -> dict:
         times[name] = time.perf_counter() - t
         return out
 
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     cam = timed("CAM", lambda: compute_cams(model.cam, image, ids, p, device))
     irn = timed("IRNet", lambda: compute_irnet(model.irn, image, p, device))
@@ -144,6 +156,7 @@ def run_one(size: int, device: str, method: str = "auto") -> dict:
         "networks_s": t1 - t0,
         "post_s": t2 - t1,
         "total_s": t2 - t0,
+        "cpu_s": _cpu_seconds() - cpu0,
         "peak_rss_mb": _rss_mb(),
     }
 
@@ -181,7 +194,7 @@ STAGES = ("CAM", "IRNet", "seeds", "centroids", "clusters", "weights", "instance
 
 def _table(rows: list[dict], title: str) -> None:
     print(f"\n{title}\n")
-    head = ["image", "instances", "planes walked", "window cells / grid"] + list(STAGES) + ["post-processing s/MP", "total s", "peak RSS GB"]
+    head = ["image", "instances", "planes walked", "window cells / grid"] + list(STAGES) + ["post-processing s/MP", "total s", "CPU s", "peak RSS GB"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -191,7 +204,7 @@ def _table(rows: list[dict], title: str) -> None:
         mp = r["size"] ** 2 / 1e6
         cells = [f"{r['size']}²", str(r["instances"]), f"{r['planes_walked']} / {r['planes']}", f"{r['window_cells']:.2f}"]
         cells += [f"{r['times'][s]:.2f}" for s in STAGES]
-        cells += [f"{r['post_s'] / mp:.2f}", f"{r['total_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.2f}"]
+        cells += [f"{r['post_s'] / mp:.2f}", f"{r['total_s']:.1f}", f"{r['cpu_s']:.0f}", f"{r['peak_rss_mb'] / 1024:.2f}"]
         print("| " + " | ".join(cells) + " |")
 
 
