@@ -225,7 +225,7 @@ def main(argv=None) -> None:
     load = os.getloadavg()[0]
     print(f"torch threads {args.threads}, device {args.device}, load average before: {load:.2f}")
     rows = [_spawn(s, args) for s in args.sizes]
-    _table(rows, "Idle machine (instance_walk auto):")
+    _table(rows, f"Alone (instance_walk auto; the machine's load average was {load:.2f} before):")
     result = {"idle": rows}
     if args.busy:
         busy = _busy_process()
