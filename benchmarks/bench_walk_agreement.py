@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def _both(outputs, params, image=None) -> dict:
     """Post-process with each walk; returns {method: (prediction, walk seconds)}."""
-    from napari_irnet.core.session import StageCache
+    from napari_irnet.pipeline.cache import StageCache
 
     out = {}
     for method in ("global", "local"):
@@ -68,9 +68,9 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
     import torch
     from bench_quality import Scorer, load_consep
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.inference import CAMOutput, IRNetOutput
-    from napari_irnet.core.pipeline import NetworkOutputs
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput
+    from napari_irnet.pipeline.predict import NetworkOutputs
 
     classes, items = load_consep(data, "test", long_side, limit)
     cam_files = sorted(cache_dir.glob("cams_test_*.pt"))
@@ -112,8 +112,8 @@ def cells(sizes: list[int]) -> list[str]:
     from bench_quality import Scorer, _make_item
     from bench_scale import tiled_sample
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.pipeline import run_networks
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.predict import run_networks
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     params = model.params

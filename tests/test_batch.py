@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import napari_irnet.core.project as project_module
-from napari_irnet.core.batch import ProjectPrediction
-from napari_irnet.core.checkpoint import CheckpointError, new_model, save_checkpoint
-from napari_irnet.core.io import OutputError
-from napari_irnet.core.params import Params
-from napari_irnet.core.project import ProjectError, create_project, open_project
-from napari_irnet.core.synthetic import CLASS_NAMES, write_dataset
+import napari_irnet.store.project as project_module
+from napari_irnet.io.files import OutputError
+from napari_irnet.models.checkpoint import CheckpointError, new_model, save_checkpoint
+from napari_irnet.params import Params
+from napari_irnet.store.batch import ProjectPrediction
+from napari_irnet.store.project import ProjectError, create_project, open_project
+from napari_irnet.synthetic import CLASS_NAMES, write_dataset
 
 FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False)
 
@@ -140,7 +140,7 @@ def test_unlabelled_and_empty_label_images(tmp_path, tiny_dataset):
 def test_model_in_memory_is_keyed_by_its_weights(setup):
     project, ckpt, _ = setup
     list(ProjectPrediction(project, device="cpu", limit=1))
-    from napari_irnet.core.checkpoint import load_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint
 
     same = load_checkpoint(ckpt)
     key = ProjectPrediction(project, same, device="cpu").model_key

@@ -7,17 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_irnet.core.corrections import (
-    Corrections,
-    corrections_folder,
-    delete_corrections,
-    image_fingerprint,
-    load_corrections,
-    save_corrections,
-    summarise,
-)
-from napari_irnet.core.edits import InstanceInfo
-from napari_irnet.core.io import InputError
+from napari_irnet.annotation.edits import InstanceInfo
+from napari_irnet.io.files import InputError
+from napari_irnet.store.folder import Corrections, corrections_folder, delete_corrections, image_fingerprint, load_corrections, save_corrections, summarise
 
 
 def _corrections(image: np.ndarray) -> Corrections:
@@ -75,7 +67,7 @@ def test_corrupt_or_foreign_files_name_the_file(tmp_path):
 
 
 def test_interrupted_save_keeps_the_newer_map_with_a_warning(tmp_path):
-    from napari_irnet.core.io import write_instance_tiff
+    from napari_irnet.io.files import write_instance_tiff
 
     image = np.zeros((16, 20, 3), np.uint8)
     folder = save_corrections(tmp_path / "c", _corrections(image))
@@ -88,7 +80,7 @@ def test_interrupted_save_keeps_the_newer_map_with_a_warning(tmp_path):
 
 
 def test_failed_write_leaves_old_files(tmp_path, monkeypatch):
-    import napari_irnet.core.corrections as mod
+    import napari_irnet.store.folder as mod
 
     image = np.zeros((16, 20, 3), np.uint8)
     folder = save_corrections(tmp_path / "c", _corrections(image))
@@ -129,7 +121,7 @@ def test_a_folder_named_by_an_older_version_is_still_found(tmp_path):
 
 
 def test_the_annotators_background_is_saved_loaded_and_cleared(tmp_path):
-    from napari_irnet.core.corrections import FolderStore
+    from napari_irnet.store.folder import FolderStore
 
     image = np.zeros((16, 16, 3), np.uint8)
     corr = _corrections(image)
@@ -150,7 +142,7 @@ def test_the_annotators_background_is_saved_loaded_and_cleared(tmp_path):
 
 
 def test_the_command_line_finds_the_annotators_background_with_the_corrections(tmp_path):
-    from napari_irnet._cli_finetune import find_correction
+    from napari_irnet.cli.finetune import find_correction
 
     image = np.zeros((16, 16, 3), np.uint8)
     corr = _corrections(image)

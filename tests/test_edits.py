@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_irnet.core.edits import (
+from napari_irnet.annotation.edits import (
     EditError,
     EditRecord,
     History,
@@ -235,7 +235,7 @@ def test_history_undo_redo_and_update_coalescing():
 
 
 def test_accept_all_marks_every_present_instance():
-    from napari_irnet.core.edits import InstanceInfo, accept_all
+    from napari_irnet.annotation.edits import InstanceInfo, accept_all
 
     labels = np.array([[0, 1, 1], [2, 2, 5]], np.int32)
     table = {1: InstanceInfo("a", 0.7, "proposed"), 2: InstanceInfo("b", 0.4, "edited"), 9: InstanceInfo("a", 0.2, "proposed")}

@@ -1,4 +1,4 @@
-"""Tests of napari_irnet.core.metrics: hand-computed AP / mIoU and pycocotools cross-checks."""
+"""Tests of napari_irnet.evaluation.metrics: hand-computed AP / mIoU and pycocotools cross-checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_irnet.core.metrics import (
+from napari_irnet.evaluation.metrics import (
     APAccumulator,
     InstanceSet,
     average_precision,
@@ -259,7 +259,7 @@ def test_mask_iou_many_instances_is_fast():
 
 
 def test_mask_iou_matrix_product_path(monkeypatch):
-    import napari_irnet.core.metrics as metrics
+    import napari_irnet.evaluation.metrics as metrics
 
     rng = np.random.default_rng(2)
     pred = rng.random((40, 16, 16)) < 0.5
@@ -414,7 +414,7 @@ def test_duplicate_rule_differs_from_coco():
 
 def _synthetic_predictions():
     """GT from the synthetic generator and imperfect predictions of it (label maps)."""
-    from napari_irnet.core.synthetic import CLASS_NAMES, make_dataset
+    from napari_irnet.synthetic import CLASS_NAMES, make_dataset
 
     rng = np.random.default_rng(7)
     preds, gts = [], []

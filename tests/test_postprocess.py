@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_irnet.core.postprocess import (
+from napari_irnet.pipeline.stages import (
     IGNORE,
     assign_instances,
     cam_class_map,

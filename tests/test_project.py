@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 
-import napari_irnet.core.project as project_module
-from napari_irnet.core.io import InputError, OutputError
-from napari_irnet.core.params import Params
-from napari_irnet.core.project import ProjectError, create_project, open_project
-from napari_irnet.core.synthetic import write_dataset
+import napari_irnet.store.project as project_module
+from napari_irnet.io.files import InputError, OutputError
+from napari_irnet.params import Params
+from napari_irnet.store.project import ProjectError, create_project, open_project
+from napari_irnet.synthetic import write_dataset
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
     np.testing.assert_array_equal(masks.instances, inst)
     # and the same for a state file that cannot be replaced
     monkeypatch.setattr(project_module, "write_instances_json", real)
-    import napari_irnet.core.io as io_module
+    import napari_irnet.io.files as io_module
 
     real_replace = io_module.os.replace
 
@@ -343,7 +343,7 @@ def test_project_module_imports_no_torch_or_gui():
     import sys
 
     code = (
-        "import sys, napari_irnet.core.project; "
+        "import sys, napari_irnet.store.project; "
         "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt5', 'PyQt6') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -427,9 +427,9 @@ def test_a_replaced_image_of_the_same_size_is_new_again_and_its_masks_are_kept(p
 
 
 def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset):
-    from napari_irnet.core.annotation import AnnotationSession
-    from napari_irnet.core.edits import InstanceInfo
-    from napari_irnet.core.project import ProjectImageStore
+    from napari_irnet.annotation.edits import InstanceInfo
+    from napari_irnet.annotation.session import AnnotationSession
+    from napari_irnet.store.project import ProjectImageStore
 
     name = project.names[1]
     inst, records = _gt(tiny_dataset[1])  # four instances

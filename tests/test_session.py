@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_irnet.core.inference import CAMOutput, IRNetOutput
-from napari_irnet.core.params import Params
-from napari_irnet.core.pipeline import NetworkOutputs, postprocess
-from napari_irnet.core.session import StageCache, clusters_from_points
+from napari_irnet.params import Params
+from napari_irnet.pipeline.cache import StageCache, clusters_from_points
+from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput
+from napari_irnet.pipeline.predict import NetworkOutputs, postprocess
 
 FAST = Params(cam_scales=(1.0,), walk_steps=32, centroid_steps=40, use_crf=False, min_fragment_fraction=0.0)
 CENTRES = np.array([[8.0, 8.0], [8.0, 24.0]])  # grid units on a 16 x 32 grid
@@ -121,7 +121,7 @@ def test_should_stop_interrupts_and_keeps_finished_stages():
 
 
 def test_a_walk_reports_its_steps_and_stops_at_one():
-    from napari_irnet.core.progress import Step
+    from napari_irnet.progress import Step
 
     cache = StageCache(_two_blobs(), FAST)
     steps: list[Step] = []
@@ -143,8 +143,8 @@ def test_a_walk_reports_its_steps_and_stops_at_one():
 
 def test_the_panels_run_job_yields_walk_steps_and_a_cancel_stops_inside_the_walk(monkeypatch, tmp_path):
     import napari_irnet._jobs as jobs
-    from napari_irnet.core.checkpoint import new_irnet, new_model
-    from napari_irnet.core.progress import Step
+    from napari_irnet.models.checkpoint import new_irnet, new_model
+    from napari_irnet.progress import Step
 
     model = new_model(["a"], "tiny")
     model.irn = new_irnet(model, "cam")
