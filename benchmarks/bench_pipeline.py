@@ -41,8 +41,8 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
 
     from napari_irnet.models.checkpoint import new_model
     from napari_irnet.params import Params
-    from napari_irnet.pipeline.inference import compute_cams, compute_irnet, resolve_device
-    from napari_irnet.pipeline.predict import NetworkOutputs, walk_instances
+    from napari_irnet.pipeline.inference import NetworkOutputs, compute_cams, compute_irnet, resolve_device
+    from napari_irnet.pipeline.predict import walk_instances
     from napari_irnet.pipeline.stages import assign_instances, cluster_centroids, find_centroids, propagate, seeds_from_cams, semantic_from_walk
 
     dev = resolve_device(args.device)

@@ -355,8 +355,7 @@ def evaluate_split(
     skips (a) and (b).
     """
     from napari_irnet.pipeline.cache import StageCache
-    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput
-    from napari_irnet.pipeline.predict import NetworkOutputs
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
     from napari_irnet.pipeline.stages import cam_class_map, instances_from_class_map, propagate, semantic_from_argmax, upsampled_argmax
     from napari_irnet.training.targets import boundary_target, displacement_target
 

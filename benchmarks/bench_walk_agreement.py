@@ -69,8 +69,7 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
     from bench_quality import Scorer, load_consep
 
     from napari_irnet.models.checkpoint import load_checkpoint
-    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput
-    from napari_irnet.pipeline.predict import NetworkOutputs
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 
     classes, items = load_consep(data, "test", long_side, limit)
     cam_files = sorted(cache_dir.glob("cams_test_*.pt"))

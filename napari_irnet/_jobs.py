@@ -23,8 +23,9 @@ from .io.files import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
 from .models.checkpoint import Model, load_checkpoint  # noqa: E402
 from .params import Params  # noqa: E402
 from .pipeline.cache import StageCache  # noqa: E402
-from .pipeline.inference import resolve_device  # noqa: E402
-from .pipeline.predict import NetworkOutputs, Prediction, predict_classes, run_networks  # noqa: E402
+from .pipeline.inference import NetworkOutputs, resolve_device  # noqa: E402
+from .pipeline.predict import predict_classes, run_networks  # noqa: E402
+from .pipeline.stages import Prediction  # noqa: E402
 
 #: steps :func:`run_job` yields (for a progress bar)
 RUN_STEPS = 4

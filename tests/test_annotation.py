@@ -124,8 +124,7 @@ def test_corrections_round_trip_and_restore_keeps_corrections(tmp_path):
 
 def _outputs(shape=(64, 64), centre=(32, 36), radius=9):
     """Network outputs of one round object: its CAM, a boundary ring around it."""
-    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput
-    from napari_irnet.pipeline.predict import NetworkOutputs
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 
     H, W = shape
     yy, xx = np.mgrid[0:H, 0:W]

@@ -8,7 +8,8 @@ import torch
 
 import napari_irnet.store.project as project_module
 from napari_irnet.io.files import OutputError
-from napari_irnet.models.checkpoint import CheckpointError, new_model, save_checkpoint
+from napari_irnet.models.checkpoint import new_model, save_checkpoint
+from napari_irnet.models.torch_files import CheckpointError
 from napari_irnet.params import Params
 from napari_irnet.store.batch import ProjectPrediction
 from napari_irnet.store.project import ProjectError, create_project, open_project

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.models.checkpoint import CheckpointError, import_reference, load_checkpoint, new_model, save_checkpoint
+from napari_irnet.models.checkpoint import import_reference, load_checkpoint, new_model, save_checkpoint
+from napari_irnet.models.torch_files import CheckpointError
 from napari_irnet.params import Params
 from napari_irnet.pipeline.inference import compute_cams, compute_irnet
 

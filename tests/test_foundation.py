@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-
 #: everything but the napari plugin: the engine's subpackages, its top-level modules and the command line
 ENGINE = ("models", "pipeline", "training", "annotation", "store", "io", "evaluation", "cli")
 ENGINE_MODULES = ("params", "progress", "synthetic")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from napari_irnet.params import Params
 from napari_irnet.pipeline.cache import StageCache, clusters_from_points
-from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput
-from napari_irnet.pipeline.predict import NetworkOutputs, postprocess
+from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
+from napari_irnet.pipeline.predict import postprocess
 
 FAST = Params(cam_scales=(1.0,), walk_steps=32, centroid_steps=40, use_crf=False, min_fragment_fraction=0.0)
 CENTRES = np.array([[8.0, 8.0], [8.0, 24.0]])  # grid units on a 16 x 32 grid

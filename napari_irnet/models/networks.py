@@ -14,11 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..params import DISPLACEMENT_HEADS
-from .backbones import Backbone
-
-#: ImageNet normalisation used by the reference (``TorchvisionNormalize``)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 
 
 def normalize_image(image: torch.Tensor) -> torch.Tensor:

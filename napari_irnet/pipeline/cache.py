@@ -45,11 +45,10 @@ import torch
 
 from ..params import Params
 from ..progress import Step, StepGenerator, run_steps
-from .inference import resolve_device
+from .inference import NetworkOutputs, resolve_device
 from .instance_walk import WalkPlan, iter_instance_walk
-from .predict import NetworkOutputs, Prediction
 from .random_walk import iter_transition, transition_weights
-from .stages import assign_from_argmax, centroid_points, cluster_centroids, find_centroids, seeds_from_cams, semantic_from_argmax, upsampled_argmax
+from .stages import Prediction, assign_from_argmax, centroid_points, cluster_centroids, find_centroids, seeds_from_cams, semantic_from_argmax, upsampled_argmax
 
 __all__ = ["STAGE_INPUTS", "StageCache", "clusters_from_points"]
 

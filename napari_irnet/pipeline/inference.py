@@ -302,3 +302,12 @@ def compute_irnet(
 
     out = run_tiled(both, x, 4, params.tile_size, params.tile_overlap, prepare)[0, :, :h, :w]
     return IRNetOutput(torch.sigmoid(out[0]).float().cpu(), out[1:3].float().cpu())
+
+
+@dataclass
+class NetworkOutputs:
+    """The cached outputs of both networks for one image (CPU tensors)."""
+
+    image_shape: tuple[int, int]
+    cam: CAMOutput
+    irn: IRNetOutput

@@ -100,7 +100,7 @@ def path_points(direction: Sequence[int]) -> np.ndarray:
     return points[order]
 
 
-def _grouped_paths(radius: int) -> list[np.ndarray]:
+def grouped_paths(radius: int) -> list[np.ndarray]:
     """Paths of all forward directions grouped by length, shortest first.
 
     Returns a list of ``(n_g, P_g, 2)`` int64 arrays; ``[g][:, 0]`` are the
@@ -130,7 +130,7 @@ def search_directions(radius: int) -> np.ndarray:
     """
     if int(radius) < 2:
         raise ValueError(f"radius must be >= 2, got {radius}")
-    return np.concatenate([group[:, 0] for group in _grouped_paths(radius)], axis=0)
+    return np.concatenate([group[:, 0] for group in grouped_paths(radius)], axis=0)
 
 
 @dataclass(eq=False)
@@ -177,7 +177,7 @@ class PathIndex:
         self.radius = int(self.radius)
         self.shape = (int(self.shape[0]), int(self.shape[1]))
         self.radius_floor = int(math.ceil(self.radius)) - 1
-        self.path_groups = _grouped_paths(self.radius)
+        self.path_groups = grouped_paths(self.radius)
         self.directions = np.concatenate([g[:, 0] for g in self.path_groups], axis=0)
         h, w = self.shape
         rf = self.radius_floor

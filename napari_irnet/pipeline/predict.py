@@ -12,7 +12,6 @@ or both at once with :func:`predict`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,48 +19,9 @@ import torch
 from ..models.checkpoint import Model
 from ..params import Params
 from ..progress import Step
-from .inference import CAMOutput, IRNetOutput, compute_cams, compute_irnet, resolve_device
-from .stages import InstanceResult, instance_cams, propagate
-
-
-@dataclass
-class NetworkOutputs:
-    """The cached outputs of both networks for one image (CPU tensors)."""
-
-    image_shape: tuple[int, int]
-    cam: CAMOutput
-    irn: IRNetOutput
-
-
-@dataclass
-class Prediction:
-    """Every stage's result for one image.
-
-    Attributes
-    ----------
-    class_ids : (C,) int array
-        0-based classes of the image (the CAM planes).
-    seeds : (H, W) uint8
-        0 background, class id + 1, 255 ignore.
-    centroids : (2, h, w) int32
-        Final grid position of every pixel after the centroid refinement.
-    clusters : (h, w) int32
-        Cluster index of every grid pixel.
-    centre_points : (K, 2) float
-        Mean centroid of each cluster in image pixels (y, x).
-    instances : InstanceResult
-        Instance label map (H, W) and per-instance records.
-    semantic : (H, W) int32
-        Class id + 1, 0 background.
-    """
-
-    class_ids: np.ndarray
-    seeds: np.ndarray
-    centroids: np.ndarray
-    clusters: np.ndarray
-    centre_points: np.ndarray
-    instances: InstanceResult
-    semantic: np.ndarray
+from .cache import StageCache
+from .inference import NetworkOutputs, compute_cams, compute_irnet, network_input, resolve_device, run_tiled
+from .stages import Prediction, instance_cams, propagate
 
 
 def run_networks(
@@ -112,8 +72,6 @@ def postprocess(
         Called with a :class:`~napari_irnet.progress.Step` after every
         stage and walk step (it may raise to stop).
     """
-    from .cache import StageCache
-
     return StageCache(outputs, params, image, device).update(centre_points=centre_points, progress=progress)
 
 
@@ -154,8 +112,6 @@ def class_probabilities(model: Model, image: np.ndarray, device: str | torch.dev
     classifier's logits are the mean of its per-cell logits, so the tiles'
     cells are averaged.
     """
-    from .inference import network_input, run_tiled
-
     model.require("cam", task="finding the classes")
     dev = resolve_device(device)
     net = model.cam.to(dev).eval()

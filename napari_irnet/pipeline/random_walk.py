@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import Step, StepGenerator, run_steps
-from .path_index import PathIndex, _grouped_paths, boundary_to_affinity, max_along_paths, search_directions
+from .path_index import PathIndex, boundary_to_affinity, grouped_paths, max_along_paths, search_directions
 
 __all__ = [
     "apply_transition",
@@ -96,7 +96,7 @@ def _forward_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     h, w = boundary.shape
     r = int(radius)
     padded = F.pad(boundary[None], (r, r, 0, r), value=1.0)
-    path_max = max_along_paths(padded, _grouped_paths(r), origin=(0, r), size=(h, w))
+    path_max = max_along_paths(padded, grouped_paths(r), origin=(0, r), size=(h, w))
     return 1.0 - path_max[0]
 
 

@@ -309,6 +309,37 @@ def _components(key_map: np.ndarray, score_map: np.ndarray, min_fragment_fractio
     return InstanceResult(labels, records)
 
 
+@dataclass
+class Prediction:
+    """Every stage's result for one image.
+
+    Attributes
+    ----------
+    class_ids : (C,) int array
+        0-based classes of the image (the CAM planes).
+    seeds : (H, W) uint8
+        0 background, class id + 1, 255 ignore.
+    centroids : (2, h, w) int32
+        Final grid position of every pixel after the centroid refinement.
+    clusters : (h, w) int32
+        Cluster index of every grid pixel.
+    centre_points : (K, 2) float
+        Mean centroid of each cluster in image pixels (y, x).
+    instances : InstanceResult
+        Instance label map (H, W) and per-instance records.
+    semantic : (H, W) int32
+        Class id + 1, 0 background.
+    """
+
+    class_ids: np.ndarray
+    seeds: np.ndarray
+    centroids: np.ndarray
+    clusters: np.ndarray
+    centre_points: np.ndarray
+    instances: InstanceResult
+    semantic: np.ndarray
+
+
 def semantic_from_walk(
     walk: torch.Tensor, class_ids: Sequence[int], image_shape: tuple[int, int], bg_threshold: float = 0.25
 ) -> np.ndarray:

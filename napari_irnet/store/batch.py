@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.files import InputError
-from ..models.checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint
+from ..models.checkpoint import Model, load_checkpoint, model_fingerprint
+from ..models.torch_files import CheckpointError
 from ..params import Params
 from .project import Project, ProjectError, semantic_for_project
 

@@ -58,7 +58,7 @@ from ..io.files import (
     write_instances_json,
     write_semantic_png,
 )
-from .project import STATES, Masks, Project, _now
+from .project import STATES, Masks, Project, timestamp
 
 __all__ = [
     "DEFAULT_STATES",
@@ -201,7 +201,7 @@ def _finish(out: Path, previous: list[str], written: Sequence[Path]) -> None:
                 path.parent.rmdir()
         except OSError:
             pass
-    _write_text(out / EXPORT_LIST, json.dumps({"written": _now(), "files": now}, indent=1) + "\n")
+    _write_text(out / EXPORT_LIST, json.dumps({"written": timestamp(), "files": now}, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def export_coco(
     data = {
         "info": {
             "description": f"napari-irnet export of {project.root.name}",
-            "date_created": _now(),
+            "date_created": timestamp(),
             "image_dir": str(project.image_dir),
         },
         "licenses": [],

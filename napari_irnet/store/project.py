@@ -217,7 +217,8 @@ class Masks:
 # helpers
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """The local time, as the store writes it (``2024-05-01T12:00:00+0200``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -403,7 +404,7 @@ class Project:
 
     # ------------------------------------------------------------ manifest
     def _write_manifest(self) -> None:
-        self.manifest["modified"] = _now()
+        self.manifest["modified"] = timestamp()
         write_json(self.root / MANIFEST, self.manifest)
 
     def _write_images(self) -> None:
@@ -531,7 +532,7 @@ class Project:
         stale = {kind: part for kind, part in _revisions(st) if "image" in part and not self._same_image(name, part["image"])}
         if not stale:
             return st
-        st.replaced = [*st.replaced, {"time": _now(), "result": stale.get("result"), "correction": stale.get("correction")}]
+        st.replaced = [*st.replaced, {"time": timestamp(), "result": stale.get("result"), "correction": stale.get("correction")}]
         if "result" in stale:
             st.result = None
         if "correction" in stale:
@@ -608,7 +609,7 @@ class Project:
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
-        info = {"rev": rev, "time": _now(), "instances": len(masks.records)}
+        info = {"rev": rev, "time": timestamp(), "instances": len(masks.records)}
         made_for = self.image_fingerprint(name)
         if made_for is not None:  # the pixels these masks belong to: a replaced image file makes them stale
             info["image"] = made_for
@@ -713,7 +714,7 @@ class Project:
     def record_error(self, name: str, message: str) -> None:
         """Remember why an image could not be predicted (its state does not change)."""
         st = self.state(name)
-        st.error = {"message": str(message), "time": _now()}
+        st.error = {"message": str(message), "time": timestamp()}
         self._write_state(name, st)
 
     def save_correction(
@@ -1058,8 +1059,8 @@ def create_project(
     manifest: dict[str, Any] = {
         "format": PROJECT_FORMAT,
         "format_version": FORMAT_VERSION,
-        "created": _now(),
-        "modified": _now(),
+        "created": timestamp(),
+        "modified": timestamp(),
         "classes": project_classes,
         "params": params.to_dict(),
         "checkpoint": None,
@@ -1108,7 +1109,7 @@ def _upgrade(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         manifest = step(root, dict(manifest))
         version += 1
         manifest["format_version"] = version
-        manifest["modified"] = _now()
+        manifest["modified"] = timestamp()
         write_json(path, manifest)  # the version moves on only once the step is done
     return manifest
 

@@ -43,12 +43,13 @@ import torch
 from torch.utils.data import default_collate
 
 from ..io.files import OutputError, atomic_path
-from ..models.checkpoint import CheckpointError, Model, load_checkpoint, model_fingerprint, safe_torch_load, save_checkpoint, write_torch_file
+from ..models.checkpoint import Model, load_checkpoint, model_fingerprint, save_checkpoint
+from ..models.torch_files import CheckpointError, safe_torch_load, write_torch_file
 from ..params import Params, TrainParams
 from ..pipeline.inference import compute_irnet, resolve_device, strided_size
 from ..pipeline.path_index import PathIndex
 from ..pipeline.stages import IGNORE
-from .loop import ClassMapDataset, LabelledImage, PolySchedule, RelationDataset, _optimizer, cam_step, estimate_displacement_mean, irn_step, make_seeds
+from .loop import ClassMapDataset, LabelledImage, PolySchedule, RelationDataset, cam_step, estimate_displacement_mean, irn_step, make_optimizer, make_seeds
 from .targets import class_map_target, displacement_target, relation_labels, to_grid
 
 __all__ = ["FieldCheck", "VersionStore", "check_displacement_field", "correction_class_maps", "describe_reset", "finetune", "finetune_labels"]
@@ -362,7 +363,7 @@ def finetune(
     batch = max(1, min(tp.irn_batch_size, len(dataset)))
     steps_per_epoch = len(dataset) // batch
     max_step = steps_per_epoch * tp.finetune_epochs
-    opt = _optimizer(net.parameter_groups(), tp.finetune_learning_rate, tp)
+    opt = make_optimizer(net.parameter_groups(), tp.finetune_learning_rate, tp)
     sched = PolySchedule(opt, max_step, tp.poly_power)
     cam_net = cam_opt = cam_sched = cam_data = None
     cam_batch = 1
@@ -372,7 +373,7 @@ def finetune(
         cam_batch = max(1, min(tp.cam_batch_size, len(cam_data)))
         # the classifier is no longer new: at the new-layer multiple its weights grew and the loss
         # diverged within 100 steps at lr 0.01 on 50 CoNSeP patches (BENCHMARKS.md, Human in the loop)
-        cam_opt = _optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp, new_layer_lr_mult=1.0)
+        cam_opt = make_optimizer(cam_net.parameter_groups(), tp.finetune_learning_rate, tp, new_layer_lr_mult=1.0)
         cam_sched = PolySchedule(cam_opt, max_step, tp.poly_power)
     digest = _config_digest(items, strong, tp, with_maps if train_cam else [], start)
     resume_file = Path(resume_file) if resume_file is not None else None

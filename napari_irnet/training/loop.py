@@ -186,7 +186,7 @@ class PolySchedule:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _optimizer(groups: tuple[list, list], lr: float, tp: TrainParams, new_layer_lr_mult: float | None = None) -> torch.optim.SGD:
+def make_optimizer(groups: tuple[list, list], lr: float, tp: TrainParams, new_layer_lr_mult: float | None = None) -> torch.optim.SGD:
     """SGD over (trained layers, new layers), the new ones at ``new_layer_lr_mult`` (default ``tp``'s) times ``lr``."""
     mult = tp.new_layer_lr_mult if new_layer_lr_mult is None else new_layer_lr_mult
     return torch.optim.SGD(
@@ -262,7 +262,7 @@ def _cam_training(model: Model, dataset: Dataset, tp: TrainParams, device, pixel
     net = model.cam.to(dev).train()
     loader = _loader(dataset, tp.cam_batch_size, tp, dev, tp.seed)
     max_step = len(loader) * tp.cam_epochs
-    opt = _optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
+    opt = make_optimizer(net.parameter_groups(), tp.cam_learning_rate, tp)
     sched = PolySchedule(opt, max_step, tp.poly_power)
     step, t0, loss = 0, time.perf_counter(), None
     forward = _parallel(net, dev)
@@ -400,7 +400,7 @@ def train_irn(
     index = PathIndex(tp.train_radius, grid)
     loader = _loader(RelationDataset(items, seeds, tp, tp.seed), tp.irn_batch_size, tp, dev, tp.seed)
     max_step = len(loader) * tp.irn_epochs
-    opt = _optimizer(net.parameter_groups(), tp.irn_learning_rate, tp)
+    opt = make_optimizer(net.parameter_groups(), tp.irn_learning_rate, tp)
     sched = PolySchedule(opt, max_step, tp.poly_power)
     step, t0 = 0, time.perf_counter()
     record: dict = {}

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from napari_irnet.models.backbones import build_backbone
+from napari_irnet.models.registry import build_backbone
 from napari_irnet.models.checkpoint import VOC_CLASSES, Model
 from napari_irnet.models.networks import CAMNet, IRNet
 from napari_irnet.params import Params
