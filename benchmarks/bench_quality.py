@@ -125,7 +125,7 @@ def _make_item(name, image, inst, sem, table, class_ids, long_side) -> Item:
 
 
 def load_consep(root: Path, split: str, long_side: int, limit: int = 0) -> tuple[list[str], list[Item]]:
-    from napari_irnet.io.files import read_image, read_label_image
+    from napari_irnet.io.images import read_image, read_label_image
 
     meta = json.loads((root / "META.json").read_text())
     classes = [meta["classes"][k] for k in sorted(meta["classes"], key=int)]
@@ -145,7 +145,7 @@ def load_consep(root: Path, split: str, long_side: int, limit: int = 0) -> tuple
 
 
 def load_coco_voc(root: Path, long_side: int, limit: int = 0) -> tuple[list[str], list[Item]]:
-    from napari_irnet.io.files import read_image, read_label_image
+    from napari_irnet.io.images import read_image, read_label_image
 
     meta = json.loads((root / "image_level_labels.json").read_text())
     classes = [c for c in meta["classes"] if c != "background"]

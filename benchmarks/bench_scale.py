@@ -44,7 +44,7 @@ def tiled_sample(size: int):
     """
     import numpy as np
 
-    from napari_irnet.io.files import read_image, read_label_image
+    from napari_irnet.io.images import read_image, read_label_image
 
     names = sorted(p.stem for p in (SAMPLES / "images").glob("*.png"))
     table = json.loads((SAMPLES / "instances.json").read_text())

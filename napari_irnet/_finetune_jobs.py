@@ -115,7 +115,8 @@ def folder_images(
     labels from the CAMs).
     """
     from .cli.finetune import find_correction
-    from .io.files import read_image, read_labels
+    from .io.images import read_image
+    from .io.labels import read_labels
 
     images_dir = Path(images_dir)
     folder = Path(corrections_dir) if corrections_dir else images_dir / "napari-irnet"

@@ -19,7 +19,7 @@ from ._llvm_guard import avoid_llvm_clash
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported once here, not first inside a worker thread)
 
-from .io.files import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
+from .io.images import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
 from .models.checkpoint import Model, load_checkpoint  # noqa: E402
 from .params import Params  # noqa: E402
 from .pipeline.cache import StageCache  # noqa: E402

@@ -11,7 +11,8 @@ import numpy as np
 from ._layers import stage_of
 from .annotation.edits import InstanceInfo
 from .io.coco import coco_from_instances
-from .io.files import atomic_write, write_instance_tiff
+from .io.files import atomic_write
+from .io.results import write_instance_tiff
 
 
 def _labels_2d(data: Any) -> np.ndarray:

@@ -77,7 +77,9 @@ def _recipe_ok(model) -> bool:
 
 def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto"):
     """Train (or reuse) the demo model, predict the samples, write and score them."""
-    from .io.files import read_image, read_label_image, read_labels, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
+    from .io.images import read_image, read_label_image
+    from .io.labels import read_labels
+    from .io.results import write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .models.checkpoint import load_checkpoint
     from .models.torch_files import CheckpointError
     from .pipeline.predict import predict

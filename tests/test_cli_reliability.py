@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from napari_irnet.cli import main
-from napari_irnet.io.files import write_instance_tiff
+from napari_irnet.io.results import write_instance_tiff
 from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
 from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset
 
@@ -416,6 +416,6 @@ def test_any_other_file_problem_is_a_message_not_a_traceback(ws, tmp_path, capsy
     def refused(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("napari_irnet.io.files.read_image", refused)
+    monkeypatch.setattr("napari_irnet.io.images.read_image", refused)
     code, err = run(["predict", *ws["data"], "--checkpoint", ws["full"], "--out", tmp_path / "preds"], capsys)
     assert code == 2 and "Permission denied" in err and ".png: " in err and "Traceback" not in err

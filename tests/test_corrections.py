@@ -67,7 +67,7 @@ def test_corrupt_or_foreign_files_name_the_file(tmp_path):
 
 
 def test_interrupted_save_keeps_the_newer_map_with_a_warning(tmp_path):
-    from napari_irnet.io.files import write_instance_tiff
+    from napari_irnet.io.results import write_instance_tiff
 
     image = np.zeros((16, 20, 3), np.uint8)
     folder = save_corrections(tmp_path / "c", _corrections(image))

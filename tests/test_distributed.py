@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from napari_irnet.cli import main
-from napari_irnet.io.files import read_label_image
+from napari_irnet.io.images import read_label_image
 from napari_irnet.models.backbones import _tiny_resnet
 from napari_irnet.models.checkpoint import load_checkpoint
 from napari_irnet.synthetic import write_dataset

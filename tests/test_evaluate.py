@@ -9,7 +9,8 @@ import pytest
 
 from napari_irnet.evaluation.evaluate import evaluate_folder, format_table
 from napari_irnet.evaluation.metrics import InstanceSet, instance_average_precision, instances_from_label_map, semantic_confusion, semantic_miou
-from napari_irnet.io.files import InputError, write_instance_tiff, write_instances_json, write_semantic_png
+from napari_irnet.io.files import InputError
+from napari_irnet.io.results import write_instance_tiff, write_instances_json, write_semantic_png
 from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset
 
 CLASSES = list(CLASS_NAMES)
@@ -301,7 +302,7 @@ def test_missing_predictions_count_as_empty_with_a_warning(tmp_path, samples):
 
 def test_predictions_in_another_class_order_are_mapped_by_name(tmp_path, samples):
     """predict writes the semantic maps in the model's class order and says it in classes.json."""
-    from napari_irnet.io.files import write_class_legend
+    from napari_irnet.io.results import write_class_legend
 
     gt_root = write_dataset(samples, tmp_path / "gt")
     model_order = ["blob", "rod", "round"]  # train-cam's order on a labels CSV: sorted names

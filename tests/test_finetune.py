@@ -416,7 +416,7 @@ def test_version_store_rolls_back(setup, tmp_path):
 
 def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, capsys):
     from napari_irnet.cli import main
-    from napari_irnet.io.files import write_instance_tiff, write_instances_json
+    from napari_irnet.io.results import write_instance_tiff, write_instances_json
     from napari_irnet.models.checkpoint import save_checkpoint
     from napari_irnet.synthetic import write_dataset
 
@@ -573,7 +573,7 @@ def test_cli_finetune_from_a_project_and_from_its_export(setup, tmp_path, capsys
 
 def test_cli_finetune_refuses_corrections_of_unknown_classes(setup, tmp_path, capsys):
     from napari_irnet.cli import main
-    from napari_irnet.io.files import write_instance_tiff, write_instances_json
+    from napari_irnet.io.results import write_instance_tiff, write_instances_json
 
     model, _, _, samples = setup
     root, start, project = _project_with_corrections(model, samples, tmp_path, extra_class="giraffe")

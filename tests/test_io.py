@@ -12,22 +12,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_irnet.io.files import (
-    ImageLabels,
-    InputError,
-    OutputError,
-    atomic_path,
-    atomic_write,
-    list_images,
-    read_image,
-    read_instances_json,
-    read_label_image,
-    read_labels,
-    voc_palette,
-    write_instance_tiff,
-    write_instances_json,
-    write_semantic_png,
-)
+from napari_irnet.io.files import InputError, OutputError, atomic_path, atomic_write
+from napari_irnet.io.images import list_images, read_image, read_label_image
+from napari_irnet.io.labels import ImageLabels, read_labels
+from napari_irnet.io.results import read_instances_json, voc_palette, write_instance_tiff, write_instances_json, write_semantic_png
 
 
 def _noise(shape, seed=0, dtype=np.uint8):
@@ -586,7 +574,7 @@ def huge_tiff(tmp_path_factory):
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(huge_tiff, tmp_path):
-    from napari_irnet.io.files import DEFAULT_MAX_PIXELS, image_size
+    from napari_irnet.io.images import DEFAULT_MAX_PIXELS, image_size
 
     assert huge_tiff.stat().st_size < 1_000_000 and image_size(huge_tiff) == (12032, 12032)
     with pytest.raises(InputError, match=r"huge\.tif: image is 12032 x 12032 = 144,769,024 pixels, more than the limit of 67,108,864"):

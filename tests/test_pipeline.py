@@ -156,7 +156,7 @@ def test_any_image_size_tiled(tiny_dataset):
 
 def test_cli_train_and_predict(tmp_path, tiny_dataset):
     from napari_irnet.cli import main
-    from napari_irnet.io.files import read_label_image
+    from napari_irnet.io.images import read_label_image
     from napari_irnet.synthetic import write_dataset
 
     root = write_dataset(tiny_dataset[:4], tmp_path / "ds")

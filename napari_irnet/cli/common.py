@@ -10,7 +10,8 @@ __all__ = ["check_outputs", "load_dataset", "save_elsewhere", "save_result"]
 
 def load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None = None, max_pixels: int | None = None):
     """Training items from an image folder and a labels file."""
-    from ..io.files import DEFAULT_MAX_PIXELS, read_image, read_labels
+    from ..io.images import DEFAULT_MAX_PIXELS, read_image
+    from ..io.labels import read_labels
     from ..training.loop import LabelledImage
 
     labels = read_labels(labels_file, images_dir, classes=classes)

@@ -56,7 +56,9 @@ def _stems(image_file: str) -> list[str]:
 
 
 def _label_correction(folder: Path, image_file: str, image: np.ndarray) -> tuple[np.ndarray, dict[int, str] | None, Path] | None:
-    from ..io.files import InputError, read_instances_json, read_label_image
+    from ..io.files import InputError
+    from ..io.images import read_label_image
+    from ..io.results import read_instances_json
 
     for stem in _stems(image_file):
         for label_name, records_name in _LABEL_NAMES:
@@ -119,7 +121,8 @@ def _check_classes(table: dict[int, str] | None, classes: list[str], where: Path
 
 def _folder_inputs(args: argparse.Namespace, model):
     """Training images, corrections, class tables, annotator backgrounds and the tables' files, from --images/--labels/--corrections."""
-    from ..io.files import InputError, read_labels
+    from ..io.files import InputError
+    from ..io.labels import read_labels
 
     _, items = load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     folder = args.corrections or args.images / "napari-irnet"

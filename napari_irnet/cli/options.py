@@ -71,7 +71,7 @@ def with_overrides(base, args: argparse.Namespace):
 
 def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
     """``--max-pixels``: larger images are refused before they are decoded."""
-    from ..io.files import DEFAULT_MAX_PIXELS
+    from ..io.images import DEFAULT_MAX_PIXELS
 
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"refuse images of more than N pixels, before decoding them (default {DEFAULT_MAX_PIXELS:,}: 8192 x 8192; 0: no limit)")  # fmt: skip

@@ -13,7 +13,8 @@ __all__ = ["LARGE_IMAGE", "add_predict_command", "cmd_predict"]
 
 def _predict_inputs(args: argparse.Namespace, model) -> tuple[list[tuple[str, Path]], object]:
     """(name, path) of every image to predict, and the labels (None without --labels)."""
-    from ..io.files import list_images, read_labels
+    from ..io.images import list_images
+    from ..io.labels import read_labels
 
     if args.labels:
         labels = read_labels(args.labels, args.images, classes=model.classes)
@@ -23,7 +24,8 @@ def _predict_inputs(args: argparse.Namespace, model) -> tuple[list[tuple[str, Pa
 
 def _check_legend(out: Path, classes: list[str]) -> None:
     """Refuse a folder holding predictions for other classes (or another order): one classes.json speaks for all."""
-    from ..io.files import CLASS_LEGEND, InputError, read_class_legend
+    from ..io.files import InputError
+    from ..io.results import CLASS_LEGEND, read_class_legend
 
     legend = out / CLASS_LEGEND
     if legend.exists() and read_class_legend(legend) != list(classes):
@@ -38,7 +40,9 @@ LARGE_IMAGE = 2048 * 2048
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..io.files import InputError, output_stems, read_image, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
+    from ..io.files import InputError
+    from ..io.images import read_image
+    from ..io.results import output_stems, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from ..models.checkpoint import load_checkpoint
     from ..pipeline.predict import predict, predict_classes
     from ..training.distributed import barrier, is_main, shard

@@ -33,7 +33,7 @@ def _image_progress(desc: str):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ..io.files import read_labels
+    from ..io.labels import read_labels
     from ..models.checkpoint import load_checkpoint
     from ..params import Params
     from ..store.project import create_project

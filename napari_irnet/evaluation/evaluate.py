@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +58,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io.files import CLASS_LEGEND, InputError, read_class_legend, read_instances_json, read_label_image
+from ..io.files import InputError, name_list, read_json
+from ..io.images import read_label_image
+from ..io.results import CLASS_LEGEND, read_class_legend, read_instances_json
 from .metrics import APAccumulator, dense_ids, label_map_iou, mask_iou, semantic_confusion, semantic_miou
 
 __all__ = ["GT_FORMATS", "evaluate_folder", "format_table"]
@@ -68,14 +69,6 @@ __all__ = ["GT_FORMATS", "evaluate_folder", "format_table"]
 GT_FORMATS = ("auto", "voc", "labels", "coco")
 _LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 _IGNORE = 255
-_MAX_SHOWN = 10
-
-
-def _names(items: Sequence[str]) -> str:
-    shown = ", ".join(str(i) for i in items[:_MAX_SHOWN])
-    return shown + (f", ... and {len(items) - _MAX_SHOWN} more" if len(items) > _MAX_SHOWN else "")
-
-
 # --------------------------------------------------------------------------
 # predictions
 
@@ -124,7 +117,7 @@ def _prediction_classes(pred_dir: Path, classes: list[str], warnings: list[str])
     if not legend.exists():
         warnings.append(
             f"{legend} not found: the semantic maps' values are taken to be the ground truth's classes "
-            f"({_names(classes)}) in that order; predict writes this file, re-run it if the model's classes "
+            f"({name_list(classes)}) in that order; predict writes this file, re-run it if the model's classes "
             "are in another order"
         )
         pred_classes = list(classes)
@@ -154,14 +147,14 @@ def _read_prediction(stem: str, tif: Path, classes: list[str], pred_classes: lis
     if bad.size:
         raise InputError(
             f"{sem_path}: class value {int(bad[0])} is larger than the number of the predictions' classes "
-            f"({len(pred_classes)}: {_names(pred_classes)}); values are class index + 1"
+            f"({len(pred_classes)}: {name_list(pred_classes)}); values are class index + 1"
         )
     unknown = np.unique(semantic[lut[semantic] < 0])
     if unknown.size:
         name = pred_classes[int(unknown[0]) - 1]
         raise InputError(
             f"{sem_path}: class value {int(unknown[0])} is class {name!r} ({CLASS_LEGEND}), which is not one of "
-            f"the ground truth's classes ({_names(classes)})"
+            f"the ground truth's classes ({name_list(classes)})"
         )
     semantic = lut[semantic]
     index = {name: i for i, name in enumerate(classes)}
@@ -177,7 +170,7 @@ def _read_prediction(stem: str, tif: Path, classes: list[str], pred_classes: lis
         if name not in index:
             raise InputError(
                 f"{json_path}: record {i} (id {rid}): unknown class {name!r}; known classes: "
-                f"{_names(classes)}"
+                f"{name_list(classes)}"
             )
         if rid in cls:
             raise InputError(f"{json_path}: instance id {rid} has two records")
@@ -189,7 +182,7 @@ def _read_prediction(stem: str, tif: Path, classes: list[str], pred_classes: lis
     if missing:
         raise InputError(
             f"{json_path}: no record for instance id{'s' if len(missing) > 1 else ''} "
-            f"{_names([str(m) for m in missing])} of {tif.name}"
+            f"{name_list([str(m) for m in missing])} of {tif.name}"
         )
     # records of ids without pixels cannot match anything; they are dropped
     present = set(ids.tolist())
@@ -239,7 +232,7 @@ def _check_class_values(path: Path, semantic: np.ndarray, n_classes: int, classe
     if bad.size:
         raise InputError(
             f"{path}: class value {int(bad[0])} but only {n_classes} classes are known "
-            f"({_names(classes)}); values are class index + 1, 255 = ignore"
+            f"({name_list(classes)}); values are class index + 1, 255 = ignore"
         )
 
 
@@ -313,7 +306,7 @@ class _LabelsGt:
         self.table: dict[str, dict[str, Any]] = {}
         table_path = root / "instances.json"
         if table_path.is_file():
-            data = _read_json(table_path)
+            data = read_json(table_path, "instance class table")
             if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
                 raise InputError(f"{table_path}: expected {{image name: {{instance id: class}}}}")
             self.table = data
@@ -328,12 +321,12 @@ class _LabelsGt:
     def _default_classes(self) -> list[str]:
         labels = self.root / "labels.json"
         if labels.is_file():
-            data = _read_json(labels)
+            data = read_json(labels, "ground-truth classes")
             if isinstance(data, dict) and isinstance(data.get("classes"), list):
                 return [str(c) for c in data["classes"]]
         meta = self.root.parent / "META.json" if not (self.root / "META.json").is_file() else self.root / "META.json"
         if meta.is_file():
-            data = _read_json(meta)
+            data = read_json(meta, "ground-truth classes")
             found = data.get("classes") if isinstance(data, dict) else None
             if isinstance(found, list):
                 return [str(c) for c in found]
@@ -376,7 +369,7 @@ class _LabelsGt:
             if lacking:
                 raise InputError(
                     f"{inst_path}: no class for instance id{'s' if len(lacking) > 1 else ''} "
-                    f"{_names(lacking)}: give them in {self.table_path} or add sem/{stem}.png"
+                    f"{name_list(lacking)}: give them in {self.table_path} or add sem/{stem}.png"
                 )
         return _from_label_maps(instances, semantic, known, str(inst_path))
 
@@ -393,12 +386,12 @@ class _LabelsGt:
                 raise InputError(f"{where}: instance ids must be integers") from None
             if isinstance(value, str):
                 if value not in index:
-                    raise InputError(f"{where}: unknown class {value!r}; known classes: {_names(self.classes)}")
+                    raise InputError(f"{where}: unknown class {value!r}; known classes: {name_list(self.classes)}")
                 out[iid] = index[value] + 1
             elif isinstance(value, int) and not isinstance(value, bool):
                 if not 1 <= value <= len(self.classes):
                     raise InputError(
-                        f"{where}: class value {value} outside 1..{len(self.classes)} ({_names(self.classes)})"
+                        f"{where}: class value {value} outside 1..{len(self.classes)} ({name_list(self.classes)})"
                     )
                 out[iid] = value
             else:
@@ -412,7 +405,7 @@ class _CocoGt:
     def __init__(self, path: Path, classes: list[str] | None):
         from pycocotools.coco import COCO
 
-        data = _read_json(path)
+        data = read_json(path, "COCO instances file")
         if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
             raise InputError(f"{path}: not a COCO instances file (needs images, annotations, categories)")
         try:
@@ -432,8 +425,8 @@ class _CocoGt:
         self.cat_class = {c["id"]: index[c["name"]] for c in cats if c["name"] in index}
         if not self.cat_class:
             raise InputError(
-                f"{path}: none of its categories ({_names([str(c['name']) for c in cats])}) is one of "
-                f"the classes {_names(self.classes)}"
+                f"{path}: none of its categories ({name_list([str(c['name']) for c in cats])}) is one of "
+                f"the classes {name_list(self.classes)}"
             )
         self.by_stem: dict[str, dict[str, Any]] = {}
         for img in coco.dataset["images"]:
@@ -478,15 +471,6 @@ class _CocoGt:
             masks=stack,
             source=f"{self.path} (image {img.get('file_name')})",
         )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from exc
 
 
 def _detect_format(gt_path: Path) -> str:
@@ -611,14 +595,14 @@ def evaluate_folder(
         first = predictions[orphans[0]]
         raise InputError(
             f"{first}: no ground truth for image {orphans[0]!r} in {gt_path}"
-            + (f" ({len(orphans)} predictions lack ground truth: {_names(orphans)})" if len(orphans) > 1 else "")
+            + (f" ({len(orphans)} predictions lack ground truth: {name_list(orphans)})" if len(orphans) > 1 else "")
         )
     warnings: list[str] = []
     pred_classes, lut = _prediction_classes(pred_dir, names, warnings)
     unpredicted = sorted(gt.stems - set(predictions))
     if unpredicted:
         how = "left out (only_predicted)" if only_predicted else "scored as empty predictions (every object missed)"
-        warnings.append(f"{pred_dir}: {len(unpredicted)} ground-truth image(s) have no prediction, {how}: {_names(unpredicted)}")
+        warnings.append(f"{pred_dir}: {len(unpredicted)} ground-truth image(s) have no prediction, {how}: {name_list(unpredicted)}")
     k = len(names)
     acc = APAccumulator(iou_thresholds, num_classes=k)
     confusion = np.zeros((k + 1, k + 1), np.int64)

@@ -47,17 +47,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..io.files import (
-    InputError,
-    OutputError,
-    atomic_write,
-    output_stems,
-    read_label_image,
-    write_class_legend,
-    write_instance_tiff,
-    write_instances_json,
-    write_semantic_png,
-)
+from ..io.files import InputError, OutputError, atomic_write
+from ..io.images import read_label_image
+from ..io.results import output_stems, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
 from .project import STATES, Masks, Project, timestamp
 
 __all__ = [
@@ -410,7 +402,7 @@ def import_label_images(folder: str | os.PathLike[str]) -> dict[str, ImportedIma
     legend_path = folder / "classes.json"
     if not legend_path.is_file():
         raise InputError(f"{legend_path}: not found (is {folder} a label image export?)")
-    from ..io.files import read_instances_json
+    from ..io.results import read_instances_json
 
     out: dict[str, ImportedImage] = {}
     for inst_path in sorted((folder / "instances").iterdir()):

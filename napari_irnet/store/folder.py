@@ -46,7 +46,9 @@ from typing import Any
 import numpy as np
 
 from ..annotation.edits import InstanceInfo, instance_records
-from ..io.files import InputError, read_label_image, write_instance_tiff, write_json, write_semantic_png
+from ..io.files import InputError, write_json
+from ..io.images import read_label_image
+from ..io.results import write_instance_tiff, write_semantic_png
 
 __all__ = [
     "IMAGE_STATES",
@@ -147,7 +149,7 @@ class Corrections:
         Image state, one of :data:`IMAGE_STATES`.
     image_name, fingerprint
         Which image (fingerprint of its pixels as the networks saw them, 8-bit
-        RGB as :func:`~napari_irnet.io.files.read_image` gives them; "" when unknown).
+        RGB as :func:`~napari_irnet.io.images.read_image` gives them; "" when unknown).
     classes : list of str
         The image-level classes used.
     checkpoint : str or None

@@ -60,24 +60,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io.files import (
-    DEFAULT_MAX_PIXELS,
-    ImageLabels,
-    InputError,
-    OutputError,
-    atomic_write,
-    check_pixels,
-    image_size,
-    list_images,
-    read_image,
-    read_instances_json,
-    read_label_image,
-    read_labels,
-    write_instance_tiff,
-    write_instances_json,
-    write_json,
-    write_semantic_png,
-)
+from ..io.files import MAX_NAMES_SHOWN, InputError, OutputError, atomic_write, name_list, read_json, write_json
+from ..io.images import DEFAULT_MAX_PIXELS, check_pixels, image_size, list_images, read_image, read_label_image
+from ..io.labels import ImageLabels, read_labels
+from ..io.results import read_instances_json, write_instance_tiff, write_instances_json, write_semantic_png
 from ..params import Params
 from .folder import image_fingerprint
 
@@ -112,7 +98,6 @@ _REVISION = re.compile(r"(result|correction)-[0-9]{6,}")
 _TEMP_FILE = re.compile(r"\..+\.[0-9a-f]+\.tmp(\.[A-Za-z0-9]+)?")
 #: a correction's annotator background (1 where the annotator cleared pixels)
 BACKGROUND_FILE = "background.png"
-_MAX_NAMES_SHOWN = 10
 
 #: upgrade steps: ``_UPGRADES[v](root, manifest)`` turns a format-``v`` project
 #: into format ``v + 1`` and returns the new manifest (without writing it).
@@ -222,26 +207,9 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _name_list(names: Sequence[str], limit: int = _MAX_NAMES_SHOWN) -> str:
-    shown = ", ".join(str(n) for n in names[:limit])
-    if len(names) > limit:
-        shown += f", ... and {len(names) - limit} more"
-    return shown
-
-
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProjectError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"{path}: cannot read {what} ({exc})") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProjectError(
-            f"{path}: {what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from exc
+    """A store file's JSON; a damaged project's file is a :class:`ProjectError` naming it."""
+    return read_json(path, what, ProjectError, "{what} is not valid JSON (line {line}, column {column}: {msg})")
 
 
 def item_folder_name(name: str) -> str:
@@ -453,7 +421,7 @@ class Project:
         unknown = [c for c in labels if c not in self.classes]
         if unknown:
             raise ValueError(
-                f"{name}: unknown class {unknown[0]!r}; this project's classes: {_name_list(self.classes, 50)}"
+                f"{name}: unknown class {unknown[0]!r}; this project's classes: {name_list(self.classes, 50)}"
             )
         return list(dict.fromkeys(labels))
 
@@ -812,7 +780,7 @@ class Project:
             by_id[int(r["id"])] = dict(r)
         missing = [i for i in boxes if i not in by_id]
         if missing:
-            raise ValueError(f"{name}: instance id(s) {_name_list([str(i) for i in missing])} have no record (class)")
+            raise ValueError(f"{name}: instance id(s) {name_list([str(i) for i in missing])} have no record (class)")
         out = []
         for i, (bbox, area) in boxes.items():
             rec = by_id[i]
@@ -824,7 +792,7 @@ class Project:
                 cls = self.classes[cid]
             if cls not in self.classes:
                 raise ValueError(
-                    f"{name}: instance {i} has unknown class {cls!r}; this project's classes: {_name_list(self.classes, 50)}"
+                    f"{name}: instance {i} has unknown class {cls!r}; this project's classes: {name_list(self.classes, 50)}"
                 )
             score = rec.get("score", default_score)
             if score is None:
@@ -942,7 +910,7 @@ def create_project(
         The folder of images (referenced, not copied; stored relative to
         the project so the two can move together).
     labels
-        A labels file (CSV or JSON, see :func:`~napari_irnet.io.files.read_labels`)
+        A labels file (CSV or JSON, see :func:`~napari_irnet.io.labels.read_labels`)
         or ImageLabels. ``None``: every image in the folder, without labels
         (``classes`` is then required).
     classes
@@ -954,7 +922,7 @@ def create_project(
         A checkpoint to use for prediction (its classes are checked by the
         caller or at prediction time).
     channels
-        Channel choice for every image (see :func:`~napari_irnet.io.files.read_image`).
+        Channel choice for every image (see :func:`~napari_irnet.io.images.read_image`).
     max_pixels
         Larger images are refused.
     include_unlabelled
@@ -1013,16 +981,16 @@ def create_project(
     for name, names in table.image_labels.items():
         unknown = [c for c in names if c not in project_classes]
         if unknown:
-            raise InputError(f"{labels}: image {name!r}: unknown class {unknown[0]!r}; classes: {_name_list(project_classes, 50)}")
+            raise InputError(f"{labels}: image {name!r}: unknown class {unknown[0]!r}; classes: {name_list(project_classes, 50)}")
     wanted: list[tuple[str, list[str] | None]] = list(table.image_labels.items())
     if table.unlabelled:
         if include_unlabelled:
             wanted += [(n, None) for n in table.unlabelled]
-            warn(f"{len(table.unlabelled)} image(s) without labels added; the classifier will pick their classes: {_name_list(table.unlabelled)}")
+            warn(f"{len(table.unlabelled)} image(s) without labels added; the classifier will pick their classes: {name_list(table.unlabelled)}")
         else:
             warn(
                 f"{len(table.unlabelled)} image(s) in {image_dir} have no labels and are left out "
-                f"(include them with include_unlabelled / --include-unlabelled): {_name_list(table.unlabelled)}"
+                f"(include them with include_unlabelled / --include-unlabelled): {name_list(table.unlabelled)}"
             )
     for name, _ in wanted:
         parts = Path(name).parts
@@ -1046,8 +1014,8 @@ def create_project(
             bad.append(str(exc))
     if bad:
         if not skip_bad_images:
-            shown = "\n  ".join(bad[:_MAX_NAMES_SHOWN])
-            more = f"\n  ... and {len(bad) - _MAX_NAMES_SHOWN} more" if len(bad) > _MAX_NAMES_SHOWN else ""
+            shown = "\n  ".join(bad[:MAX_NAMES_SHOWN])
+            more = f"\n  ... and {len(bad) - MAX_NAMES_SHOWN} more" if len(bad) > MAX_NAMES_SHOWN else ""
             raise InputError(
                 f"{len(bad)} image(s) cannot be used (leave them out with skip_bad_images / --skip-bad-images):\n  {shown}{more}"
             )

@@ -28,9 +28,9 @@ import math
 import numpy as np
 import torch
 
-from napari_irnet.models.registry import build_backbone
 from napari_irnet.models.checkpoint import VOC_CLASSES, Model
 from napari_irnet.models.networks import CAMNet, IRNet
+from napari_irnet.models.registry import build_backbone
 from napari_irnet.params import Params
 
 CAM_SEED = 1000
