@@ -83,8 +83,8 @@ def viewer_image(name: str, image: np.ndarray, store, source: str = "") -> Train
     """An image shown in the viewer with its stored corrections, None when it has none usable.
 
     ``store`` is the image's correction store (the one the IRNet panel
-    saves into: :class:`~napari_irnet.store.folder.FolderStore`, or
-    :class:`~napari_irnet.store.project.ProjectImageStore` for a project
+    saves into: :class:`~napari_irnet.store.image_store.FolderStore`, or
+    :class:`~napari_irnet.store.image_store.ProjectImageStore` for a project
     image). Raises :class:`~napari_irnet.io.files.InputError` for unreadable
     or foreign corrections.
     """

@@ -60,7 +60,7 @@ from ._finetune_jobs import (
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
 from ._session import store_for_layer
 from ._workers import start_worker
-from .annotation.edits import features_table, table_from_records
+from .annotation.masks import features_table, table_from_records
 from .io.files import InputError
 from .params import TrainParams
 from .pipeline.inference import describe_device, device_choices

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .annotation.edits import InstanceInfo
+from .annotation.masks import InstanceInfo, Masks
 from .io.files import OutputError
-from .store.project import MANIFEST, Masks, Project, ProjectError, open_project
+from .store.project import MANIFEST, Project, ProjectError, open_project
 
 __all__ = [
     "STATE_COLOURS",
@@ -118,7 +118,7 @@ def load_snapshot(project: Project, name: str) -> tuple[Snapshot | None, str]:
     masks: Masks | None = project.load_masks(name, "current")
     if masks is None:
         return None, state
-    labels = np.asarray(masks.instances).astype(np.int32)
+    labels = np.asarray(masks.labels).astype(np.int32)
     classes = {int(r["id"]): str(r["class"]) for r in masks.records}
     scores = {int(r["id"]): float(r.get("score", 1.0)) for r in masks.records}
     return Snapshot(labels, classes, scores, state, masks.background), state

@@ -59,7 +59,7 @@ from ._project_jobs import (
 )
 from ._session import PROJECT_IMAGE_KEY, share_project
 from ._workers import start_worker
-from .annotation.edits import features_table
+from .annotation.masks import features_table
 from .io.files import OutputError
 from .store.project import Project, ProjectError
 

@@ -22,10 +22,12 @@ import numpy as np
 
 from ._jobs import RunResult
 from ._layers import META_KEY, stage_of
-from .annotation.edits import History, InstanceInfo
+from .annotation.history import History
+from .annotation.masks import InstanceInfo
 from .annotation.session import AnnotationSession
 from .params import Params
-from .store.folder import FolderStore, corrections_folder, image_fingerprint
+from .store.folder import corrections_folder, image_fingerprint
+from .store.image_store import FolderStore
 
 #: metadata keys of a project image's layer (set by the Project panel)
 PROJECT_KEY = "project"
@@ -53,7 +55,7 @@ def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | N
     """The one store of an image layer's corrections.
 
     - a project image (its metadata names the project and the image): the
-      project (:class:`~napari_irnet.store.project.ProjectImageStore`);
+      project (:class:`~napari_irnet.store.image_store.ProjectImageStore`);
     - an image read from a file: ``<dir>/napari-irnet/<file name>/``;
     - else: the user data folder, keyed by a fingerprint of the layer's
       pixels (renaming the layer changes nothing).
@@ -64,7 +66,7 @@ def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | N
     """
     info = (layer.metadata or {}).get(META_KEY)
     if isinstance(info, dict) and info.get(PROJECT_KEY) and info.get(PROJECT_IMAGE_KEY):
-        from .store.project import ProjectImageStore
+        from .store.image_store import ProjectImageStore
 
         return ProjectImageStore(project_of(info[PROJECT_KEY]), str(info[PROJECT_IMAGE_KEY]))
     data = np.asarray(layer.data)

@@ -48,7 +48,7 @@ from ._recent import checkpoint_choices, remember_checkpoint
 from ._session import ImageSession, find_layer, put_layer, stage_layers, store_for_layer
 from ._widget_edits import SHORTCUTS, EditActions
 from ._workers import start_worker
-from .annotation.edits import features_table, table_from_records
+from .annotation.masks import features_table, table_from_records
 from .annotation.session import AnnotationSession
 from .io.files import InputError, OutputError
 from .params import Params
@@ -700,7 +700,7 @@ class IRNetWidget(EditActions, Container):
     def _store_proposal(self, session: ImageSession) -> None:
         """In a project, a Run's proposal is stored as the image's result (the store decides; a folder keeps none)."""
         pred = session.prediction
-        corr = AnnotationSession.from_prediction(pred, session.model_classes, session.classes).to_corrections()
+        corr = AnnotationSession.from_prediction(pred, session.model_classes, session.classes).to_masks()
         try:
             session.store.save_proposal(corr, pred.semantic, session.model_classes, session.result.checkpoint, session.params, session.classes)
         except (OutputError, ProjectError, OSError, ValueError) as exc:

@@ -25,7 +25,8 @@ from qtpy.QtCore import QTimer
 
 from . import _layers
 from ._session import ImageSession, find_layer
-from .annotation.edits import EditError, LabelDiff
+from .annotation.edits import EditError
+from .annotation.history import LabelDiff
 from .annotation.session import AnnotationChange
 from .io.files import InputError, OutputError
 from .store.folder import image_fingerprint
@@ -406,7 +407,7 @@ class EditActions:
             if not ann.has_corrections:
                 session.store.clear()
                 return
-            corr = ann.to_corrections(
+            corr = ann.to_masks(
                 image_name=session.image_name,
                 fingerprint=session.input_fingerprint or image_fingerprint(session.image),
                 data_fingerprint=session.fingerprint,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._layers import stage_of
-from .annotation.edits import InstanceInfo
+from .annotation.masks import InstanceInfo
 from .io.coco import coco_from_instances
 from .io.files import atomic_write
 from .io.results import write_instance_tiff

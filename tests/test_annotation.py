@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.annotation.edits import EditError, InstanceInfo
+from napari_irnet.annotation.edits import EditError
+from napari_irnet.annotation.masks import InstanceInfo
 from napari_irnet.annotation.session import AnnotationSession
 
 
@@ -92,7 +93,7 @@ def test_listeners_see_every_step_in_the_direction_applied():
 
 
 def test_brush_strokes_mark_instances_edited_and_new_ids_get_the_default_class():
-    from napari_irnet.annotation.edits import LabelDiff
+    from napari_irnet.annotation.history import LabelDiff
 
     s = _session()
     s.default_class = "rod"
@@ -105,13 +106,13 @@ def test_brush_strokes_mark_instances_edited_and_new_ids_get_the_default_class()
 
 
 def test_corrections_round_trip_and_restore_keeps_corrections(tmp_path):
-    from napari_irnet.store.folder import FolderStore
+    from napari_irnet.store.image_store import FolderStore
 
     s = _session()
     s.delete([2])
     s.set_class([3], "rod")
     store = FolderStore(tmp_path / "c")
-    store.save(s.to_corrections(image_name="x"))
+    store.save(s.to_masks(image_name="x"))
     fresh = _session()
     fresh.restore(store.load())
     np.testing.assert_array_equal(fresh.labels, s.labels)

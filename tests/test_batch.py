@@ -35,7 +35,7 @@ def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
     assert [e.status for e in events] == ["predicted", "predicted"] and [e.total for e in events] == [2, 2]
     assert project.counts()["proposed"] == 2
     masks = project.load_masks(project.names[0])
-    assert masks.instances.shape == (64, 64)
+    assert masks.labels.shape == (64, 64)
     assert {r["class"] for r in masks.records} <= set(tiny_dataset[0].labels)
     assert set(np.unique(masks.semantic)) <= {0} | {project.classes.index(c) + 1 for c in tiny_dataset[0].labels}
     first_state = (project.item_dir(project.names[0]) / "state.json").read_bytes()
@@ -46,7 +46,7 @@ def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
     assert len(ProjectPrediction(project, device="cpu")) == 0
     assert (project.item_dir(project.names[0]) / "state.json").read_bytes() == first_state
     # corrected images are never predicted again, even with --force; proposed ones are
-    inst = masks.instances
+    inst = masks.labels
     project.save_correction(project.names[0], inst, masks.records)
     assert ProjectPrediction(project, device="cpu", force=True).names == project.names[1:]
     # other parameters make proposals stale
@@ -133,7 +133,7 @@ def test_unlabelled_and_empty_label_images(tmp_path, tiny_dataset):
     assert [project.entry(n).labels for n in project.names] == [[], None, None]
     assert [e.status for e in ProjectPrediction(project, device="cpu")] == ["predicted"] * 3
     empty = project.load_masks(project.names[0])
-    assert empty.records == [] and empty.instances.max() == 0
+    assert empty.records == [] and empty.labels.max() == 0
     assert project.state(project.names[1]).result["labels"] is None  # the classifier chose
     assert len(ProjectPrediction(project, device="cpu")) == 0
 

@@ -7,17 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from napari_irnet.annotation.edits import InstanceInfo
+from napari_irnet.annotation.masks import InstanceInfo, Masks
 from napari_irnet.io.files import InputError
-from napari_irnet.store.folder import Corrections, corrections_folder, delete_corrections, image_fingerprint, load_corrections, save_corrections, summarise
+from napari_irnet.store.folder import corrections_folder, delete_corrections, image_fingerprint, load_corrections, save_corrections, summarise
 
 
-def _corrections(image: np.ndarray) -> Corrections:
+def _corrections(image: np.ndarray) -> Masks:
     labels = np.zeros(image.shape[:2], np.int32)
     labels[2:6, 2:6] = 1
     labels[10:14, 3:9] = 5
     table = {1: InstanceInfo("round", 0.8, "accepted"), 5: InstanceInfo("rod", 1.0, "edited")}
-    return Corrections(labels, table, "accepted", "cells", image_fingerprint(image), ["round", "rod"], "m.pt", {"beta": 10.0})
+    return Masks.from_table(labels, table, state="accepted", image_name="cells", fingerprint=image_fingerprint(image),
+                            classes=["round", "rod"], checkpoint="m.pt", params={"beta": 10.0})
 
 
 def test_round_trip(tmp_path):
@@ -26,11 +27,11 @@ def test_round_trip(tmp_path):
     assert {p.name for p in folder.iterdir()} == {"instances.tif", "corrections.json"}
     back = load_corrections(folder, image)
     np.testing.assert_array_equal(back.labels, _corrections(image).labels)
-    assert back.instances == _corrections(image).instances
+    assert back.table == _corrections(image).table
     assert back.state == "accepted" and back.classes == ["round", "rod"] and back.params == {"beta": 10.0}
     assert back.updated
     assert summarise(back) == {"proposed": 0, "edited": 1, "accepted": 1}
-    back.instances[7] = InstanceInfo("", 1.0, "edited")  # an instance nobody gave a class
+    back.records.append({"id": 7, "class": "", "score": 1.0, "state": "edited"})  # an instance nobody gave a class
     assert back.instance_classes == {1: "round", 5: "rod"}
     doc = json.loads((folder / "corrections.json").read_text())
     assert doc["instances"][1] == {"id": 5, "class": "rod", "score": 1.0, "state": "edited", "area": 24, "bbox": [3, 10, 9, 14]}
@@ -76,7 +77,7 @@ def test_interrupted_save_keeps_the_newer_map_with_a_warning(tmp_path):
     write_instance_tiff(folder / "instances.tif", newer)
     with pytest.warns(UserWarning, match="interrupted"):
         back = load_corrections(folder, image)
-    assert 9 in back.labels and 9 not in back.instances
+    assert 9 in back.labels and 9 not in back.table
 
 
 def test_failed_write_leaves_old_files(tmp_path, monkeypatch):
@@ -110,7 +111,7 @@ def test_folder_next_to_an_image_file_or_in_the_data_dir(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         corrections_folder("z")
     with pytest.raises(ValueError):
-        Corrections(np.zeros((2, 2), np.int32), {}, state="done")
+        Masks(np.zeros((2, 2), np.int32), [], state="done")
 
 
 def test_a_folder_named_by_an_older_version_is_still_found(tmp_path):
@@ -121,7 +122,7 @@ def test_a_folder_named_by_an_older_version_is_still_found(tmp_path):
 
 
 def test_the_annotators_background_is_saved_loaded_and_cleared(tmp_path):
-    from napari_irnet.store.folder import FolderStore
+    from napari_irnet.store.image_store import FolderStore
 
     image = np.zeros((16, 16, 3), np.uint8)
     corr = _corrections(image)
@@ -131,7 +132,7 @@ def test_the_annotators_background_is_saved_loaded_and_cleared(tmp_path):
     store.save(corr)
     back = store.load()
     np.testing.assert_array_equal(back.background, corr.background)
-    assert back.instances[5].state == "edited"
+    assert back.table[5].state == "edited"
     corr.background[:] = False  # nothing cleared any more: no file
     store.save(corr)
     assert store.load().background is None and not (tmp_path / "c" / "background.png").exists()

@@ -43,7 +43,7 @@ def project(tmp_path, tiny_dataset):
 
 def _expected(project, name, source="current"):
     masks = project.load_masks(name, source)
-    inst, _, _ = relabel_sequential(masks.instances)
+    inst, _, _ = relabel_sequential(masks.labels)
     by_old = {r["id"]: r["class"] for r in masks.records}
     order = sorted(by_old)
     return inst, {k + 1: by_old[old] for k, old in enumerate(order)}, masks

@@ -28,12 +28,12 @@ def sample():
 
 
 def _save_corrections(name, sample, state="accepted"):
-    from napari_irnet.annotation.edits import InstanceInfo
-    from napari_irnet.store.folder import Corrections, corrections_folder, image_fingerprint, save_corrections
+    from napari_irnet.annotation.masks import InstanceInfo, Masks
+    from napari_irnet.store.folder import corrections_folder, image_fingerprint, save_corrections
 
     inst = sample.instances.astype(np.int32)
     table = {int(i): InstanceInfo(sample.labels[0], 1.0, "accepted") for i in np.unique(inst) if i}
-    corr = Corrections(inst, table, state, name, image_fingerprint(sample.image), list(sample.labels))
+    corr = Masks.from_table(inst, table, state=state, image_name=name, fingerprint=image_fingerprint(sample.image), classes=list(sample.labels))
     return save_corrections(corrections_folder(name, sample.image), corr)
 
 
@@ -259,8 +259,9 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, 
     from PIL import Image
 
     from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
+    from napari_irnet.annotation.masks import Masks
     from napari_irnet.io.files import InputError
-    from napari_irnet.store.folder import Corrections, save_corrections
+    from napari_irnet.store.folder import save_corrections
 
     weak_only = [TrainingImage("cells", sample.image, list(sample.labels))]
     with pytest.raises(InputError, match="corrected or accepted"):
@@ -271,7 +272,7 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, 
     Image.fromarray(sample.image).save(folder / "a.png")
     Image.fromarray(sample.image[::-1].copy()).save(folder / "b.png")
     (tmp_path / "labels.csv").write_text("image,classes\na.png," + ";".join(sample.labels) + "\nb.png," + sample.labels[0] + "\n")
-    save_corrections(folder / "napari-irnet" / "a.png", Corrections(sample.instances.astype(np.int32), {}, "accepted", "a.png"))
+    save_corrections(folder / "napari-irnet" / "a.png", Masks.from_table(sample.instances.astype(np.int32), {}, state="accepted", image_name="a.png"))
     found = folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES)
     assert [(f.name, f.strong, f.state) for f in found] == [("a", True, "accepted"), ("b", False, "new")]
     assert [f.name for f in folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES, weak=False)] == ["a"]

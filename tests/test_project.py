@@ -61,7 +61,7 @@ def test_states_results_and_corrections(project, tiny_dataset):
     assert not project.needs_prediction(name, "model-a")
     assert project.needs_prediction(name, "model-b")  # another checkpoint or other parameters
     masks = project.load_masks(name)
-    np.testing.assert_array_equal(masks.instances, inst)
+    np.testing.assert_array_equal(masks.labels, inst)
     assert [r["id"] for r in masks.records] == sorted(tiny_dataset[0].instance_classes)
     first = masks.records[0]
     ys, xs = np.nonzero(inst == first["id"])
@@ -84,7 +84,7 @@ def test_states_results_and_corrections(project, tiny_dataset):
     lut = {r["id"]: project.classes.index(r["class"]) + 1 for r in masks.records}
     expected_sem = np.vectorize(lambda i: lut.get(i, 0))(inst2)
     np.testing.assert_array_equal(masks.semantic, expected_sem)
-    np.testing.assert_array_equal(project.load_masks(name, "result").instances, inst)  # the model's is kept
+    np.testing.assert_array_equal(project.load_masks(name, "result").labels, inst)  # the model's is kept
     project.accept(name)
     assert project.state(name).state == "accepted"
     project.reopen(name)
@@ -99,7 +99,7 @@ def test_states_results_and_corrections(project, tiny_dataset):
     project.accept(other)
     acc = project.load_masks(other)
     assert project.state(other).state == "accepted" and acc.source == "correction"
-    np.testing.assert_array_equal(acc.instances, inst3)
+    np.testing.assert_array_equal(acc.labels, inst3)
     assert all(r["score"] == 0.7 for r in acc.records)
     with pytest.raises(ProjectError, match="nothing to accept"):
         project.accept(project.names[2])
@@ -148,7 +148,7 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
     assert (project.item_dir(name) / "state.json").read_bytes() == before_state
     assert _files(project.root) == before_files
     masks = open_project(project.root).load_masks(name)
-    np.testing.assert_array_equal(masks.instances, inst)
+    np.testing.assert_array_equal(masks.labels, inst)
     # and the same for a state file that cannot be replaced
     monkeypatch.setattr(project_module, "write_instances_json", real)
     import napari_irnet.io.files as io_module
@@ -194,7 +194,7 @@ def test_interrupted_write_leaves_a_consistent_project(project, tiny_dataset):
     (project.item_dir(name) / ".state.json.1234.tmp.json").write_text("{")
     back = open_project(project.root)
     assert back.state(name).state == "corrected"
-    np.testing.assert_array_equal(back.load_masks(name).instances, inst)
+    np.testing.assert_array_equal(back.load_masks(name).labels, inst)
     assert back.cleanup() == 2
     assert sorted(p.name for p in back.item_dir(name).iterdir()) == ["correction-000001", "state.json"]
     back.save_correction(name, inst, records, state="accepted")
@@ -427,9 +427,9 @@ def test_a_replaced_image_of_the_same_size_is_new_again_and_its_masks_are_kept(p
 
 
 def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset):
-    from napari_irnet.annotation.edits import InstanceInfo
+    from napari_irnet.annotation.masks import InstanceInfo
     from napari_irnet.annotation.session import AnnotationSession
-    from napari_irnet.store.project import ProjectImageStore
+    from napari_irnet.store.image_store import ProjectImageStore
 
     name = project.names[1]
     inst, records = _gt(tiny_dataset[1])  # four instances
@@ -437,18 +437,18 @@ def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset
     table = {r["id"]: InstanceInfo(r["class"], 0.5) for r in records}
     session = AnnotationSession(inst, table, classes=project.entry(name).labels)
     # a Run's proposal is stored as the image's result (state proposed), not as a correction
-    assert store.save_proposal(session.to_corrections(), np.zeros_like(inst), ["round", "rod", "blob"])
+    assert store.save_proposal(session.to_masks(), np.zeros_like(inst), ["round", "rod", "blob"])
     assert project.state(name).state == "proposed" and store.load() is None
     first, second = [int(i) for i in np.unique(inst) if i][:2]
     session.delete([first])
     session.set_class([second], "rod")
-    store.save(session.to_corrections())
+    store.save(session.to_masks())
     back = store.load()
     assert project.state(name).state == "corrected"
     np.testing.assert_array_equal(back.background, inst == first)
-    assert back.instances[second] == InstanceInfo("rod", 0.5, "edited")
-    assert {back.instances[i].state for i in back.instances if i != second} == {"proposed"}
+    assert back.table[second] == InstanceInfo("rod", 0.5, "edited")
+    assert {back.table[i].state for i in back.table if i != second} == {"proposed"}
     # a later proposal never replaces the correction
-    assert not store.save_proposal(session.to_corrections())
+    assert not store.save_proposal(session.to_masks())
     project.accept(name)
     np.testing.assert_array_equal(store.load().background, inst == first)

@@ -112,7 +112,7 @@ def test_list_states_and_next_previous(make_napari_viewer_proxy, qtbot, project_
     assert widget.current_name == names[0]
     inst = widget.instances_layer
     assert inst is not None and inst.name == "instances"
-    np.testing.assert_array_equal(inst.data, widget.project.load_masks(names[0]).instances)
+    np.testing.assert_array_equal(inst.data, widget.project.load_masks(names[0]).labels)
     assert inst.metadata["napari_irnet"]["stage"] == "instances"
     assert widget.next() == names[2]  # the accepted one is passed over
     _wait(qtbot, widget)
@@ -151,19 +151,19 @@ def test_painting_autosaves_and_accept_survives_reopening(make_napari_viewer_pro
 
     masks = open_project(project_dir).load_masks(name)
     assert masks.source == "correction"
-    np.testing.assert_array_equal(masks.instances, layer.data)
+    np.testing.assert_array_equal(masks.labels, layer.data)
     assert {r["class"] for r in masks.records} <= set(widget.project.classes)
     # an edit right before Next is saved at once
     layer.paint((40, 40), new_id + 1)
     widget.next()
-    after = open_project(project_dir).load_masks(name).instances
+    after = open_project(project_dir).load_masks(name).labels
     assert (after == new_id + 1).any()
     _wait(qtbot, widget)
     widget.show_image(name)
     _wait(qtbot, widget)
     assert widget.accept()
     assert _states(project_dir)[name] == "accepted"
-    np.testing.assert_array_equal(open_project(project_dir).load_masks(name).instances, after)
+    np.testing.assert_array_equal(open_project(project_dir).load_masks(name).labels, after)
 
     fresh = make_napari_viewer_proxy()
     again = _open(qtbot, fresh, project_dir, skip=False)
@@ -199,7 +199,7 @@ def test_failed_save_keeps_the_edits_and_saves_them_later(make_napari_viewer_pro
     assert _states(project_dir)[name] == "corrected"
     from napari_irnet.store.project import open_project
 
-    assert (open_project(project_dir).load_masks(name).instances == 77).any()
+    assert (open_project(project_dir).load_masks(name).labels == 77).any()
 
 
 @pytest.mark.viewer
@@ -235,7 +235,7 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     _wait(qtbot, widget)
     from napari_irnet.store.project import open_project
 
-    assert (open_project(project_dir).load_masks(name).instances == 99).any()
+    assert (open_project(project_dir).load_masks(name).labels == 99).any()
     # the panel's own edits are autosaved too
     victim = int(stored[stored > 0][0])
     point = np.argwhere(widget.instances_layer.data == victim)[0]
@@ -243,7 +243,7 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     panel.delete_picked()
     _wait(qtbot, widget)
     masks = open_project(project_dir).load_masks(name)
-    assert not (masks.instances == victim).any() and (masks.instances == 99).any()
+    assert not (masks.labels == victim).any() and (masks.labels == 99).any()
     assert _states(project_dir)[name] == "corrected"
     widget.accept()  # through the panel: both agree
     assert panel.session.state == "accepted" and _states(project_dir)[name] == "accepted"
@@ -292,7 +292,7 @@ def test_the_irnet_panel_stores_into_the_project_only_and_frees_each_image(make_
     panel.delete_picked()
     _wait(qtbot, widget)
     masks = open_project(project_dir).load_masks(name)
-    assert masks.source == "correction" and not masks.instances[region].any()
+    assert masks.source == "correction" and not masks.labels[region].any()
     np.testing.assert_array_equal(masks.background, region)  # the annotator background, in the project
     assert not (env / "data" / "corrections").exists()  # one store: nothing in the per-image folders
     for _ in range(2):

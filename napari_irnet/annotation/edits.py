@@ -1,19 +1,18 @@
 """Corrections of an instance map: small pure functions on label arrays.
 
-The napari widget turns a person's actions into calls of these functions and
-applies what they return; nothing here knows about napari or Qt.
+The annotation session (:class:`~napari_irnet.annotation.session.AnnotationSession`)
+turns a person's actions into calls of these functions and applies what they
+return; nothing here knows about napari or Qt.
 
 - An *instance map* is an ``(H, W)`` integer array: 0 background, k > 0 the
-  pixels of instance k.
-- An *instance table* maps each id to an :class:`InstanceInfo` (class name,
-  score, state). States: ``"proposed"`` (made by the pipeline), ``"edited"``
-  (touched by a person), ``"accepted"`` (confirmed by a person). Edited and
-  accepted instances are *protected*: a re-run of the pipeline never
-  overwrites them (:func:`merge_proposal`), and neither does it fill the
-  pixels the annotator cleared (the *annotator background*).
-- Every edit returns a :class:`LabelDiff`, the pixels it changes with their
-  old and new values, so it can be applied, undone and redone exactly
-  (:class:`History`).
+  pixels of instance k; its *instance table* maps each id to an
+  :class:`~napari_irnet.annotation.masks.InstanceInfo` (class, score, state).
+  Edited and accepted instances are *protected*: a re-run of the pipeline
+  never overwrites them (:func:`merge_proposal`), and neither does it fill
+  the pixels the annotator cleared (the *annotator background*).
+- Every edit returns a :class:`~napari_irnet.annotation.history.LabelDiff`,
+  the pixels it changes with their old and new values, so it can be applied,
+  undone and redone exactly.
 
 Typical use::
 
@@ -25,270 +24,25 @@ Typical use::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
+from .history import LabelDiff
+from .masks import InstanceInfo, instance_at, next_free_id
+
 __all__ = [
-    "INSTANCE_STATES",
-    "PROTECTED_STATES",
-    "EditRecord",
-    "History",
-    "InstanceInfo",
-    "LabelDiff",
     "delete",
-    "features_table",
-    "instance_at",
-    "instance_ids",
-    "instance_records",
-    "merge",
+    "EditError",
     "instance_gap",
+    "merge",
     "merge_proposal",
-    "next_free_id",
-    "set_class",
-    "set_state",
     "split_by_line",
     "split_by_seeds",
-    "table_from_records",
 ]
-
-#: states of one instance, in the order of a person's involvement
-INSTANCE_STATES = ("proposed", "edited", "accepted")
-#: states a re-run of the pipeline must not overwrite
-PROTECTED_STATES = frozenset({"edited", "accepted"})
 
 
 class EditError(ValueError):
     """An edit that cannot be done as asked (the message says why)."""
-
-
-# --------------------------------------------------------------------------
-# the instance table
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """What is known about one instance besides its pixels."""
-
-    class_name: str
-    score: float = 1.0
-    state: str = "proposed"
-
-    def __post_init__(self) -> None:
-        if self.state not in INSTANCE_STATES:
-            raise ValueError(f"instance state must be one of {INSTANCE_STATES}, got {self.state!r}")
-
-    @property
-    def protected(self) -> bool:
-        return self.state in PROTECTED_STATES
-
-
-def table_from_records(records: Iterable[Mapping[str, Any]], classes: Sequence[str]) -> dict[int, InstanceInfo]:
-    """Instance table of a pipeline result (records with ``id``, ``class_id``, ``score``)."""
-    return {
-        int(r["id"]): InstanceInfo(str(classes[int(r["class_id"])]), float(r["score"]), "proposed") for r in records
-    }
-
-
-def set_class(table: Mapping[int, InstanceInfo], ids: Iterable[int], class_name: str) -> dict[int, InstanceInfo]:
-    """A copy of ``table`` where ``ids`` have class ``class_name`` and state ``edited``.
-
-    Accepted instances stay accepted (their class was changed by a person).
-    """
-    out = dict(table)
-    for i in ids:
-        i = int(i)
-        info = out.get(i, InstanceInfo(class_name))
-        state = "accepted" if info.state == "accepted" else "edited"
-        out[i] = replace(info, class_name=class_name, state=state)
-    return out
-
-
-def set_state(table: Mapping[int, InstanceInfo], ids: Iterable[int], state: str) -> dict[int, InstanceInfo]:
-    """A copy of ``table`` with the state of ``ids`` set (ids not in the table are skipped)."""
-    out = dict(table)
-    for i in ids:
-        if int(i) in out:
-            out[int(i)] = replace(out[int(i)], state=state)
-    return out
-
-
-def accept_all(labels: np.ndarray, table: Mapping[int, InstanceInfo], default_class: str = "") -> dict[int, InstanceInfo]:
-    """The table of an accepted image: every instance in ``labels`` marked ``accepted``.
-
-    Instances without an entry (painted with a new id) get ``default_class``
-    and score 1; entries of ids no longer in ``labels`` are kept unchanged.
-    """
-    ids = [int(i) for i in instance_ids(labels)]
-    out = dict(table)
-    for i in ids:
-        out.setdefault(i, InstanceInfo(default_class, 1.0, "edited"))
-    return set_state(out, ids, "accepted")
-
-
-def instance_ids(labels: np.ndarray) -> np.ndarray:
-    """Sorted ids of the instances present (0 excluded)."""
-    ids = np.unique(labels)
-    return ids[ids != 0]
-
-
-def instance_at(labels: np.ndarray, point: Sequence[float]) -> int:
-    """Id under the pixel nearest ``point`` (y, x); 0 outside the image or on background."""
-    y, x = (int(round(float(v))) for v in point[-2:])
-    if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
-        return 0
-    return int(labels[y, x])
-
-
-def next_free_id(labels: np.ndarray, table: Iterable[int] = ()) -> int:
-    """The smallest id above every id in use, in the map or in the table."""
-    top = int(labels.max()) if labels.size else 0
-    for i in table:
-        top = max(top, int(i))
-    return top + 1
-
-
-def features_table(
-    labels: np.ndarray, table: Mapping[int, InstanceInfo], default_class: str = ""
-) -> dict[str, np.ndarray]:
-    """Per-instance columns for a napari Labels layer (``features``).
-
-    One row per id present in ``labels`` plus row 0 for the background, with
-    the columns ``index`` (the id), ``class``, ``score``, ``state`` and
-    ``area`` (pixels). Ids missing from ``table`` get ``default_class``,
-    score 1 and state ``edited`` (a person painted them).
-    """
-    flat = np.asarray(labels).ravel()
-    if flat.size and flat.min() < 0:
-        raise ValueError("instance ids must be >= 0")
-    counts = np.bincount(flat) if flat.size else np.zeros(1, np.int64)
-    ids = np.flatnonzero(counts)
-    ids = ids[ids != 0]
-    rows = [table.get(int(i), InstanceInfo(default_class, 1.0, "edited")) for i in ids]
-    return {
-        "index": np.concatenate([[0], ids]).astype(np.int64),
-        "class": np.array([""] + [r.class_name for r in rows], dtype=object),
-        "score": np.array([0.0] + [r.score for r in rows], dtype=np.float64),
-        "state": np.array(["background"] + [r.state for r in rows], dtype=object),
-        "area": np.concatenate([[counts[0] if counts.size else 0], counts[ids]]).astype(np.int64),
-    }
-
-
-def instance_records(labels: np.ndarray, table: Mapping[int, InstanceInfo], default_class: str = "") -> list[dict[str, Any]]:
-    """One record per instance present: id, class, score, state, bbox ``[x0, y0, x1, y1]`` (exclusive ends), area."""
-    from scipy.ndimage import find_objects
-
-    labels = np.asarray(labels)
-    out = []
-    counts = np.bincount(labels.ravel()) if labels.size else np.zeros(1, np.int64)
-    for i, sl in enumerate(find_objects(labels), start=1):
-        if sl is None:
-            continue
-        info = table.get(i, InstanceInfo(default_class, 1.0, "edited"))
-        out.append(
-            {
-                "id": i,
-                "class": info.class_name,
-                "score": float(info.score),
-                "state": info.state,
-                "bbox": [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop],
-                "area": int(counts[i]),
-            }
-        )
-    return out
-
-
-# --------------------------------------------------------------------------
-# label differences
-
-
-@dataclass
-class LabelDiff:
-    """The pixels an edit changes: flat indices with their old and new values.
-
-    ``index`` is sorted and unique; ``old[i] != new[i]`` for every entry.
-    """
-
-    shape: tuple[int, ...]
-    index: np.ndarray
-    old: np.ndarray
-    new: np.ndarray
-
-    @classmethod
-    def empty(cls, shape: Sequence[int]) -> LabelDiff:
-        z = np.zeros(0, np.int64)
-        return cls(tuple(shape), z, z.copy(), z.copy())
-
-    @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray) -> LabelDiff:
-        """The difference from ``before`` to ``after`` (same shape)."""
-        if before.shape != after.shape:
-            raise ValueError(f"shapes differ: {before.shape} and {after.shape}")
-        b, a = before.ravel(), after.ravel()
-        idx = np.flatnonzero(b != a)
-        return cls(tuple(before.shape), idx, b[idx].astype(np.int64), a[idx].astype(np.int64))
-
-    @classmethod
-    def assign(cls, labels: np.ndarray, index: np.ndarray, value: int | np.ndarray) -> LabelDiff:
-        """The diff that sets flat ``index`` of ``labels`` to ``value`` (unchanged pixels dropped)."""
-        index = np.asarray(index, dtype=np.int64).ravel()
-        new = np.broadcast_to(np.asarray(value, dtype=np.int64), index.shape)
-        order = np.argsort(index, kind="stable")
-        index, new = index[order], new[order]
-        old = labels.ravel()[index].astype(np.int64)
-        keep = old != new
-        return cls(tuple(labels.shape), index[keep], old[keep], np.array(new[keep]))
-
-    def __len__(self) -> int:
-        return int(self.index.size)
-
-    def __bool__(self) -> bool:
-        return self.index.size > 0
-
-    def indices(self) -> tuple[np.ndarray, ...]:
-        """The changed pixels as a tuple of index arrays (numpy fancy indexing)."""
-        return np.unravel_index(self.index, self.shape)
-
-    def inverted(self) -> LabelDiff:
-        return LabelDiff(self.shape, self.index, self.new, self.old)
-
-    def apply(self, labels: np.ndarray, reverse: bool = False) -> np.ndarray:
-        """Write the new (``reverse``: old) values into ``labels`` in place; returns ``labels``."""
-        if labels.shape != self.shape:
-            raise ValueError(f"diff for shape {self.shape} applied to shape {labels.shape}")
-        flat = labels.reshape(-1)
-        if not np.shares_memory(flat, labels):
-            raise ValueError("labels must be contiguous to be edited in place")
-        flat[self.index] = self.old if reverse else self.new
-        return labels
-
-    def then(self, later: LabelDiff) -> LabelDiff:
-        """The single diff doing ``self`` and then ``later``."""
-        if later.shape != self.shape:
-            raise ValueError("diffs of different shapes")
-        index = np.union1d(self.index, later.index)
-        old = np.empty(index.size, np.int64)
-        new = np.empty(index.size, np.int64)
-        in_first = np.isin(index, self.index, assume_unique=True)
-        in_later = np.isin(index, later.index, assume_unique=True)
-        old[in_first] = self.old[np.searchsorted(self.index, index[in_first])]
-        only_later = ~in_first
-        old[only_later] = later.old[np.searchsorted(later.index, index[only_later])]
-        new[in_later] = later.new[np.searchsorted(later.index, index[in_later])]
-        only_first = ~in_later
-        new[only_first] = self.new[np.searchsorted(self.index, index[only_first])]
-        keep = old != new
-        return LabelDiff(self.shape, index[keep], old[keep], new[keep])
-
-    def ids(self) -> np.ndarray:
-        """Every non-zero id the diff touches (old or new)."""
-        ids = np.union1d(self.old, self.new)
-        return ids[ids != 0]
-
-
-# --------------------------------------------------------------------------
-# object edits
 
 
 def _present(labels: np.ndarray, ids: Iterable[int]) -> list[int]:
@@ -591,88 +345,3 @@ def instance_gap(labels: np.ndarray, ids: Sequence[int]) -> float:
         dist = distance_transform_edt(~others)[own].min()
         gap = max(gap, float(dist))
     return 0.0 if gap < 1.5 else gap - 1.0
-
-
-# --------------------------------------------------------------------------
-# undo / redo
-
-
-@dataclass
-class EditRecord:
-    """One undoable step: a label diff plus snapshots of anything else it changed.
-
-    ``before`` and ``after`` hold whatever the caller needs to restore
-    (instance table, centroid points, parameters, image state); keys present
-    in one are present in the other. ``kind`` is ``"edit"`` for a person's
-    edit and ``"update"`` for a re-run of the pipeline; consecutive updates
-    are merged into one step (:meth:`History.push`).
-    """
-
-    name: str
-    diff: LabelDiff | None = None
-    before: dict[str, Any] = field(default_factory=dict)
-    after: dict[str, Any] = field(default_factory=dict)
-    kind: str = "edit"
-    #: the pixels whose annotator-background flag the step changes (values 0/1)
-    background: LabelDiff | None = None
-
-
-def _then(first: LabelDiff | None, later: LabelDiff | None) -> LabelDiff | None:
-    if first is None or later is None:
-        return later if first is None else first
-    return first.then(later)
-
-
-class History:
-    """Undo and redo stacks of :class:`EditRecord` with a size limit."""
-
-    def __init__(self, limit: int = 100) -> None:
-        self.limit = int(limit)
-        self._undo: list[EditRecord] = []
-        self._redo: list[EditRecord] = []
-
-    def push(self, record: EditRecord, coalesce: bool = True) -> None:
-        """Add a step (clears redo). An ``update`` on top of an ``update`` merges with it."""
-        self._redo.clear()
-        top = self._undo[-1] if self._undo else None
-        if coalesce and top is not None and record.kind == "update" and top.kind == "update":
-            diff = _then(top.diff, record.diff)
-            before = {**record.before, **top.before}
-            after = {**top.after, **record.after}
-            bg = _then(top.background, record.background)
-            self._undo[-1] = EditRecord(record.name, diff, before, after, "update", bg)
-            return
-        self._undo.append(record)
-        del self._undo[: max(0, len(self._undo) - self.limit)]
-
-    def undo(self) -> EditRecord | None:
-        """The step to revert (moved to the redo stack), or None."""
-        if not self._undo:
-            return None
-        record = self._undo.pop()
-        self._redo.append(record)
-        return record
-
-    def redo(self) -> EditRecord | None:
-        """The step to do again (moved back to the undo stack), or None."""
-        if not self._redo:
-            return None
-        record = self._redo.pop()
-        self._undo.append(record)
-        return record
-
-    def clear(self) -> None:
-        self._undo.clear()
-        self._redo.clear()
-
-    @property
-    def can_undo(self) -> bool:
-        return bool(self._undo)
-
-    @property
-    def can_redo(self) -> bool:
-        return bool(self._redo)
-
-    def names(self) -> list[str]:
-        """Names of the undoable steps, oldest first."""
-        return [r.name for r in self._undo]

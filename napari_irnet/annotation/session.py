@@ -14,7 +14,7 @@ on, and what the napari panel shows; scripts and tests drive it directly::
 It holds
 
 - ``labels``: the instance map (H, W) int32, 0 background;
-- ``table``: per instance id an :class:`~napari_irnet.annotation.edits.InstanceInfo`
+- ``table``: per instance id an :class:`~napari_irnet.annotation.masks.InstanceInfo`
   (class, score, state ``proposed`` / ``edited`` / ``accepted``);
   :meth:`records` adds bbox and area;
 - ``background``: the *annotator background*, (H, W) bool, the pixels a
@@ -44,26 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from .edits import (
-    EditError,
-    EditRecord,
-    History,
-    InstanceInfo,
-    LabelDiff,
-    accept_all,
-    delete,
-    instance_at,
-    instance_gap,
-    instance_ids,
-    instance_records,
-    merge,
-    merge_proposal,
-    next_free_id,
-    set_class,
-    split_by_line,
-    split_by_seeds,
-    table_from_records,
-)
+from .edits import EditError, delete, instance_gap, merge, merge_proposal, split_by_line, split_by_seeds
+from .history import EditRecord, History, LabelDiff
+from .masks import InstanceInfo, Masks, accept_all, instance_at, instance_ids, instance_records, next_free_id, set_class, table_from_records
 
 __all__ = ["AnnotationChange", "AnnotationSession"]
 
@@ -465,31 +448,30 @@ class AnnotationSession:
         return self.step(name, LabelDiff.between(self.labels, merged), merged_table, self.state, kind=kind, before=before, after=after)
 
     # ------------------------------------------------------------------ storage
-    def to_corrections(self, **meta):
-        """The session as :class:`~napari_irnet.store.folder.Corrections` (``meta``: image_name, fingerprint, ...)."""
-        from ..store.folder import Corrections
-
+    def to_masks(self, **meta) -> Masks:
+        """The session as :class:`~napari_irnet.annotation.masks.Masks`, for a store (``meta``: image_name, fingerprint, ...)."""
         table = {i: self.info(i) for i in self.instance_ids()}
         meta.setdefault("classes", self.classes)
         bg = self.background.copy() if self.background.any() else None
-        return Corrections(self.labels.copy(), table, self.state, background=bg, **meta)
+        return Masks.from_table(self.labels.copy(), table, state=self.state, background=bg, **meta)
 
-    def restore(self, corrections) -> None:
-        """Start from stored corrections: an accepted image as stored, else the current proposal merged with them.
+    def restore(self, masks: Masks) -> None:
+        """Start from stored masks: an accepted image as stored, else the current proposal merged with them.
 
         Not an undoable step (the history starts afresh).
         """
-        labels = np.asarray(corrections.labels)
+        labels = np.asarray(masks.labels)
         if labels.shape != self.shape:
             raise ValueError(f"stored corrections are {labels.shape}, the image {self.shape}")
-        background = corrections.background if corrections.background is not None else np.zeros(self.shape, bool)
-        if corrections.state == "accepted" or self.proposal is None:
+        background = masks.background if masks.background is not None else np.zeros(self.shape, bool)
+        stored = masks.table
+        if masks.state == "accepted" or self.proposal is None:
             self.labels[...] = labels
-            self.table = dict(corrections.instances)
+            self.table = stored
         else:
-            merged, table = merge_proposal(self.proposal[0], self.proposal[1], labels, corrections.instances, background)
+            merged, table = merge_proposal(self.proposal[0], self.proposal[1], labels, stored, background)
             self.labels[...] = merged
             self.table = table
         self.background[...] = np.asarray(background, bool) & (self.labels == 0)
-        self.state = corrections.state if corrections.state in SESSION_STATES else "corrected"
+        self.state = masks.state if masks.state in SESSION_STATES else "corrected"
         self.history.clear()

@@ -163,7 +163,7 @@ def _project_inputs(args: argparse.Namespace, model):
         if unknown:
             raise InputError(f"{project.root / 'images.json'}: image {name!r} is labelled {unknown[0]!r}, which the checkpoint {args.checkpoint} does not know")
         items.append(LabelledImage(Path(name).stem, project.read_image(name), [model.classes.index(c) for c in names]))
-        corrections.append(masks.instances if masks is not None else None)
+        corrections.append(masks.labels if masks is not None else None)
         tables.append(table)
         backgrounds.append(masks.background if masks is not None else None)
         sources.append(where)

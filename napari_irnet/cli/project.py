@@ -167,13 +167,14 @@ def _extend_predict(subparsers) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..store.project import STATES, open_project
+    from ..annotation.masks import IMAGE_STATES
+    from ..store.project import open_project
 
     project = open_project(args.project)
     states = project.states()
     ckpt = project.checkpoint_path
     key = project.model_key() if ckpt is not None else None
-    counts = dict.fromkeys(STATES, 0)
+    counts = dict.fromkeys(IMAGE_STATES, 0)
     for st in states.values():
         counts[st.state] += 1
     pending = [n for n, st in states.items() if project.needs_prediction(n, key, st)]
@@ -207,8 +208,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"checkpoint  {ckpt}{'' if ckpt.is_file() else '  (MISSING)'}")
     print()
-    width = max(len(s) for s in STATES)
-    for s in STATES:
+    width = max(len(s) for s in IMAGE_STATES)
+    for s in IMAGE_STATES:
         print(f"  {s:<{width}}  {counts[s]:>7}")
     print(f"  {'total':<{width}}  {len(states):>7}")
     print()
@@ -268,8 +269,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_project_commands(subparsers) -> None:
     """Add ``init``, ``status`` and ``export``, and ``predict --project``, to the CLI."""
+    from ..annotation.masks import IMAGE_STATES
     from ..params import Params
-    from ..store.project import DEFAULT_MAX_PIXELS, STATES
+    from ..store.project import DEFAULT_MAX_PIXELS
 
     p = subparsers.add_parser("init", help="create a project from an image folder and image-level labels")
     p.add_argument("--project", type=Path, required=True, help="the project folder to create (new or empty)")
@@ -296,7 +298,7 @@ def add_project_commands(subparsers) -> None:
     p.add_argument("--project", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder; each format goes to OUT/<format>/")
     p.add_argument("--format", nargs="+", choices=_EXPORT_FORMATS, default=["coco"], help="one or more of coco, tif, png, voc (default coco)")
-    p.add_argument("--states", nargs="+", choices=STATES, default=["accepted", "corrected"], help="images in these states (default: accepted corrected)")
+    p.add_argument("--states", nargs="+", choices=IMAGE_STATES, default=["accepted", "corrected"], help="images in these states (default: accepted corrected)")
     p.add_argument("--source", choices=("current", "result", "correction"), default="current", help="whose masks: current (the correction, else the model's), result (the model's) or correction (default current)")
     p.add_argument("--coco-results", action="store_true", help="also write OUT/coco/results.json, a COCO results list with scores")
     p.add_argument("--no-images", action="store_true", help="VOC: do not write JPEGImages")

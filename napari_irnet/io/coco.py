@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..annotation.edits import InstanceInfo
+from ..annotation.masks import InstanceInfo
 
 #: category used for instances without a class
 UNNAMED_CLASS = "object"

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from skimage.measure import label as connected_components
-from skimage.measure import regionprops
+
+from ..annotation.masks import instance_boxes
 
 IGNORE = 255
 
@@ -294,18 +296,15 @@ def _components(key_map: np.ndarray, score_map: np.ndarray, min_fragment_fractio
     H, W = key_map.shape
     labels = connected_components(key_map, connectivity=1, background=0).astype(np.int32)
     min_area = min_fragment_fraction * H * W
+    boxes = instance_boxes(labels)
+    ids = list(boxes)
+    peaks = ndimage.maximum(score_map, labels, ids) if ids else []
+    keys = ndimage.maximum(key_map, labels, ids) if ids else []  # one key per component
     records = []
-    for region in regionprops(labels, intensity_image=score_map):
-        y0, x0, y1, x1 = region.bbox
-        records.append(
-            {
-                "id": int(region.label),
-                "class_id": class_of(int(key_map[tuple(region.coords[0])])),
-                "score": 0.0 if region.area < min_area else float(region.intensity_max),
-                "bbox": [int(x0), int(y0), int(x1), int(y1)],
-                "area": int(region.area),
-            }
-        )
+    for i, peak, key in zip(ids, peaks, keys):
+        bbox, area = boxes[i]
+        score = 0.0 if area < min_area else float(peak)
+        records.append({"id": i, "class_id": class_of(int(key)), "score": score, "bbox": bbox, "area": area})
     return InstanceResult(labels, records)
 
 

@@ -37,6 +37,7 @@ tests, and handy for checking an export).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -47,10 +48,11 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from ..annotation.masks import IMAGE_STATES, Masks
 from ..io.files import InputError, OutputError, atomic_write
 from ..io.images import read_label_image
 from ..io.results import output_stems, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
-from .project import STATES, Masks, Project, timestamp
+from .project import Project, timestamp
 
 __all__ = [
     "DEFAULT_STATES",
@@ -102,9 +104,9 @@ def _selected(
     project: Project, states: Sequence[str], source: str, summary: ExportSummary
 ) -> list[tuple[str, str, int]]:
     """(name, state, instance count) of every image to export, from the stored states alone."""
-    bad = [s for s in states if s not in STATES]
+    bad = [s for s in states if s not in IMAGE_STATES]
     if bad:
-        raise ValueError(f"unknown state {bad[0]!r}; states are {', '.join(STATES)}")
+        raise ValueError(f"unknown state {bad[0]!r}; states are {', '.join(IMAGE_STATES)}")
     if source not in ("current", "result", "correction"):
         raise ValueError(f"source must be 'current', 'result' or 'correction', got {source!r}")
     chosen = []
@@ -131,7 +133,7 @@ def _load(project: Project, name: str, source: str) -> Masks:
 def _sequential(masks: Masks) -> Masks:
     """Renumber instance ids 1..K in the order of the stored ids."""
     records = sorted(masks.records, key=lambda r: int(r["id"]))
-    top = int(masks.instances.max(initial=0))
+    top = int(masks.labels.max(initial=0))
     lut = np.zeros(top + 1, np.int32)
     out = []
     for k, rec in enumerate(records, start=1):
@@ -139,7 +141,7 @@ def _sequential(masks: Masks) -> Masks:
         if old <= top:
             lut[old] = k
         out.append({**rec, "id": k})
-    return Masks(lut[masks.instances], out, masks.semantic, masks.source)
+    return dataclasses.replace(masks, labels=lut[masks.labels], records=out)
 
 
 #: the list of files an export wrote, kept in its folder so that the next export there removes
@@ -206,14 +208,14 @@ def _coco_annotations(masks: Masks, image_id: int, classes: list[str], first_id:
     from ..io.coco import encode_mask
 
     anns = []
-    slices = ndimage.find_objects(masks.instances)
-    h, w = masks.instances.shape
+    slices = ndimage.find_objects(masks.labels)
+    h, w = masks.labels.shape
     for rec in masks.records:
         sl = slices[rec["id"] - 1] if rec["id"] - 1 < len(slices) else None
         if sl is None:
             continue
         full = np.zeros((h, w), np.uint8, order="F")
-        full[sl] = masks.instances[sl] == rec["id"]
+        full[sl] = masks.labels[sl] == rec["id"]
         rle, area, bbox = encode_mask(full)
         ann = {
             "id": first_id + len(anns),
@@ -258,7 +260,7 @@ def export_coco(
     images, annotations = [], []
     for image_id, (name, state, _count) in enumerate(_selected(project, states, source, summary), start=1):
         masks = _load(project, name, source)
-        h, w = masks.instances.shape
+        h, w = masks.labels.shape
         images.append({"id": image_id, "file_name": name, "height": h, "width": w, "napari_irnet_state": state})
         annotations += _coco_annotations(masks, image_id, classes, len(annotations) + 1, masks.source == "result")
         summary.images += 1
@@ -380,12 +382,12 @@ def export_label_images(
             inst_path = out / fmt / "instances" / f"{stem}.{fmt}"
             sem_path = out / fmt / "semantic" / f"{stem}.{fmt}"
             if fmt == "tif":
-                write_instance_tiff(inst_path, masks.instances)
+                write_instance_tiff(inst_path, masks.labels)
                 atomic_write(sem_path, lambda tmp, sem=masks.semantic: tifffile.imwrite(tmp, sem, compression="zlib", photometric="minisblack"))
             else:
                 if len(masks.records) > 65535:
                     raise ExportError(f"{name}: {len(masks.records)} instances do not fit a 16-bit PNG; export TIFF instead")
-                _write_png16(inst_path, masks.instances)
+                _write_png16(inst_path, masks.labels)
                 write_semantic_png(sem_path, masks.semantic)
             json_path = write_instances_json(out / fmt / "instances" / f"{stem}.json", masks.records)
             summary.files += [inst_path, sem_path, json_path]
@@ -472,8 +474,8 @@ def export_voc(
         lut = np.zeros(len(masks.records) + 1, np.uint8)
         for rec in masks.records:
             lut[rec["id"]] = classes.index(rec["class"]) + 1
-        summary.files.append(_write_palette_png(out / "SegmentationObject" / f"{stem}.png", masks.instances))
-        summary.files.append(_write_palette_png(out / "SegmentationClass" / f"{stem}.png", lut[masks.instances]))
+        summary.files.append(_write_palette_png(out / "SegmentationObject" / f"{stem}.png", masks.labels))
+        summary.files.append(_write_palette_png(out / "SegmentationClass" / f"{stem}.png", lut[masks.labels]))
         if copy_images:
             image = Image.fromarray(project.read_image(name))
             summary.files.append(

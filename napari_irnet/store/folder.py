@@ -11,9 +11,10 @@ Each image gets a folder of its own:
   ``<data>`` is ``$NAPARI_IRNET_DATA_DIR`` when set, else the platform's user
   data folder.
 
-Inside a project, the project is the image's one store instead
-(:class:`~napari_irnet.store.project.ProjectImageStore`); both stores offer
-the same ``load`` / ``save`` / ``clear`` (:class:`FolderStore` here).
+Inside a project, the project is the image's one store instead; both are
+behind one store interface (:mod:`napari_irnet.store.image_store`:
+:class:`~napari_irnet.store.image_store.FolderStore` for this folder).
+What is stored and loaded is :class:`~napari_irnet.annotation.masks.Masks`.
 
 The folder holds up to three files, each written atomically (temporary
 file, then rename): ``instances.tif`` (uint16/uint32 instance ids),
@@ -38,22 +39,18 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..annotation.edits import InstanceInfo, instance_records
+from ..annotation.masks import InstanceInfo, Masks, instance_records
 from ..io.files import InputError, write_json
 from ..io.images import read_label_image
 from ..io.results import write_instance_tiff, write_semantic_png
 
 __all__ = [
-    "IMAGE_STATES",
-    "Corrections",
-    "FolderStore",
     "corrections_folder",
     "delete_corrections",
     "image_fingerprint",
@@ -64,8 +61,6 @@ __all__ = [
 
 FORMAT = "napari-irnet-corrections"
 VERSION = 1
-#: states of one image, in the order of the work on it
-IMAGE_STATES = ("new", "proposed", "corrected", "accepted")
 LABELS_FILE = "instances.tif"
 BACKGROUND_FILE = "background.png"
 STATE_FILE = "corrections.json"
@@ -135,87 +130,40 @@ def corrections_folder(
     return folder
 
 
-@dataclass
-class Corrections:
-    """Everything stored for one image.
+def save_corrections(folder: str | os.PathLike[str], masks: Masks) -> Path:
+    """Write ``masks`` into ``folder`` (created if needed), each file atomically.
 
-    Attributes
-    ----------
-    labels : (H, W) int32
-        The instance map as the person left it.
-    instances : dict id -> InstanceInfo
-        Class, score and state of each instance.
-    state : str
-        Image state, one of :data:`IMAGE_STATES`.
-    image_name, fingerprint
-        Which image (fingerprint of its pixels as the networks saw them, 8-bit
-        RGB as :func:`~napari_irnet.io.images.read_image` gives them; "" when unknown).
-    classes : list of str
-        The image-level classes used.
-    checkpoint : str or None
-        Checkpoint that produced the proposals.
-    params : dict or None
-        ``Params.to_dict()`` of the proposals.
-    updated : str
-        ISO time of the save (set by :func:`save_corrections`).
-    background : (H, W) bool or None
-        The annotator background: pixels a person cleared (deleted or erased);
-        re-runs never fill them and fine-tuning takes them as background.
-    """
-
-    labels: np.ndarray
-    instances: dict[int, InstanceInfo]
-    state: str = "corrected"
-    image_name: str = ""
-    fingerprint: str = ""
-    classes: list[str] = field(default_factory=list)
-    checkpoint: str | None = None
-    params: dict[str, Any] | None = None
-    updated: str = ""
-    background: np.ndarray | None = None
-    #: fingerprint of the image layer's own data (any type; stable when only the display changes)
-    data_fingerprint: str = ""
-
-    def __post_init__(self) -> None:
-        if self.state not in IMAGE_STATES:
-            raise ValueError(f"image state must be one of {IMAGE_STATES}, got {self.state!r}")
-
-    @property
-    def instance_classes(self) -> dict[int, str]:
-        """``{instance id: class name}`` of the instances that have a class."""
-        return {int(i): info.class_name for i, info in self.instances.items() if info.class_name}
-
-
-def save_corrections(folder: str | os.PathLike[str], corrections: Corrections) -> Path:
-    """Write ``corrections`` into ``folder`` (created if needed), each file atomically.
+    The records are made afresh from the instance map and the table
+    (:func:`~napari_irnet.annotation.masks.instance_records`); ``masks.updated``
+    is set to the time of the save.
 
     Returns the folder. Raises :class:`~napari_irnet.io.files.OutputError`
     when a file cannot be written; files already there stay intact then.
     """
     folder = Path(folder)
-    labels = np.asarray(corrections.labels)
+    labels = np.asarray(masks.labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2D, got shape {labels.shape}")
-    corrections.updated = datetime.now(UTC).isoformat(timespec="seconds")
+    masks.updated = datetime.now(UTC).isoformat(timespec="seconds")
     write_instance_tiff(folder / LABELS_FILE, labels)
     doc = {
         "format": FORMAT,
         "version": VERSION,
         "image": {
-            "name": corrections.image_name,
+            "name": masks.image_name,
             "shape": list(labels.shape),
-            "fingerprint": corrections.fingerprint,
-            "data_fingerprint": corrections.data_fingerprint,
+            "fingerprint": masks.fingerprint,
+            "data_fingerprint": masks.data_fingerprint,
         },
-        "state": corrections.state,
-        "classes": list(corrections.classes),
-        "checkpoint": corrections.checkpoint,
-        "params": corrections.params,
-        "updated": corrections.updated,
+        "state": masks.state,
+        "classes": list(masks.classes),
+        "checkpoint": masks.checkpoint,
+        "params": masks.params,
+        "updated": masks.updated,
         "labels_checksum": _labels_checksum(labels),
-        "instances": [_stored_record(r) for r in instance_records(labels, corrections.instances)],
+        "instances": [_stored_record(r) for r in instance_records(labels, masks.table)],
     }
-    bg = corrections.background
+    bg = masks.background
     if bg is not None and np.asarray(bg).any():
         bg = np.asarray(bg, bool)
         if bg.shape != labels.shape:
@@ -238,8 +186,8 @@ def load_corrections(
     *,
     shape: tuple[int, int] | None = None,
     fingerprints: tuple[str, ...] = (),
-) -> Corrections | None:
-    """Read the corrections in ``folder``; None when there are none.
+) -> Masks | None:
+    """Read the corrections in ``folder`` as :class:`~napari_irnet.annotation.masks.Masks`; None when there are none.
 
     Parameters
     ----------
@@ -292,13 +240,14 @@ def load_corrections(
             UserWarning,
             stacklevel=2,
         )
-    instances: dict[int, InstanceInfo] = {}
     try:
+        records = []
         for rec in doc.get("instances", []):
-            instances[int(rec["id"])] = InstanceInfo(str(rec["class"]), float(rec["score"]), str(rec["state"]))
-        corrections = Corrections(
+            info = InstanceInfo(str(rec["class"]), float(rec["score"]), str(rec["state"]))  # checks the state
+            records.append({**rec, "id": int(rec["id"]), "class": info.class_name, "score": info.score, "state": info.state})
+        masks = Masks(
             labels=labels,
-            instances=instances,
+            records=records,
             state=str(doc.get("state", "corrected")),
             image_name=str(meta.get("name", "")),
             fingerprint=str(meta.get("fingerprint", "")),
@@ -311,7 +260,7 @@ def load_corrections(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{state_path}: malformed corrections ({exc})") from exc
-    return corrections
+    return masks
 
 
 def delete_corrections(folder: str | os.PathLike[str]) -> None:
@@ -325,57 +274,12 @@ def delete_corrections(folder: str | os.PathLike[str]) -> None:
         pass
 
 
-def summarise(corrections: Corrections) -> dict[str, int]:
+def summarise(masks: Masks) -> dict[str, int]:
     """Counts of instances per state (for status lines)."""
-    present = set(int(i) for i in np.unique(corrections.labels) if i)
+    present = set(int(i) for i in np.unique(masks.labels) if i)
     counts = {s: 0 for s in ("proposed", "edited", "accepted")}
+    table = masks.table
     for i in present:
-        info = corrections.instances.get(i)
+        info = table.get(i)
         counts[info.state if info else "edited"] += 1
     return counts
-
-
-
-@dataclass
-class FolderStore:
-    """The corrections of one image in its own folder (an image outside a project).
-
-    ``shape`` and ``fingerprints`` check that stored corrections belong to
-    the image (see :func:`load_corrections`).
-    """
-
-    folder: Path
-    shape: tuple[int, int] | None = None
-    fingerprints: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return str(self.folder)
-
-    def load(self) -> Corrections | None:
-        """The stored corrections, None when there are none (InputError when they are unusable)."""
-        return load_corrections(self.folder, shape=self.shape, fingerprints=self.fingerprints)
-
-    def save(self, corrections: Corrections) -> None:
-        """Store the corrections (OutputError when that fails; the old files stay)."""
-        save_corrections(self.folder, corrections)
-
-    def clear(self) -> None:
-        """Nothing left to store (a pure proposal): remove the files."""
-        delete_corrections(self.folder)
-
-    def save_proposal(self, corrections: Corrections, *_, **__) -> bool:
-        """A proposal is not stored outside a project (a Run makes it again)."""
-        return False
-
-    def stamp(self) -> tuple[int, int] | None:
-        """(mtime in ns, size) of the state file, to notice a change; None when there is none."""
-        return file_stamp(self.folder / STATE_FILE)
-
-
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    """(mtime in ns, size) of a file; None when it does not exist."""
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from ..annotation.masks import IMAGE_STATES, Masks, instance_boxes
 from ..io.files import MAX_NAMES_SHOWN, InputError, OutputError, atomic_write, name_list, read_json, write_json
 from ..io.images import DEFAULT_MAX_PIXELS, check_pixels, image_size, list_images, read_image, read_label_image
 from ..io.labels import ImageLabels, read_labels
@@ -72,10 +73,8 @@ __all__ = [
     "FORMAT_VERSION",
     "ImageEntry",
     "ItemState",
-    "Masks",
     "Project",
     "ProjectError",
-    "STATES",
     "create_project",
     "file_fingerprint",
     "image_size",
@@ -91,7 +90,6 @@ IMAGE_TABLE = "images.json"
 ITEMS = "items"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-STATES: tuple[str, ...] = ("new", "proposed", "corrected", "accepted")
 _MASK_FILES = ("instances.tif", "instances.json", "semantic.png")
 #: what the store writes into an item folder besides state.json: revision folders and temporary files
 _REVISION = re.compile(r"(result|correction)-[0-9]{6,}")
@@ -171,33 +169,6 @@ class ItemState:
         return out
 
 
-@dataclass
-class Masks:
-    """Instance masks of one image.
-
-    Attributes
-    ----------
-    instances : (H, W) int32
-        Instance ids, 0 = background.
-    records : list of dict
-        One per instance, in id order: ``id``, ``class`` (name), ``score``,
-        ``bbox`` ``[x0, y0, x1, y1]`` (exclusive ends), ``area``.
-    semantic : (H, W) uint8
-        Project class index + 1, 0 = background.
-    source : str
-        ``"result"`` (the model's) or ``"correction"`` (the annotator's).
-    background : (H, W) bool or None
-        A correction's annotator background: pixels the annotator cleared,
-        which no prediction fills again (``background.png``; None when none).
-    """
-
-    instances: np.ndarray
-    records: list[dict[str, Any]]
-    semantic: np.ndarray
-    source: str = "result"
-    background: np.ndarray | None = None
-
-
 # --------------------------------------------------------------------------
 # helpers
 
@@ -251,21 +222,6 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     if key not in _HASH_CACHE:
         _HASH_CACHE[key] = _sha256(p)
     return _HASH_CACHE[key]
-
-
-def _bboxes(instances: np.ndarray) -> dict[int, tuple[list[int], int]]:
-    """id -> ([x0, y0, x1, y1], area) for every id > 0 in the map."""
-    from scipy import ndimage
-
-    out: dict[int, tuple[list[int], int]] = {}
-    if not instances.size or instances.max() <= 0:
-        return out
-    ids, counts = np.unique(instances[instances > 0], return_counts=True)
-    slices = ndimage.find_objects(instances)
-    for i, n in zip(ids.tolist(), counts.tolist()):
-        sy, sx = slices[i - 1]
-        out[i] = ([int(sx.start), int(sy.start), int(sx.stop), int(sy.stop)], int(n))
-    return out
 
 
 def _revisions(st: ItemState, replaced: bool = False) -> list[tuple[str, dict[str, Any]]]:
@@ -453,8 +409,8 @@ class Project:
         if not path.is_file():
             return ItemState()
         data = _read_json(path, "image state file")
-        if not isinstance(data, dict) or data.get("state") not in STATES:
-            raise ProjectError(f"{path}: not a valid image state file (state must be one of {', '.join(STATES)})")
+        if not isinstance(data, dict) or data.get("state") not in IMAGE_STATES:
+            raise ProjectError(f"{path}: not a valid image state file (state must be one of {', '.join(IMAGE_STATES)})")
         replaced = data.get("replaced") or []
         st = ItemState(data["state"], data.get("result"), data.get("correction"), data.get("error"), list(replaced))
         return self._set_aside_stale_masks(name, st)
@@ -515,7 +471,7 @@ class Project:
 
     def counts(self) -> dict[str, int]:
         """How many images are in each state."""
-        out = dict.fromkeys(STATES, 0)
+        out = dict.fromkeys(IMAGE_STATES, 0)
         for st in self.states().values():
             out[st.state] += 1
         return out
@@ -556,7 +512,7 @@ class Project:
 
     def _write_masks(self, target: Path, masks: Masks) -> None:
         target.mkdir(parents=True, exist_ok=False)
-        write_instance_tiff(target / "instances.tif", masks.instances)
+        write_instance_tiff(target / "instances.tif", masks.labels)
         write_instances_json(target / "instances.json", masks.records)
         write_semantic_png(target / "semantic.png", masks.semantic)
         if masks.background is not None and masks.background.any():
@@ -726,9 +682,9 @@ class Project:
         masks = self._masks(name, instances, records, semantic, source="correction", default_score=1.0)
         if background is not None:
             bg = np.asarray(background, bool)
-            if bg.shape != masks.instances.shape:
-                raise ValueError(f"{name}: background has shape {bg.shape}, the image is {masks.instances.shape}")
-            masks.background = bg & (masks.instances == 0)
+            if bg.shape != masks.labels.shape:
+                raise ValueError(f"{name}: background has shape {bg.shape}, the image is {masks.labels.shape}")
+            masks.background = bg & (masks.labels == 0)
 
         def update(cur: ItemState, info: dict[str, Any]) -> bool:
             cur.state, cur.correction = state, info
@@ -745,7 +701,7 @@ class Project:
             if st.result is None:
                 raise ProjectError(f"{name}: nothing to accept yet (state {st.state!r}); predict or correct it first")
             masks = self.load_masks(name, "result")
-            self.save_correction(name, masks.instances, masks.records, masks.semantic, state="accepted", background=masks.background)
+            self.save_correction(name, masks.labels, masks.records, masks.semantic, state="accepted", background=masks.background)
             return
         st.state = "accepted"
         self._write_state(name, st)
@@ -774,7 +730,7 @@ class Project:
         if not np.issubdtype(inst.dtype, np.integer) or (inst.size and inst.min() < 0):
             raise ValueError(f"{name}: instance map must hold non-negative integers")
         inst = inst.astype(np.int32 if inst.max(initial=0) < 2**31 else np.int64)
-        boxes = _bboxes(inst)
+        boxes = instance_boxes(inst)
         by_id: dict[int, dict[str, Any]] = {}
         for r in records:
             by_id[int(r["id"])] = dict(r)
@@ -813,7 +769,7 @@ class Project:
             if sem.size and (sem.min() < 0 or sem.max() > len(self.classes)):
                 raise ValueError(f"{name}: semantic values must be 0..{len(self.classes)} (class index + 1)")
             sem = sem.astype(np.uint8)
-        return Masks(inst, out, sem, source)
+        return Masks(inst, out, semantic=sem, source=source)
 
     # ------------------------------------------------------------ reading masks
     def load_masks(self, name: str, which: str = "current") -> Masks | None:
@@ -842,7 +798,7 @@ class Project:
             background = read_label_image(folder / BACKGROUND_FILE) > 0 if (folder / BACKGROUND_FILE).is_file() else None
         except InputError as exc:
             raise ProjectError(f"damaged project {self.root}: {exc}") from exc
-        return Masks(instances, records, semantic, kind, background)
+        return Masks(instances, records, st.state, background, semantic, source=kind)
 
     # ------------------------------------------------------------ locking
     @contextlib.contextmanager
@@ -1127,82 +1083,3 @@ def semantic_for_project(semantic: np.ndarray, model_classes: Sequence[str], pro
         if cls in project_classes:
             lut[i + 1] = list(project_classes).index(cls) + 1
     return lut[np.asarray(semantic)]
-
-
-class ProjectImageStore:
-    """One project image's corrections, kept in the project: the store the panels use for it.
-
-    The same ``load`` / ``save`` / ``clear`` / ``save_proposal`` as
-    :class:`~napari_irnet.store.folder.FolderStore`, so an image has one
-    store: inside a project, the project. Instance states (proposed, edited,
-    accepted) are kept in the records, the annotator background as the
-    correction's ``background.png``.
-    """
-
-    def __init__(self, project: Project, name: str) -> None:
-        project.entry(name)  # a clear error for an image the project lacks
-        self.project, self.name = project, name
-
-    def __str__(self) -> str:
-        return f"{self.project.root} ({self.name})"
-
-    def load(self):
-        """The image's correction as :class:`~napari_irnet.store.folder.Corrections`, None when it has none."""
-        from ..annotation.edits import INSTANCE_STATES, InstanceInfo
-        from .folder import Corrections
-
-        st = self.project.state(self.name)
-        masks = self.project.load_masks(self.name, "correction") if st.correction else None
-        if masks is None:
-            return None
-        default = "accepted" if st.state == "accepted" else "edited"
-        table = {}
-        for r in masks.records:
-            state = r.get("state") if r.get("state") in INSTANCE_STATES else default
-            table[int(r["id"])] = InstanceInfo(str(r["class"]), float(r.get("score", 1.0)), state)
-        return Corrections(np.asarray(masks.instances, dtype=np.int32), table, st.state, self.name,
-                           classes=list(self.project.entry(self.name).labels or []), background=masks.background)  # fmt: skip
-
-    def _records(self, labels: np.ndarray, table) -> list[dict[str, Any]]:
-        from ..annotation.edits import instance_records
-
-        labels_ = self.project.entry(self.name).labels
-        fallback = labels_[0] if labels_ else self.project.classes[0]
-        out = []
-        for r in instance_records(labels, table, fallback):
-            if r["class"] not in self.project.classes:
-                r["class"] = fallback
-            out.append({k: r[k] for k in ("id", "class", "score", "state")})
-        return out
-
-    def save(self, corrections) -> None:
-        """Store the annotator's masks (state corrected or accepted) with their annotator background."""
-        state = "accepted" if corrections.state == "accepted" else "corrected"
-        labels = np.asarray(corrections.labels)
-        self.project.save_correction(self.name, labels, self._records(labels, corrections.instances), state=state,
-                                     background=corrections.background)  # fmt: skip
-
-    def clear(self) -> None:
-        """Nothing to do: a project keeps an image's last correction (an annotator's work is never deleted here)."""
-
-    def stamp(self) -> tuple[int, int] | None:
-        """(mtime in ns, size) of the image's state file, to notice a change."""
-        from .folder import file_stamp
-
-        return file_stamp(self.project.item_dir(self.name) / STATE_FILE)
-
-    def save_proposal(self, corrections, semantic=None, model_classes=(), checkpoint=None, params=None, labels_used=None) -> bool:
-        """Store the model's proposal as the image's result (never over a correction); True when stored.
-
-        ``checkpoint`` and ``params`` made it (they give the result's
-        :meth:`Project.model_key`, so a batch prediction with the same model
-        skips the image); ``semantic`` is in ``model_classes`` order.
-        """
-        model_key = self.project.model_key(checkpoint, params) if checkpoint is not None else None
-        labels = np.asarray(corrections.labels)
-        if semantic is None:
-            semantic = np.zeros(labels.shape, np.uint8)
-        else:
-            semantic = semantic_for_project(semantic, list(model_classes), self.project.classes)
-        records = [{k: r[k] for k in ("id", "class", "score")} for r in self._records(labels, corrections.instances)]
-        return self.project.save_result(self.name, labels, records, semantic, model_key, labels_used)
