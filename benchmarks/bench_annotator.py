@@ -231,8 +231,9 @@ def paint_from_scratch(samples) -> list[Tally]:
 
 def finetuned(model, samples, sessions, n: int, steps: int):
     """A copy of ``model`` fine-tuned on the first ``n`` corrected images (their final maps and annotator background)."""
-    from napari_irnet.training.finetune import correction_class_maps, finetune, finetune_labels
-    from napari_irnet.training.loop import LabelledImage
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.finetune import finetune
+    from napari_irnet.training.finetune_data import correction_class_maps, finetune_labels
 
     m = copy.deepcopy(model)
     items = [LabelledImage(s.name, s.image, [m.classes.index(c) for c in s.labels]) for s in samples[:n]]

@@ -129,8 +129,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from napari_irnet.io.files import json_ready, write_json
     from napari_irnet.pipeline.inference import resolve_device
+    from napari_irnet.training.datasets import LabelledImage
     from napari_irnet.training.finetune import finetune
-    from napari_irnet.training.loop import LabelledImage
     from napari_irnet.training.targets import class_map_target, relation_labels
 
     device = resolve_device(args.device)

@@ -20,7 +20,7 @@ and post-processing parameters can be re-run without retraining:
    instances through :func:`napari_irnet.training.targets.relation_labels`
    (``irn_full.pt``; ``irn_full_c<w>.pt`` with ``--centroid-loss-weight w``),
    and the CAM network per pixel from the class maps
-   (:func:`napari_irnet.training.loop.train_cam_from_masks`, ``cam_full.pt``,
+   (:func:`napari_irnet.training.cam.train_cam_from_masks`, ``cam_full.pt``,
    its CAMs ``cams_full_<split>.pt``), with the same budgets;
 4. runs both IRNets on the evaluated images (``irn_<model>_<split>.pt``);
 5. scores, per split, with the PASCAL VOC protocol of
@@ -196,7 +196,8 @@ def train_params(args):
 def get_cam_model(args, classes, items, out: Path, timings: dict, from_masks: bool = False):
     """The weak CAM network (``cam.pt``), or with ``from_masks`` the one trained per pixel from the class maps (``cam_full.pt``)."""
     from napari_irnet.models.checkpoint import load_checkpoint, new_model, save_checkpoint
-    from napari_irnet.training.loop import LabelledImage, train_cam, train_cam_from_masks
+    from napari_irnet.training.cam import train_cam, train_cam_from_masks
+    from napari_irnet.training.datasets import LabelledImage
     from napari_irnet.training.targets import class_map_target
 
     key = "cam_full" if from_masks else "cam"
@@ -268,7 +269,8 @@ def get_seeds(items, cams, params, path: Path) -> list[np.ndarray]:
 
 def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timings: dict, instances: bool = False):
     from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, save_checkpoint
-    from napari_irnet.training.loop import LabelledImage, train_irn
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.irn import train_irn
 
     if path.is_file() and not args.retrain_irn:
         _log(f"reusing {path}")

@@ -87,8 +87,9 @@ def finetune_rate(device: str, steps: int = 40) -> str:
     from napari_irnet.demo import DEMO_SCALE, DEMO_SHAPE
     from napari_irnet.models.checkpoint import load_checkpoint
     from napari_irnet.synthetic import make_dataset
-    from napari_irnet.training.finetune import finetune, finetune_labels
-    from napari_irnet.training.loop import LabelledImage
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.finetune import finetune
+    from napari_irnet.training.finetune_data import finetune_labels
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     samples = make_dataset(16, shape=DEMO_SHAPE, seed=777, scale=DEMO_SCALE)

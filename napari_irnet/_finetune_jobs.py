@@ -5,9 +5,9 @@ No napari and no Qt here (the panel wraps :func:`finetune_job` in a
 It gathers the training images (images shown in the viewer whose stored
 corrections are corrected or accepted, and optionally a folder of images with
 a labels file, found the way ``napari-irnet finetune`` finds them), calls
-:func:`napari_irnet.training.finetune.finetune_labels` and
+:func:`napari_irnet.training.finetune_data.finetune_labels` and
 :func:`~napari_irnet.training.finetune.finetune`, and stores the result as a new
-version in a :class:`~napari_irnet.training.finetune.VersionStore` next to the
+version in a :class:`~napari_irnet.models.versions.VersionStore` next to the
 checkpoint it started from. The starting checkpoint is never written.
 
 Versions: fine-tuning ``cells.pt`` stores ``cells.versions/v0001.pt``,
@@ -34,11 +34,14 @@ import torchvision  # noqa: E402,F401  (imported here once, not first inside a w
 
 from .io.files import InputError  # noqa: E402
 from .models.checkpoint import load_checkpoint  # noqa: E402
+from .models.versions import VersionStore  # noqa: E402
 from .params import Params, TrainParams  # noqa: E402
 from .pipeline.inference import resolve_device  # noqa: E402
 from .store.folder import load_corrections, user_data_dir  # noqa: E402
-from .training.finetune import VersionStore, correction_class_maps, describe_reset, finetune, finetune_labels  # noqa: E402
-from .training.loop import LabelledImage  # noqa: E402
+from .training.datasets import LabelledImage  # noqa: E402
+from .training.field_check import describe_reset  # noqa: E402
+from .training.finetune import finetune  # noqa: E402
+from .training.finetune_data import correction_class_maps, finetune_labels  # noqa: E402
 
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")

@@ -56,7 +56,9 @@ def train(out: Path, n_images: int = 48, device: str = "auto"):
     from .cli.progress import progress_iter, track_training
     from .models.checkpoint import new_irnet, new_model, save_checkpoint
     from .synthetic import CLASS_NAMES, make_dataset
-    from .training.loop import LabelledImage, make_seeds, train_cam, train_irn
+    from .training.cam import train_cam
+    from .training.datasets import LabelledImage
+    from .training.irn import make_seeds, train_irn
 
     samples = make_dataset(n_images, shape=DEMO_SHAPE, seed=1, prefix="train", scale=DEMO_SCALE)
     items = [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]

@@ -201,7 +201,7 @@ class _Plant:
 
 def test_planted_pickles_are_refused_never_run(tmp_path):
     from napari_irnet.models.backbones import load_state_dict_file
-    from napari_irnet.training.finetune import VersionStore
+    from napari_irnet.models.versions import VersionStore
 
     marker = tmp_path / "MARKER"
     planted = tmp_path / "planted.pt"

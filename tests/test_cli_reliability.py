@@ -67,13 +67,14 @@ def run(argv, capsys):
 
 
 def _no_training(monkeypatch):
+    import napari_irnet.training.cam as cam
     import napari_irnet.training.finetune as ft
-    import napari_irnet.training.loop as tr
+    import napari_irnet.training.irn as irn
 
     def trained(*a, **k):
         raise AssertionError("training started")
 
-    for mod, name in ((tr, "train_cam"), (tr, "train_irn"), (ft, "finetune")):
+    for mod, name in ((cam, "train_cam"), (irn, "train_irn"), (ft, "finetune")):
         monkeypatch.setattr(mod, name, trained)
 
 

@@ -74,7 +74,9 @@ def test_prediction_matches_the_cpu(device, tiny_dataset):
 
 
 def test_training_on_the_device_lowers_the_loss(device, tiny_dataset):
-    from napari_irnet.training.loop import LabelledImage, make_seeds, train_cam, train_irn
+    from napari_irnet.training.cam import train_cam
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.irn import make_seeds, train_irn
 
     model = _model()
     items = [LabelledImage(s.name, s.image, [model.classes.index(c) for c in s.labels]) for s in tiny_dataset]

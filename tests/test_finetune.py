@@ -11,10 +11,12 @@ import torch
 
 from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, new_model
 from napari_irnet.models.torch_files import CheckpointError
+from napari_irnet.models.versions import VersionStore
 from napari_irnet.params import Params, TrainParams
 from napari_irnet.synthetic import CLASS_NAMES
-from napari_irnet.training.finetune import VersionStore, correction_class_maps, finetune, finetune_labels
-from napari_irnet.training.loop import LabelledImage
+from napari_irnet.training.datasets import LabelledImage
+from napari_irnet.training.finetune import finetune
+from napari_irnet.training.finetune_data import correction_class_maps, finetune_labels
 from napari_irnet.training.targets import relation_labels
 
 TP = TrainParams(
@@ -213,7 +215,7 @@ def _two_squares() -> np.ndarray:
 
 def test_field_check_measures_the_field_against_the_centroids():
     from napari_irnet.models.checkpoint import Model
-    from napari_irnet.training.finetune import check_displacement_field
+    from napari_irnet.training.field_check import check_displacement_field
     from napari_irnet.training.targets import displacement_target
 
     inst = _two_squares()
@@ -262,7 +264,7 @@ def _collapse(model) -> None:
 
 
 def test_finetune_relearns_a_collapsed_field_as_if_asked(setup):
-    from napari_irnet.training.finetune import describe_reset
+    from napari_irnet.training.field_check import describe_reset
 
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
@@ -288,6 +290,7 @@ def test_finetune_relearns_a_collapsed_field_as_if_asked(setup):
 
 def test_finetune_keeps_a_field_that_has_not_collapsed(setup, monkeypatch):
     import napari_irnet.training.finetune as ft
+    from napari_irnet.training.field_check import FieldCheck
 
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
@@ -296,7 +299,7 @@ def test_finetune_keeps_a_field_that_has_not_collapsed(setup, monkeypatch):
 
     def healthy(model, items, labels, *args, **kwargs):
         checked.append(len(items))
-        return ft.FieldCheck(predicted_length=2.0, target_length=3.0, error=1.0, cells=100)
+        return FieldCheck(predicted_length=2.0, target_length=3.0, error=1.0, cells=100)
 
     monkeypatch.setattr(ft, "check_displacement_field", healthy)
     list(finetune(model, items, labels, strong, dataclasses.replace(TP, finetune_epochs=1), "cpu"))

@@ -131,7 +131,7 @@ def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
 def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layers(
     make_napari_viewer_proxy, qtbot, checkpoint, sample
 ):
-    from napari_irnet.training.finetune import VersionStore
+    from napari_irnet.models.versions import VersionStore
 
     _save_corrections("cells", sample)
     original = _digest(checkpoint)

@@ -13,7 +13,9 @@ from napari_irnet.models.networks import normalize_image
 from napari_irnet.params import Params, TrainParams
 from napari_irnet.pipeline.predict import postprocess, predict, run_networks
 from napari_irnet.synthetic import CLASS_NAMES
-from napari_irnet.training.loop import LabelledImage, cam_pixel_loss, make_seeds, train_cam, train_cam_from_masks, train_irn
+from napari_irnet.training.cam import cam_pixel_loss, train_cam, train_cam_from_masks
+from napari_irnet.training.datasets import LabelledImage
+from napari_irnet.training.irn import make_seeds, train_irn
 
 TINY_TRAIN = TrainParams(
     cam_epochs=1, cam_batch_size=4, cam_crop_size=64, cam_resize_long=(56, 72),

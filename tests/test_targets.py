@@ -62,7 +62,7 @@ def test_boundary_target_marks_the_edge_between_touching_instances():
 
 def test_relation_dataset_keeps_instance_values_above_255():
     from napari_irnet.params import TrainParams
-    from napari_irnet.training.loop import LabelledImage, RelationDataset
+    from napari_irnet.training.datasets import LabelledImage, RelationDataset
 
     labels = np.zeros((64, 64), np.int32)
     labels[:, :] = np.arange(64)[None, :] // 4 * 40 + 1  # 1, 41, ..., 601 in 4 px stripes
@@ -92,7 +92,7 @@ def test_class_map_target_gives_each_instance_its_class_and_ignores_the_unknown(
 
 
 def test_the_annotators_background_is_true_background_even_where_unreviewed():
-    from napari_irnet.training.finetune import correction_class_maps
+    from napari_irnet.training.finetune_data import correction_class_maps
 
     inst = np.zeros((8, 8), np.int32)
     inst[1:4, 1:4] = 5

@@ -12,7 +12,7 @@ def load_dataset(images_dir: Path, labels_file: Path, classes: list[str] | None 
     """Training items from an image folder and a labels file."""
     from ..io.images import DEFAULT_MAX_PIXELS, read_image
     from ..io.labels import read_labels
-    from ..training.loop import LabelledImage
+    from ..training.datasets import LabelledImage
 
     labels = read_labels(labels_file, images_dir, classes=classes)
     if labels.unlabelled:

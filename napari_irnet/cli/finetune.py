@@ -143,7 +143,7 @@ def _project_inputs(args: argparse.Namespace, model):
     """The same from a project: its corrected and accepted images, and (unless --corrected-only) its labelled others."""
     from ..io.files import InputError
     from ..store.project import ITEMS, item_folder_name, open_project
-    from ..training.loop import LabelledImage
+    from ..training.datasets import LabelledImage
 
     project = open_project(args.project)
     items, corrections, tables, backgrounds, sources = [], [], [], [], []
@@ -179,7 +179,9 @@ def _counts(project) -> str:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..io.files import InputError, OutputError
     from ..models.checkpoint import load_checkpoint
-    from ..training.finetune import correction_class_maps, describe_reset, finetune, finetune_labels
+    from ..training.field_check import describe_reset
+    from ..training.finetune import finetune
+    from ..training.finetune_data import correction_class_maps, finetune_labels
     from .progress import progress_iter, track_training
 
     resume = args.out.with_name(args.out.name + ".resume")

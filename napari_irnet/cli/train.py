@@ -14,7 +14,7 @@ __all__ = ["add_train_commands", "cmd_train_cam", "cmd_train_irn"]
 def cmd_train_cam(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_checkpoint, new_model
     from ..params import Params, TrainParams
-    from ..training.loop import train_cam
+    from ..training.cam import train_cam
     from .progress import track_training
 
     check_outputs(args.out)
@@ -40,7 +40,7 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
 
 def cmd_train_irn(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_checkpoint, new_irnet
-    from ..training.loop import make_seeds, train_irn
+    from ..training.irn import make_seeds, train_irn
     from .progress import progress_iter, track_training
 
     check_outputs(args.out)

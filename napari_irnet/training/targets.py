@@ -5,7 +5,7 @@ An instance map says more: pixels of one instance are related, pixels of
 two instances are not, even when the instances touch and share a class.
 These functions turn an instance map into
 
-* relation labels for :func:`~napari_irnet.training.loop.train_irn` (pairs
+* relation labels for :func:`~napari_irnet.training.irn.train_irn` (pairs
   inside one instance positive, pairs across instances or instance and
   background negative), the targets of the fully supervised upper bound and
   of fine-tuning from corrections;
@@ -13,7 +13,7 @@ These functions turn an instance map into
   inspection and for direct supervision (DESIGN.md, "Human-in-the-loop
   training");
 * a class map for the CAM network (:func:`class_map_target`), which
-  :func:`~napari_irnet.training.loop.train_cam_from_masks` and fine-tuning
+  :func:`~napari_irnet.training.cam.train_cam_from_masks` and fine-tuning
   learn per pixel.
 
 Shapes: full-resolution maps are (H, W); grid maps are (h, w) with
