@@ -121,7 +121,7 @@ def main() -> int:
     from napari_irnet.models.checkpoint import load_checkpoint, new_model, save_checkpoint
     from napari_irnet.params import Params
     from napari_irnet.store.batch import ProjectPrediction
-    from napari_irnet.store.project import create_project, open_project
+    from napari_irnet.store.create import create_project, open_project
     from napari_irnet.synthetic import CLASS_NAMES
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ import numpy as np
 
 from .annotation.masks import InstanceInfo, Masks
 from .io.files import OutputError
-from .store.project import MANIFEST, Project, ProjectError, open_project
+from .store.create import open_project
+from .store.project import MANIFEST, Project, ProjectError
 
 __all__ = [
     "STATE_COLOURS",

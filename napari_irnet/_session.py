@@ -26,7 +26,8 @@ from .annotation.history import History
 from .annotation.masks import InstanceInfo
 from .annotation.session import AnnotationSession
 from .params import Params
-from .store.folder import corrections_folder, image_fingerprint
+from .store.fingerprints import image_fingerprint
+from .store.folder import corrections_folder
 from .store.image_store import FolderStore
 
 #: metadata keys of a project image's layer (set by the Project panel)
@@ -38,7 +39,7 @@ _projects: dict[str, Any] = {}  # project root -> the Project opened for it (one
 
 def project_of(root: str | os.PathLike[str]):
     """The project at ``root`` (opened once per folder and shared)."""
-    from .store.project import open_project
+    from .store.create import open_project
 
     key = str(Path(root).resolve())
     if key not in _projects:

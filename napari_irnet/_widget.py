@@ -54,7 +54,7 @@ from .io.files import InputError, OutputError
 from .params import Params
 from .pipeline.inference import describe_device, device_choices
 from .progress import Step
-from .store.folder import image_fingerprint
+from .store.fingerprints import image_fingerprint
 from .store.project import ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover

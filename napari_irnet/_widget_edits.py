@@ -29,7 +29,7 @@ from .annotation.edits import EditError
 from .annotation.history import LabelDiff
 from .annotation.session import AnnotationChange
 from .io.files import InputError, OutputError
-from .store.folder import image_fingerprint
+from .store.fingerprints import image_fingerprint
 
 SHORTCUTS = {
     "merge": "Shift-M",

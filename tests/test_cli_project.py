@@ -10,7 +10,7 @@ import torch
 
 from napari_irnet.cli import main
 from napari_irnet.models.checkpoint import new_model, save_checkpoint
-from napari_irnet.store.project import open_project
+from napari_irnet.store.create import open_project
 from napari_irnet.synthetic import CLASS_NAMES, write_dataset
 
 FAST = ["--cam-scales", "1.0", "--walk-steps", "16", "--centroid-steps", "20", "--use-crf", "false"]

@@ -9,7 +9,8 @@ import pytest
 
 from napari_irnet.annotation.masks import InstanceInfo, Masks
 from napari_irnet.io.files import InputError
-from napari_irnet.store.folder import corrections_folder, delete_corrections, image_fingerprint, load_corrections, save_corrections, summarise
+from napari_irnet.store.fingerprints import image_fingerprint
+from napari_irnet.store.folder import corrections_folder, delete_corrections, load_corrections, save_corrections, summarise
 
 
 def _corrections(image: np.ndarray) -> Masks:

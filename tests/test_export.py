@@ -12,8 +12,8 @@ from PIL import Image
 from skimage.segmentation import relabel_sequential
 
 from napari_irnet.io.results import voc_palette
+from napari_irnet.store.create import create_project
 from napari_irnet.store.export import ExportError, export_coco, export_label_images, export_voc, import_coco, import_label_images, import_voc
-from napari_irnet.store.project import create_project
 from napari_irnet.synthetic import write_dataset
 
 # pycocotools' decoder trips numpy 2's copy-keyword deprecation; not ours to fix

@@ -528,7 +528,7 @@ def test_resume_file_of_another_starting_model_is_not_used_and_a_damaged_one_is_
 
 def _project_with_corrections(model, samples, tmp_path, extra_class=None):
     from napari_irnet.models.checkpoint import save_checkpoint
-    from napari_irnet.store.project import create_project
+    from napari_irnet.store.create import create_project
     from napari_irnet.synthetic import write_dataset
 
     model.params, model.train_params = FAST, TP

@@ -29,7 +29,8 @@ def sample():
 
 def _save_corrections(name, sample, state="accepted"):
     from napari_irnet.annotation.masks import InstanceInfo, Masks
-    from napari_irnet.store.folder import corrections_folder, image_fingerprint, save_corrections
+    from napari_irnet.store.fingerprints import image_fingerprint
+    from napari_irnet.store.folder import corrections_folder, save_corrections
 
     inst = sample.instances.astype(np.int32)
     table = {int(i): InstanceInfo(sample.labels[0], 1.0, "accepted") for i in np.unique(inst) if i}

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 
+import napari_irnet.store.create as create_module
 import napari_irnet.store.project as project_module
+import napari_irnet.store.revisions as revisions_module
 from napari_irnet.io.files import InputError, OutputError
 from napari_irnet.params import Params
-from napari_irnet.store.project import ProjectError, create_project, open_project
+from napari_irnet.store.create import create_project, open_project
+from napari_irnet.store.project import ProjectError
 from napari_irnet.synthetic import write_dataset
 
 
@@ -133,7 +136,7 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
     before_files = _files(project.root)
 
     calls = {"n": 0}
-    real = project_module.write_instances_json
+    real = revisions_module.write_instances_json
 
     def full_disk(path, recs):
         calls["n"] += 1
@@ -141,7 +144,7 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
             f.write("[")
         raise OutputError(f"{path}: cannot write (No space left on device)")
 
-    monkeypatch.setattr(project_module, "write_instances_json", full_disk)
+    monkeypatch.setattr(revisions_module, "write_instances_json", full_disk)
     with pytest.raises(OutputError, match="No space left"):
         project.save_correction(name, np.zeros_like(inst), [])
     assert calls["n"] == 1
@@ -150,7 +153,7 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
     masks = open_project(project.root).load_masks(name)
     np.testing.assert_array_equal(masks.labels, inst)
     # and the same for a state file that cannot be replaced
-    monkeypatch.setattr(project_module, "write_instances_json", real)
+    monkeypatch.setattr(revisions_module, "write_instances_json", real)
     import napari_irnet.io.files as io_module
 
     real_replace = io_module.os.replace
@@ -225,15 +228,15 @@ def test_open_errors_and_upgrades(project, monkeypatch, tmp_path):
     (root / "images.json").write_text("[]")
     with pytest.raises(ProjectError, match=r"images\.json: not an image table"):
         open_project(root)
-    project._write_images()
+    project.write_image_table()
 
     # this napari-irnet pretends to write format 3 and knows how to upgrade 2 -> 3 only
     def two_to_three(r, m):
         m["upgraded_from_2"] = True
         return m
 
-    monkeypatch.setattr(project_module, "FORMAT_VERSION", 3)
-    monkeypatch.setattr(project_module, "_UPGRADES", {2: two_to_three})
+    monkeypatch.setattr(create_module, "FORMAT_VERSION", 3)
+    monkeypatch.setattr(create_module, "_UPGRADES", {2: two_to_three})
     write(format_version=2)
     upgraded = open_project(root)
     assert upgraded.manifest["format_version"] == 3 and upgraded.manifest["upgraded_from_2"]
@@ -343,7 +346,7 @@ def test_project_module_imports_no_torch_or_gui():
     import sys
 
     code = (
-        "import sys, napari_irnet.store.project; "
+        "import sys, napari_irnet.store.project, napari_irnet.store.create, napari_irnet.store.image_store; "
         "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt5', 'PyQt6') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

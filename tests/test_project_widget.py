@@ -25,7 +25,7 @@ def samples():
 def project_dir(env, samples):
     """Four images: proposed, accepted, new, proposed; a tiny checkpoint."""
     from napari_irnet.models.checkpoint import new_irnet, new_model, save_checkpoint
-    from napari_irnet.store.project import create_project
+    from napari_irnet.store.create import create_project
     from napari_irnet.synthetic import write_dataset
 
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def _open(qtbot, viewer, project_dir, skip=True):
 
 
 def _states(project_dir):
-    from napari_irnet.store.project import open_project
+    from napari_irnet.store.create import open_project
 
     return {n: st.state for n, st in open_project(project_dir).states().items()}
 
@@ -147,7 +147,7 @@ def test_painting_autosaves_and_accept_survives_reopening(make_napari_viewer_pro
     _wait(qtbot, widget)  # the debounced autosave has run
     assert _states(project_dir)[name] == "corrected"
     assert widget.states()[name] == "corrected"
-    from napari_irnet.store.project import open_project
+    from napari_irnet.store.create import open_project
 
     masks = open_project(project_dir).load_masks(name)
     assert masks.source == "correction"
@@ -197,7 +197,7 @@ def test_failed_save_keeps_the_edits_and_saves_them_later(make_napari_viewer_pro
     monkeypatch.setattr(Project, "save_correction", real)
     assert widget.save_now()  # the next save stores them
     assert _states(project_dir)[name] == "corrected"
-    from napari_irnet.store.project import open_project
+    from napari_irnet.store.create import open_project
 
     assert (open_project(project_dir).load_masks(name).labels == 77).any()
 
@@ -233,7 +233,7 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     name = widget.current_name
     widget.instances_layer.paint((3, 3), 99)
     _wait(qtbot, widget)
-    from napari_irnet.store.project import open_project
+    from napari_irnet.store.create import open_project
 
     assert (open_project(project_dir).load_masks(name).labels == 99).any()
     # the panel's own edits are autosaved too
@@ -279,7 +279,7 @@ def test_a_runs_proposal_is_stored_and_shown_again_on_the_next_visit(make_napari
 
 @pytest.mark.viewer
 def test_the_irnet_panel_stores_into_the_project_only_and_frees_each_image(make_napari_viewer_proxy, qtbot, project_dir, env):
-    from napari_irnet.store.project import open_project
+    from napari_irnet.store.create import open_project
 
     viewer = make_napari_viewer_proxy()
     panel = _dock(viewer, "IRNet")

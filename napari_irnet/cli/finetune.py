@@ -142,7 +142,8 @@ def _folder_inputs(args: argparse.Namespace, model):
 def _project_inputs(args: argparse.Namespace, model):
     """The same from a project: its corrected and accepted images, and (unless --corrected-only) its labelled others."""
     from ..io.files import InputError
-    from ..store.project import ITEMS, item_folder_name, open_project
+    from ..store.create import open_project
+    from ..store.project import ITEMS, item_folder_name
     from ..training.datasets import LabelledImage
 
     project = open_project(args.project)

@@ -36,7 +36,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ..io.labels import read_labels
     from ..models.checkpoint import load_checkpoint
     from ..params import Params
-    from ..store.project import create_project
+    from ..store.create import create_project
 
     model = load_checkpoint(args.checkpoint) if args.checkpoint else None
     if model is not None:
@@ -88,7 +88,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_predict_project(args: argparse.Namespace) -> int:
     from ..params import Params
     from ..store.batch import ProjectPrediction
-    from ..store.project import open_project
+    from ..store.create import open_project
     from .progress import Progress
 
     project = open_project(args.project)
@@ -168,7 +168,7 @@ def _extend_predict(subparsers) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..annotation.masks import IMAGE_STATES
-    from ..store.project import open_project
+    from ..store.create import open_project
 
     project = open_project(args.project)
     states = project.states()
@@ -237,8 +237,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..store.create import open_project
     from ..store.export import export_coco, export_label_images, export_voc
-    from ..store.project import open_project
 
     project = open_project(args.project)
     states = tuple(args.states)
@@ -270,8 +270,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_project_commands(subparsers) -> None:
     """Add ``init``, ``status`` and ``export``, and ``predict --project``, to the CLI."""
     from ..annotation.masks import IMAGE_STATES
+    from ..io.images import DEFAULT_MAX_PIXELS
     from ..params import Params
-    from ..store.project import DEFAULT_MAX_PIXELS
 
     p = subparsers.add_parser("init", help="create a project from an image folder and image-level labels")
     p.add_argument("--project", type=Path, required=True, help="the project folder to create (new or empty)")

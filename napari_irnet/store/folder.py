@@ -49,11 +49,11 @@ from ..annotation.masks import InstanceInfo, Masks, instance_records
 from ..io.files import InputError, write_json
 from ..io.images import read_label_image
 from ..io.results import write_instance_tiff, write_semantic_png
+from .fingerprints import image_fingerprint
 
 __all__ = [
     "corrections_folder",
     "delete_corrections",
-    "image_fingerprint",
     "load_corrections",
     "save_corrections",
     "user_data_dir",
@@ -78,14 +78,6 @@ def user_data_dir() -> Path:
     except ImportError:  # pragma: no cover - platformdirs comes with napari
         base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
         return Path(base) / "napari-irnet"
-
-
-def image_fingerprint(image: np.ndarray) -> str:
-    """A short hash of an image's shape, type and pixels (16 hex digits)."""
-    a = np.ascontiguousarray(image)
-    h = hashlib.sha1(f"{a.shape}{a.dtype.str}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 def _labels_checksum(labels: np.ndarray) -> str:
