@@ -317,7 +317,8 @@ class Scorer:
         self.confusion = np.zeros((num_classes + 1, num_classes + 1), np.int64)
 
     def add(self, item: Item, semantic: np.ndarray, instances=None) -> None:
-        from napari_irnet.evaluation.metrics import label_map_iou, semantic_confusion
+        from napari_irnet.evaluation.metrics import semantic_confusion
+        from napari_irnet.evaluation.overlap import label_map_iou
 
         H, W = item.shape
         self.confusion += semantic_confusion(_resize(semantic, (H, W), True), item.gt_sem, self.k + 1, 255)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from napari_irnet.evaluation.evaluate import evaluate_folder, format_table
-from napari_irnet.evaluation.metrics import InstanceSet, instance_average_precision, instances_from_label_map, semantic_confusion, semantic_miou
+from napari_irnet.evaluation.metrics import instance_average_precision, semantic_confusion, semantic_miou
+from napari_irnet.evaluation.overlap import InstanceSet, instances_from_label_map
 from napari_irnet.io.files import InputError
 from napari_irnet.io.results import write_instance_tiff, write_instances_json, write_semantic_png
 from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset

@@ -27,7 +27,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_evaluate_command(sub) -> None:
     """Register ``evaluate`` on the CLI's sub-parsers."""
-    from ..evaluation.evaluate import GT_FORMATS
+    from ..evaluation.ground_truth import GT_FORMATS
 
     p = sub.add_parser("evaluate", help="score predictions (instance mAP^r, semantic mIoU) against ground truth")
     p.add_argument("--predictions", type=Path, required=True, help="folder written by predict (<name>_instances.tif/.json, <name>_semantic.png)")
