@@ -5,7 +5,7 @@
 
 Every image is post-processed twice from the same network outputs, with
 ``instance_walk="global"`` (every instance over the whole image, as the
-reference does) and ``"local"`` (windows, ``core/instance_walk.py``), and
+reference does) and ``"local"`` (windows, ``pipeline/instance_walk.py``), and
 the two compared:
 
 - *pixels agreeing*: the share of pixels given the same plane (class and

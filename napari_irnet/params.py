@@ -1,6 +1,6 @@
 """The parameters of the pipeline: one serialisable dataclass.
 
-Every name here is used unchanged by the core, the command line
+Every name here is used unchanged by the engine, the command line
 (``--seed-fg-threshold`` for ``seed_fg_threshold``) and the napari widgets.
 Defaults are those of the paper and of the reference implementation
 (jiwoon-ahn/irn, ``run_sample.py`` and the ``make_*_seg_labels`` steps).
@@ -212,7 +212,7 @@ class TrainParams:
     weak_displacement_weight: float = 1.0
     #: fine-tuning with corrections always starts the displacement branch afresh; off, it does so
     #: only when the field has collapsed to zero on the corrected images, as a weak model's does when
-    #: its seeds span many objects (core.finetune.check_displacement_field; see BENCHMARKS.md)
+    #: its seeds span many objects (training.field_check.check_displacement_field; see BENCHMARKS.md)
     finetune_reset_displacement: bool = False
     #: mixed precision on CUDA
     amp: bool = True

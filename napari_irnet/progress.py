@@ -1,6 +1,6 @@
 """Long work as plain generators that yield progress.
 
-The core writes every long loop (the random walks, the cheap stages after
+The engine writes every long loop (the random walks, the cheap stages after
 the networks) as a generator that yields a :class:`Step` after each unit of
 work and *returns* its result. Scripts run it to the end with
 :func:`run_steps`; the command line draws a progress bar from the steps; the

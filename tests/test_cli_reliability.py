@@ -376,7 +376,7 @@ def test_progress_lines_come_every_few_seconds_not_every_step():
 
 
 def test_the_walks_of_a_large_image_show_their_steps(monkeypatch, capsys):
-    from test_session import FAST, _two_blobs
+    from test_cache import FAST, _two_blobs
 
     from napari_irnet.cli.progress import StepBars
     from napari_irnet.pipeline.cache import StageCache

@@ -89,7 +89,7 @@ def test_centroid_regression_on_corrected_images_when_weighted(setup):
 
 
 def _record_rates(monkeypatch, step_name: str) -> list:
-    """Wrap ``core.finetune.<step_name>``; the list it returns gets each step's learning rates, one per group."""
+    """Wrap ``training.finetune.<step_name>``; the list it returns gets each step's learning rates, one per group."""
     import napari_irnet.training.finetune as ft
 
     rates = []
