@@ -3,11 +3,11 @@
     python benchmarks/bench_annotator.py [--images 10] [--finetune 5 20] [--finetune-steps 200] [--threads 1]
 
 The annotator corrects the proposals of the bundled demo model on held-out
-synthetic images (``napari_irnet.core.synthetic``, seeds other than the
+synthetic images (``napari_irnet.synthetic``, seeds other than the
 bundled sample's and the demo model's training images) until every
 ground-truth object has an instance of its class with IoU >= ``--iou``
 (0.5, the mAP^r 0.5 criterion) and no other instance is left, using the
-public operations of :class:`napari_irnet.core.annotation.AnnotationSession`
+public operations of :class:`napari_irnet.annotation.session.AnnotationSession`
 that the IRNet panel calls:
 
 1. keep every proposal that matches an object (one to one, the best IoU first);
@@ -31,7 +31,7 @@ Rows: painting from scratch; the weak proposals with deletion and painting
 only (no click to add); the weak proposals with click to add; the same after
 fine-tuning the demo model on the annotator's own corrections (the final
 maps, their annotator background included) of 5 and 20 more synthetic
-images, with the project's fine-tuning (:func:`napari_irnet.core.finetune.finetune`,
+images, with the project's fine-tuning (:func:`napari_irnet.training.finetune.finetune`,
 the corrected images only, ``--finetune-steps`` steps). Prints a markdown
 table and writes ``bench_output/annotator/results.json``.
 """
@@ -55,8 +55,8 @@ from scipy.ndimage import distance_transform_edt
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from napari_irnet.core.annotation import AnnotationSession  # noqa: E402
-from napari_irnet.core.edits import EditError  # noqa: E402
+from napari_irnet.annotation.edits import EditError  # noqa: E402
+from napari_irnet.annotation.session import AnnotationSession  # noqa: E402
 
 #: operations to paint one object: a new id, its outline with the brush, the fill
 PAINT_OPS = 3
@@ -190,8 +190,8 @@ def check(session: AnnotationSession, truth: np.ndarray, classes: dict[int, str]
 
 def annotate_images(model, samples, iou: float, click_to_add: bool = True, keep: bool = False):
     """Run the networks and the annotator on every sample; returns (tallies, network seconds, final sessions)."""
-    from napari_irnet.core.pipeline import run_networks
-    from napari_irnet.core.session import StageCache
+    from napari_irnet.pipeline.cache import StageCache
+    from napari_irnet.pipeline.predict import run_networks
 
     tallies, net_seconds, sessions = [], [], []
     for s in samples:
@@ -231,8 +231,9 @@ def paint_from_scratch(samples) -> list[Tally]:
 
 def finetuned(model, samples, sessions, n: int, steps: int):
     """A copy of ``model`` fine-tuned on the first ``n`` corrected images (their final maps and annotator background)."""
-    from napari_irnet.core.finetune import correction_class_maps, finetune, finetune_labels
-    from napari_irnet.core.training import LabelledImage
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.finetune import finetune
+    from napari_irnet.training.finetune_data import correction_class_maps, finetune_labels
 
     m = copy.deepcopy(model)
     items = [LabelledImage(s.name, s.image, [m.classes.index(c) for c in s.labels]) for s in samples[:n]]
@@ -296,9 +297,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.synthetic import make_dataset
     from napari_irnet.demo import DEMO_SCALE, DEMO_SHAPE
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.synthetic import make_dataset
 
     torch.set_num_threads(args.threads)
     ckpt = args.checkpoint or HERE.parent / "napari_irnet" / "data" / "demo_model.pt"

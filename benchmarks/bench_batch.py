@@ -62,7 +62,7 @@ def make_images(folder: Path, n: int, size: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.synthetic import make_dataset
 
     stamp = folder / "done.json"
     want = {"n": n, "size": size, "recipe": 1}
@@ -118,11 +118,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_irnet.core.batch import ProjectPrediction
-    from napari_irnet.core.checkpoint import load_checkpoint, new_model, save_checkpoint
-    from napari_irnet.core.params import Params
-    from napari_irnet.core.project import create_project, open_project
-    from napari_irnet.core.synthetic import CLASS_NAMES
+    from napari_irnet.models.checkpoint import load_checkpoint, new_model, save_checkpoint
+    from napari_irnet.params import Params
+    from napari_irnet.store.batch import ProjectPrediction
+    from napari_irnet.store.create import create_project, open_project
+    from napari_irnet.synthetic import CLASS_NAMES
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

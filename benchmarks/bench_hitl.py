@@ -8,7 +8,7 @@ Starts from the weakly supervised models of ``benchmarks/bench_quality.py``
 ``bench_output/quality/consep_512`` or trained there first), then simulates an
 annotator: the ground-truth instances of k training patches, with their
 classes, are taken as their corrections. For every k, the weak model is
-fine-tuned with :func:`napari_irnet.core.finetune.finetune` on those k patches
+fine-tuned with :func:`napari_irnet.training.finetune.finetune` on those k patches
 (exact relation labels, drawn ``correction_weight`` times per epoch; their
 class maps train the CAM network per pixel, ``TrainParams.finetune_cam``)
 plus a fixed subset of ``--weak-images`` uncorrected patches with their CAM
@@ -127,11 +127,11 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_irnet.core.finetune import finetune
-    from napari_irnet.core.inference import resolve_device
-    from napari_irnet.core.io import json_ready, write_json
-    from napari_irnet.core.targets import class_map_target, relation_labels
-    from napari_irnet.core.training import LabelledImage
+    from napari_irnet.io.files import json_ready, write_json
+    from napari_irnet.pipeline.inference import resolve_device
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.finetune import finetune
+    from napari_irnet.training.targets import class_map_target, relation_labels
 
     device = resolve_device(args.device)
     out = bq.output_dir(args)

@@ -66,7 +66,7 @@ def _field(h: int, w: int, n: int, seed: int = 0):
     import numpy as np
     import torch
 
-    from napari_irnet.core.synthetic import centre_field
+    from napari_irnet.synthetic import centre_field
 
     centres = np.random.default_rng(seed).uniform([2, 2], [h - 3, w - 3], size=(n, 2))
     return torch.from_numpy(centre_field((h, w), centres)[0])
@@ -84,18 +84,18 @@ def setup(args):
     if args.demo:
         from bench_scale import tiled_sample
 
-        from napari_irnet.core.checkpoint import load_checkpoint
-        from napari_irnet.core.pipeline import run_networks
+        from napari_irnet.models.checkpoint import load_checkpoint
+        from napari_irnet.pipeline.predict import run_networks
 
         model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
         image = tiled_sample(args.size)[0]
         outputs = run_networks(model, image, model.class_ids(model.classes), model.params, "cpu")
         return model, image, outputs, np
 
-    from napari_irnet.core.checkpoint import new_irnet, new_model
-    from napari_irnet.core.params import Params
-    from napari_irnet.core.pipeline import run_networks
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.models.checkpoint import new_irnet, new_model
+    from napari_irnet.params import Params
+    from napari_irnet.pipeline.predict import run_networks
+    from napari_irnet.synthetic import make_dataset
 
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(max(args.classes, 1))]
@@ -115,9 +115,9 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
     import numpy as np
 
     from napari_irnet import _layers
-    from napari_irnet.core.annotation import AnnotationSession
-    from napari_irnet.core.edits import features_table, table_from_records
-    from napari_irnet.core.session import StageCache
+    from napari_irnet.annotation.masks import features_table, table_from_records
+    from napari_irnet.annotation.session import AnnotationSession
+    from napari_irnet.pipeline.cache import StageCache
 
     model, image, outputs, _ = setup(args)
     cache = StageCache(outputs, model.params, image, "cpu")
@@ -184,7 +184,7 @@ def bench_viewer(args) -> dict[str, float]:
     from qtpy.QtWidgets import QApplication
 
     import napari_irnet._jobs as jobs
-    from napari_irnet.core.checkpoint import save_checkpoint
+    from napari_irnet.models.checkpoint import save_checkpoint
 
     model, image, outputs, _ = setup(args)
     run_networks = jobs.run_networks

@@ -29,7 +29,7 @@ def _field(h: int, w: int, n: int, seed: int = 0):
     import numpy as np
     import torch
 
-    from napari_irnet.core.synthetic import centre_field
+    from napari_irnet.synthetic import centre_field
 
     centres = np.random.default_rng(seed).uniform([0, 0], [h - 1, w - 1], size=(n, 2))
     return torch.from_numpy(centre_field((h, w), centres)[0])
@@ -39,18 +39,11 @@ def bench(size: tuple[int, int], args) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from napari_irnet.core.checkpoint import new_model
-    from napari_irnet.core.inference import compute_cams, compute_irnet, resolve_device
-    from napari_irnet.core.params import Params
-    from napari_irnet.core.pipeline import NetworkOutputs, walk_instances
-    from napari_irnet.core.postprocess import (
-        assign_instances,
-        cluster_centroids,
-        find_centroids,
-        propagate,
-        seeds_from_cams,
-        semantic_from_walk,
-    )
+    from napari_irnet.models.checkpoint import new_model
+    from napari_irnet.params import Params
+    from napari_irnet.pipeline.inference import NetworkOutputs, compute_cams, compute_irnet, resolve_device
+    from napari_irnet.pipeline.predict import walk_instances
+    from napari_irnet.pipeline.stages import assign_instances, cluster_centroids, find_centroids, propagate, seeds_from_cams, semantic_from_walk
 
     dev = resolve_device(args.device)
     torch.manual_seed(0)

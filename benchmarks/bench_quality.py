@@ -17,14 +17,14 @@ and post-processing parameters can be re-run without retraining:
    seeds of the training images (``seeds.npz``);
 3. trains IRNet on relations mined from those seeds (``irn_weak.pt``) and, for
    the upper bound, the same networks from the ground truth: IRNet from the
-   instances through :func:`napari_irnet.core.targets.relation_labels`
+   instances through :func:`napari_irnet.training.targets.relation_labels`
    (``irn_full.pt``; ``irn_full_c<w>.pt`` with ``--centroid-loss-weight w``),
    and the CAM network per pixel from the class maps
-   (:func:`napari_irnet.core.training.train_cam_from_masks`, ``cam_full.pt``,
+   (:func:`napari_irnet.training.cam.train_cam_from_masks`, ``cam_full.pt``,
    its CAMs ``cams_full_<split>.pt``), with the same budgets;
 4. runs both IRNets on the evaluated images (``irn_<model>_<split>.pt``);
 5. scores, per split, with the PASCAL VOC protocol of
-   :mod:`napari_irnet.core.metrics`:
+   :mod:`napari_irnet.evaluation.metrics`:
 
    - ``CAM``: the CAM class map (argmax against ``cam_eval_threshold``), mIoU;
    - ``(a) CAM + CC``: that map's connected components as instances;
@@ -125,7 +125,7 @@ def _make_item(name, image, inst, sem, table, class_ids, long_side) -> Item:
 
 
 def load_consep(root: Path, split: str, long_side: int, limit: int = 0) -> tuple[list[str], list[Item]]:
-    from napari_irnet.core.io import read_image, read_label_image
+    from napari_irnet.io.images import read_image, read_label_image
 
     meta = json.loads((root / "META.json").read_text())
     classes = [meta["classes"][k] for k in sorted(meta["classes"], key=int)]
@@ -145,7 +145,7 @@ def load_consep(root: Path, split: str, long_side: int, limit: int = 0) -> tuple
 
 
 def load_coco_voc(root: Path, long_side: int, limit: int = 0) -> tuple[list[str], list[Item]]:
-    from napari_irnet.core.io import read_image, read_label_image
+    from napari_irnet.io.images import read_image, read_label_image
 
     meta = json.loads((root / "image_level_labels.json").read_text())
     classes = [c for c in meta["classes"] if c != "background"]
@@ -182,7 +182,7 @@ def _run_loop(gen, label: str, every: int = 10) -> list[dict]:
 
 
 def train_params(args):
-    from napari_irnet.core.params import TrainParams
+    from napari_irnet.params import TrainParams
 
     return TrainParams(
         cam_epochs=args.cam_epochs, cam_batch_size=args.batch_size, cam_learning_rate=args.cam_lr,
@@ -195,9 +195,10 @@ def train_params(args):
 
 def get_cam_model(args, classes, items, out: Path, timings: dict, from_masks: bool = False):
     """The weak CAM network (``cam.pt``), or with ``from_masks`` the one trained per pixel from the class maps (``cam_full.pt``)."""
-    from napari_irnet.core.checkpoint import load_checkpoint, new_model, save_checkpoint
-    from napari_irnet.core.targets import class_map_target
-    from napari_irnet.core.training import LabelledImage, train_cam, train_cam_from_masks
+    from napari_irnet.models.checkpoint import load_checkpoint, new_model, save_checkpoint
+    from napari_irnet.training.cam import train_cam, train_cam_from_masks
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.targets import class_map_target
 
     key = "cam_full" if from_masks else "cam"
     path = out / f"{key}.pt"
@@ -242,7 +243,7 @@ def _cached_per_image(items, path: Path, compute, timings: dict, key: str, label
 
 def get_cams(model, items, params, device, path: Path, timings: dict, key: str) -> dict:
     """{name: (strided fp16, high_res fp16)} of every item, cached."""
-    from napari_irnet.core.inference import compute_cams
+    from napari_irnet.pipeline.inference import compute_cams
 
     def compute(it):
         cam = compute_cams(model.cam, it.image, it.class_ids, params, device)
@@ -252,7 +253,7 @@ def get_cams(model, items, params, device, path: Path, timings: dict, key: str) 
 
 
 def get_seeds(items, cams, params, path: Path) -> list[np.ndarray]:
-    from napari_irnet.core.postprocess import seeds_from_cams
+    from napari_irnet.pipeline.stages import seeds_from_cams
 
     if path.is_file():
         data = np.load(path)
@@ -267,8 +268,9 @@ def get_seeds(items, cams, params, path: Path) -> list[np.ndarray]:
 
 
 def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timings: dict, instances: bool = False):
-    from napari_irnet.core.checkpoint import load_checkpoint, new_irnet, save_checkpoint
-    from napari_irnet.core.training import LabelledImage, train_irn
+    from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, save_checkpoint
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.irn import train_irn
 
     if path.is_file() and not args.retrain_irn:
         _log(f"reusing {path}")
@@ -292,7 +294,7 @@ def get_irn_model(args, cam_model, items, labels, path: Path, label: str, timing
 
 def get_irn_outputs(model, items, params, device, path: Path, timings: dict, key: str) -> dict:
     """{name: (boundary (h, w), displacement (2, h, w))}, cached."""
-    from napari_irnet.core.inference import compute_irnet
+    from napari_irnet.pipeline.inference import compute_irnet
 
     def compute(it):
         out = compute_irnet(model.irn, it.image, params, device)
@@ -308,14 +310,15 @@ class Scorer:
     """Instance AP (VOC protocol) and semantic confusion of one method on one split."""
 
     def __init__(self, num_classes: int, instances: bool = True):
-        from napari_irnet.core.metrics import APAccumulator
+        from napari_irnet.evaluation.metrics import APAccumulator
 
         self.k = num_classes
         self.acc = APAccumulator(THRESHOLDS, num_classes=num_classes) if instances else None
         self.confusion = np.zeros((num_classes + 1, num_classes + 1), np.int64)
 
     def add(self, item: Item, semantic: np.ndarray, instances=None) -> None:
-        from napari_irnet.core.metrics import label_map_iou, semantic_confusion
+        from napari_irnet.evaluation.metrics import semantic_confusion
+        from napari_irnet.evaluation.overlap import label_map_iou
 
         H, W = item.shape
         self.confusion += semantic_confusion(_resize(semantic, (H, W), True), item.gt_sem, self.k + 1, 255)
@@ -333,7 +336,7 @@ class Scorer:
         )
 
     def result(self) -> dict:
-        from napari_irnet.core.metrics import semantic_miou
+        from napari_irnet.evaluation.metrics import semantic_miou
 
         miou, iou = semantic_miou(self.confusion)
         out = {"mIoU": miou, "IoU": [float(v) for v in iou]}
@@ -354,17 +357,10 @@ def evaluate_split(
     ``cams_full``: the upper bound's CAMs (default: ``cams``); ``baselines=False``
     skips (a) and (b).
     """
-    from napari_irnet.core.inference import CAMOutput, IRNetOutput
-    from napari_irnet.core.pipeline import NetworkOutputs
-    from napari_irnet.core.postprocess import (
-        cam_class_map,
-        instances_from_class_map,
-        propagate,
-        semantic_from_argmax,
-        upsampled_argmax,
-    )
-    from napari_irnet.core.session import StageCache
-    from napari_irnet.core.targets import boundary_target, displacement_target
+    from napari_irnet.pipeline.cache import StageCache
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
+    from napari_irnet.pipeline.stages import cam_class_map, instances_from_class_map, propagate, semantic_from_argmax, upsampled_argmax
+    from napari_irnet.training.targets import boundary_target, displacement_target
 
     k = len(classes)
     wanted = [m for m in METHODS if (m != "(c) upper bound" or irn_full is not None) and (baselines or m[:3] not in ("(a)", "(b)"))]
@@ -438,13 +434,13 @@ def evaluate_split(
 def oracle_clusters(instances: np.ndarray, params) -> int:
     """Centres found by the clustering from the ideal displacement field of ``instances``.
 
-    The field is :func:`~napari_irnet.core.targets.displacement_target` inside
+    The field is :func:`~napari_irnet.training.targets.displacement_target` inside
     the instances and zero elsewhere (what IRNet is trained to predict); its
     cluster count is the most the post-processing can find at this image scale
     and ``cluster_threshold``.
     """
-    from napari_irnet.core.postprocess import cluster_centroids, find_centroids
-    from napari_irnet.core.targets import displacement_target
+    from napari_irnet.pipeline.stages import cluster_centroids, find_centroids
+    from napari_irnet.training.targets import displacement_target
 
     target, valid = displacement_target(instances)
     field = np.where(valid[None], target, 0).astype(np.float32)
@@ -654,8 +650,8 @@ def parse_args(argv=None):
 
 
 def make_params(args):
-    """The post-processing :class:`~napari_irnet.core.params.Params` of a run (data set defaults, then options)."""
-    from napari_irnet.core.params import Params
+    """The post-processing :class:`~napari_irnet.params.Params` of a run (data set defaults, then options)."""
+    from napari_irnet.params import Params
 
     keys = ("cam_eval_threshold", "seed_fg_threshold", "seed_bg_threshold", "instance_bg_threshold",
             "semantic_bg_threshold", "beta", "walk_steps")  # fmt: skip
@@ -699,9 +695,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_irnet.core.inference import resolve_device
-    from napari_irnet.core.io import json_ready, write_json
-    from napari_irnet.core.targets import relation_labels
+    from napari_irnet.io.files import json_ready, write_json
+    from napari_irnet.pipeline.inference import resolve_device
+    from napari_irnet.training.targets import relation_labels
 
     device = resolve_device(args.device)
     out = output_dir(args)
@@ -740,7 +736,7 @@ def main(argv=None) -> int:
 
     # 3: IRNet from seeds, and from the GT instances (upper bound)
     weak_name = weak_irn_name(args, params)
-    from napari_irnet.core.checkpoint import load_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint
 
     if args.weak_checkpoint:
         weak, weak_name = load_checkpoint(args.weak_checkpoint), args.weak_checkpoint.stem.removeprefix("irn_")

@@ -2,7 +2,7 @@
 
 The reference implementation (jiwoon-ahn/irn, ``propagate_to_edge``) builds a
 dense ``N × N`` transition matrix (``N`` = grid cells) and squares it
-``log2(steps)`` times; :mod:`napari_irnet.core.random_walk` applies the 69-
+``log2(steps)`` times; :mod:`napari_irnet.pipeline.random_walk` applies the 69-
 neighbour stencil ``steps`` times instead.  This script runs every case in a
 fresh subprocess (so that peak memories do not mix) and prints a markdown
 table.
@@ -62,7 +62,7 @@ def run_case(args: argparse.Namespace) -> dict:
     """One measurement in this process; returns a JSON-able dict."""
     import torch
 
-    from napari_irnet.core.random_walk import random_walk, random_walk_dense
+    from napari_irnet.pipeline.random_walk import random_walk, random_walk_dense
 
     torch.set_num_threads(args.threads)
     dtype = torch.float32

@@ -40,9 +40,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import reference_irn  # noqa: E402
 from golden.weights import golden_model  # noqa: E402
 
-from napari_irnet.core.checkpoint import VOC_CLASSES, import_reference  # noqa: E402
-from napari_irnet.core.pipeline import postprocess, run_networks, walk_instances  # noqa: E402
-from napari_irnet.core.postprocess import propagate  # noqa: E402
+from napari_irnet.models.checkpoint import VOC_CLASSES, import_reference  # noqa: E402
+from napari_irnet.pipeline.predict import postprocess, run_networks, walk_instances  # noqa: E402
+from napari_irnet.pipeline.stages import propagate  # noqa: E402
 
 #: two photos with three classes each, the smallest full-size ones with several classes
 #: (the reference's dense walk holds an N x N matrix of the N = H/4 x W/4 grid cells)

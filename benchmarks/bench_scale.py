@@ -46,7 +46,7 @@ def tiled_sample(size: int):
     """
     import numpy as np
 
-    from napari_irnet.core.io import read_image, read_label_image
+    from napari_irnet.io.images import read_image, read_label_image
 
     names = sorted(p.stem for p in (SAMPLES / "images").glob("*.png"))
     table = json.loads((SAMPLES / "instances.json").read_text())
@@ -91,18 +91,11 @@ def run_one(size: int, device: str, method: str = "auto") -> dict:
     import numpy as np
     import torch
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.inference import compute_cams, compute_irnet
-    from napari_irnet.core.instance_walk import instance_walk_argmax
-    from napari_irnet.core.postprocess import (
-        assign_from_argmax,
-        cluster_centroids,
-        find_centroids,
-        seeds_from_cams,
-        semantic_from_argmax,
-        upsampled_argmax,
-    )
-    from napari_irnet.core.random_walk import apply_transition, transition_weights
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.inference import compute_cams, compute_irnet
+    from napari_irnet.pipeline.instance_walk import instance_walk_argmax
+    from napari_irnet.pipeline.random_walk import apply_transition, transition_weights
+    from napari_irnet.pipeline.stages import assign_from_argmax, cluster_centroids, find_centroids, seeds_from_cams, semantic_from_argmax, upsampled_argmax
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     p = model.params.replace(instance_walk=method)

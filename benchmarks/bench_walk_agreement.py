@@ -5,7 +5,7 @@
 
 Every image is post-processed twice from the same network outputs, with
 ``instance_walk="global"`` (every instance over the whole image, as the
-reference does) and ``"local"`` (windows, ``core/instance_walk.py``), and
+reference does) and ``"local"`` (windows, ``pipeline/instance_walk.py``), and
 the two compared:
 
 - *pixels agreeing*: the share of pixels given the same plane (class and
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def _both(outputs, params, image=None) -> dict:
     """Post-process with each walk; returns {method: (prediction, walk seconds)}."""
-    from napari_irnet.core.session import StageCache
+    from napari_irnet.pipeline.cache import StageCache
 
     out = {}
     for method in ("global", "local"):
@@ -68,9 +68,8 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
     import torch
     from bench_quality import Scorer, load_consep
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.inference import CAMOutput, IRNetOutput
-    from napari_irnet.core.pipeline import NetworkOutputs
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 
     classes, items = load_consep(data, "test", long_side, limit)
     cam_files = sorted(cache_dir.glob("cams_test_*.pt"))
@@ -112,8 +111,8 @@ def cells(sizes: list[int]) -> list[str]:
     from bench_quality import Scorer, _make_item
     from bench_scale import tiled_sample
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.pipeline import run_networks
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.predict import run_networks
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     params = model.params

@@ -41,11 +41,11 @@ def walk_rows(device: str, sizes: list[int]) -> list[str]:
 
     from bench_scale import tiled_sample
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.inference import compute_cams, compute_irnet
-    from napari_irnet.core.instance_walk import instance_walk_argmax
-    from napari_irnet.core.postprocess import cluster_centroids, find_centroids
-    from napari_irnet.core.random_walk import random_walk, transition_weights
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.inference import compute_cams, compute_irnet
+    from napari_irnet.pipeline.instance_walk import instance_walk_argmax
+    from napari_irnet.pipeline.random_walk import random_walk, transition_weights
+    from napari_irnet.pipeline.stages import cluster_centroids, find_centroids
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     p = model.params
@@ -84,11 +84,12 @@ def prediction_rows(device: str, sizes: list[int]) -> list[str]:
 
 
 def finetune_rate(device: str, steps: int = 40) -> str:
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.finetune import finetune, finetune_labels
-    from napari_irnet.core.synthetic import make_dataset
-    from napari_irnet.core.training import LabelledImage
     from napari_irnet.demo import DEMO_SCALE, DEMO_SHAPE
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.synthetic import make_dataset
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.finetune import finetune
+    from napari_irnet.training.finetune_data import finetune_labels
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     samples = make_dataset(16, shape=DEMO_SHAPE, seed=777, scale=DEMO_SCALE)
@@ -110,8 +111,8 @@ def agreement_rows(device: str, size: int) -> list[str]:
     import numpy as np
     from bench_scale import tiled_sample
 
-    from napari_irnet.core.checkpoint import load_checkpoint
-    from napari_irnet.core.pipeline import predict
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.predict import predict
 
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     image, _, _ = tiled_sample(size)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str]) -> int:
-    from napari_irnet.core.checkpoint import load_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint
 
     src = Path(argv[0]) if argv else ROOT / "demo_output" / "model.pt"
     dst = ROOT / "napari_irnet" / "data" / "demo_model.pt"

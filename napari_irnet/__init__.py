@@ -1,8 +1,13 @@
 """napari-irnet: instance masks from image-level labels with IRNet, with a person in the loop.
 
-The algorithm lives in :mod:`napari_irnet.core`, which imports neither napari
-nor Qt; :mod:`napari_irnet.cli` is the command line; the napari plugin is
-declared in ``napari.yaml``.
+The engine imports neither napari nor Qt: :mod:`napari_irnet.models` (the
+networks and checkpoints), :mod:`napari_irnet.pipeline` (from an image to
+instances), :mod:`napari_irnet.training`, :mod:`napari_irnet.annotation` (one
+image's corrections without Qt), :mod:`napari_irnet.store` (projects and
+per-image folders), :mod:`napari_irnet.io` (files), :mod:`napari_irnet.evaluation`,
+with :mod:`napari_irnet.params` (the parameter dataclasses) and
+:mod:`napari_irnet.progress`; :mod:`napari_irnet.cli` is the command line;
+the napari plugin is declared in ``napari.yaml``.
 """
 
 import os as _os

@@ -5,9 +5,9 @@ No napari and no Qt here (the panel wraps :func:`finetune_job` in a
 It gathers the training images (images shown in the viewer whose stored
 corrections are corrected or accepted, and optionally a folder of images with
 a labels file, found the way ``napari-irnet finetune`` finds them), calls
-:func:`napari_irnet.core.finetune.finetune_labels` and
-:func:`~napari_irnet.core.finetune.finetune`, and stores the result as a new
-version in a :class:`~napari_irnet.core.finetune.VersionStore` next to the
+:func:`napari_irnet.training.finetune_data.finetune_labels` and
+:func:`~napari_irnet.training.finetune.finetune`, and stores the result as a new
+version in a :class:`~napari_irnet.models.versions.VersionStore` next to the
 checkpoint it started from. The starting checkpoint is never written.
 
 Versions: fine-tuning ``cells.pt`` stores ``cells.versions/v0001.pt``,
@@ -32,13 +32,16 @@ from ._llvm_guard import avoid_llvm_clash
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported here once, not first inside a worker thread)
 
-from .core.checkpoint import load_checkpoint  # noqa: E402
-from .core.corrections import load_corrections, user_data_dir  # noqa: E402
-from .core.finetune import VersionStore, correction_class_maps, describe_reset, finetune, finetune_labels  # noqa: E402
-from .core.inference import resolve_device  # noqa: E402
-from .core.io import InputError  # noqa: E402
-from .core.params import Params, TrainParams  # noqa: E402
-from .core.training import LabelledImage  # noqa: E402
+from .io.files import InputError  # noqa: E402
+from .models.checkpoint import load_checkpoint  # noqa: E402
+from .models.versions import VersionStore  # noqa: E402
+from .params import Params, TrainParams  # noqa: E402
+from .pipeline.inference import resolve_device  # noqa: E402
+from .store.folder import load_corrections, user_data_dir  # noqa: E402
+from .training.datasets import LabelledImage  # noqa: E402
+from .training.field_check import describe_reset  # noqa: E402
+from .training.finetune import finetune  # noqa: E402
+from .training.finetune_data import correction_class_maps, finetune_labels  # noqa: E402
 
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")
@@ -83,9 +86,9 @@ def viewer_image(name: str, image: np.ndarray, store, source: str = "") -> Train
     """An image shown in the viewer with its stored corrections, None when it has none usable.
 
     ``store`` is the image's correction store (the one the IRNet panel
-    saves into: :class:`~napari_irnet.core.corrections.FolderStore`, or
-    :class:`~napari_irnet.core.project.ProjectImageStore` for a project
-    image). Raises :class:`~napari_irnet.core.io.InputError` for unreadable
+    saves into: :class:`~napari_irnet.store.image_store.FolderStore`, or
+    :class:`~napari_irnet.store.image_store.ProjectImageStore` for a project
+    image). Raises :class:`~napari_irnet.io.files.InputError` for unreadable
     or foreign corrections.
     """
     return training_image(name, image, store.load(), source)
@@ -114,8 +117,9 @@ def folder_images(
     images. With ``weak`` the images without a correction come too (weak
     labels from the CAMs).
     """
-    from ._cli_finetune import find_correction
-    from .core.io import read_image, read_labels
+    from .cli.finetune import find_correction
+    from .io.images import read_image
+    from .io.labels import read_labels
 
     images_dir = Path(images_dir)
     folder = Path(corrections_dir) if corrections_dir else images_dir / "napari-irnet"
@@ -275,7 +279,7 @@ def finetune_job(
     """Fine-tune the checkpoint's IRNet on ``images``; store the result as a new version.
 
     Yields ``{"stage": "loading"}``, then ``{"stage": "labels", "done", "total"}``
-    per image, then every record of :func:`~napari_irnet.core.finetune.finetune`
+    per image, then every record of :func:`~napari_irnet.training.finetune.finetune`
     (``stage`` "finetune", ``step``, ``max_step``, ``loss``, ...). Returns a
     :class:`FinetuneResult`.
 

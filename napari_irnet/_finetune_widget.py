@@ -2,7 +2,7 @@
 
 Plugins ▸ napari-irnet ▸ Fine-tune IRNet. The widget holds no algorithm: the
 images are gathered and trained on in :mod:`napari_irnet._finetune_jobs`
-(a background worker), which calls :mod:`napari_irnet.core.finetune`.
+(a background worker), which calls :mod:`napari_irnet.training.finetune`.
 
 - Images: the image layers open in the viewer whose stored corrections (kept
   by the IRNet panel) are *corrected* or *accepted*, and optionally a folder
@@ -60,11 +60,11 @@ from ._finetune_jobs import (
 from ._jobs import RUN_STEPS, RunResult, load_model, run_job
 from ._session import store_for_layer
 from ._workers import start_worker
-from .core.edits import features_table, table_from_records
-from .core.inference import describe_device, device_choices
-from .core.io import InputError
-from .core.params import TrainParams
-from .core.project import ProjectError
+from .annotation.masks import features_table, table_from_records
+from .io.files import InputError
+from .params import TrainParams
+from .pipeline.inference import describe_device, device_choices
+from .store.project import ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

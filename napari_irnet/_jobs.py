@@ -19,12 +19,13 @@ from ._llvm_guard import avoid_llvm_clash
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported once here, not first inside a worker thread)
 
-from .core.checkpoint import Model, load_checkpoint  # noqa: E402
-from .core.inference import resolve_device  # noqa: E402
-from .core.io import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
-from .core.params import Params  # noqa: E402
-from .core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks  # noqa: E402
-from .core.session import StageCache  # noqa: E402
+from .io.images import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
+from .models.checkpoint import Model, load_checkpoint  # noqa: E402
+from .params import Params  # noqa: E402
+from .pipeline.cache import StageCache  # noqa: E402
+from .pipeline.inference import NetworkOutputs, resolve_device  # noqa: E402
+from .pipeline.predict import predict_classes, run_networks  # noqa: E402
+from .pipeline.stages import Prediction  # noqa: E402
 
 #: steps :func:`run_job` yields (for a progress bar)
 RUN_STEPS = 4
@@ -75,7 +76,7 @@ def run_job(
     """Load the model, run both networks once, then every cheap stage.
 
     Yields a short description before each of :data:`RUN_STEPS` steps, then
-    a :class:`~napari_irnet.core.progress.Step` after every stage and walk
+    a :class:`~napari_irnet.progress.Step` after every stage and walk
     step of the post-processing (the widget advances its progress bar, and a
     Cancel takes effect at the next yield, also inside a long walk);
     returns a :class:`RunResult`. Without ``classes`` the classifier picks

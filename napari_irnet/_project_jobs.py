@@ -2,7 +2,7 @@
 turning an instance map into the records the project stores, and saving.
 
 :mod:`napari_irnet._project_widget` turns these into buttons and layers; the
-project store itself is :mod:`napari_irnet.core.project`.
+project store itself is :mod:`napari_irnet.store.project`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .core.edits import InstanceInfo
-from .core.io import OutputError
-from .core.project import MANIFEST, Masks, Project, ProjectError, open_project
+from .annotation.masks import InstanceInfo, Masks
+from .io.files import OutputError
+from .store.create import open_project
+from .store.project import MANIFEST, Project, ProjectError
 
 __all__ = [
     "STATE_COLOURS",
@@ -118,7 +119,7 @@ def load_snapshot(project: Project, name: str) -> tuple[Snapshot | None, str]:
     masks: Masks | None = project.load_masks(name, "current")
     if masks is None:
         return None, state
-    labels = np.asarray(masks.instances).astype(np.int32)
+    labels = np.asarray(masks.labels).astype(np.int32)
     classes = {int(r["id"]): str(r["class"]) for r in masks.records}
     scores = {int(r["id"]): float(r.get("score", 1.0)) for r in masks.records}
     return Snapshot(labels, classes, scores, state, masks.background), state
@@ -190,11 +191,11 @@ def predict_all_job(project: Project, device: str = "auto", should_stop: Callabl
     """The command line's ``predict --project`` as a generator for the panel's worker.
 
     Yields the number of images to predict first, then one
-    :class:`~napari_irnet.core.batch.BatchEvent` per image (after its result
+    :class:`~napari_irnet.store.batch.BatchEvent` per image (after its result
     is stored, so stopping loses nothing); corrected and accepted images are
     never touched. Stops early once ``should_stop()`` is true.
     """
-    from .core.batch import ProjectPrediction
+    from .store.batch import ProjectPrediction
 
     run = ProjectPrediction(project, device=device)
     yield len(run)

@@ -2,7 +2,7 @@
 
 Plugins ▸ napari-irnet ▸ Project (or drop a project folder on the viewer).
 The widget holds no algorithm: the project store is
-:mod:`napari_irnet.core.project`, the GUI-free steps :mod:`napari_irnet._project_jobs`.
+:mod:`napari_irnet.store.project`, the GUI-free steps :mod:`napari_irnet._project_jobs`.
 
 - Open project… picks the project folder; the list shows every image with
   its state (new, proposed, corrected, accepted; coloured).
@@ -59,9 +59,9 @@ from ._project_jobs import (
 )
 from ._session import PROJECT_IMAGE_KEY, share_project
 from ._workers import start_worker
-from .core.edits import features_table
-from .core.io import OutputError
-from .core.project import Project, ProjectError
+from .annotation.masks import features_table
+from .io.files import OutputError
+from .store.project import Project, ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

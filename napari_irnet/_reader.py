@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core.io import InputError, read_label_image
+from .io.files import InputError
+from .io.images import read_label_image
 
 _SUFFIXES = (".tif", ".tiff", ".png")
 

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .core.io import OutputError, atomic_write
+from .io.files import OutputError, atomic_write
 
 MAX_RECENT = 10
 FILE_NAME = "recent_checkpoints.json"

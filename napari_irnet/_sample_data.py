@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.synthetic import make_dataset
+from .synthetic import make_dataset
 
 
 def sample_cells():

@@ -1,7 +1,7 @@
 """What the IRNet panel knows about one image, its correction store, and finding the plugin's layers.
 
 No Qt here and no algorithm: an :class:`ImageSession` holds one image's
-run result, its :class:`~napari_irnet.core.annotation.AnnotationSession`
+run result, its :class:`~napari_irnet.annotation.session.AnnotationSession`
 (instances, table, annotator background, undo: the edit rules live there),
 the centroid points and parameters shown, and the store its corrections go
 to; :func:`store_for_layer` picks that store (the project for a project
@@ -22,10 +22,13 @@ import numpy as np
 
 from ._jobs import RunResult
 from ._layers import META_KEY, stage_of
-from .core.annotation import AnnotationSession
-from .core.corrections import FolderStore, corrections_folder, image_fingerprint
-from .core.edits import History, InstanceInfo
-from .core.params import Params
+from .annotation.history import History
+from .annotation.masks import InstanceInfo
+from .annotation.session import AnnotationSession
+from .params import Params
+from .store.fingerprints import image_fingerprint
+from .store.folder import corrections_folder
+from .store.image_store import FolderStore
 
 #: metadata keys of a project image's layer (set by the Project panel)
 PROJECT_KEY = "project"
@@ -36,7 +39,7 @@ _projects: dict[str, Any] = {}  # project root -> the Project opened for it (one
 
 def project_of(root: str | os.PathLike[str]):
     """The project at ``root`` (opened once per folder and shared)."""
-    from .core.project import open_project
+    from .store.create import open_project
 
     key = str(Path(root).resolve())
     if key not in _projects:
@@ -53,7 +56,7 @@ def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | N
     """The one store of an image layer's corrections.
 
     - a project image (its metadata names the project and the image): the
-      project (:class:`~napari_irnet.core.project.ProjectImageStore`);
+      project (:class:`~napari_irnet.store.image_store.ProjectImageStore`);
     - an image read from a file: ``<dir>/napari-irnet/<file name>/``;
     - else: the user data folder, keyed by a fingerprint of the layer's
       pixels (renaming the layer changes nothing).
@@ -64,7 +67,7 @@ def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | N
     """
     info = (layer.metadata or {}).get(META_KEY)
     if isinstance(info, dict) and info.get(PROJECT_KEY) and info.get(PROJECT_IMAGE_KEY):
-        from .core.project import ProjectImageStore
+        from .store.image_store import ProjectImageStore
 
         return ProjectImageStore(project_of(info[PROJECT_KEY]), str(info[PROJECT_IMAGE_KEY]))
     data = np.asarray(layer.data)

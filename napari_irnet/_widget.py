@@ -3,7 +3,7 @@
 Plugins ▸ napari-irnet ▸ IRNet. The widget holds no algorithm: the networks
 and stages run in :mod:`napari_irnet._jobs` (background workers); the
 corrections, their rules and their undo are the image's
-:class:`~napari_irnet.core.annotation.AnnotationSession` (the buttons and
+:class:`~napari_irnet.annotation.session.AnnotationSession` (the buttons and
 keys are :mod:`napari_irnet._widget_edits`); its corrections go to the
 image's one store (:func:`napari_irnet._session.store_for_layer`: the
 project for a project image, else its own folder); the layers are
@@ -48,19 +48,19 @@ from ._recent import checkpoint_choices, remember_checkpoint
 from ._session import ImageSession, find_layer, put_layer, stage_layers, store_for_layer
 from ._widget_edits import SHORTCUTS, EditActions
 from ._workers import start_worker
-from .core.annotation import AnnotationSession
-from .core.corrections import image_fingerprint
-from .core.edits import features_table, table_from_records
-from .core.inference import describe_device, device_choices
-from .core.io import InputError, OutputError
-from .core.params import Params
-from .core.progress import Step
-from .core.project import ProjectError
+from .annotation.masks import features_table, table_from_records
+from .annotation.session import AnnotationSession
+from .io.files import InputError, OutputError
+from .params import Params
+from .pipeline.inference import describe_device, device_choices
+from .progress import Step
+from .store.fingerprints import image_fingerprint
+from .store.project import ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-    from .core.checkpoint import Model
+    from .models.checkpoint import Model
 
 #: the live parameters: Params field -> (widget class, min, max, step, label)
 LIVE_PARAMS: dict[str, tuple[type, float, float, float, str]] = {
@@ -700,7 +700,7 @@ class IRNetWidget(EditActions, Container):
     def _store_proposal(self, session: ImageSession) -> None:
         """In a project, a Run's proposal is stored as the image's result (the store decides; a folder keeps none)."""
         pred = session.prediction
-        corr = AnnotationSession.from_prediction(pred, session.model_classes, session.classes).to_corrections()
+        corr = AnnotationSession.from_prediction(pred, session.model_classes, session.classes).to_masks()
         try:
             session.store.save_proposal(corr, pred.semantic, session.model_classes, session.result.checkpoint, session.params, session.classes)
         except (OutputError, ProjectError, OSError, ValueError) as exc:

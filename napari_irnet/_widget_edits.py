@@ -2,7 +2,7 @@
 
 A mixin of :class:`napari_irnet._widget.IRNetWidget`, kept apart so that
 each file stays readable. The edit rules are not here: every action calls
-the image's :class:`~napari_irnet.core.annotation.AnnotationSession`, whose
+the image's :class:`~napari_irnet.annotation.session.AnnotationSession`, whose
 listener (:meth:`EditActions._on_annotation_change`) brings the layers up to
 date. After every edit the ``instances`` layer is the active one, so the
 next click picks and the next key works.
@@ -25,10 +25,11 @@ from qtpy.QtCore import QTimer
 
 from . import _layers
 from ._session import ImageSession, find_layer
-from .core.annotation import AnnotationChange
-from .core.corrections import image_fingerprint
-from .core.edits import EditError, LabelDiff
-from .core.io import InputError, OutputError
+from .annotation.edits import EditError
+from .annotation.history import LabelDiff
+from .annotation.session import AnnotationChange
+from .io.files import InputError, OutputError
+from .store.fingerprints import image_fingerprint
 
 SHORTCUTS = {
     "merge": "Shift-M",
@@ -406,7 +407,7 @@ class EditActions:
             if not ann.has_corrections:
                 session.store.clear()
                 return
-            corr = ann.to_corrections(
+            corr = ann.to_masks(
                 image_name=session.image_name,
                 fingerprint=session.input_fingerprint or image_fingerprint(session.image),
                 data_fingerprint=session.fingerprint,

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from ._layers import stage_of
-from .core.coco import coco_from_instances
-from .core.edits import InstanceInfo
-from .core.io import atomic_write, write_instance_tiff
+from .annotation.masks import InstanceInfo
+from .io.coco import coco_from_instances
+from .io.files import atomic_write
+from .io.results import write_instance_tiff
 
 
 def _labels_2d(data: Any) -> np.ndarray:

@@ -31,7 +31,7 @@ DEMO_SCALE = 2.5
 
 
 def demo_train_params():
-    from .core.params import TrainParams
+    from .params import TrainParams
 
     # From scratch on 256 px images: ordinary SGD momentum and a lower rate than
     # the reference's ImageNet fine-tuning recipe.
@@ -43,7 +43,7 @@ def demo_train_params():
 
 
 def demo_params():
-    from .core.params import Params
+    from .params import Params
 
     # cells are small: keep fragments down to 0.1% of the image; a higher instance
     # background level than the paper's 0.25 (chosen on held-out synthetic images:
@@ -53,10 +53,12 @@ def demo_params():
 
 def train(out: Path, n_images: int = 48, device: str = "auto"):
     """Train both networks on synthetic images; returns the model."""
-    from ._cli_progress import progress_iter, track_training
-    from .core.checkpoint import new_irnet, new_model, save_checkpoint
-    from .core.synthetic import CLASS_NAMES, make_dataset
-    from .core.training import LabelledImage, make_seeds, train_cam, train_irn
+    from .cli.progress import progress_iter, track_training
+    from .models.checkpoint import new_irnet, new_model, save_checkpoint
+    from .synthetic import CLASS_NAMES, make_dataset
+    from .training.cam import train_cam
+    from .training.datasets import LabelledImage
+    from .training.irn import make_seeds, train_irn
 
     samples = make_dataset(n_images, shape=DEMO_SHAPE, seed=1, prefix="train", scale=DEMO_SCALE)
     items = [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]
@@ -77,9 +79,12 @@ def _recipe_ok(model) -> bool:
 
 def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto"):
     """Train (or reuse) the demo model, predict the samples, write and score them."""
-    from .core.checkpoint import CheckpointError, load_checkpoint
-    from .core.io import read_image, read_label_image, read_labels, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
-    from .core.pipeline import predict
+    from .io.images import read_image, read_label_image
+    from .io.labels import read_labels
+    from .io.results import write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
+    from .models.checkpoint import load_checkpoint
+    from .models.torch_files import CheckpointError
+    from .pipeline.predict import predict
 
     ckpt = out / "model.pt"
     model = None

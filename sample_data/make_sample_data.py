@@ -6,8 +6,8 @@ The images are deterministic (seed 2026): rerunning rewrites identical files.
 
 from pathlib import Path
 
-from napari_irnet.core.synthetic import make_dataset, write_dataset
 from napari_irnet.demo import DEMO_SCALE, DEMO_SHAPE
+from napari_irnet.synthetic import make_dataset, write_dataset
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent / "cells"

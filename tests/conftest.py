@@ -50,8 +50,8 @@ def make_tiny_checkpoint(env):
     def make(params, train_params=None):
         import torch
 
-        from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
-        from napari_irnet.core.synthetic import CLASS_NAMES
+        from napari_irnet.models.checkpoint import new_irnet, new_model, save_checkpoint
+        from napari_irnet.synthetic import CLASS_NAMES
 
         torch.manual_seed(0)
         model = new_model(list(CLASS_NAMES), "tiny")
@@ -67,6 +67,6 @@ def make_tiny_checkpoint(env):
 @pytest.fixture
 def tiny_dataset():
     """Eight 64x64 synthetic images (deterministic)."""
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.synthetic import make_dataset
 
     return make_dataset(8, shape=(64, 64), seed=123)

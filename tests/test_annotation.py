@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.annotation import AnnotationSession
-from napari_irnet.core.edits import EditError, InstanceInfo
+from napari_irnet.annotation.edits import EditError
+from napari_irnet.annotation.masks import InstanceInfo
+from napari_irnet.annotation.session import AnnotationSession
 
 
 def _proposal(shift: int = 0) -> tuple[np.ndarray, dict[int, InstanceInfo]]:
@@ -92,7 +93,7 @@ def test_listeners_see_every_step_in_the_direction_applied():
 
 
 def test_brush_strokes_mark_instances_edited_and_new_ids_get_the_default_class():
-    from napari_irnet.core.edits import LabelDiff
+    from napari_irnet.annotation.history import LabelDiff
 
     s = _session()
     s.default_class = "rod"
@@ -105,13 +106,13 @@ def test_brush_strokes_mark_instances_edited_and_new_ids_get_the_default_class()
 
 
 def test_corrections_round_trip_and_restore_keeps_corrections(tmp_path):
-    from napari_irnet.core.corrections import FolderStore
+    from napari_irnet.store.image_store import FolderStore
 
     s = _session()
     s.delete([2])
     s.set_class([3], "rod")
     store = FolderStore(tmp_path / "c")
-    store.save(s.to_corrections(image_name="x"))
+    store.save(s.to_masks(image_name="x"))
     fresh = _session()
     fresh.restore(store.load())
     np.testing.assert_array_equal(fresh.labels, s.labels)
@@ -124,8 +125,7 @@ def test_corrections_round_trip_and_restore_keeps_corrections(tmp_path):
 
 def _outputs(shape=(64, 64), centre=(32, 36), radius=9):
     """Network outputs of one round object: its CAM, a boundary ring around it."""
-    from napari_irnet.core.inference import CAMOutput, IRNetOutput
-    from napari_irnet.core.pipeline import NetworkOutputs
+    from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 
     H, W = shape
     yy, xx = np.mgrid[0:H, 0:W]
@@ -139,7 +139,7 @@ def _outputs(shape=(64, 64), centre=(32, 36), radius=9):
 
 
 def test_click_to_add_gives_the_object_under_the_click():
-    from napari_irnet.core.params import Params
+    from napari_irnet.params import Params
 
     outputs, params = _outputs(), Params(walk_steps=64)
     truth = np.hypot(*np.mgrid[-32:32, -36:28]) < 9
@@ -157,7 +157,7 @@ def test_click_to_add_gives_the_object_under_the_click():
 
 
 def test_click_to_add_keeps_out_of_the_annotators_background_unless_clicked_there():
-    from napari_irnet.core.params import Params
+    from napari_irnet.params import Params
 
     outputs, params = _outputs(), Params(walk_steps=64)
     labels = np.zeros((64, 64), np.int32)

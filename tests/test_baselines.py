@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_irnet.core.postprocess import instances_from_class_map
+from napari_irnet.pipeline.stages import instances_from_class_map
 
 
 def test_components_per_class_with_max_scores():

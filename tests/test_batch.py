@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import napari_irnet.core.project as project_module
-from napari_irnet.core.batch import ProjectPrediction
-from napari_irnet.core.checkpoint import CheckpointError, new_model, save_checkpoint
-from napari_irnet.core.io import OutputError
-from napari_irnet.core.params import Params
-from napari_irnet.core.project import ProjectError, create_project, open_project
-from napari_irnet.core.synthetic import CLASS_NAMES, write_dataset
+import napari_irnet.store.revisions as revisions_module
+from napari_irnet.io.files import OutputError
+from napari_irnet.models.checkpoint import new_model, save_checkpoint
+from napari_irnet.models.torch_files import CheckpointError
+from napari_irnet.params import Params
+from napari_irnet.store.batch import ProjectPrediction
+from napari_irnet.store.create import create_project, open_project
+from napari_irnet.store.project import ProjectError
+from napari_irnet.synthetic import CLASS_NAMES, write_dataset
 
 FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False)
 
@@ -34,7 +36,7 @@ def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
     assert [e.status for e in events] == ["predicted", "predicted"] and [e.total for e in events] == [2, 2]
     assert project.counts()["proposed"] == 2
     masks = project.load_masks(project.names[0])
-    assert masks.instances.shape == (64, 64)
+    assert masks.labels.shape == (64, 64)
     assert {r["class"] for r in masks.records} <= set(tiny_dataset[0].labels)
     assert set(np.unique(masks.semantic)) <= {0} | {project.classes.index(c) + 1 for c in tiny_dataset[0].labels}
     first_state = (project.item_dir(project.names[0]) / "state.json").read_bytes()
@@ -45,7 +47,7 @@ def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
     assert len(ProjectPrediction(project, device="cpu")) == 0
     assert (project.item_dir(project.names[0]) / "state.json").read_bytes() == first_state
     # corrected images are never predicted again, even with --force; proposed ones are
-    inst = masks.instances
+    inst = masks.labels
     project.save_correction(project.names[0], inst, masks.records)
     assert ProjectPrediction(project, device="cpu", force=True).names == project.names[1:]
     # other parameters make proposals stale
@@ -59,7 +61,7 @@ def test_predicts_what_needs_it_and_resumes(setup, tiny_dataset):
 def test_interrupted_run_loses_nothing(setup, monkeypatch):
     """A run stopped while storing its third image: two are kept, the third is redone, nothing else."""
     project, _, _ = setup
-    real = project_module.write_semantic_png
+    real = revisions_module.write_semantic_png
     calls = {"n": 0}
 
     def dies_on_third(path, semantic, palette=True):
@@ -68,10 +70,10 @@ def test_interrupted_run_loses_nothing(setup, monkeypatch):
             raise KeyboardInterrupt  # like Ctrl-C or a kill between two files
         return real(path, semantic, palette)
 
-    monkeypatch.setattr(project_module, "write_semantic_png", dies_on_third)
+    monkeypatch.setattr(revisions_module, "write_semantic_png", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         list(ProjectPrediction(project, device="cpu"))
-    monkeypatch.setattr(project_module, "write_semantic_png", real)
+    monkeypatch.setattr(revisions_module, "write_semantic_png", real)
     back = open_project(project.root)
     assert [back.state(n).state for n in back.names] == ["proposed", "proposed", "new", "new"]
     assert not any(back.item_dir(back.names[2]).glob("result-*"))  # the half revision was removed
@@ -81,15 +83,15 @@ def test_interrupted_run_loses_nothing(setup, monkeypatch):
 def test_disk_full_stops_the_run_and_keeps_the_results(setup, monkeypatch):
     project, _, _ = setup
     list(ProjectPrediction(project, device="cpu", limit=1))
-    real = project_module.write_instance_tiff
+    real = revisions_module.write_instance_tiff
 
     def full(path, instances):
         raise OutputError(f"{path}: cannot write (No space left on device)")
 
-    monkeypatch.setattr(project_module, "write_instance_tiff", full)
+    monkeypatch.setattr(revisions_module, "write_instance_tiff", full)
     with pytest.raises(OutputError, match=r"instances\.tif: cannot write \(No space left"):
         list(ProjectPrediction(project, device="cpu"))
-    monkeypatch.setattr(project_module, "write_instance_tiff", real)
+    monkeypatch.setattr(revisions_module, "write_instance_tiff", real)
     assert [project.state(n).state for n in project.names] == ["proposed", "new", "new", "new"]
     assert project.load_masks(project.names[0]) is not None
 
@@ -132,7 +134,7 @@ def test_unlabelled_and_empty_label_images(tmp_path, tiny_dataset):
     assert [project.entry(n).labels for n in project.names] == [[], None, None]
     assert [e.status for e in ProjectPrediction(project, device="cpu")] == ["predicted"] * 3
     empty = project.load_masks(project.names[0])
-    assert empty.records == [] and empty.instances.max() == 0
+    assert empty.records == [] and empty.labels.max() == 0
     assert project.state(project.names[1]).result["labels"] is None  # the classifier chose
     assert len(ProjectPrediction(project, device="cpu")) == 0
 
@@ -140,7 +142,7 @@ def test_unlabelled_and_empty_label_images(tmp_path, tiny_dataset):
 def test_model_in_memory_is_keyed_by_its_weights(setup):
     project, ckpt, _ = setup
     list(ProjectPrediction(project, device="cpu", limit=1))
-    from napari_irnet.core.checkpoint import load_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint
 
     same = load_checkpoint(ckpt)
     key = ProjectPrediction(project, same, device="cpu").model_key

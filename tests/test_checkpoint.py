@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.checkpoint import (
-    CheckpointError,
-    import_reference,
-    load_checkpoint,
-    new_model,
-    save_checkpoint,
-)
-from napari_irnet.core.inference import compute_cams, compute_irnet
-from napari_irnet.core.params import Params
+from napari_irnet.models.checkpoint import import_reference, load_checkpoint, new_model, save_checkpoint
+from napari_irnet.models.torch_files import CheckpointError
+from napari_irnet.params import Params
+from napari_irnet.pipeline.inference import compute_cams, compute_irnet
 
 
 def _perturb(model):
@@ -160,7 +155,7 @@ def _receptive_radius(head) -> int:
 
 
 def test_context_head_sees_seven_cells_and_reference_head_one():
-    from napari_irnet.core.networks import _displacement_output
+    from napari_irnet.models.networks import _displacement_output
 
     assert _receptive_radius(_displacement_output("reference")) == 0
     assert _receptive_radius(_displacement_output("context")) == 7
@@ -205,8 +200,8 @@ class _Plant:
 
 
 def test_planted_pickles_are_refused_never_run(tmp_path):
-    from napari_irnet.core.backbones import load_state_dict_file
-    from napari_irnet.core.finetune import VersionStore
+    from napari_irnet.models.backbones import load_state_dict_file
+    from napari_irnet.models.versions import VersionStore
 
     marker = tmp_path / "MARKER"
     planted = tmp_path / "planted.pt"
@@ -257,8 +252,8 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
 
 def test_cam_only_checkpoint_is_refused_for_prediction(tmp_path, tiny_dataset):
     from napari_irnet._jobs import run_job
-    from napari_irnet.core.finetune import finetune
-    from napari_irnet.core.pipeline import predict, predict_classes
+    from napari_irnet.pipeline.predict import predict, predict_classes
+    from napari_irnet.training.finetune import finetune
 
     model = new_model(["a", "b"], "tiny")
     model.history.append({"stage": "cam", "steps": 3})  # what train-cam writes: IRNet with random heads

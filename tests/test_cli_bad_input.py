@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from napari_irnet.cli import main
-from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
-from napari_irnet.core.io import write_class_legend, write_semantic_png
-from napari_irnet.core.project import create_project, open_project
-from napari_irnet.core.synthetic import CLASS_NAMES, make_dataset, write_dataset
+from napari_irnet.io.results import write_class_legend, write_semantic_png
+from napari_irnet.models.checkpoint import new_irnet, new_model, save_checkpoint
+from napari_irnet.store.create import create_project, open_project
+from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset
 
 FAST = ["--cam-scales", "1.0", "--walk-steps", "16", "--centroid-steps", "20", "--use-crf", "false"]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:__array__ implementation:DeprecationWarning")

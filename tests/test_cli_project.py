@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_irnet.cli import main
-from napari_irnet.core.checkpoint import new_model, save_checkpoint
-from napari_irnet.core.project import open_project
-from napari_irnet.core.synthetic import CLASS_NAMES, write_dataset
+from napari_irnet.models.checkpoint import new_model, save_checkpoint
+from napari_irnet.store.create import open_project
+from napari_irnet.synthetic import CLASS_NAMES, write_dataset
 
 FAST = ["--cam-scales", "1.0", "--walk-steps", "16", "--centroid-steps", "20", "--use-crf", "false"]
 
@@ -91,7 +91,7 @@ def test_failed_images_and_read_only_output(tmp_path, files, capsys, monkeypatch
     assert main(["status", "--project", proj]) == 0
     assert "failed on the last try: 1" in capsys.readouterr().out
     # a read-only export folder: a clear error, exit code 2
-    import napari_irnet.core.io as io_module
+    import napari_irnet.io.files as io_module
 
     def read_only(src, dst):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -145,7 +145,7 @@ def test_the_readme_project_example_runs_as_written(tmp_path, files, monkeypatch
     (tmp_path / "imgs" / "synth_0003.png").unlink()
     lines = (root / "labels.csv").read_text().splitlines()
     (tmp_path / "labels.csv").write_text("\n".join(lines[:3]) + "\n")
-    from napari_irnet.core.checkpoint import load_checkpoint, new_irnet
+    from napari_irnet.models.checkpoint import load_checkpoint, new_irnet
 
     model = load_checkpoint(ckpt)
     model.irn = new_irnet(model, "cam")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from napari_irnet.cli import main
-from napari_irnet.core.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
-from napari_irnet.core.io import write_instance_tiff
-from napari_irnet.core.synthetic import CLASS_NAMES, make_dataset, write_dataset
+from napari_irnet.io.results import write_instance_tiff
+from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
+from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset
 
 TINY_CAM = ["--backbone", "tiny", "--weights", "none", "--cam-epochs", "1", "--cam-batch-size", "2", "--cam-crop-size", "64",
             "--cam-resize-long", "56", "72"]  # fmt: skip
@@ -67,13 +67,14 @@ def run(argv, capsys):
 
 
 def _no_training(monkeypatch):
-    import napari_irnet.core.finetune as ft
-    import napari_irnet.core.training as tr
+    import napari_irnet.training.cam as cam
+    import napari_irnet.training.finetune as ft
+    import napari_irnet.training.irn as irn
 
     def trained(*a, **k):
         raise AssertionError("training started")
 
-    for mod, name in ((tr, "train_cam"), (tr, "train_irn"), (ft, "finetune")):
+    for mod, name in ((cam, "train_cam"), (irn, "train_irn"), (ft, "finetune")):
         monkeypatch.setattr(mod, name, trained)
 
 
@@ -308,8 +309,8 @@ def test_import_reference_bad_input(ws, tmp_path, capsys, extra, message):
 
 def _failing_writes(monkeypatch, fails):
     """Make checkpoint writes to paths for which ``fails(path)`` is true fail as on a full disk."""
-    import napari_irnet.core.checkpoint as ck
-    from napari_irnet.core.io import OutputError
+    import napari_irnet.models.checkpoint as ck
+    from napari_irnet.io.files import OutputError
 
     real = ck.write_torch_file
 
@@ -363,7 +364,7 @@ def test_training_prints_progress_lines_and_the_final_loss_off_a_terminal(ws, tm
 def test_progress_lines_come_every_few_seconds_not_every_step():
     import io
 
-    from napari_irnet._cli_progress import Progress
+    from napari_irnet.cli.progress import Progress
 
     stream = io.StringIO()
     with Progress(100, "predict", "image", stream=stream, every=3600) as bar:
@@ -375,11 +376,11 @@ def test_progress_lines_come_every_few_seconds_not_every_step():
 
 
 def test_the_walks_of_a_large_image_show_their_steps(monkeypatch, capsys):
-    from test_session import FAST, _two_blobs
+    from test_cache import FAST, _two_blobs
 
-    from napari_irnet._cli_progress import StepBars
-    from napari_irnet.core.progress import Step
-    from napari_irnet.core.session import StageCache
+    from napari_irnet.cli.progress import StepBars
+    from napari_irnet.pipeline.cache import StageCache
+    from napari_irnet.progress import Step
 
     monkeypatch.setenv("NAPARI_IRNET_PROGRESS_SECONDS", "0")
     bars = StepBars("big.tif")
@@ -399,7 +400,7 @@ def test_the_walks_of_a_large_image_show_their_steps(monkeypatch, capsys):
 
 @pytest.mark.parametrize("word, value", [("TRUE", True), ("No", False), ("1", True), ("off", False), (" yes ", True)])
 def test_bool_options_take_true_and_false_words(word, value):
-    from napari_irnet.cli import build_parser
+    from napari_irnet.cli.parser import build_parser
 
     args = build_parser().parse_args(["predict", "--images", "i", "--checkpoint", "c", "--out", "o", "--use-crf", word])
     assert args.use_crf is value
@@ -416,6 +417,6 @@ def test_any_other_file_problem_is_a_message_not_a_traceback(ws, tmp_path, capsy
     def refused(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("napari_irnet.core.io.read_image", refused)
+    monkeypatch.setattr("napari_irnet.io.images.read_image", refused)
     code, err = run(["predict", *ws["data"], "--checkpoint", ws["full"], "--out", tmp_path / "preds"], capsys)
     assert code == 2 and "Permission denied" in err and ".png: " in err and "Traceback" not in err

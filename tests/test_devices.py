@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.params import Params, TrainParams
+from napari_irnet.params import Params, TrainParams
 
 
 def _devices() -> list[str]:
@@ -33,7 +33,7 @@ FAST = Params(cam_scales=(1.0, 0.5), walk_steps=32, centroid_steps=40, use_crf=F
 
 
 def _model(classes=("round", "rod", "blob")):
-    from napari_irnet.core.checkpoint import new_irnet, new_model
+    from napari_irnet.models.checkpoint import new_irnet, new_model
 
     torch.manual_seed(0)
     model = new_model(list(classes), "tiny")
@@ -43,8 +43,8 @@ def _model(classes=("round", "rod", "blob")):
 
 
 def test_walks_match_the_cpu(device):
-    from napari_irnet.core.instance_walk import instance_walk_argmax
-    from napari_irnet.core.random_walk import random_walk
+    from napari_irnet.pipeline.instance_walk import instance_walk_argmax
+    from napari_irnet.pipeline.random_walk import random_walk
 
     gen = torch.Generator().manual_seed(0)
     boundary = torch.rand(40, 56, generator=gen) ** 4
@@ -60,7 +60,7 @@ def test_walks_match_the_cpu(device):
 
 
 def test_prediction_matches_the_cpu(device, tiny_dataset):
-    from napari_irnet.core.pipeline import predict
+    from napari_irnet.pipeline.predict import predict
 
     model = _model()
     image = tiny_dataset[0].image
@@ -74,7 +74,9 @@ def test_prediction_matches_the_cpu(device, tiny_dataset):
 
 
 def test_training_on_the_device_lowers_the_loss(device, tiny_dataset):
-    from napari_irnet.core.training import LabelledImage, make_seeds, train_cam, train_irn
+    from napari_irnet.training.cam import train_cam
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.irn import make_seeds, train_irn
 
     model = _model()
     items = [LabelledImage(s.name, s.image, [model.classes.index(c) for c in s.labels]) for s in tiny_dataset]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from napari_irnet.cli import main
-from napari_irnet.core.backbones import _tiny_resnet
-from napari_irnet.core.checkpoint import load_checkpoint
-from napari_irnet.core.io import read_label_image
-from napari_irnet.core.synthetic import write_dataset
+from napari_irnet.io.images import read_label_image
+from napari_irnet.models.backbones import _tiny_resnet
+from napari_irnet.models.checkpoint import load_checkpoint
+from napari_irnet.synthetic import write_dataset
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -58,9 +58,9 @@ def test_train_cam_on_two_processes_equals_one(tmp_path, dataset):
 
 
 def test_predict_on_two_processes_writes_every_image_once(tmp_path, dataset, tiny_dataset):
-    from napari_irnet.core.checkpoint import new_model, save_checkpoint
-    from napari_irnet.core.params import Params
-    from napari_irnet.core.synthetic import CLASS_NAMES
+    from napari_irnet.models.checkpoint import new_model, save_checkpoint
+    from napari_irnet.params import Params
+    from napari_irnet.synthetic import CLASS_NAMES
 
     root, _ = dataset
     torch.manual_seed(0)

@@ -5,25 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_irnet.core.edits import (
-    EditError,
-    EditRecord,
-    History,
-    InstanceInfo,
-    LabelDiff,
-    delete,
-    features_table,
-    instance_at,
-    instance_gap,
-    merge,
-    merge_proposal,
-    next_free_id,
-    set_class,
-    set_state,
-    split_by_line,
-    split_by_seeds,
-    table_from_records,
-)
+from napari_irnet.annotation.edits import EditError, delete, instance_gap, merge, merge_proposal, split_by_line, split_by_seeds
+from napari_irnet.annotation.history import EditRecord, History, LabelDiff
+from napari_irnet.annotation.masks import InstanceInfo, features_table, instance_at, next_free_id, set_class, set_state, table_from_records
 
 
 def _map() -> np.ndarray:
@@ -235,7 +219,7 @@ def test_history_undo_redo_and_update_coalescing():
 
 
 def test_accept_all_marks_every_present_instance():
-    from napari_irnet.core.edits import InstanceInfo, accept_all
+    from napari_irnet.annotation.masks import InstanceInfo, accept_all
 
     labels = np.array([[0, 1, 1], [2, 2, 5]], np.int32)
     table = {1: InstanceInfo("a", 0.7, "proposed"), 2: InstanceInfo("b", 0.4, "edited"), 9: InstanceInfo("a", 0.2, "proposed")}

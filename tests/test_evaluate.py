@@ -7,16 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from napari_irnet.core.evaluate import evaluate_folder, format_table
-from napari_irnet.core.io import InputError, write_instance_tiff, write_instances_json, write_semantic_png
-from napari_irnet.core.metrics import (
-    InstanceSet,
-    instance_average_precision,
-    instances_from_label_map,
-    semantic_confusion,
-    semantic_miou,
-)
-from napari_irnet.core.synthetic import CLASS_NAMES, make_dataset, write_dataset
+from napari_irnet.evaluation.evaluate import evaluate_folder, format_table
+from napari_irnet.evaluation.metrics import instance_average_precision, semantic_confusion, semantic_miou
+from napari_irnet.evaluation.overlap import InstanceSet, instances_from_label_map
+from napari_irnet.io.files import InputError
+from napari_irnet.io.results import write_instance_tiff, write_instances_json, write_semantic_png
+from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset
 
 CLASSES = list(CLASS_NAMES)
 
@@ -307,7 +303,7 @@ def test_missing_predictions_count_as_empty_with_a_warning(tmp_path, samples):
 
 def test_predictions_in_another_class_order_are_mapped_by_name(tmp_path, samples):
     """predict writes the semantic maps in the model's class order and says it in classes.json."""
-    from napari_irnet.core.io import write_class_legend
+    from napari_irnet.io.results import write_class_legend
 
     gt_root = write_dataset(samples, tmp_path / "gt")
     model_order = ["blob", "rod", "round"]  # train-cam's order on a labels CSV: sorted names
@@ -336,10 +332,10 @@ def test_cli_predict_then_evaluate_scores_a_perfect_prediction_1(tmp_path, sampl
     """The README's commands: train-cam's class order (sorted names) differs from the ground truth's."""
     import torch
 
-    import napari_irnet.core.pipeline as pipeline
+    import napari_irnet.pipeline.predict as pipeline
     from napari_irnet.cli import main
-    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
-    from napari_irnet.core.postprocess import InstanceResult
+    from napari_irnet.models.checkpoint import new_irnet, new_model, save_checkpoint
+    from napari_irnet.pipeline.stages import InstanceResult
 
     gt_root = write_dataset(samples, tmp_path / "gt")
     torch.manual_seed(0)

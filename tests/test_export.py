@@ -11,18 +11,10 @@ import pytest
 from PIL import Image
 from skimage.segmentation import relabel_sequential
 
-from napari_irnet.core.export import (
-    ExportError,
-    export_coco,
-    export_label_images,
-    export_voc,
-    import_coco,
-    import_label_images,
-    import_voc,
-)
-from napari_irnet.core.io import voc_palette
-from napari_irnet.core.project import create_project
-from napari_irnet.core.synthetic import write_dataset
+from napari_irnet.io.results import voc_palette
+from napari_irnet.store.create import create_project
+from napari_irnet.store.export import ExportError, export_coco, export_label_images, export_voc, import_coco, import_label_images, import_voc
+from napari_irnet.synthetic import write_dataset
 
 # pycocotools' decoder trips numpy 2's copy-keyword deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -51,7 +43,7 @@ def project(tmp_path, tiny_dataset):
 
 def _expected(project, name, source="current"):
     masks = project.load_masks(name, source)
-    inst, _, _ = relabel_sequential(masks.instances)
+    inst, _, _ = relabel_sequential(masks.labels)
     by_old = {r["id"]: r["class"] for r in masks.records}
     order = sorted(by_old)
     return inst, {k + 1: by_old[old] for k, old in enumerate(order)}, masks

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.checkpoint import CheckpointError, load_checkpoint, new_irnet, new_model
-from napari_irnet.core.finetune import VersionStore, correction_class_maps, finetune, finetune_labels
-from napari_irnet.core.params import Params, TrainParams
-from napari_irnet.core.synthetic import CLASS_NAMES
-from napari_irnet.core.targets import relation_labels
-from napari_irnet.core.training import LabelledImage
+from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, new_model
+from napari_irnet.models.torch_files import CheckpointError
+from napari_irnet.models.versions import VersionStore
+from napari_irnet.params import Params, TrainParams
+from napari_irnet.synthetic import CLASS_NAMES
+from napari_irnet.training.datasets import LabelledImage
+from napari_irnet.training.finetune import finetune
+from napari_irnet.training.finetune_data import correction_class_maps, finetune_labels
+from napari_irnet.training.targets import relation_labels
 
 TP = TrainParams(
     irn_batch_size=2, irn_crop_size=64, irn_rescale=(0.9, 1.1), train_radius=5,
@@ -86,8 +89,8 @@ def test_centroid_regression_on_corrected_images_when_weighted(setup):
 
 
 def _record_rates(monkeypatch, step_name: str) -> list:
-    """Wrap ``core.finetune.<step_name>``; the list it returns gets each step's learning rates, one per group."""
-    import napari_irnet.core.finetune as ft
+    """Wrap ``training.finetune.<step_name>``; the list it returns gets each step's learning rates, one per group."""
+    import napari_irnet.training.finetune as ft
 
     rates = []
     real = getattr(ft, step_name)
@@ -112,7 +115,7 @@ def test_the_cam_classifier_fine_tunes_at_the_base_rate(setup, monkeypatch):
 
 @pytest.mark.parametrize("weight", [1.0, 0.0, 0.25])
 def test_weak_displacement_weight_reaches_every_step(setup, monkeypatch, weight):
-    import napari_irnet.core.finetune as ft
+    import napari_irnet.training.finetune as ft
 
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
@@ -211,9 +214,9 @@ def _two_squares() -> np.ndarray:
 
 
 def test_field_check_measures_the_field_against_the_centroids():
-    from napari_irnet.core.checkpoint import Model
-    from napari_irnet.core.finetune import check_displacement_field
-    from napari_irnet.core.targets import displacement_target
+    from napari_irnet.models.checkpoint import Model
+    from napari_irnet.training.field_check import check_displacement_field
+    from napari_irnet.training.targets import displacement_target
 
     inst = _two_squares()
     labels = relation_labels(inst)
@@ -261,7 +264,7 @@ def _collapse(model) -> None:
 
 
 def test_finetune_relearns_a_collapsed_field_as_if_asked(setup):
-    from napari_irnet.core.finetune import describe_reset
+    from napari_irnet.training.field_check import describe_reset
 
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
@@ -286,7 +289,8 @@ def test_finetune_relearns_a_collapsed_field_as_if_asked(setup):
 
 
 def test_finetune_keeps_a_field_that_has_not_collapsed(setup, monkeypatch):
-    import napari_irnet.core.finetune as ft
+    import napari_irnet.training.finetune as ft
+    from napari_irnet.training.field_check import FieldCheck
 
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
@@ -295,7 +299,7 @@ def test_finetune_keeps_a_field_that_has_not_collapsed(setup, monkeypatch):
 
     def healthy(model, items, labels, *args, **kwargs):
         checked.append(len(items))
-        return ft.FieldCheck(predicted_length=2.0, target_length=3.0, error=1.0, cells=100)
+        return FieldCheck(predicted_length=2.0, target_length=3.0, error=1.0, cells=100)
 
     monkeypatch.setattr(ft, "check_displacement_field", healthy)
     list(finetune(model, items, labels, strong, dataclasses.replace(TP, finetune_epochs=1), "cpu"))
@@ -415,9 +419,9 @@ def test_version_store_rolls_back(setup, tmp_path):
 
 def test_cli_finetune_writes_new_checkpoint_and_keeps_the_old(setup, tmp_path, capsys):
     from napari_irnet.cli import main
-    from napari_irnet.core.checkpoint import save_checkpoint
-    from napari_irnet.core.io import write_instance_tiff, write_instances_json
-    from napari_irnet.core.synthetic import write_dataset
+    from napari_irnet.io.results import write_instance_tiff, write_instances_json
+    from napari_irnet.models.checkpoint import save_checkpoint
+    from napari_irnet.synthetic import write_dataset
 
     model, _, _, samples = setup
     model.params, model.train_params = FAST, TP
@@ -480,8 +484,8 @@ def test_planted_resume_file_is_refused_never_run(setup, tmp_path):
 
 
 def test_a_failed_resume_write_warns_and_training_goes_on(setup, tmp_path, monkeypatch):
-    import napari_irnet.core.finetune as ft
-    from napari_irnet.core.io import OutputError
+    import napari_irnet.training.finetune as ft
+    from napari_irnet.io.files import OutputError
 
     model, items, corrections, _ = setup
     labels, strong = _labels(model, items, corrections)
@@ -523,9 +527,9 @@ def test_resume_file_of_another_starting_model_is_not_used_and_a_damaged_one_is_
 
 
 def _project_with_corrections(model, samples, tmp_path, extra_class=None):
-    from napari_irnet.core.checkpoint import save_checkpoint
-    from napari_irnet.core.project import create_project
-    from napari_irnet.core.synthetic import write_dataset
+    from napari_irnet.models.checkpoint import save_checkpoint
+    from napari_irnet.store.create import create_project
+    from napari_irnet.synthetic import write_dataset
 
     model.params, model.train_params = FAST, TP
     root = write_dataset(samples, tmp_path / "ds")
@@ -572,7 +576,7 @@ def test_cli_finetune_from_a_project_and_from_its_export(setup, tmp_path, capsys
 
 def test_cli_finetune_refuses_corrections_of_unknown_classes(setup, tmp_path, capsys):
     from napari_irnet.cli import main
-    from napari_irnet.core.io import write_instance_tiff, write_instances_json
+    from napari_irnet.io.results import write_instance_tiff, write_instances_json
 
     model, _, _, samples = setup
     root, start, project = _project_with_corrections(model, samples, tmp_path, extra_class="giraffe")

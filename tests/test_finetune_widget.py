@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from napari_irnet.core.params import Params, TrainParams
-from napari_irnet.core.synthetic import CLASS_NAMES
+from napari_irnet.params import Params, TrainParams
+from napari_irnet.synthetic import CLASS_NAMES
 
 FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
 TINY_TP = TrainParams(irn_crop_size=64, irn_batch_size=2, irn_rescale=(0.9, 1.1), train_radius=5, finetune_epochs=1, correction_weight=2)
@@ -22,18 +22,19 @@ def checkpoint(make_tiny_checkpoint):
 
 @pytest.fixture
 def sample():
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.synthetic import make_dataset
 
     return make_dataset(1, shape=(96, 96), seed=5, prefix="f")[0]
 
 
 def _save_corrections(name, sample, state="accepted"):
-    from napari_irnet.core.corrections import Corrections, corrections_folder, image_fingerprint, save_corrections
-    from napari_irnet.core.edits import InstanceInfo
+    from napari_irnet.annotation.masks import InstanceInfo, Masks
+    from napari_irnet.store.fingerprints import image_fingerprint
+    from napari_irnet.store.folder import corrections_folder, save_corrections
 
     inst = sample.instances.astype(np.int32)
     table = {int(i): InstanceInfo(sample.labels[0], 1.0, "accepted") for i in np.unique(inst) if i}
-    corr = Corrections(inst, table, state, name, image_fingerprint(sample.image), list(sample.labels))
+    corr = Masks.from_table(inst, table, state=state, image_name=name, fingerprint=image_fingerprint(sample.image), classes=list(sample.labels))
     return save_corrections(corrections_folder(name, sample.image), corr)
 
 
@@ -131,7 +132,7 @@ def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
 def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layers(
     make_napari_viewer_proxy, qtbot, checkpoint, sample
 ):
-    from napari_irnet.core.finetune import VersionStore
+    from napari_irnet.models.versions import VersionStore
 
     _save_corrections("cells", sample)
     original = _digest(checkpoint)
@@ -259,8 +260,9 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, 
     from PIL import Image
 
     from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
-    from napari_irnet.core.corrections import Corrections, save_corrections
-    from napari_irnet.core.io import InputError
+    from napari_irnet.annotation.masks import Masks
+    from napari_irnet.io.files import InputError
+    from napari_irnet.store.folder import save_corrections
 
     weak_only = [TrainingImage("cells", sample.image, list(sample.labels))]
     with pytest.raises(InputError, match="corrected or accepted"):
@@ -271,7 +273,7 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, 
     Image.fromarray(sample.image).save(folder / "a.png")
     Image.fromarray(sample.image[::-1].copy()).save(folder / "b.png")
     (tmp_path / "labels.csv").write_text("image,classes\na.png," + ";".join(sample.labels) + "\nb.png," + sample.labels[0] + "\n")
-    save_corrections(folder / "napari-irnet" / "a.png", Corrections(sample.instances.astype(np.int32), {}, "accepted", "a.png"))
+    save_corrections(folder / "napari-irnet" / "a.png", Masks.from_table(sample.instances.astype(np.int32), {}, state="accepted", image_name="a.png"))
     found = folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES)
     assert [(f.name, f.strong, f.state) for f in found] == [("a", True, "accepted"), ("b", False, "new")]
     assert [f.name for f in folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES, weak=False)] == ["a"]
@@ -284,7 +286,7 @@ def test_job_relearns_a_collapsed_field_and_says_so(checkpoint, sample, tmp_path
     import torch
 
     from napari_irnet._finetune_jobs import TrainingImage, finetune_job
-    from napari_irnet.core.checkpoint import load_checkpoint, save_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(checkpoint)
     with torch.no_grad():  # the field goes to zero everywhere

@@ -8,21 +8,42 @@ import sys
 import numpy as np
 import pytest
 
+#: everything but the napari plugin: the engine's subpackages, its top-level modules and the command line
+ENGINE = ("models", "pipeline", "training", "annotation", "store", "io", "evaluation", "cli")
+ENGINE_MODULES = ("params", "progress", "synthetic")
 
-def test_core_imports_neither_napari_nor_qt():
+
+def test_the_engine_imports_neither_napari_nor_qt():
     code = (
         "import sys, pkgutil, importlib\n"
-        "import napari_irnet.core as core\n"
-        "for m in pkgutil.walk_packages(core.__path__, 'napari_irnet.core.'):\n"
-        "    importlib.import_module(m.name)\n"
+        f"packages = {ENGINE!r}\n"
+        f"modules = {ENGINE_MODULES!r}\n"
+        "for name in packages:\n"
+        "    pkg = importlib.import_module('napari_irnet.' + name)\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        if not m.name.endswith('.__main__'):\n"
+        "            importlib.import_module(m.name)\n"
+        "for name in modules:\n"
+        "    importlib.import_module('napari_irnet.' + name)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy')]\n"
         "print(','.join(bad))\n"
-        "assert 'napari_irnet.core' in sys.modules\n"
+        "assert all('napari_irnet.' + name in sys.modules for name in packages + modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"core pulled in GUI modules: {out.stdout}"
+    assert out.stdout.strip() == "", f"the engine pulled in GUI modules: {out.stdout}"
+
+
+def test_every_engine_package_is_checked_above():
+    """A new public subpackage joins ``ENGINE`` (so the check above covers it); the plugin's start with ``_``."""
+    from pathlib import Path
+
+    import napari_irnet
+
+    root = Path(napari_irnet.__file__).parent
+    packages = sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file() and not p.name.startswith("_"))
+    assert packages == sorted(ENGINE)
 
 
 def test_manifest_is_valid_and_every_command_imports():
@@ -67,7 +88,7 @@ def test_sample_opens_in_viewer(make_napari_viewer_proxy):
 def test_device_choices_and_description():
     import torch
 
-    from napari_irnet.core.inference import describe_device, device_choices, resolve_device
+    from napari_irnet.pipeline.inference import describe_device, device_choices, resolve_device
 
     choices = device_choices()
     assert choices[:2] == ["auto", "cpu"]
@@ -82,7 +103,7 @@ def test_device_choices_and_description():
 def test_unknown_or_absent_devices_are_clear_value_errors():
     import torch
 
-    from napari_irnet.core.inference import DeviceError, resolve_device
+    from napari_irnet.pipeline.inference import DeviceError, resolve_device
 
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         resolve_device("gpu")
@@ -117,7 +138,7 @@ _BAD_PARAMS = [
 
 @pytest.mark.parametrize("cls, values, name", _BAD_PARAMS, ids=[f"{c}-{n}" for c, _, n in _BAD_PARAMS])
 def test_nonsense_parameters_are_refused_by_name(cls, values, name):
-    from napari_irnet.core import params as p
+    from napari_irnet import params as p
 
     with pytest.raises(p.ParamError, match=f"parameter {name}=") as info:
         getattr(p, cls)(**values)
@@ -128,7 +149,7 @@ def test_nonsense_parameters_are_refused_by_name(cls, values, name):
 
 
 def test_train_params_round_trip_and_defaults_are_valid():
-    from napari_irnet.core.params import TrainParams
+    from napari_irnet.params import TrainParams
 
     tp = TrainParams(cam_resize_long=[56, 72])
     assert tp.cam_resize_long == (56, 72)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.instance_walk import instance_walk_argmax, iter_instance_walk, plan_windows
-from napari_irnet.core.postprocess import assign_from_argmax
-from napari_irnet.core.progress import Step
+from napari_irnet.pipeline.instance_walk import instance_walk_argmax, iter_instance_walk, plan_windows
+from napari_irnet.pipeline.stages import assign_from_argmax
+from napari_irnet.progress import Step
 
 STEPS = 64  # enough to spread mass over tens of cells, small enough for a unit test
 

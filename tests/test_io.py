@@ -1,4 +1,4 @@
-"""Tests of napari_irnet.core.io: reading user files, atomic writing, result formats."""
+"""Tests of napari_irnet.io.files: reading user files, atomic writing, result formats."""
 
 from __future__ import annotations
 
@@ -12,22 +12,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_irnet.core.io import (
-    ImageLabels,
-    InputError,
-    OutputError,
-    atomic_path,
-    atomic_write,
-    list_images,
-    read_image,
-    read_instances_json,
-    read_label_image,
-    read_labels,
-    voc_palette,
-    write_instance_tiff,
-    write_instances_json,
-    write_semantic_png,
-)
+from napari_irnet.io.files import InputError, OutputError, atomic_path, atomic_write
+from napari_irnet.io.images import list_images, read_image, read_label_image
+from napari_irnet.io.labels import ImageLabels, read_labels
+from napari_irnet.io.results import read_instances_json, voc_palette, write_instance_tiff, write_instances_json, write_semantic_png
 
 
 def _noise(shape, seed=0, dtype=np.uint8):
@@ -529,7 +517,7 @@ def test_io_does_not_import_napari_or_qt():
     import subprocess
 
     code = (
-        "import sys, napari_irnet.core.io; "
+        "import sys, napari_irnet.io.files; "
         "gui = ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6'); "
         "bad = [m for m in gui if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
@@ -558,7 +546,7 @@ def test_disk_full_gives_output_error_and_keeps_target(tmp_path):
 
 
 def test_json_ready_and_write_json(tmp_path):
-    from napari_irnet.core.io import json_ready, write_json
+    from napari_irnet.io.files import json_ready, write_json
 
     data = {1: (np.float32(0.5), np.int64(3)), "a": np.array([1.0, np.nan]), "b": float("inf")}
     ready = json_ready(data)
@@ -586,7 +574,7 @@ def huge_tiff(tmp_path_factory):
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(huge_tiff, tmp_path):
-    from napari_irnet.core.io import DEFAULT_MAX_PIXELS, image_size
+    from napari_irnet.io.images import DEFAULT_MAX_PIXELS, image_size
 
     assert huge_tiff.stat().st_size < 1_000_000 and image_size(huge_tiff) == (12032, 12032)
     with pytest.raises(InputError, match=r"huge\.tif: image is 12032 x 12032 = 144,769,024 pixels, more than the limit of 67,108,864"):
@@ -603,7 +591,7 @@ def test_cli_predict_refuses_a_huge_image_with_a_message(huge_tiff, tmp_path, ca
     import shutil
 
     from napari_irnet.cli import main
-    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
+    from napari_irnet.models.checkpoint import new_irnet, new_model, save_checkpoint
 
     model = new_model(["a"], "tiny")
     model.irn = new_irnet(model, "cam")

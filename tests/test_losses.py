@@ -1,4 +1,4 @@
-"""IRNet affinity and displacement losses (napari_irnet.core.losses)."""
+"""IRNet affinity and displacement losses (napari_irnet.training.losses)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.losses import affinity_displacement_loss, centroid_displacement_loss
-from napari_irnet.core.path_index import PathIndex, pair_labels, path_points
+from napari_irnet.pipeline.path_index import PathIndex, pair_labels, path_points
+from napari_irnet.training.losses import affinity_displacement_loss, centroid_displacement_loss
 
 H, W = 16, 30
 #: column ranges: class 1 | ignore | background | ignore | class 2
@@ -201,7 +201,7 @@ def test_optimisation_separates_two_instances(setup):
 
 
 def test_centroid_loss_is_zero_at_the_exact_field_and_the_mean_error_elsewhere():
-    from napari_irnet.core.targets import displacement_target
+    from napari_irnet.training.targets import displacement_target
 
     rng = np.random.default_rng(3)
     grids = []

@@ -1,4 +1,4 @@
-"""Tests of napari_irnet.core.metrics: hand-computed AP / mIoU and pycocotools cross-checks."""
+"""Tests of napari_irnet.evaluation.metrics: hand-computed AP / mIoU and pycocotools cross-checks."""
 
 from __future__ import annotations
 
@@ -7,22 +7,17 @@ import time
 import numpy as np
 import pytest
 
-from napari_irnet.core.metrics import (
+from napari_irnet.evaluation.coco_ap import coco_mask_ap
+from napari_irnet.evaluation.metrics import (
     APAccumulator,
-    InstanceSet,
     average_precision,
     box_average_precision,
-    box_iou,
-    boxes_from_label_map,
-    coco_mask_ap,
     instance_average_precision,
-    instances_from_label_map,
-    label_map_iou,
-    mask_iou,
     match_predictions,
     semantic_confusion,
     semantic_miou,
 )
+from napari_irnet.evaluation.overlap import InstanceSet, box_iou, boxes_from_label_map, instances_from_label_map, label_map_iou, mask_iou
 
 
 def rect(shape, rows, cols):
@@ -259,14 +254,14 @@ def test_mask_iou_many_instances_is_fast():
 
 
 def test_mask_iou_matrix_product_path(monkeypatch):
-    import napari_irnet.core.metrics as metrics
+    import napari_irnet.evaluation.overlap as overlap
 
     rng = np.random.default_rng(2)
     pred = rng.random((40, 16, 16)) < 0.5
     gt = rng.random((30, 16, 16)) < 0.5
     ignore = rng.random((16, 16)) < 0.2
     joined = mask_iou(pred, gt, ignore)
-    monkeypatch.setattr(metrics, "_MAX_TRIPLES", 0)  # force the dense fallback
+    monkeypatch.setattr(overlap, "_MAX_TRIPLES", 0)  # force the dense fallback
     np.testing.assert_allclose(mask_iou(pred, gt, ignore), joined)
     np.testing.assert_allclose(joined, brute_iou(pred & ~ignore, gt & ~ignore))
 
@@ -414,7 +409,7 @@ def test_duplicate_rule_differs_from_coco():
 
 def _synthetic_predictions():
     """GT from the synthetic generator and imperfect predictions of it (label maps)."""
-    from napari_irnet.core.synthetic import CLASS_NAMES, make_dataset
+    from napari_irnet.synthetic import CLASS_NAMES, make_dataset
 
     rng = np.random.default_rng(7)
     preds, gts = [], []

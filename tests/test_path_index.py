@@ -1,4 +1,4 @@
-"""Pairs, paths, affinities and pair labels (napari_irnet.core.path_index)."""
+"""Pairs, paths, affinities and pair labels (napari_irnet.pipeline.path_index)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.path_index import (
-    PathIndex,
-    boundary_to_affinity,
-    displacement_targets,
-    pair_labels,
-    pair_values,
-    path_points,
-    search_directions,
-)
+from napari_irnet.pipeline.path_index import PathIndex, boundary_to_affinity, displacement_targets, pair_labels, pair_values, path_points, search_directions
 
 
 def brute_force_affinity(boundary: np.ndarray, radius: int) -> np.ndarray:

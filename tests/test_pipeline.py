@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
-from napari_irnet.core.networks import normalize_image
-from napari_irnet.core.params import Params, TrainParams
-from napari_irnet.core.pipeline import postprocess, predict, run_networks
-from napari_irnet.core.synthetic import CLASS_NAMES
-from napari_irnet.core.training import LabelledImage, cam_pixel_loss, make_seeds, train_cam, train_cam_from_masks, train_irn
+from napari_irnet.models.checkpoint import load_checkpoint, new_irnet, new_model, save_checkpoint
+from napari_irnet.models.networks import normalize_image
+from napari_irnet.params import Params, TrainParams
+from napari_irnet.pipeline.predict import postprocess, predict, run_networks
+from napari_irnet.synthetic import CLASS_NAMES
+from napari_irnet.training.cam import cam_pixel_loss, train_cam, train_cam_from_masks
+from napari_irnet.training.datasets import LabelledImage
+from napari_irnet.training.irn import make_seeds, train_irn
 
 TINY_TRAIN = TrainParams(
     cam_epochs=1, cam_batch_size=4, cam_crop_size=64, cam_resize_long=(56, 72),
@@ -156,8 +158,8 @@ def test_any_image_size_tiled(tiny_dataset):
 
 def test_cli_train_and_predict(tmp_path, tiny_dataset):
     from napari_irnet.cli import main
-    from napari_irnet.core.io import read_label_image
-    from napari_irnet.core.synthetic import write_dataset
+    from napari_irnet.io.images import read_label_image
+    from napari_irnet.synthetic import write_dataset
 
     root = write_dataset(tiny_dataset[:4], tmp_path / "ds")
     common = ["--images", str(root / "images"), "--labels", str(root / "labels.json"), "--device", "cpu"]
@@ -184,7 +186,7 @@ def test_cli_train_and_predict(tmp_path, tiny_dataset):
 
 @pytest.mark.parametrize(("tile", "overlap"), [(1024, 128), (64, 16), (512, 0)])
 def test_tiles_cover_the_image_with_the_overlap_and_little_waste(tile, overlap):
-    from napari_irnet.core.inference import _tile_layout
+    from napari_irnet.pipeline.inference import _tile_layout
 
     for length in range(tile + 1, 9 * tile, 37):
         starts, extent = _tile_layout(length, tile, overlap)
@@ -197,8 +199,8 @@ def test_tiles_cover_the_image_with_the_overlap_and_little_waste(tile, overlap):
 
 
 def test_class_probabilities_equal_the_classifier_and_tile_large_images(tiny_dataset):
-    from napari_irnet.core.inference import image_to_tensor
-    from napari_irnet.core.pipeline import class_probabilities
+    from napari_irnet.pipeline.inference import image_to_tensor
+    from napari_irnet.pipeline.predict import class_probabilities
 
     torch.manual_seed(0)
     model = new_model(list(CLASS_NAMES), "tiny")
@@ -216,7 +218,7 @@ def test_class_probabilities_equal_the_classifier_and_tile_large_images(tiny_dat
 
 
 def test_large_images_are_normalised_tile_by_tile_with_the_same_values(tiny_dataset):
-    from napari_irnet.core.inference import image_to_tensor, network_input, run_tiled
+    from napari_irnet.pipeline.inference import image_to_tensor, network_input, run_tiled
 
     torch.manual_seed(0)
     model = new_model(list(CLASS_NAMES), "tiny")

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import tifffile
 
-import napari_irnet.core.project as project_module
-from napari_irnet.core.io import InputError, OutputError
-from napari_irnet.core.params import Params
-from napari_irnet.core.project import ProjectError, create_project, open_project
-from napari_irnet.core.synthetic import write_dataset
+import napari_irnet.store.create as create_module
+import napari_irnet.store.project as project_module
+import napari_irnet.store.revisions as revisions_module
+from napari_irnet.io.files import InputError, OutputError
+from napari_irnet.params import Params
+from napari_irnet.store.create import create_project, open_project
+from napari_irnet.store.project import ProjectError
+from napari_irnet.synthetic import write_dataset
 
 
 @pytest.fixture
@@ -61,7 +64,7 @@ def test_states_results_and_corrections(project, tiny_dataset):
     assert not project.needs_prediction(name, "model-a")
     assert project.needs_prediction(name, "model-b")  # another checkpoint or other parameters
     masks = project.load_masks(name)
-    np.testing.assert_array_equal(masks.instances, inst)
+    np.testing.assert_array_equal(masks.labels, inst)
     assert [r["id"] for r in masks.records] == sorted(tiny_dataset[0].instance_classes)
     first = masks.records[0]
     ys, xs = np.nonzero(inst == first["id"])
@@ -84,7 +87,7 @@ def test_states_results_and_corrections(project, tiny_dataset):
     lut = {r["id"]: project.classes.index(r["class"]) + 1 for r in masks.records}
     expected_sem = np.vectorize(lambda i: lut.get(i, 0))(inst2)
     np.testing.assert_array_equal(masks.semantic, expected_sem)
-    np.testing.assert_array_equal(project.load_masks(name, "result").instances, inst)  # the model's is kept
+    np.testing.assert_array_equal(project.load_masks(name, "result").labels, inst)  # the model's is kept
     project.accept(name)
     assert project.state(name).state == "accepted"
     project.reopen(name)
@@ -99,7 +102,7 @@ def test_states_results_and_corrections(project, tiny_dataset):
     project.accept(other)
     acc = project.load_masks(other)
     assert project.state(other).state == "accepted" and acc.source == "correction"
-    np.testing.assert_array_equal(acc.instances, inst3)
+    np.testing.assert_array_equal(acc.labels, inst3)
     assert all(r["score"] == 0.7 for r in acc.records)
     with pytest.raises(ProjectError, match="nothing to accept"):
         project.accept(project.names[2])
@@ -133,7 +136,7 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
     before_files = _files(project.root)
 
     calls = {"n": 0}
-    real = project_module.write_instances_json
+    real = revisions_module.write_instances_json
 
     def full_disk(path, recs):
         calls["n"] += 1
@@ -141,17 +144,17 @@ def test_failed_write_keeps_the_previous_correction(project, tiny_dataset, monke
             f.write("[")
         raise OutputError(f"{path}: cannot write (No space left on device)")
 
-    monkeypatch.setattr(project_module, "write_instances_json", full_disk)
+    monkeypatch.setattr(revisions_module, "write_instances_json", full_disk)
     with pytest.raises(OutputError, match="No space left"):
         project.save_correction(name, np.zeros_like(inst), [])
     assert calls["n"] == 1
     assert (project.item_dir(name) / "state.json").read_bytes() == before_state
     assert _files(project.root) == before_files
     masks = open_project(project.root).load_masks(name)
-    np.testing.assert_array_equal(masks.instances, inst)
+    np.testing.assert_array_equal(masks.labels, inst)
     # and the same for a state file that cannot be replaced
-    monkeypatch.setattr(project_module, "write_instances_json", real)
-    import napari_irnet.core.io as io_module
+    monkeypatch.setattr(revisions_module, "write_instances_json", real)
+    import napari_irnet.io.files as io_module
 
     real_replace = io_module.os.replace
 
@@ -194,7 +197,7 @@ def test_interrupted_write_leaves_a_consistent_project(project, tiny_dataset):
     (project.item_dir(name) / ".state.json.1234.tmp.json").write_text("{")
     back = open_project(project.root)
     assert back.state(name).state == "corrected"
-    np.testing.assert_array_equal(back.load_masks(name).instances, inst)
+    np.testing.assert_array_equal(back.load_masks(name).labels, inst)
     assert back.cleanup() == 2
     assert sorted(p.name for p in back.item_dir(name).iterdir()) == ["correction-000001", "state.json"]
     back.save_correction(name, inst, records, state="accepted")
@@ -225,15 +228,15 @@ def test_open_errors_and_upgrades(project, monkeypatch, tmp_path):
     (root / "images.json").write_text("[]")
     with pytest.raises(ProjectError, match=r"images\.json: not an image table"):
         open_project(root)
-    project._write_images()
+    project.write_image_table()
 
     # this napari-irnet pretends to write format 3 and knows how to upgrade 2 -> 3 only
     def two_to_three(r, m):
         m["upgraded_from_2"] = True
         return m
 
-    monkeypatch.setattr(project_module, "FORMAT_VERSION", 3)
-    monkeypatch.setattr(project_module, "_UPGRADES", {2: two_to_three})
+    monkeypatch.setattr(create_module, "FORMAT_VERSION", 3)
+    monkeypatch.setattr(create_module, "_UPGRADES", {2: two_to_three})
     write(format_version=2)
     upgraded = open_project(root)
     assert upgraded.manifest["format_version"] == 3 and upgraded.manifest["upgraded_from_2"]
@@ -343,7 +346,7 @@ def test_project_module_imports_no_torch_or_gui():
     import sys
 
     code = (
-        "import sys, napari_irnet.core.project; "
+        "import sys, napari_irnet.store.project, napari_irnet.store.create, napari_irnet.store.image_store; "
         "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt5', 'PyQt6') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -427,9 +430,9 @@ def test_a_replaced_image_of_the_same_size_is_new_again_and_its_masks_are_kept(p
 
 
 def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset):
-    from napari_irnet.core.annotation import AnnotationSession
-    from napari_irnet.core.edits import InstanceInfo
-    from napari_irnet.core.project import ProjectImageStore
+    from napari_irnet.annotation.masks import InstanceInfo
+    from napari_irnet.annotation.session import AnnotationSession
+    from napari_irnet.store.image_store import ProjectImageStore
 
     name = project.names[1]
     inst, records = _gt(tiny_dataset[1])  # four instances
@@ -437,18 +440,18 @@ def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset
     table = {r["id"]: InstanceInfo(r["class"], 0.5) for r in records}
     session = AnnotationSession(inst, table, classes=project.entry(name).labels)
     # a Run's proposal is stored as the image's result (state proposed), not as a correction
-    assert store.save_proposal(session.to_corrections(), np.zeros_like(inst), ["round", "rod", "blob"])
+    assert store.save_proposal(session.to_masks(), np.zeros_like(inst), ["round", "rod", "blob"])
     assert project.state(name).state == "proposed" and store.load() is None
     first, second = [int(i) for i in np.unique(inst) if i][:2]
     session.delete([first])
     session.set_class([second], "rod")
-    store.save(session.to_corrections())
+    store.save(session.to_masks())
     back = store.load()
     assert project.state(name).state == "corrected"
     np.testing.assert_array_equal(back.background, inst == first)
-    assert back.instances[second] == InstanceInfo("rod", 0.5, "edited")
-    assert {back.instances[i].state for i in back.instances if i != second} == {"proposed"}
+    assert back.table[second] == InstanceInfo("rod", 0.5, "edited")
+    assert {back.table[i].state for i in back.table if i != second} == {"proposed"}
     # a later proposal never replaces the correction
-    assert not store.save_proposal(session.to_corrections())
+    assert not store.save_proposal(session.to_masks())
     project.accept(name)
     np.testing.assert_array_equal(store.load().background, inst == first)

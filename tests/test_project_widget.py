@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_irnet._project_jobs import Snapshot, records_for, step_index
-from napari_irnet.core.params import Params
-from napari_irnet.core.synthetic import CLASS_NAMES
+from napari_irnet.params import Params
+from napari_irnet.synthetic import CLASS_NAMES
 
 FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
 WAIT_MS = 30_000
@@ -16,7 +16,7 @@ WAIT_MS = 30_000
 
 @pytest.fixture
 def samples():
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.synthetic import make_dataset
 
     return make_dataset(4, shape=(64, 64), seed=11, prefix="p")
 
@@ -24,9 +24,9 @@ def samples():
 @pytest.fixture
 def project_dir(env, samples):
     """Four images: proposed, accepted, new, proposed; a tiny checkpoint."""
-    from napari_irnet.core.checkpoint import new_irnet, new_model, save_checkpoint
-    from napari_irnet.core.project import create_project
-    from napari_irnet.core.synthetic import write_dataset
+    from napari_irnet.models.checkpoint import new_irnet, new_model, save_checkpoint
+    from napari_irnet.store.create import create_project
+    from napari_irnet.synthetic import write_dataset
 
     torch.manual_seed(0)
     model = new_model(list(CLASS_NAMES), "tiny")
@@ -63,7 +63,7 @@ def _open(qtbot, viewer, project_dir, skip=True):
 
 
 def _states(project_dir):
-    from napari_irnet.core.project import open_project
+    from napari_irnet.store.create import open_project
 
     return {n: st.state for n, st in open_project(project_dir).states().items()}
 
@@ -112,7 +112,7 @@ def test_list_states_and_next_previous(make_napari_viewer_proxy, qtbot, project_
     assert widget.current_name == names[0]
     inst = widget.instances_layer
     assert inst is not None and inst.name == "instances"
-    np.testing.assert_array_equal(inst.data, widget.project.load_masks(names[0]).instances)
+    np.testing.assert_array_equal(inst.data, widget.project.load_masks(names[0]).labels)
     assert inst.metadata["napari_irnet"]["stage"] == "instances"
     assert widget.next() == names[2]  # the accepted one is passed over
     _wait(qtbot, widget)
@@ -147,23 +147,23 @@ def test_painting_autosaves_and_accept_survives_reopening(make_napari_viewer_pro
     _wait(qtbot, widget)  # the debounced autosave has run
     assert _states(project_dir)[name] == "corrected"
     assert widget.states()[name] == "corrected"
-    from napari_irnet.core.project import open_project
+    from napari_irnet.store.create import open_project
 
     masks = open_project(project_dir).load_masks(name)
     assert masks.source == "correction"
-    np.testing.assert_array_equal(masks.instances, layer.data)
+    np.testing.assert_array_equal(masks.labels, layer.data)
     assert {r["class"] for r in masks.records} <= set(widget.project.classes)
     # an edit right before Next is saved at once
     layer.paint((40, 40), new_id + 1)
     widget.next()
-    after = open_project(project_dir).load_masks(name).instances
+    after = open_project(project_dir).load_masks(name).labels
     assert (after == new_id + 1).any()
     _wait(qtbot, widget)
     widget.show_image(name)
     _wait(qtbot, widget)
     assert widget.accept()
     assert _states(project_dir)[name] == "accepted"
-    np.testing.assert_array_equal(open_project(project_dir).load_masks(name).instances, after)
+    np.testing.assert_array_equal(open_project(project_dir).load_masks(name).labels, after)
 
     fresh = make_napari_viewer_proxy()
     again = _open(qtbot, fresh, project_dir, skip=False)
@@ -175,8 +175,8 @@ def test_painting_autosaves_and_accept_survives_reopening(make_napari_viewer_pro
 
 @pytest.mark.viewer
 def test_failed_save_keeps_the_edits_and_saves_them_later(make_napari_viewer_proxy, qtbot, project_dir, monkeypatch):
-    from napari_irnet.core.io import OutputError
-    from napari_irnet.core.project import Project
+    from napari_irnet.io.files import OutputError
+    from napari_irnet.store.project import Project
 
     viewer = make_napari_viewer_proxy()
     widget = _open(qtbot, viewer, project_dir)
@@ -197,9 +197,9 @@ def test_failed_save_keeps_the_edits_and_saves_them_later(make_napari_viewer_pro
     monkeypatch.setattr(Project, "save_correction", real)
     assert widget.save_now()  # the next save stores them
     assert _states(project_dir)[name] == "corrected"
-    from napari_irnet.core.project import open_project
+    from napari_irnet.store.create import open_project
 
-    assert (open_project(project_dir).load_masks(name).instances == 77).any()
+    assert (open_project(project_dir).load_masks(name).labels == 77).any()
 
 
 @pytest.mark.viewer
@@ -233,9 +233,9 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     name = widget.current_name
     widget.instances_layer.paint((3, 3), 99)
     _wait(qtbot, widget)
-    from napari_irnet.core.project import open_project
+    from napari_irnet.store.create import open_project
 
-    assert (open_project(project_dir).load_masks(name).instances == 99).any()
+    assert (open_project(project_dir).load_masks(name).labels == 99).any()
     # the panel's own edits are autosaved too
     victim = int(stored[stored > 0][0])
     point = np.argwhere(widget.instances_layer.data == victim)[0]
@@ -243,7 +243,7 @@ def test_irnet_panel_runs_on_the_project_image_and_keeps_autosaving(make_napari_
     panel.delete_picked()
     _wait(qtbot, widget)
     masks = open_project(project_dir).load_masks(name)
-    assert not (masks.instances == victim).any() and (masks.instances == 99).any()
+    assert not (masks.labels == victim).any() and (masks.labels == 99).any()
     assert _states(project_dir)[name] == "corrected"
     widget.accept()  # through the panel: both agree
     assert panel.session.state == "accepted" and _states(project_dir)[name] == "accepted"
@@ -279,7 +279,7 @@ def test_a_runs_proposal_is_stored_and_shown_again_on_the_next_visit(make_napari
 
 @pytest.mark.viewer
 def test_the_irnet_panel_stores_into_the_project_only_and_frees_each_image(make_napari_viewer_proxy, qtbot, project_dir, env):
-    from napari_irnet.core.project import open_project
+    from napari_irnet.store.create import open_project
 
     viewer = make_napari_viewer_proxy()
     panel = _dock(viewer, "IRNet")
@@ -292,7 +292,7 @@ def test_the_irnet_panel_stores_into_the_project_only_and_frees_each_image(make_
     panel.delete_picked()
     _wait(qtbot, widget)
     masks = open_project(project_dir).load_masks(name)
-    assert masks.source == "correction" and not masks.instances[region].any()
+    assert masks.source == "correction" and not masks.labels[region].any()
     np.testing.assert_array_equal(masks.background, region)  # the annotator background, in the project
     assert not (env / "data" / "corrections").exists()  # one store: nothing in the per-image folders
     for _ in range(2):

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.random_walk import (
-    apply_transition,
-    neighbour_offsets,
-    random_walk,
-    random_walk_dense,
-    transition_weights,
-)
+from napari_irnet.pipeline.random_walk import apply_transition, neighbour_offsets, random_walk, random_walk_dense, transition_weights
 
 METHODS = ["stencil", "gather"]
 
@@ -157,8 +151,8 @@ def test_channel_chunks_and_progress():
 
 @pytest.mark.parametrize("method", ["stencil", "gather"])
 def test_walks_side_by_side_in_threads_equal_one_after_another(method):
-    from napari_irnet.core.progress import run_steps
-    from napari_irnet.core.random_walk import iter_transition
+    from napari_irnet.pipeline.random_walk import iter_transition
+    from napari_irnet.progress import run_steps
 
     x, boundary = random_inputs((30, 41), channels=5, seed=8)
     weights = transition_weights(boundary)
@@ -172,7 +166,7 @@ def test_walks_side_by_side_in_threads_equal_one_after_another(method):
 def test_closing_a_threaded_walk_stops_every_thread():
     import threading
 
-    from napari_irnet.core.random_walk import iter_transition
+    from napari_irnet.pipeline.random_walk import iter_transition
 
     x, boundary = random_inputs((60, 60), channels=4, seed=9)
     before = torch.get_num_threads()

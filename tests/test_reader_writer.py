@@ -11,9 +11,10 @@ from PIL import Image
 
 from napari_irnet._reader import get_reader
 from napari_irnet._writer import write_instances_coco, write_instances_tiff
-from napari_irnet.core.coco import coco_from_instances
-from napari_irnet.core.edits import InstanceInfo
-from napari_irnet.core.io import read_label_image, write_instance_tiff
+from napari_irnet.annotation.masks import InstanceInfo
+from napari_irnet.io.coco import coco_from_instances
+from napari_irnet.io.images import read_label_image
+from napari_irnet.io.results import write_instance_tiff
 
 
 def _labels() -> np.ndarray:

@@ -23,16 +23,11 @@ import pytest
 import torch
 from golden.weights import fingerprint, golden_model
 
-import napari_irnet.core.inference as inference
-from napari_irnet.core.inference import CAMOutput, IRNetOutput
-from napari_irnet.core.networks import IMAGENET_MEAN, IMAGENET_STD
-from napari_irnet.core.pipeline import NetworkOutputs, postprocess, run_networks, walk_instances
-from napari_irnet.core.postprocess import (
-    cluster_centroids,
-    find_centroids,
-    propagate,
-    seeds_from_cams,
-)
+import napari_irnet.pipeline.inference as inference
+from napari_irnet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
+from napari_irnet.pipeline.predict import postprocess, run_networks, walk_instances
+from napari_irnet.pipeline.stages import cluster_centroids, find_centroids, propagate, seeds_from_cams
 
 GOLDEN = Path(__file__).parent / "golden" / "reference_outputs.npz"
 

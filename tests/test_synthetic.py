@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from napari_irnet.core.synthetic import CLASS_NAMES, make_dataset, write_dataset
+from napari_irnet.synthetic import CLASS_NAMES, make_dataset, write_dataset
 
 
 def test_same_seed_same_images_other_seed_other_images():
@@ -78,7 +78,7 @@ def test_write_dataset_layout(tmp_path):
 def test_centre_field_points_every_pixel_at_its_nearest_centre():
     import numpy as np
 
-    from napari_irnet.core.synthetic import centre_field
+    from napari_irnet.synthetic import centre_field
 
     centres = np.array([[1.0, 1.0], [6.0, 8.5]])
     disp, owner = centre_field((8, 10), centres)

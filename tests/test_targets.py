@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.core.path_index import PathIndex, pair_labels
-from napari_irnet.core.targets import boundary_target, class_map_target, displacement_target, relation_labels
+from napari_irnet.pipeline.path_index import PathIndex, pair_labels
+from napari_irnet.training.targets import boundary_target, class_map_target, displacement_target, relation_labels
 
 
 def _two_touching() -> np.ndarray:
@@ -61,8 +61,8 @@ def test_boundary_target_marks_the_edge_between_touching_instances():
 
 
 def test_relation_dataset_keeps_instance_values_above_255():
-    from napari_irnet.core.params import TrainParams
-    from napari_irnet.core.training import LabelledImage, RelationDataset
+    from napari_irnet.params import TrainParams
+    from napari_irnet.training.datasets import LabelledImage, RelationDataset
 
     labels = np.zeros((64, 64), np.int32)
     labels[:, :] = np.arange(64)[None, :] // 4 * 40 + 1  # 1, 41, ..., 601 in 4 px stripes
@@ -92,7 +92,7 @@ def test_class_map_target_gives_each_instance_its_class_and_ignores_the_unknown(
 
 
 def test_the_annotators_background_is_true_background_even_where_unreviewed():
-    from napari_irnet.core.finetune import correction_class_maps
+    from napari_irnet.training.finetune_data import correction_class_maps
 
     inst = np.zeros((8, 8), np.int32)
     inst[1:4, 1:4] = 5

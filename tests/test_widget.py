@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_irnet.core.params import Params
+from napari_irnet.params import Params
 
 pytestmark = pytest.mark.viewer
 
@@ -20,7 +20,7 @@ def checkpoint(make_tiny_checkpoint):
 
 @pytest.fixture
 def image():
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.synthetic import make_dataset
 
     return make_dataset(1, shape=(96, 96), seed=5, prefix="w")[0]
 
@@ -351,7 +351,7 @@ def test_adding_and_deleting_centroids_reclusters(make_napari_viewer_proxy, qtbo
 
 
 def test_a_cam_only_checkpoint_is_refused_when_chosen(make_napari_viewer_proxy, qtbot, env, make_tiny_checkpoint):
-    from napari_irnet.core.checkpoint import load_checkpoint, save_checkpoint
+    from napari_irnet.models.checkpoint import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(make_tiny_checkpoint(FAST))
     model.history.append({"stage": "cam", "steps": 2})  # what train-cam writes: IRNet with random heads
@@ -488,7 +488,7 @@ def test_shift_click_adds_the_missed_object_in_one_undoable_step(make_napari_vie
 
 
 def test_the_class_menu_starts_on_the_images_class_and_says_what_new_instances_get(make_napari_viewer_proxy, qtbot, checkpoint):
-    from napari_irnet.core.synthetic import make_dataset
+    from napari_irnet.synthetic import make_dataset
 
     a, b = make_dataset(8, shape=(64, 64), seed=3, prefix="m")[:8:7]
     viewer = make_napari_viewer_proxy()

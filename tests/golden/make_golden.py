@@ -28,8 +28,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(HERE.parent)]
 import reference_irn  # noqa: E402
 from golden.weights import fingerprint, golden_model  # noqa: E402
 
-from napari_irnet.core.checkpoint import import_reference  # noqa: E402
-from napari_irnet.core.synthetic import make_sample  # noqa: E402
+from napari_irnet.models.checkpoint import import_reference  # noqa: E402
+from napari_irnet.synthetic import make_sample  # noqa: E402
 
 #: image sizes (not all multiples of 16 or 4, one square) and their 0-based VOC classes
 SHAPES = ((88, 116), (96, 96), (70, 126))

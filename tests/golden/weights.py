@@ -28,10 +28,10 @@ import math
 import numpy as np
 import torch
 
-from napari_irnet.core.backbones import build_backbone
-from napari_irnet.core.checkpoint import VOC_CLASSES, Model
-from napari_irnet.core.networks import CAMNet, IRNet
-from napari_irnet.core.params import Params
+from napari_irnet.models.checkpoint import VOC_CLASSES, Model
+from napari_irnet.models.networks import CAMNet, IRNet
+from napari_irnet.models.registry import build_backbone
+from napari_irnet.params import Params
 
 CAM_SEED = 1000
 IRN_SEED = 2000

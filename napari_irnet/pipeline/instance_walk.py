@@ -1,0 +1,489 @@
+"""The instance walk in windows: cost that grows with the pixels, not pixels × instances.
+
+IRNet propagates one map per (class, instance) pair over the whole image
+(the reference's ``make_ins_seg_labels``: ``C·K`` channels, each walked on
+every grid cell), so its cost is ``steps · 69 · C·K · N``: quadratic in the
+image side for images whose object count grows with their area.  Here every
+*plane* (class ``c`` of cluster ``k``: the CAM of ``c`` inside cluster ``k``)
+is walked only inside windows around the cells where it carries mass:
+
+1. **Support.** The plane's starting map ``x = CAM_c ⊙ [cluster = k] ⊙ (1 - B)``
+   keeps only cells above ``walk_tolerance × max(x over all planes)``.  The
+   walk is an averaging operator (every cell becomes a weighted mean of its
+   neighbours), so dropping starting values under ``δ`` changes every walked
+   value by less than ``δ``.  A plane without such cells cannot reach the
+   tolerance anywhere and is not walked at all.
+2. **Windows.** The support is grown by ``radius - 1`` cells (how far one
+   step reaches); each connected piece's bounding box is a window
+   (overlapping windows of one plane merge).
+3. **Packing.** Windows are packed side by side into a few large canvases,
+   ``radius - 1`` empty cells apart, each canvas holding the image's own
+   transition weights cropped around every window.  One stencil walk per
+   canvas walks all its windows at once (few, large operations per step);
+   mass that leaves a window is lost, as with an absorbing border.
+4. **Growth.** A window whose walked border still holds ``walk_tolerance``
+   of the largest walked score or more lost mass that matters: it grows by
+   twice its margin (merging with its plane's other windows it meets) and is
+   walked again, until no window leaks or it covers the whole grid.  The
+   walk averages over neighbourhoods, so a border under that level bounds
+   the error inside the window by it.
+5. **Argmax.** Every window is upsampled ×4 (bilinear) on its own and merged
+   into the full-resolution best score and best plane, as
+   :func:`~napari_irnet.pipeline.stages.upsampled_argmax` does for whole
+   planes.
+
+The cost is the sum of the window areas (a few times the grid for the
+densities of cells in microscopy) instead of ``C·K`` times the grid, and the
+result equals the global walk up to the dropped mass: the tests and
+``benchmarks/bench_scale.py`` compare both.  :func:`instance_walk_argmax`
+with ``method="global"`` keeps the reference's formulation, which is also
+what ``"auto"`` picks when the windows would cover more than the whole
+planes (small images with few instances).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..params import INSTANCE_WALKS
+from ..progress import Step, StepGenerator, run_steps
+from .random_walk import iter_transition, iter_walks, make_walker, neighbour_offsets, transition_weights
+from .stages import instance_cams, upsampled_argmax
+
+__all__ = ["WalkPlan", "instance_walk_argmax", "iter_instance_walk", "plan_windows"]
+
+#: largest canvas of packed windows walked at once (cells); bounds the memory
+#: of the cropped transition weights to 69 × 4 bytes × this
+CANVAS_CELLS = 1 << 20
+
+Argmax = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Window:
+    """One window of one plane on the stride-4 grid (end exclusive)."""
+
+    plane: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    margin: int
+
+    @property
+    def area(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+@dataclass
+class WalkPlan:
+    """Which planes are walked where, and what it costs (for benchmarks and logs)."""
+
+    planes: int
+    windows: list[Window] = field(default_factory=list)
+    grid_cells: int = 0
+    #: growth rounds run, and windows grown in all
+    rounds: int = 0
+    grown: int = 0
+    #: "local" or "global": what was walked
+    method: str = "local"
+    #: windows walked, and window walks taken from the memo of an earlier walk instead
+    walked: int = 0
+    reused: int = 0
+
+    @property
+    def window_cells(self) -> int:
+        return sum(w.area for w in self.windows)
+
+    @property
+    def global_cells(self) -> int:
+        """Cells the global walk would propagate: every plane over the whole grid."""
+        return self.planes * self.grid_cells
+
+
+def _merge_boxes(boxes: list[list[int]]) -> list[list[int]]:
+    """Union overlapping boxes [y0, y1, x0, x1] until none overlap."""
+    boxes = [list(b) for b in boxes]
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                    boxes[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def _piece_boxes(support: np.ndarray, origin: tuple[int, int], margin: int, shape: tuple[int, int]) -> list[list[int]]:
+    """Boxes of the pieces of ``support`` (a crop at ``origin``) grown by ``margin``, clipped to ``shape``."""
+    grown = ndi.binary_dilation(support, np.ones((3, 3), bool), iterations=margin) if margin else support
+    labels, _ = ndi.label(grown)
+    h, w = shape
+    oy, ox = origin
+    boxes = [
+        [max(sl[0].start + oy, 0), min(sl[0].stop + oy, h), max(sl[1].start + ox, 0), min(sl[1].stop + ox, w)]
+        for sl in ndi.find_objects(labels)
+        if sl is not None
+    ]
+    return _merge_boxes(boxes)
+
+
+def plan_windows(start: np.ndarray, clusters: np.ndarray, tolerance: float, margin: int) -> WalkPlan:
+    """Windows of every plane that carries mass above the tolerance.
+
+    Parameters
+    ----------
+    start : (C, h, w) float array
+        The class maps the walk starts from (CAM ⊙ (1 - boundary)).
+    clusters : (h, w) int array
+        Cluster index 0..K-1 of every grid cell.
+    tolerance : float
+        Cells under ``tolerance × start.max()`` are left out of the support.
+    margin : int
+        Cells added around every piece of support.
+
+    Returns
+    -------
+    WalkPlan
+        Windows in plane order (plane ``c·K + k``).
+    """
+    n_classes, h, w = start.shape
+    k_total = int(clusters.max()) + 1 if clusters.size else 0
+    plan = WalkPlan(planes=n_classes * k_total, grid_cells=h * w)
+    top = float(start.max()) if start.size else 0.0
+    if top <= 0 or k_total == 0:
+        return plan
+    strong = start > tolerance * top  # (C, h, w)
+    found = ndi.find_objects(clusters.astype(np.int64) + 1, max_label=k_total)
+    per_plane: dict[int, list[Window]] = {}
+    for k, sl in enumerate(found):
+        if sl is None:
+            continue
+        ys = slice(max(sl[0].start - margin, 0), min(sl[0].stop + margin, h))
+        xs = slice(max(sl[1].start - margin, 0), min(sl[1].stop + margin, w))
+        inside = clusters[ys, xs] == k
+        for c in range(n_classes):
+            support = inside & strong[c, ys, xs]
+            if not support.any():
+                continue
+            plane = c * k_total + k
+            boxes = _piece_boxes(support, (ys.start, xs.start), margin, (h, w))
+            per_plane[plane] = [Window(plane, *b, margin) for b in boxes]
+    plan.windows = [win for plane in sorted(per_plane) for win in per_plane[plane]]
+    return plan
+
+
+def _pack(windows: list[Window], gap: int, max_cells: int) -> list[tuple[tuple[int, int], list[tuple[Window, int, int]]]]:
+    """Shelf-pack windows into canvases ``gap`` cells apart.
+
+    Returns a list of canvases ``((height, width), [(window, top, left), ...])``.
+    """
+    order = sorted(windows, key=lambda win: (-(win.y1 - win.y0), -(win.x1 - win.x0)))
+    total = sum((win.y1 - win.y0 + gap) * (win.x1 - win.x0 + gap) for win in windows)
+    widest = max((win.x1 - win.x0 for win in windows), default=1)
+    width = max(widest + 2 * gap, int(np.sqrt(min(total, max_cells))) + 1)
+    canvases = []
+    placed: list[tuple[Window, int, int]] = []
+    top = left = gap
+    shelf = 0
+    for win in order:
+        hh, ww = win.y1 - win.y0, win.x1 - win.x0
+        if left + ww + gap > width and left > gap:
+            top, left, shelf = top + shelf + gap, gap, 0
+        if placed and (top + hh + gap) * width > max_cells:
+            canvases.append(((max(t + w.y1 - w.y0 for w, t, _ in placed) + gap, width), placed))
+            placed, top, left, shelf = [], gap, gap, 0
+        placed.append((win, top, left))
+        left += ww + gap
+        shelf = max(shelf, hh)
+    if placed:
+        canvases.append(((max(t + w.y1 - w.y0 for w, t, _ in placed) + gap, width), placed))
+    return canvases
+
+
+def _walk_windows(
+    windows: list[Window],
+    start: torch.Tensor,
+    clusters: torch.Tensor,
+    weights: torch.Tensor,
+    steps: int,
+    radius: int,
+    k_total: int,
+    counter: list[int],
+    stage: str,
+    memo: dict,
+    store: dict,
+) -> StepGenerator[list[torch.Tensor]]:
+    """Walk every window, packed into canvases; returns each window's ``(wh, ww)`` result.
+
+    Windows found in ``memo`` (from an earlier walk of the same image with the
+    same walk parameters: the same class, box and cluster mask) are not
+    walked again, so that moving one centroid re-walks only the clusters it
+    changed; every window's result goes into ``store``. The canvases are independent walks (:func:`~napari_irnet.pipeline.random_walk.iter_walks`:
+    side by side on the CPU's threads); each is filled only when its walk
+    starts, so at most one canvas per thread is in memory. ``counter`` is
+    ``[steps done, steps planned]`` across calls, for the yielded steps.
+    """
+    keys = [_window_key(win, clusters, k_total) for win in windows]
+    known = {key: store.get(key, memo.get(key)) for key in keys}
+    todo = [(win, key) for win, key in zip(windows, keys) if known[key] is None]
+    walked = yield from _walk_new_windows([win for win, _ in todo], start, clusters, weights, steps, radius, k_total, counter, stage)
+    known.update(zip((key for _, key in todo), walked))
+    store.update(known)
+    return [known[key] for key in keys]
+
+
+def _window_key(win: Window, clusters: torch.Tensor, k_total: int) -> tuple:
+    """What a window's walk depends on besides the image's outputs: its class, box and cluster mask."""
+    c, k = divmod(win.plane, k_total)
+    mask = (clusters[win.slices] == k).cpu().numpy()
+    return c, win.y0, win.y1, win.x0, win.x1, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+
+
+def _walk_new_windows(
+    windows: list[Window],
+    start: torch.Tensor,
+    clusters: torch.Tensor,
+    weights: torch.Tensor,
+    steps: int,
+    radius: int,
+    k_total: int,
+    counter: list[int],
+    stage: str,
+) -> StepGenerator[list[torch.Tensor]]:
+    """Walk windows packed into canvases (see :func:`_walk_windows`)."""
+    if not windows:
+        return []
+    counter[2] += len(windows)
+    gap = int(np.abs(neighbour_offsets(radius)).max())
+    threads = torch.get_num_threads() if start.device.type == "cpu" else 1
+    cells = sum((win.y1 - win.y0 + gap) * (win.x1 - win.x0 + gap) for win in windows)
+    canvases = _pack(windows, gap, max(1 << 16, min(CANVAS_CELLS, cells // (2 * threads) + 1)))
+
+    def canvas_walk(size: tuple[int, int], placed: list[tuple[Window, int, int]]):
+        ch, cw = size
+        x = start.new_zeros((1, ch, cw))
+        w = weights.new_zeros((weights.shape[0], ch, cw))
+        for win, top, left in placed:
+            c, k = divmod(win.plane, k_total)
+            ys, xs = win.slices
+            dst = (slice(top, top + win.y1 - win.y0), slice(left, left + win.x1 - win.x0))
+            x[0][dst] = start[c][ys, xs] * (clusters[ys, xs] == k)
+            w[(slice(None),) + dst] = weights[(slice(None), ys, xs)]
+        walked = yield from make_walker(w, radius)(x, steps)
+        return [walked[0, top : top + win.y1 - win.y0, left : left + win.x1 - win.x0].clone() for win, top, left in placed]
+
+    jobs = [lambda size=size, placed=placed: canvas_walk(size, placed) for size, placed in canvases]
+    before, counter[1] = counter[0], counter[1] + steps * len(canvases)
+    walking = iter_walks(jobs, steps, stage, start.device, threads)
+    while True:
+        try:
+            step = next(walking)
+        except StopIteration as result:
+            parts = result.value
+            break
+        yield Step(stage, before + step.done, counter[1])
+    counter[0] = before + steps * len(canvases)
+    results = {id(win): part for (_, placed), canvas_parts in zip(canvases, parts) for (win, _, _), part in zip(placed, canvas_parts)}
+    return [results[id(win)] for win in windows]
+
+
+def _leaks(win: Window, part: torch.Tensor, level: float, shape: tuple[int, int]) -> bool:
+    """Whether the walked window still holds ``level`` or more on its border ring.
+
+    The walk is an average over neighbourhoods, so what the window lost at its
+    border is at most what the plane holds just outside it; a border ring
+    under ``level`` bounds the error inside by ``level``. Sides on the image
+    border are not checked: no mass leaves there.
+    """
+    h, w = shape
+    rims = []
+    if win.y0 > 0:
+        rims.append(part[0])
+    if win.y1 < h:
+        rims.append(part[-1])
+    if win.x0 > 0:
+        rims.append(part[:, 0])
+    if win.x1 < w:
+        rims.append(part[:, -1])
+    return any(bool((rim >= level).any()) for rim in rims)
+
+
+def _grow(win: Window, shape: tuple[int, int]) -> Window:
+    h, w = shape
+    m = 2 * win.margin if win.margin else 4
+    return Window(win.plane, max(win.y0 - m, 0), min(win.y1 + m, h), max(win.x0 - m, 0), min(win.x1 + m, w), m)
+
+
+def _regrow(
+    windows: list[Window], walked: list[torch.Tensor], small: list[int], shape: tuple[int, int]
+) -> tuple[list[tuple[Window, torch.Tensor]], list[Window]]:
+    """Grow the ``small`` windows; merge them with their plane's other windows.
+
+    Returns the (window, walked) pairs that stay as they were and the new
+    windows to walk.
+    """
+    grown = {i: _grow(windows[i], shape) for i in small}
+    planes = {windows[i].plane for i in small}
+    keep: list[tuple[Window, torch.Tensor]] = []
+    by_plane: dict[int, list[Window]] = {}
+    done: dict[tuple[int, ...], tuple[Window, torch.Tensor]] = {}
+    for i, win in enumerate(windows):
+        if win.plane not in planes:
+            keep.append((win, walked[i]))
+            continue
+        by_plane.setdefault(win.plane, []).append(grown.get(i, win))
+        if i not in grown:
+            done[(win.plane, win.y0, win.y1, win.x0, win.x1)] = (win, walked[i])
+    redo = []
+    for plane, wins in by_plane.items():
+        margin = max(win.margin for win in wins)
+        for box in _merge_boxes([[win.y0, win.y1, win.x0, win.x1] for win in wins]):
+            old = done.get((plane, *box))
+            if old is not None:
+                keep.append(old)
+            else:
+                redo.append(Window(plane, *box, margin))
+    return keep, redo
+
+
+def _full_resolution_argmax(windows: list[Window], walked: list[torch.Tensor], image_shape: tuple[int, int], stride: int = 4) -> Argmax:
+    """Upsample every window ×``stride`` (bilinear) and keep the best plane per pixel."""
+    H, W = image_shape
+    device = walked[0].device if walked else torch.device("cpu")
+    dtype = walked[0].dtype if walked else torch.float32
+    best = torch.full((H, W), -1.0, dtype=dtype, device=device)
+    arg = torch.zeros((H, W), dtype=torch.int32, device=device)
+    gmax = torch.zeros((), dtype=dtype, device=device)
+    for win, part in zip(windows, walked):
+        up = F.interpolate(part[None, None], scale_factor=stride, mode="bilinear", align_corners=False)[0, 0]
+        Y0, X0 = stride * win.y0, stride * win.x0
+        Y1, X1 = min(stride * win.y1, H), min(stride * win.x1, W)
+        up = up[: Y1 - Y0, : X1 - X0]
+        region = best[Y0:Y1, X0:X1]
+        better = up > region
+        best[Y0:Y1, X0:X1] = torch.where(better, up, region)
+        arg[Y0:Y1, X0:X1] = torch.where(better, torch.full_like(arg[Y0:Y1, X0:X1], win.plane), arg[Y0:Y1, X0:X1])
+        gmax = torch.maximum(gmax, up.max())
+    return best, arg, gmax
+
+
+def iter_instance_walk(
+    cams: torch.Tensor,
+    boundary: torch.Tensor,
+    clusters: np.ndarray,
+    image_shape: tuple[int, int],
+    *,
+    beta: float = 10.0,
+    steps: int = 256,
+    radius: int = 5,
+    tolerance: float = 0.01,
+    method: str = "auto",
+    weights: torch.Tensor | None = None,
+    stage: str = "instance walk",
+    memo: dict | None = None,
+) -> StepGenerator[tuple[Argmax | None, WalkPlan]]:
+    """The instance walk and its full-resolution argmax, as a step generator.
+
+    Parameters
+    ----------
+    cams : (C, h, w) tensor
+        Stride-4 class maps of the image's classes.
+    boundary : (h, w) tensor in [0, 1]
+    clusters : (h, w) int array
+        Cluster index 0..K-1 of every grid cell; plane ``c·K + k`` is class
+        ``c`` inside cluster ``k``.
+    image_shape : (H, W) of the full-resolution image
+    beta, steps, radius : the walk's parameters
+    tolerance : float
+        ``walk_tolerance``: mass under this fraction of the maximum is left
+        out, and windows grow until their borders hold less.
+    method : {"auto", "local", "global"}
+        ``"local"``: windows (see the module docstring); ``"global"``: every
+        plane over the whole grid, as the reference does; ``"auto"``: local
+        unless its windows would cover more cells than the global walk.
+    weights : (69, h, w) tensor, optional
+        :func:`~napari_irnet.pipeline.random_walk.transition_weights` of
+        ``boundary`` with this ``beta`` and ``radius``, when already computed.
+    memo : dict, optional
+        Walked windows of an earlier call for the same image, ``beta``,
+        ``steps`` and ``radius`` (the caller keeps it, and empties it when
+        one of those changes): windows with the same class, box and cluster
+        mask are taken from it. It is left holding this call's windows.
+
+    Yields
+    ------
+    :class:`~napari_irnet.progress.Step` after every walk step.
+
+    Returns
+    -------
+    ((best (H, W), plane (H, W), global max) or None when no plane carries
+    mass, :class:`WalkPlan`)
+    """
+    if method not in INSTANCE_WALKS:
+        raise ValueError(f"unknown instance walk method {method!r}; use one of {', '.join(INSTANCE_WALKS)}")
+    boundary = boundary.to(cams.device, cams.dtype)
+    start = cams * (1.0 - boundary)
+    if weights is None:
+        weights = transition_weights(boundary, radius=radius, beta=beta)
+    k_total = int(clusters.max()) + 1 if clusters.size else 0
+    plan = plan_windows(start.cpu().numpy(), clusters, tolerance, int(radius) - 1)
+    if method == "global" or (method == "auto" and plan.window_cells >= plan.global_cells):
+        plan.method = "global"
+        planes = instance_cams(start, clusters)
+        walked = yield from iter_transition(planes, weights, steps, radius, stage=stage)
+        return (upsampled_argmax(walked, image_shape) if walked.shape[0] else None), plan
+    if not plan.windows:
+        return None, plan
+    cluster_map = torch.from_numpy(np.ascontiguousarray(clusters)).to(cams.device)
+    counter = [0, 0, 0]  # steps done, steps planned, windows walked
+    fresh: dict = {}
+    earlier = memo if memo is not None else {}
+    walk = lambda wins: _walk_windows(wins, start, cluster_map, weights, steps, radius, k_total, counter, stage, earlier, fresh)  # noqa: E731
+    windows, walked = yield from _walk_and_grow(plan, walk, tolerance, tuple(boundary.shape))
+    plan.windows, plan.walked = windows, counter[2]
+    plan.reused = sum(key in earlier for key in fresh)
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
+    return _full_resolution_argmax(windows, walked, image_shape), plan
+
+
+def _walk_and_grow(plan: WalkPlan, walk, tolerance: float, shape: tuple[int, int]) -> StepGenerator[tuple[list[Window], list[torch.Tensor]]]:
+    """Walk the plan's windows, then grow and walk again those that leak, until none does."""
+    windows = plan.windows
+    walked = yield from walk(windows)
+    while True:
+        level = tolerance * max(float(part.max()) for part in walked)
+        small = [i for i, (win, part) in enumerate(zip(windows, walked)) if win.area < plan.grid_cells and _leaks(win, part, level, shape)]
+        if not small:
+            return windows, walked
+        plan.rounds += 1
+        plan.grown += len(small)
+        pairs, redo = _regrow(windows, walked, small, shape)
+        again = yield from walk(redo)
+        pairs += list(zip(redo, again))
+        pairs.sort(key=lambda pair: (pair[0].plane, pair[0].y0, pair[0].x0))
+        windows, walked = [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def instance_walk_argmax(*args, progress: Callable[[Step], None] | None = None, **kwargs) -> tuple[Argmax | None, WalkPlan]:
+    """:func:`iter_instance_walk` run to the end; ``progress(step)`` after every step."""
+    return run_steps(iter_instance_walk(*args, **kwargs), progress)

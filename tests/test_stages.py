@@ -1,0 +1,141 @@
+"""Post-processing stages on constructed inputs whose right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_irnet.pipeline.stages import (
+    IGNORE,
+    assign_instances,
+    cam_class_map,
+    centroid_points,
+    cluster_centroids,
+    find_centroids,
+    instance_cams,
+    seeds_from_cams,
+    semantic_from_walk,
+)
+
+CENTRES = np.array([[5.0, 6.0], [22.0, 8.0], [14.0, 25.0]])
+
+
+def _field_to_centres(shape=(30, 32)):
+    """Each pixel points at its nearest of three centres (Voronoi partition)."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    dist = np.stack([(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in CENTRES])
+    owner = dist.argmin(0)
+    disp = np.stack([CENTRES[owner, 0] - yy, CENTRES[owner, 1] - xx]).astype(np.float32)
+    return disp, owner
+
+
+def test_centroids_reach_their_centres():
+    disp, owner = _field_to_centres()
+    cen = find_centroids(disp, steps=20)
+    for k, (cy, cx) in enumerate(CENTRES):
+        ys, xs = cen[0][owner == k], cen[1][owner == k]
+        assert np.all(ys == cy) and np.all(xs == cx)
+
+
+def test_three_centres_give_three_clusters():
+    disp, owner = _field_to_centres()
+    clusters = cluster_centroids(find_centroids(disp, 300), disp, 2.5)
+    assert clusters.max() + 1 == 3
+    for k in range(3):
+        assert len(np.unique(clusters[owner == k])) == 1
+    assert len({int(np.unique(clusters[owner == k])[0]) for k in range(3)}) == 3
+    pts = centroid_points(find_centroids(disp, 300), clusters)
+    found = sorted(map(tuple, np.round(pts).astype(int)))
+    assert found == sorted(map(tuple, CENTRES.astype(int)))
+
+
+def test_pixels_landing_off_centre_share_one_extra_cluster():
+    disp, owner = _field_to_centres()
+    # a region whose field points at nothing weak: a constant strong push to the border
+    disp[:, :4, 28:] = np.array([-10.0, 10.0])[:, None, None]
+    clusters = cluster_centroids(find_centroids(disp, 300), disp, 2.5)
+    assert clusters.max() + 1 == 4
+    assert len(np.unique(clusters[:4, 28:])) == 1
+
+
+def test_seeds_thresholds_and_ignore():
+    cams = np.zeros((2, 4, 6), np.float32)
+    cams[0, :, :2] = 0.9  # confident class-a
+    cams[1, :, 2:4] = 0.2  # between the thresholds: ignore
+    cams[1, 0, 4] = 0.5  # confident class-b
+    seeds = seeds_from_cams(cams, class_ids=[3, 7], fg_threshold=0.3, bg_threshold=0.05, use_crf=False)
+    assert (seeds[:, :2] == 4).all()
+    assert (seeds[:, 2:4] == IGNORE).all()
+    assert seeds[0, 4] == 8
+    assert (seeds[1:, 4:] == 0).all()
+
+
+def test_instance_cams_split_by_cluster():
+    cams = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])
+    clusters = np.array([[0, 1], [1, 0]])
+    out = instance_cams(cams, clusters)
+    assert out.shape == (4, 2, 2)
+    assert torch.equal(out[0], torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    assert torch.equal(out[3], torch.tensor([[0.0, 6.0], [7.0, 0.0]]))
+
+
+def test_assign_instances_components_scores_and_fragments():
+    walk = torch.zeros(2, 8, 8)
+    walk[0, 1:3, 1:3] = 1.0  # plane 0: one block
+    walk[1, 5:7, 1:3] = 0.6  # plane 1: two separate blocks
+    walk[1, 5:7, 5:7] = 0.5
+    res = assign_instances(walk, plane_classes=[2, 4], image_shape=(32, 32), bg_threshold=0.25, min_fragment_fraction=0.0)
+    assert res.labels.shape == (32, 32) and res.labels.max() == 3 == len(res.records)
+    by_class = sorted((r["class_id"], round(r["score"], 3)) for r in res.records)
+    assert by_class[0] == (2, 1.0)
+    assert [c for c, _ in by_class] == [2, 4, 4]
+    assert 0.4 < by_class[1][1] <= 0.6 and 0.4 < by_class[2][1] <= 0.6
+    for r in res.records:
+        x0, y0, x1, y1 = r["bbox"]
+        mask = res.labels == r["id"]
+        assert mask.sum() == r["area"]
+        ys, xs = np.nonzero(mask)
+        assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) == (y0, x0, y1, x1)
+    # the same with a large minimum fragment: everything scored 0 but kept
+    res = assign_instances(walk, [2, 4], (32, 32), 0.25, min_fragment_fraction=0.5)
+    assert len(res.records) == 3 and all(r["score"] == 0.0 for r in res.records)
+
+
+def test_semantic_from_walk_background_threshold():
+    walk = torch.zeros(2, 4, 4)
+    walk[0, :2] = 1.0
+    walk[1, 2:, :2] = 0.5
+    walk[1, 2:, 2:] = 0.1
+    sem = semantic_from_walk(walk, class_ids=[0, 5], image_shape=(16, 16), bg_threshold=0.25)
+    assert sem[0, 0] == 1 and sem[15, 0] == 6 and sem[15, 15] == 0
+
+
+def test_cam_class_map():
+    cams = np.zeros((2, 3, 3), np.float32)
+    cams[0, 0] = 0.5
+    cams[1, 2] = 0.1
+    out = cam_class_map(cams, [1, 2], threshold=0.15)
+    assert (out[0] == 2).all() and (out[1] == 0).all() and (out[2] == 0).all()
+
+
+def test_centroids_in_chunks_equal_the_whole_grid_at_once():
+    # pixels move independently: any chunking gives the same final positions
+    rng = np.random.default_rng(5)
+    field = rng.normal(0, 1.5, (2, 13, 17)).astype(np.float32)
+    whole = find_centroids(field, 40, chunk=10**9)
+    np.testing.assert_array_equal(find_centroids(field, 40, chunk=7), whole)
+    assert whole.shape == (2, 13, 17) and whole.dtype == np.int32
+    assert 0 <= whole[0].min() and whole[0].max() <= 12 and whole[1].max() <= 16
+
+
+def test_seeds_of_a_large_image_are_decided_in_bands_with_the_same_result():
+    # 3 maps of 1500 x 1000 exceed one band (4 Mi values): the rows are split, the rule is not
+    rng = np.random.default_rng(3)
+    cams = rng.random((3, 1500, 1000), dtype=np.float32) ** 3
+    seeds = seeds_from_cams(cams, [0, 2, 4], 0.30, 0.05, use_crf=False)
+    keys = np.array([0, 1, 3, 5])
+    fg = keys[np.argmax(np.concatenate([np.full((1, 1500, 1000), 0.30, np.float32), cams]), axis=0)]
+    bg = keys[np.argmax(np.concatenate([np.full((1, 1500, 1000), 0.05, np.float32), cams]), axis=0)]
+    expected = np.where(fg > 0, fg, np.where(bg == 0, 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(seeds, expected)
+    assert set(np.unique(seeds)) == {0, 1, 3, 5, 255}
