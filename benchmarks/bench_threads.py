@@ -11,7 +11,7 @@ fresh process, alone and beside a second process that keeps one core busy:
   before they sleep): what napari-irnet did before;
 - *OpenMP, passive wait*: the same with ``OMP_WAIT_POLICY=PASSIVE``;
 - *side by side*: the walks in 2 Python threads of one torch thread each
-  (:func:`napari_irnet.core.random_walk.iter_walks`): what it does now.
+  (:func:`napari_irnet.pipeline.random_walk.iter_walks`): what it does now.
 
 Prints seconds (wall clock) and processor seconds of the walking process.
 """
@@ -40,8 +40,8 @@ def _child(mode: str, grid: int, walks: int, steps: int) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from napari_irnet.core.progress import run_steps
-    from napari_irnet.core.random_walk import apply_transition, iter_walks, make_walker, transition_weights
+    from napari_irnet.progress import run_steps
+    from napari_irnet.pipeline.random_walk import apply_transition, iter_walks, make_walker, transition_weights
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
