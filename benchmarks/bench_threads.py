@@ -40,8 +40,8 @@ def _child(mode: str, grid: int, walks: int, steps: int) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from napari_irnet.progress import run_steps
     from napari_irnet.pipeline.random_walk import apply_transition, iter_walks, make_walker, transition_weights
+    from napari_irnet.progress import run_steps
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
