@@ -72,16 +72,18 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
     from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 
     classes, items = load_consep(data, "test", long_side, limit)
-    cam_files = sorted(cache_dir.glob("cams_test_*.pt"))
-    if not cam_files:
+    if not sorted(cache_dir.glob("cams_test_*.pt")):
         raise SystemExit(f"{cache_dir}: no cams_test_*.pt: run bench_quality.py --dataset consep first")
-    cams = torch.load(cam_files[0], weights_only=True)
     rows = []
     for irn_file in sorted(cache_dir.glob("irn_*_test.pt")):
         name = irn_file.stem.removeprefix("irn_").removesuffix("_test")
         checkpoint = cache_dir / f"irn_{name}.pt"
         if not checkpoint.is_file():
             continue
+        # the upper bound's IRNet goes with its own CAMs (trained from masks), as in bench_quality
+        cam_files = sorted(cache_dir.glob("cams_full_test_*.pt")) if name.startswith("full") else []
+        cam_files = cam_files or sorted(cache_dir.glob("cams_test_*.pt"))
+        cams = torch.load(cam_files[0], weights_only=True)
         params = load_checkpoint(checkpoint).params
         irn = torch.load(irn_file, weights_only=True)
         scorers = {m: Scorer(len(classes)) for m in ("global", "local")}
@@ -101,7 +103,7 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
                 counts[m] += len(pred.instances.records)
                 seconds[m] += sec
         ap = {m: 100 * scorers[m].result()["mAP"][0.5] for m in scorers}
-        rows.append(f"| CoNSeP test, {len(items)} patches at {long_side} px, IRNet {name} | {counts['local']} / {counts['global']} | "
+        rows.append(f"| CoNSeP test, {len(items)} patches at {long_side} px, IRNet {name}, {cam_files[0].stem} | {counts['local']} / {counts['global']} | "
                     f"{100 * agree / total:.3f} % | {ap['local']:.2f} / {ap['global']:.2f} | {seconds['local']:.1f} / {seconds['global']:.1f} |")  # fmt: skip
         print(rows[-1], flush=True)
     return rows
