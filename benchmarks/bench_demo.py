@@ -40,7 +40,7 @@ GRID = {
     "cluster_threshold": (1.0, 1.5, 2.5),
     "instance_bg_threshold": (0.25, 0.4, 0.55),
     "semantic_bg_threshold": (0.25, 0.4),
-}
+}  # fmt: skip
 
 
 def outputs_of(model, items, params, device, out: Path, key: str) -> dict:
@@ -61,16 +61,54 @@ def score(items, sources, params, classes, device) -> dict:
     return r
 
 
+def score_grid(items, sources, params_list, classes, device) -> list[dict]:
+    """The weak pipeline's scores for every ``Params`` of ``params_list``, one StageCache per image.
+
+    The cache recomputes only the stages a parameter change touches, so
+    thresholds after the walk cost little; ordering the list by the walk's
+    inputs (cluster threshold first) keeps the walks few.
+    """
+    from napari_irnet.core.inference import CAMOutput, IRNetOutput
+    from napari_irnet.core.pipeline import NetworkOutputs
+    from napari_irnet.core.session import StageCache
+
+    scorers = [bq.Scorer(len(classes)) for _ in params_list]
+    for it in items:
+        strided, high = (t.float() for t in sources["cams_weak"][it.name])
+        boundary, disp = (t.float() for t in sources["irn_weak"][it.name])
+        outputs = NetworkOutputs(it.image.shape[:2], CAMOutput(np.asarray(it.class_ids), strided, high), IRNetOutput(boundary, disp))
+        cache = StageCache(outputs, params_list[0], None, device)
+        for scorer, params in zip(scorers, params_list):
+            pred = cache.update(params)
+            scorer.add(it, pred.semantic, pred.instances)
+    return [s.result() for s in scorers]
+
+
 def choose(items, sources, base, classes, device, grid: dict) -> tuple:
     """The grid point with the best mAP^r 0.5 on ``items`` (ties: higher mAP^r 0.7); returns (params, rows)."""
-    rows = []
-    for values in itertools.product(*grid.values()):
-        params = base.replace(**dict(zip(grid, values)))
-        r = score(items, sources, params, classes, device)
-        rows.append((dict(zip(grid, values)), r))
-        bo._log(f"validation {dict(zip(grid, values))}: mAP^r 0.5 {r['mAP'][0.5]:.3f}, 0.7 {r['mAP'][0.7]:.3f}, mIoU {r['mIoU']:.3f}")
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    results = score_grid(items, sources, [base.replace(**p) for p in points], classes, device)
+    for p, r in zip(points, results):
+        bo._log(f"validation {p}: mAP^r 0.5 {r['mAP'][0.5]:.3f}, 0.7 {r['mAP'][0.7]:.3f}, mIoU {r['mIoU']:.3f}")
+    rows = list(zip(points, results))
     best = max(rows, key=lambda row: (round(row[1]["mAP"][0.5], 4), row[1]["mAP"][0.7]))
     return base.replace(**best[0]), rows
+
+
+def seed_diagnostics(model, n: int, device) -> dict:
+    """bench_quality's seed quality of the first ``n`` training images (the seeds IRNet learnt from)."""
+    from napari_irnet import demo
+    from napari_irnet.core.inference import compute_cams
+    from napari_irnet.core.postprocess import seeds_from_cams
+
+    recipe = demo.training_recipe(model)
+    items = bo.synthetic_items(min(n, recipe["n_images"]), recipe["seed"], "train", demo.DEMO_SHAPE, demo.DEMO_SCALE)
+    p = model.params
+    seeds = []
+    for it in items:
+        cams = compute_cams(model.cam, it.image, it.class_ids, p, device)
+        seeds.append(seeds_from_cams(cams.high_res, it.class_ids, p.seed_fg_threshold, p.seed_bg_threshold, it.image, p.use_crf))
+    return bq.seed_quality(items, seeds)
 
 
 def line(name: str, r: dict) -> str:
@@ -87,6 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-val", type=int, default=48)
     ap.add_argument("--n-test", type=int, default=96)
     ap.add_argument("--seed-fg-threshold", type=float, help="the seeds of IRNet's training (default: the recipe's Params)")
+    ap.add_argument("--cam-scales", type=float, nargs="+", help="CAM scales of the seeds and of inference (default: the recipe's Params)")
     ap.add_argument("--cam-from", type=Path, help="reuse this model's CAM network (train IRNet only), e.g. to compare seeds with and without the CRF")
     ap.add_argument("--tag", default="", help="suffix of the output folder")
     ap.add_argument("--no-grid", action="store_true", help="score with the recipe's parameters only")
@@ -105,6 +144,8 @@ def main(argv=None) -> int:
     params = demo.demo_params()
     if args.seed_fg_threshold is not None:
         params = params.replace(seed_fg_threshold=args.seed_fg_threshold)
+    if args.cam_scales:
+        params = params.replace(cam_scales=tuple(args.cam_scales))
     tag = ("" if args.seed_fg_threshold is None else f"_fg{args.seed_fg_threshold:g}") + (f"_{args.tag}" if args.tag else "")
     out = args.out or ROOT / "bench_output" / "demo" / f"{args.recipe}{tag}"
     out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +159,7 @@ def main(argv=None) -> int:
         model = demo.train(path, recipe, str(device), params, cam_from)
     minutes = sum(h.get("seconds", 0) for h in model.history) / 60
     bo._log(f"model: {recipe.n_images} training images, trained in {minutes:.1f} min")
+    bo._log("seeds of 24 training images: " + ", ".join(f"{k} {v:.3f}" for k, v in seed_diagnostics(model, 24, device).items()))
     shape, scale = demo.DEMO_SHAPE, demo.DEMO_SCALE
     val = bo.synthetic_items(args.n_val, demo.VALIDATION_SEED, "val", shape, scale)
     test = bo.synthetic_items(args.n_test, demo.TEST_SEED, "test", shape, scale)

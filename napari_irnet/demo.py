@@ -16,56 +16,107 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 REPO_SAMPLES = Path(__file__).resolve().parent.parent / "sample_data" / "cells"
-#: the checkpoint shipped in the package (made from a demo run, see docs/make_demo_checkpoint.py)
+#: the checkpoint shipped in the package (made by benchmarks/bench_demo.py and docs/make_demo_checkpoint.py)
 BUNDLED_MODEL = Path(__file__).resolve().parent / "data" / "demo_model.pt"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 #: synthetic cells of the demo: 256 px images, objects 2.5 times the generator's base size, so
 #: that a cell spans several cells of IRNet's stride-4 grid (smaller cells merge in the displacement field)
 DEMO_SHAPE = (256, 256)
 DEMO_SCALE = 2.5
+#: generator seeds: training images, validation images (post-processing chosen on them) and the
+#: held-out test images of the benchmarks; the six samples use 2026
+TRAIN_SEED, VALIDATION_SEED, TEST_SEED = 1, 5, 7
 
 
-def demo_train_params():
-    from .core.params import TrainParams
+@dataclass(frozen=True)
+class Recipe:
+    """How a demo model is trained, from image-level labels only."""
 
-    # From scratch on 256 px images: ordinary SGD momentum and a lower rate than
-    # the reference's ImageNet fine-tuning recipe.
-    return TrainParams(
-        cam_epochs=15, cam_batch_size=8, cam_learning_rate=0.05, cam_crop_size=256, cam_resize_long=(230, 281),
-        irn_epochs=20, irn_batch_size=8, irn_learning_rate=0.05, irn_crop_size=256, irn_rescale=(0.9, 1.1),
-        momentum=0.9,
-    )  # fmt: skip
+    name: str
+    backbone: str
+    weights: str | None
+    n_images: int
+    train: dict
+    #: mAP^r at IoU 0.5 this recipe scored on held-out synthetic images (BENCHMARKS.md), for the message
+    expected: str
+    #: training time on 2 CPU cores, for the message
+    minutes: str
+
+
+RECIPES = {
+    # the bundled model (benchmarks/bench_demo.py --recipe bundled): ImageNet EfficientNet-Lite0
+    "bundled": Recipe(
+        "bundled", "efficientnet_lite0", "imagenet", 480,
+        dict(cam_epochs=6, cam_batch_size=16, cam_learning_rate=0.01, cam_crop_size=256, cam_resize_long=(230, 281),
+             irn_epochs=6, irn_batch_size=16, irn_learning_rate=0.05, irn_crop_size=256, irn_rescale=(0.9, 1.1), momentum=0.9),
+        "measured in BENCHMARKS.md", "about an hour",
+    ),
+    # `--retrain`: the same backbone, fewer images and steps (about 10 minutes on 2 CPU cores)
+    "quick": Recipe(
+        "quick", "efficientnet_lite0", "imagenet", 96,
+        dict(cam_epochs=8, cam_batch_size=16, cam_learning_rate=0.01, cam_crop_size=256, cam_resize_long=(230, 281),
+             irn_epochs=12, irn_batch_size=16, irn_learning_rate=0.05, irn_crop_size=256, irn_rescale=(0.9, 1.1), momentum=0.9),
+        "measured in BENCHMARKS.md", "about 10 minutes",
+    ),
+}  # fmt: skip
 
 
 def demo_params():
+    """Post-processing of the demo (chosen on the validation images by benchmarks/bench_demo.py)."""
     from .core.params import Params
 
-    # cells are small: keep fragments down to 0.1% of the image; a higher instance
-    # background level than the paper's 0.25 (chosen on held-out synthetic images:
-    # mAP^r 0.5 0.21 against 0.20, 0.25 0.60 against 0.52)
+    # cells are small: keep fragments down to 0.1% of the image
     return Params(cam_scales=(1.0, 0.5, 1.5), min_fragment_fraction=0.001, instance_bg_threshold=0.4)
 
 
-def train(out: Path, n_images: int = 48, device: str = "auto"):
-    """Train both networks on synthetic images; returns the model."""
+def training_recipe(model) -> dict:
+    """How a demo model's training images were drawn: ``{"n_images", "seed"}`` (from its history)."""
+    for h in model.history:
+        if h.get("stage") == "demo":
+            return {"n_images": int(h.get("n_images", 48)), "seed": int(h.get("seed", TRAIN_SEED))}
+    return {"n_images": 48, "seed": TRAIN_SEED}
+
+
+def training_images(n_images: int, seed: int = TRAIN_SEED):
+    """The demo's training images with their image-level labels (:class:`~napari_irnet.core.training.LabelledImage`)."""
+    from .core.synthetic import CLASS_NAMES, make_dataset
+    from .core.training import LabelledImage
+
+    samples = make_dataset(n_images, shape=DEMO_SHAPE, seed=seed, prefix="train", scale=DEMO_SCALE)
+    return [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]
+
+
+def train(out: Path, recipe: Recipe | str = "quick", device: str = "auto", params=None, cam_from=None):
+    """Train both networks on synthetic images from their image-level labels; saves and returns the model.
+
+    ``cam_from``: a model whose trained CAM network is reused (only IRNet is
+    trained, on seeds from those CAMs), e.g. to compare seed settings.
+    """
     from ._cli_progress import progress_iter, track_training
     from .core.checkpoint import new_irnet, new_model, save_checkpoint
-    from .core.synthetic import CLASS_NAMES, make_dataset
-    from .core.training import LabelledImage, make_seeds, train_cam, train_irn
+    from .core.params import TrainParams
+    from .core.synthetic import CLASS_NAMES
+    from .core.training import make_seeds, train_cam, train_irn
 
-    samples = make_dataset(n_images, shape=DEMO_SHAPE, seed=1, prefix="train", scale=DEMO_SCALE)
-    items = [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]
-    model = new_model(list(CLASS_NAMES), "tiny")
-    model.train_params, model.params = demo_train_params(), demo_params()
-    model.history.append({"stage": "demo", "recipe_version": RECIPE_VERSION})
-    track_training(train_cam(model, items, device=device), "train CAM")
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    items = training_images(recipe.n_images)
+    model = new_model(list(CLASS_NAMES), recipe.backbone, recipe.weights)
+    model.train_params, model.params = TrainParams(**recipe.train), params or demo_params()
+    model.history.append({"stage": "demo", "recipe_version": RECIPE_VERSION, "recipe": recipe.name,
+                          "n_images": recipe.n_images, "seed": TRAIN_SEED})  # fmt: skip
+    if cam_from is None:
+        track_training(train_cam(model, items, device=device), "train CAM")
+    else:
+        model.cam = cam_from.cam
+        model.history += [h for h in cam_from.history if h.get("stage") == "cam"]
     seeds = [s for _, s in progress_iter(make_seeds(model, items, device=device), len(items), "seeds")]
-    model.irn = new_irnet(model, "cam")
+    model.irn = new_irnet(model, "cam" if recipe.weights is None else recipe.weights)
     track_training(train_irn(model, items, seeds, device=device), "train IRNet")
     save_checkpoint(model, out)
     return model
@@ -77,26 +128,10 @@ def _recipe_ok(model) -> bool:
 
 def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto"):
     """Train (or reuse) the demo model, predict the samples, write and score them."""
-    from .core.checkpoint import CheckpointError, load_checkpoint
     from .core.io import read_image, read_label_image, read_labels, write_class_legend, write_instance_tiff, write_instances_json, write_semantic_png
     from .core.pipeline import predict
 
-    ckpt = out / "model.pt"
-    model = None
-    for candidate in () if retrain else (ckpt, BUNDLED_MODEL):
-        if not candidate.is_file():
-            continue
-        try:
-            model = load_checkpoint(candidate)
-        except CheckpointError as exc:
-            print(f"not using {candidate}: {exc}")
-            continue
-        if _recipe_ok(model):
-            print(f"using {candidate} (--retrain to train a new one, a few minutes on 2 CPU cores)")
-            break
-        model = None
-    if model is None:
-        model = train(ckpt, device=device)
+    model = _load_or_train(out / "model.pt", retrain, device)
     labels = read_labels(samples_dir / "labels.csv", samples_dir / "images", classes=model.classes)
     pred_dir = out / "predictions"
     write_class_legend(pred_dir, model.classes)  # the semantic maps are in the model's class order
@@ -118,8 +153,38 @@ def run(samples_dir: Path, out: Path, retrain: bool = False, device: str = "auto
         n_gt = int(gt.max())
         print(f"{stem:<12} {';'.join(names):<22} {n_gt:>7} {len(pred.instances.records):>5} {matched:>11} {fg_iou:>8.3f}")
         results.append((stem, image, outputs, pred, gt))
-    print(f"\nresults in {pred_dir.resolve()}")
+    print()
+    print(_score_table(pred_dir, samples_dir))
+    print(f"results in {pred_dir.resolve()}")
     return model, results
+
+
+def _load_or_train(ckpt: Path, retrain: bool, device: str):
+    """The demo model: ``ckpt`` from an earlier ``--retrain``, else the bundled one; trained (quick recipe) when neither loads."""
+    from .core.checkpoint import CheckpointError, load_checkpoint
+
+    for candidate in () if retrain else (ckpt, BUNDLED_MODEL):
+        if not candidate.is_file():
+            continue
+        try:
+            model = load_checkpoint(candidate)
+        except CheckpointError as exc:
+            print(f"not using {candidate}: {exc}")
+            continue
+        if _recipe_ok(model):
+            print(f"using {candidate} (--retrain trains a new one with the quick recipe, {RECIPES['quick'].minutes} on 2 CPU cores)")
+            return model
+    quick = RECIPES["quick"]
+    print(f"training the demo model from image-level labels ({quick.n_images} synthetic images, {quick.minutes} on 2 CPU cores; "
+          f"expected on held-out images: {quick.expected})")  # fmt: skip
+    return train(ckpt, quick, device)
+
+
+def _score_table(pred_dir: Path, samples_dir: Path) -> str:
+    """mAP^r (VOC protocol) and mIoU of the written predictions against the samples' ground truth."""
+    from .core.evaluate import evaluate_folder, format_table
+
+    return format_table(evaluate_folder(pred_dir, samples_dir, gt_format="labels"))
 
 
 def _matched(gt: np.ndarray, pred: np.ndarray) -> int:
