@@ -289,18 +289,21 @@ def run_consep(args, device) -> tuple:
     data_dir = args.data or ROOT.parent / "shared" / "data" / "consep"
     if not data_dir.is_dir():
         raise SystemExit(0)
+    classes, train = bq.load_consep(data_dir, "train", 512)
+    _, test = bq.load_consep(data_dir, "test", 512, args.test_limit)
+    data = [LabelledImage(it.name, it.image, it.class_ids) for it in train]
+    _log(f"consep: {len(train)} training patches, {len(test)} test patches")
+    if args.train_only:  # the oracle IRNet needs only the CAM network's settings: train it while bench_quality runs
+        template = _consep_template(qdir)
+        train_oracle_irn(template, data, [gt_seed_map(it) for it in train], qdir / "irn_gtseeds.pt", False, device, "gtseeds")
+        raise SystemExit(0)
     for name in ("irn_weak.pt", "irn_full.pt", "cam_full.pt"):
         if not (qdir / name).is_file():
             raise SystemExit(f"{qdir / name} is missing: run benchmarks/bench_quality.py --dataset consep first")
     weak = load_checkpoint(qdir / "irn_weak.pt")
     params = weak.params
-    long_side = 512
-    classes, train = bq.load_consep(data_dir, "train", long_side)
-    _, test = bq.load_consep(data_dir, "test", long_side, args.test_limit)
     if weak.classes != classes:
         raise SystemExit(f"{qdir / 'irn_weak.pt'}: classes {weak.classes}, the data's {classes}")
-    _log(f"consep: {len(train)} training patches, {len(test)} test patches")
-    data = [LabelledImage(it.name, it.image, it.class_ids) for it in train]
     nets = {"weak": weak, "full": load_checkpoint(qdir / "irn_full.pt")}
     if "gtseeds" in args.needs:
         nets["gtseeds"] = train_oracle_irn(weak, data, [gt_seed_map(it) for it in train], qdir / "irn_gtseeds.pt", False, device, "gtseeds")
@@ -313,6 +316,16 @@ def run_consep(args, device) -> tuple:
     for key, net in nets.items():
         sources[f"irn_{key}"] = bq.get_irn_outputs(net, test, params, device, qdir / f"irn_{key}_test.pt", timings, f"{key}_test")
     return classes, test, sources, params, qdir / "oracles"
+
+
+def _consep_template(qdir: Path):
+    """bench_quality's weak CoNSeP model as far as it exists (``cam.pt`` with its default budgets and Params)."""
+    from napari_irnet.core.checkpoint import load_checkpoint
+
+    qargs = bq.parse_args(["--dataset", "consep"])
+    model = load_checkpoint(qdir / "cam.pt")
+    model.train_params, model.params = bq.train_params(qargs), bq.make_params(qargs)
+    return model
 
 
 def parse_args(argv=None):
@@ -328,6 +341,7 @@ def parse_args(argv=None):
     ap.add_argument("--variants", nargs="+", help="names of the rows to run (default: all)")
     ap.add_argument("--cluster-threshold", type=float, help="override the checkpoint's Params")
     ap.add_argument("--instance-bg-threshold", type=float, help="override the checkpoint's Params")
+    ap.add_argument("--train-only", action="store_true", help="consep: train the IRNet from the true seeds and stop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
