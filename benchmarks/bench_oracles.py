@@ -33,8 +33,11 @@ samples.
 CoNSeP: the weak and upper-bound networks, their CAMs and IRNet outputs come
 from ``bench_quality.py``'s cache (``--quality-dir``, default
 ``bench_output/quality/consep_512``: run ``bench_quality.py --dataset consep``
-first); only the IRNet from the true seeds is trained here, with the same
-budget, and cached there as ``irn_gtseeds.pt``.
+first; ``--train-only`` trains the IRNet from the true seeds as soon as its
+``cam.pt`` exists); only the IRNet from the true seeds is trained here, with
+the same budget, and cached there as ``irn_gtseeds.pt``; the per-image
+outputs and the tables go to its ``oracles/`` folder. Without ``cam_full.pt``
+the row of the upper bound's CAMs is left out.
 """
 
 from __future__ import annotations
@@ -297,7 +300,7 @@ def run_consep(args, device) -> tuple:
         template = _consep_template(qdir)
         train_oracle_irn(template, data, [gt_seed_map(it) for it in train], qdir / "irn_gtseeds.pt", False, device, "gtseeds")
         raise SystemExit(0)
-    for name in ("irn_weak.pt", "irn_full.pt", "cam_full.pt"):
+    for name in ("irn_weak.pt", "irn_full.pt"):
         if not (qdir / name).is_file():
             raise SystemExit(f"{qdir / name} is missing: run benchmarks/bench_quality.py --dataset consep first")
     weak = load_checkpoint(qdir / "irn_weak.pt")
@@ -309,13 +312,16 @@ def run_consep(args, device) -> tuple:
         nets["gtseeds"] = train_oracle_irn(weak, data, [gt_seed_map(it) for it in train], qdir / "irn_gtseeds.pt", False, device, "gtseeds")
     cam_key = "_".join(f"{s:g}" for s in params.cam_scales)
     timings: dict = {}
-    sources = {
-        "cams_weak": bq.get_cams(weak, test, params, device, qdir / f"cams_test_{cam_key}.pt", timings, "test"),
-        "cams_masks": bq.get_cams(load_checkpoint(qdir / "cam_full.pt"), test, params, device, qdir / f"cams_full_test_{cam_key}.pt", timings, "full_test"),
-    }
+    cache = qdir / "oracles"  # its own per-image caches: bench_quality may be writing its own at the same time
+    cache.mkdir(parents=True, exist_ok=True)
+    n = f"{len(test)}"
+    sources = {"cams_weak": bq.get_cams(weak, test, params, device, cache / f"cams_test_{cam_key}_{n}.pt", timings, "test")}
+    if (qdir / "cam_full.pt").is_file():
+        cam_full = load_checkpoint(qdir / "cam_full.pt")
+        sources["cams_masks"] = bq.get_cams(cam_full, test, params, device, cache / f"cams_full_test_{cam_key}_{n}.pt", timings, "full_test")
     for key, net in nets.items():
-        sources[f"irn_{key}"] = bq.get_irn_outputs(net, test, params, device, qdir / f"irn_{key}_test.pt", timings, f"{key}_test")
-    return classes, test, sources, params, qdir / "oracles"
+        sources[f"irn_{key}"] = bq.get_irn_outputs(net, test, params, device, cache / f"irn_{key}_test_{n}.pt", timings, f"{key}_test")
+    return classes, test, sources, params, cache
 
 
 def _consep_template(qdir: Path):
@@ -326,6 +332,31 @@ def _consep_template(qdir: Path):
     model = load_checkpoint(qdir / "cam.pt")
     model.train_params, model.params = bq.train_params(qargs), bq.make_params(qargs)
     return model
+
+
+def consep_seed_quality(args) -> None:
+    """Seed quality of every 8th CoNSeP training patch from bench_quality's cached CAMs: no refinement,
+    the segment vote and (when pydensecrf is installed) the dense CRF, at foreground thresholds 0.3 and 0.5."""
+    import torch
+
+    import napari_irnet.core.postprocess as pp
+
+    qdir = args.quality_dir or ROOT / "bench_output" / "quality" / "consep_512"
+    _, train = bq.load_consep(args.data or ROOT.parent / "shared" / "data" / "consep", "train", 512)
+    items = train[::8]
+    cams = torch.load(qdir / "cams_train_1.pt", weights_only=True)
+    crf = pp._dense_crf(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.int64), 1) is not None
+    dense = pp._dense_crf
+    for fg in (0.3, 0.5):
+        for how in ("none", "segment vote", "dense CRF"):
+            if how == "dense CRF" and not crf:
+                continue
+            pp._dense_crf = dense if how == "dense CRF" else (lambda image, labels, n: None)
+            t0 = time.perf_counter()
+            seeds = [pp.seeds_from_cams(cams[it.name][1].float(), it.class_ids, fg, 0.05, it.image, how != "none") for it in items]
+            q = bq.seed_quality(items, seeds)
+            _log(f"{how}, fg {fg}: {(time.perf_counter() - t0) / len(items):.2f} s per patch, " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()))
+    pp._dense_crf = dense
 
 
 def parse_args(argv=None):
@@ -341,6 +372,7 @@ def parse_args(argv=None):
     ap.add_argument("--variants", nargs="+", help="names of the rows to run (default: all)")
     ap.add_argument("--cluster-threshold", type=float, help="override the checkpoint's Params")
     ap.add_argument("--instance-bg-threshold", type=float, help="override the checkpoint's Params")
+    ap.add_argument("--seed-quality", action="store_true", help="consep: the seeds' quality with each refinement, then stop")
     ap.add_argument("--train-only", action="store_true", help="consep: train the IRNet from the true seeds and stop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -368,6 +400,9 @@ def main(argv=None) -> int:
     from napari_irnet.core.io import json_ready, write_json
 
     device = resolve_device(args.device)
+    if args.seed_quality:
+        consep_seed_quality(args)
+        return 0
     t0 = time.perf_counter()
     classes, items, sources, params, out = (run_synthetic if args.dataset == "synthetic" else run_consep)(args, device)
     changes = {k: getattr(args, k) for k in ("cluster_threshold", "instance_bg_threshold") if getattr(args, k) is not None}
