@@ -1,11 +1,12 @@
 """Make the demo checkpoint bundled with the plugin (``napari_irnet/data/demo_model.pt``).
 
-    python -m napari_irnet.demo --no-viewer       # trains demo_output/model.pt (a few minutes on 2 CPU cores)
-    python docs/make_demo_checkpoint.py [demo_output/model.pt]
+    python benchmarks/bench_demo.py --recipe quick   # trains, chooses Params on validation images, scores test images
+    python docs/make_demo_checkpoint.py [bench_output/demo/quick/model_chosen.pt]
 
-The demo model (tiny backbone, trained from scratch on synthetic cells from
-image-level labels only) is copied with its floating-point weights stored as
-float16 to halve the file; loading casts them back to float32.
+The demo model (EfficientNet-Lite0 with ImageNet weights, trained on
+synthetic cells from image-level labels only, its post-processing chosen on
+separate validation images) is copied with its floating-point weights stored
+as float16 to halve the file; loading casts them back to float32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 def main(argv: list[str]) -> int:
     from napari_irnet.models.checkpoint import load_checkpoint
 
-    src = Path(argv[0]) if argv else ROOT / "demo_output" / "model.pt"
+    src = Path(argv[0]) if argv else ROOT / "bench_output" / "demo" / "quick" / "model_chosen.pt"
     dst = ROOT / "napari_irnet" / "data" / "demo_model.pt"
     obj = torch.load(src, map_location="cpu", weights_only=True)
     for key in ("cam_state", "irn_state"):

