@@ -256,7 +256,7 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
 
 
 def test_cam_only_checkpoint_is_refused_for_prediction(tmp_path, tiny_dataset):
-    from napari_irnet._jobs import run_job
+    from napari_irnet._napari.jobs import run_job
     from napari_irnet.core.finetune import finetune
     from napari_irnet.core.pipeline import predict, predict_classes
 

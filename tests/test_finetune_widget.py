@@ -72,7 +72,7 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
     viewer.add_image(other, name="untouched", rgb=True)
     widget = _dock(viewer)
     _wait(qtbot, widget)
-    from napari_irnet._finetune_jobs import PANEL_TRAIN_PARAMS
+    from napari_irnet._napari.finetune_jobs import PANEL_TRAIN_PARAMS
 
     for name in PANEL_TRAIN_PARAMS:
         assert name in TrainParams.__dataclass_fields__ and getattr(widget, name).name == name
@@ -106,7 +106,7 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
 def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
     make_napari_viewer_proxy, qtbot, env, sample, monkeypatch
 ):
-    import napari_irnet._finetune_widget as fw
+    import napari_irnet._napari.finetune_widget as fw
 
     _save_corrections("cells", sample, "accepted")
     viewer = make_napari_viewer_proxy()
@@ -177,7 +177,7 @@ def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layer
     # the shown instances are the accepted ones: the old model's proposal comes as a layer too
     assert "instances (tiny)" in names
     # the IRNet panel still finds its own instances layer, not the comparison
-    from napari_irnet._session import find_layer
+    from napari_irnet._napari.context import find_layer
 
     assert find_layer(viewer.layers, irnet.session.image_id, "instances").name == "instances"
 
@@ -226,7 +226,7 @@ def test_stop_mid_run_makes_no_version_and_keeps_the_checkpoint(make_napari_view
 
 
 def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample, monkeypatch):
-    from napari_irnet._finetune_jobs import TrainingImage, finetune_job, store_of, version_choices
+    from napari_irnet._napari.finetune_jobs import TrainingImage, finetune_job, store_of, version_choices
 
     original = _digest(checkpoint)
     images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
@@ -258,7 +258,7 @@ def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample
 def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, sample, tmp_path):
     from PIL import Image
 
-    from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
+    from napari_irnet._napari.finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
     from napari_irnet.core.corrections import Corrections, save_corrections
     from napari_irnet.core.io import InputError
 
@@ -283,7 +283,7 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, 
 def test_job_relearns_a_collapsed_field_and_says_so(checkpoint, sample, tmp_path):
     import torch
 
-    from napari_irnet._finetune_jobs import TrainingImage, finetune_job
+    from napari_irnet._napari.finetune_jobs import TrainingImage, finetune_job
     from napari_irnet.core.checkpoint import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(checkpoint)
@@ -316,7 +316,7 @@ def test_versions_of_the_bundled_model_go_to_the_user_data_folder(env):
     from pathlib import Path
 
     import napari_irnet
-    from napari_irnet._finetune_jobs import store_of
+    from napari_irnet._napari.finetune_jobs import store_of
 
     bundled = Path(napari_irnet.__file__).parent / "data" / "demo_model.pt"
     store, number = store_of(bundled)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet._project_jobs import Snapshot, records_for, step_index
+from napari_irnet._napari.project_jobs import Snapshot, records_for, step_index
 from napari_irnet.core.params import Params
 from napari_irnet.core.synthetic import CLASS_NAMES
 
@@ -91,7 +91,7 @@ def test_records_give_unknown_ids_the_fallback_class():
 
 
 def test_reader_accepts_only_project_folders(project_dir, tmp_path):
-    from napari_irnet._project_reader import get_project_reader
+    from napari_irnet._napari.project_reader import get_project_reader
 
     assert callable(get_project_reader(str(project_dir)))
     assert get_project_reader(str(tmp_path / "ds")) is None
@@ -128,7 +128,7 @@ def test_list_states_and_next_previous(make_napari_viewer_proxy, qtbot, project_
     _wait(qtbot, widget)
     assert widget.previous() is None  # no wrap-around
     # the viewer shortcut
-    from napari_irnet._project_widget import NEXT_KEY
+    from napari_irnet._napari.project_widget import NEXT_KEY
 
     bound = {str(k): f for k, f in viewer.keymap.items()}
     bound[NEXT_KEY](viewer)

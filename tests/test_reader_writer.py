@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from napari_irnet._reader import get_reader
-from napari_irnet._writer import write_instances_coco, write_instances_tiff
+from napari_irnet._napari.reader import get_reader
+from napari_irnet._napari.writer import write_instances_coco, write_instances_tiff
 from napari_irnet.core.coco import coco_from_instances
 from napari_irnet.core.edits import InstanceInfo
 from napari_irnet.core.io import read_label_image, write_instance_tiff

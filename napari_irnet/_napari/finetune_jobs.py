@@ -27,18 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ._llvm_guard import avoid_llvm_clash
+from .llvm_guard import avoid_llvm_clash
 
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported here once, not first inside a worker thread)
 
-from .core.checkpoint import load_checkpoint  # noqa: E402
-from .core.corrections import load_corrections, user_data_dir  # noqa: E402
-from .core.finetune import VersionStore, correction_class_maps, describe_reset, finetune, finetune_labels  # noqa: E402
-from .core.inference import resolve_device  # noqa: E402
-from .core.io import InputError  # noqa: E402
-from .core.params import Params, TrainParams  # noqa: E402
-from .core.training import LabelledImage  # noqa: E402
+from ..core.checkpoint import load_checkpoint  # noqa: E402
+from ..core.corrections import load_corrections, user_data_dir  # noqa: E402
+from ..core.finetune import VersionStore, correction_class_maps, describe_reset, finetune, finetune_labels  # noqa: E402
+from ..core.inference import resolve_device  # noqa: E402
+from ..core.io import InputError  # noqa: E402
+from ..core.params import Params, TrainParams  # noqa: E402
+from ..core.training import LabelledImage  # noqa: E402
 
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")
@@ -114,8 +114,8 @@ def folder_images(
     images. With ``weak`` the images without a correction come too (weak
     labels from the CAMs).
     """
-    from ._cli_finetune import find_correction
-    from .core.io import read_image, read_labels
+    from .._cli_finetune import find_correction
+    from ..core.io import read_image, read_labels
 
     images_dir = Path(images_dir)
     folder = Path(corrections_dir) if corrections_dir else images_dir / "napari-irnet"
@@ -181,7 +181,7 @@ def store_of(checkpoint: str | os.PathLike[str]) -> tuple[VersionStore, int]:
 
 def _inside_package(path: Path) -> bool:
     """True for a file installed with napari-irnet (the bundled demo model): never write next to it."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     try:
         path.resolve().relative_to(package)
     except ValueError:

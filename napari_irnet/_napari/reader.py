@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core.io import InputError, read_label_image
+from ..core.io import InputError, read_label_image
 
 _SUFFIXES = (".tif", ".tiff", ".png")
 

@@ -2,7 +2,7 @@
 
 Plugins ▸ napari-irnet ▸ Project (or drop a project folder on the viewer).
 The widget holds no algorithm: the project store is
-:mod:`napari_irnet.core.project`, the GUI-free steps :mod:`napari_irnet._project_jobs`.
+:mod:`napari_irnet.core.project`, the GUI-free steps :mod:`napari_irnet._napari.project_jobs`.
 
 - Open project… picks the project folder; the list shows every image with
   its state (new, proposed, corrected, accepted; coloured).
@@ -46,8 +46,12 @@ from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QListWidget, QListWidgetItem, QVBoxLayout
 
-from . import _layers
-from ._project_jobs import (
+from ..core.edits import features_table
+from ..core.io import OutputError
+from ..core.project import Project, ProjectError
+from . import layers as _layers
+from .context import PROJECT_IMAGE_KEY, share_project
+from .project_jobs import (
     STATE_COLOURS,
     Snapshot,
     corrections_table,
@@ -57,11 +61,7 @@ from ._project_jobs import (
     save_snapshot,
     step_index,
 )
-from ._session import PROJECT_IMAGE_KEY, share_project
-from ._workers import start_worker
-from .core.edits import features_table
-from .core.io import OutputError
-from .core.project import Project, ProjectError
+from .workers import start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -71,7 +71,7 @@ AUTOSAVE_MS = 500
 #: viewer shortcuts (napari's own key names); bound with overwrite=True
 NEXT_KEY = "PageDown"
 PREVIOUS_KEY = "PageUp"
-from ._session import PROJECT_KEY  # noqa: E402  (metadata key of the layers this panel adds)
+from .context import PROJECT_KEY  # noqa: E402  (metadata key of the layers this panel adds)
 
 #: the stage a project instances layer is moved to while the IRNet panel makes its own
 _HANDED_OVER = "project instances"
@@ -210,7 +210,7 @@ class ProjectWidget(Container):
 
     def irnet_panel(self):
         """The IRNet dock widget of this viewer, or None when it is not open."""
-        from ._widget import IRNetWidget
+        from .irnet_widget import IRNetWidget
 
         try:
             docked = list(self._viewer.window.dock_widgets.values())

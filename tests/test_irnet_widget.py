@@ -46,14 +46,14 @@ def _run(qtbot, viewer, checkpoint, image):
 
 
 def _layer(viewer, stage):
-    from napari_irnet._layers import stage_of
+    from napari_irnet._napari.layers import stage_of
 
     found = [layer for layer in viewer.layers if (stage_of(layer.metadata) or {}).get("stage") == stage]
     return found[0] if found else None
 
 
 def _active_stage(viewer):
-    from napari_irnet._layers import stage_of
+    from napari_irnet._napari.layers import stage_of
 
     return (stage_of(viewer.layers.selection.active.metadata) or {}).get("stage")
 
@@ -78,7 +78,7 @@ def _with_blobs(qtbot, viewer, checkpoint, image):
 
 
 def test_widget_docks_and_has_a_slider_per_live_parameter(make_napari_viewer_proxy, qtbot, env):
-    from napari_irnet._widget import LIVE_PARAMS
+    from napari_irnet._napari.irnet_widget import LIVE_PARAMS
 
     viewer = make_napari_viewer_proxy()
     widget = _dock(viewer)
@@ -511,7 +511,7 @@ def test_the_class_menu_starts_on_the_images_class_and_says_what_new_instances_g
 
 
 def _layer_of(viewer, image_id, stage):
-    from napari_irnet._session import find_layer
+    from napari_irnet._napari.context import find_layer
 
     return find_layer(viewer.layers, image_id, stage)
 
@@ -548,7 +548,7 @@ def test_renaming_the_layer_keeps_its_corrections(make_napari_viewer_proxy, qtbo
 def test_closing_the_viewer_during_a_run_or_a_checkpoint_load_is_safe(make_napari_viewer_proxy, qtbot, checkpoint, image, monkeypatch):
     import threading
 
-    import napari_irnet._widget as widget_module
+    import napari_irnet._napari.irnet_widget as widget_module
 
     release = threading.Event()
     real_run, real_load = widget_module.run_job, widget_module.load_model
@@ -594,7 +594,7 @@ def test_the_panel_fits_in_420_pixels(make_napari_viewer_proxy, qtbot, checkpoin
 
 
 def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_proxy, qtbot, image):
-    from napari_irnet._layers import layer_to_rgb8
+    from napari_irnet._napari.layers import layer_to_rgb8
 
     viewer = make_napari_viewer_proxy()
     gray8 = image.image.mean(axis=2).astype(np.uint8)
@@ -616,7 +616,7 @@ def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_p
 def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_legend(make_napari_viewer_proxy, qtbot, checkpoint, image):
     from napari.utils.colormaps.standardize_color import transform_color
 
-    from napari_irnet._layers import CLASS_COLOURS, STATE_COLOURS
+    from napari_irnet._napari.layers import CLASS_COLOURS, STATE_COLOURS
 
     viewer = make_napari_viewer_proxy()
     widget = _proposed(qtbot, viewer, checkpoint, image)
@@ -662,7 +662,7 @@ def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_lege
 _CLOSE_AND_EXIT = """
 import time
 import napari
-import napari_irnet._widget as w
+import napari_irnet._napari.irnet_widget as w
 real = w.load_model
 def slow(path):
     time.sleep(2)

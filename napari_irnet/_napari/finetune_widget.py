@@ -1,7 +1,7 @@
 """The Fine-tune dock widget: train IRNet further from the images a person corrected.
 
 Plugins ▸ napari-irnet ▸ Fine-tune IRNet. The widget holds no algorithm: the
-images are gathered and trained on in :mod:`napari_irnet._finetune_jobs`
+images are gathered and trained on in :mod:`napari_irnet._napari.finetune_jobs`
 (a background worker), which calls :mod:`napari_irnet.core.finetune`.
 
 - Images: the image layers open in the viewer whose stored corrections (kept
@@ -46,8 +46,14 @@ from qtpy.QtCore import QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
-from . import _layers
-from ._finetune_jobs import (
+from ..core.edits import features_table, table_from_records
+from ..core.inference import describe_device, device_choices
+from ..core.io import InputError
+from ..core.params import TrainParams
+from ..core.project import ProjectError
+from . import layers as _layers
+from .context import store_for_layer
+from .finetune_jobs import (
     PANEL_TRAIN_PARAMS,
     FinetuneResult,
     FolderSource,
@@ -57,14 +63,8 @@ from ._finetune_jobs import (
     version_label,
     viewer_image,
 )
-from ._jobs import RUN_STEPS, RunResult, load_model, run_job
-from ._session import store_for_layer
-from ._workers import start_worker
-from .core.edits import features_table, table_from_records
-from .core.inference import describe_device, device_choices
-from .core.io import InputError
-from .core.params import TrainParams
-from .core.project import ProjectError
+from .jobs import RUN_STEPS, RunResult, load_model, run_job
+from .workers import start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -315,7 +315,7 @@ class FinetuneWidget(Container):
 
     def irnet_panel(self):
         """The IRNet dock widget of this viewer, or None when it is not open."""
-        from ._widget import IRNetWidget
+        from .irnet_widget import IRNetWidget
 
         try:
             docked = list(self._viewer.window.dock_widgets.values())

@@ -1,13 +1,13 @@
 """The napari dock widget: run IRNet on an image, tune it live, correct the result.
 
 Plugins ▸ napari-irnet ▸ IRNet. The widget holds no algorithm: the networks
-and stages run in :mod:`napari_irnet._jobs` (background workers); the
+and stages run in :mod:`napari_irnet._napari.jobs` (background workers); the
 corrections, their rules and their undo are the image's
 :class:`~napari_irnet.core.annotation.AnnotationSession` (the buttons and
-keys are :mod:`napari_irnet._widget_edits`); its corrections go to the
-image's one store (:func:`napari_irnet._session.store_for_layer`: the
+keys are :mod:`napari_irnet._napari.edit_actions`); its corrections go to the
+image's one store (:func:`napari_irnet._napari.context.store_for_layer`: the
 project for a project image, else its own folder); the layers are
-:mod:`napari_irnet._layers`.
+:mod:`napari_irnet._napari.layers`.
 
 Layers of one image are found by their metadata marker, so renaming one is
 harmless and a deleted one comes back at the next update. After a run and
@@ -41,26 +41,26 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from . import _layers
-from ._jobs import RUN_STEPS, RunResult, UpdateResult, load_model, run_job, update_job
-from ._layers import STAGES, VISIBLE_STAGES
-from ._recent import checkpoint_choices, remember_checkpoint
-from ._session import ImageSession, find_layer, put_layer, stage_layers, store_for_layer
-from ._widget_edits import SHORTCUTS, EditActions
-from ._workers import start_worker
-from .core.annotation import AnnotationSession
-from .core.corrections import image_fingerprint
-from .core.edits import features_table, table_from_records
-from .core.inference import describe_device, device_choices
-from .core.io import InputError, OutputError
-from .core.params import Params
-from .core.progress import Step
-from .core.project import ProjectError
+from ..core.annotation import AnnotationSession
+from ..core.corrections import image_fingerprint
+from ..core.edits import features_table, table_from_records
+from ..core.inference import describe_device, device_choices
+from ..core.io import InputError, OutputError
+from ..core.params import Params
+from ..core.progress import Step
+from ..core.project import ProjectError
+from . import layers as _layers
+from .context import ImageSession, find_layer, put_layer, stage_layers, store_for_layer
+from .edit_actions import SHORTCUTS, EditActions
+from .jobs import RUN_STEPS, RunResult, UpdateResult, load_model, run_job, update_job
+from .layers import STAGES, VISIBLE_STAGES
+from .recent import checkpoint_choices, remember_checkpoint
+from .workers import start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-    from .core.checkpoint import Model
+    from ..core.checkpoint import Model
 
 #: the live parameters: Params field -> (widget class, min, max, step, label)
 LIVE_PARAMS: dict[str, tuple[type, float, float, float, str]] = {

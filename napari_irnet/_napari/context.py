@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ._jobs import RunResult
-from ._layers import META_KEY, stage_of
-from .core.annotation import AnnotationSession
-from .core.corrections import FolderStore, corrections_folder, image_fingerprint
-from .core.edits import History, InstanceInfo
-from .core.params import Params
+from ..core.annotation import AnnotationSession
+from ..core.corrections import FolderStore, corrections_folder, image_fingerprint
+from ..core.edits import History, InstanceInfo
+from ..core.params import Params
+from .jobs import RunResult
+from .layers import META_KEY, stage_of
 
 #: metadata keys of a project image's layer (set by the Project panel)
 PROJECT_KEY = "project"
@@ -36,7 +36,7 @@ _projects: dict[str, Any] = {}  # project root -> the Project opened for it (one
 
 def project_of(root: str | os.PathLike[str]):
     """The project at ``root`` (opened once per folder and shared)."""
-    from .core.project import open_project
+    from ..core.project import open_project
 
     key = str(Path(root).resolve())
     if key not in _projects:
@@ -64,7 +64,7 @@ def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | N
     """
     info = (layer.metadata or {}).get(META_KEY)
     if isinstance(info, dict) and info.get(PROJECT_KEY) and info.get(PROJECT_IMAGE_KEY):
-        from .core.project import ProjectImageStore
+        from ..core.project import ProjectImageStore
 
         return ProjectImageStore(project_of(info[PROJECT_KEY]), str(info[PROJECT_IMAGE_KEY]))
     data = np.asarray(layer.data)

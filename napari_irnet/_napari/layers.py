@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.edits import InstanceInfo, features_table, table_from_records
+from ..core.edits import InstanceInfo, features_table, table_from_records
 
 STAGES = ("CAM", "seeds", "boundary", "displacement", "centroids", "instances", "corrections", "semantic")
 #: stages shown when first added (the others start hidden)

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import stage_of
-from .core.coco import coco_from_instances
-from .core.edits import InstanceInfo
-from .core.io import atomic_write, write_instance_tiff
+from ..core.coco import coco_from_instances
+from ..core.edits import InstanceInfo
+from ..core.io import atomic_write, write_instance_tiff
+from .layers import stage_of
 
 
 def _labels_2d(data: Any) -> np.ndarray:

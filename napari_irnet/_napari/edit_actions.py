@@ -1,6 +1,6 @@
 """The IRNet panel's corrections: picking, the edit buttons and keys, painting, undo, saving.
 
-A mixin of :class:`napari_irnet._widget.IRNetWidget`, kept apart so that
+A mixin of :class:`napari_irnet._napari.irnet_widget.IRNetWidget`, kept apart so that
 each file stays readable. The edit rules are not here: every action calls
 the image's :class:`~napari_irnet.core.annotation.AnnotationSession`, whose
 listener (:meth:`EditActions._on_annotation_change`) brings the layers up to
@@ -23,12 +23,12 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from . import _layers
-from ._session import ImageSession, find_layer
-from .core.annotation import AnnotationChange
-from .core.corrections import image_fingerprint
-from .core.edits import EditError, LabelDiff
-from .core.io import InputError, OutputError
+from ..core.annotation import AnnotationChange
+from ..core.corrections import image_fingerprint
+from ..core.edits import EditError, LabelDiff
+from ..core.io import InputError, OutputError
+from . import layers as _layers
+from .context import ImageSession, find_layer
 
 SHORTCUTS = {
     "merge": "Shift-M",

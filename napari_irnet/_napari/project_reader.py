@@ -8,7 +8,7 @@ image to work on.
 
 from __future__ import annotations
 
-from ._project_jobs import is_project_folder
+from .project_jobs import is_project_folder
 
 
 def get_project_reader(path):

@@ -1,7 +1,7 @@
 """What the Project panel does, without Qt or napari: moving through a project,
 turning an instance map into the records the project stores, and saving.
 
-:mod:`napari_irnet._project_widget` turns these into buttons and layers; the
+:mod:`napari_irnet._napari.project_widget` turns these into buttons and layers; the
 project store itself is :mod:`napari_irnet.core.project`.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .core.edits import InstanceInfo
-from .core.io import OutputError
-from .core.project import MANIFEST, Masks, Project, ProjectError, open_project
+from ..core.edits import InstanceInfo
+from ..core.io import OutputError
+from ..core.project import MANIFEST, Masks, Project, ProjectError, open_project
 
 __all__ = [
     "STATE_COLOURS",
@@ -194,7 +194,7 @@ def predict_all_job(project: Project, device: str = "auto", should_stop: Callabl
     is stored, so stopping loses nothing); corrected and accepted images are
     never touched. Stops early once ``should_stop()`` is true.
     """
-    from .core.batch import ProjectPrediction
+    from ..core.batch import ProjectPrediction
 
     run = ProjectPrediction(project, device=device)
     yield len(run)

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._llvm_guard import avoid_llvm_clash
+from .llvm_guard import avoid_llvm_clash
 
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported once here, not first inside a worker thread)
 
-from .core.checkpoint import Model, load_checkpoint  # noqa: E402
-from .core.inference import resolve_device  # noqa: E402
-from .core.io import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
-from .core.params import Params  # noqa: E402
-from .core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks  # noqa: E402
-from .core.session import StageCache  # noqa: E402
+from ..core.checkpoint import Model, load_checkpoint  # noqa: E402
+from ..core.inference import resolve_device  # noqa: E402
+from ..core.io import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
+from ..core.params import Params  # noqa: E402
+from ..core.pipeline import NetworkOutputs, Prediction, predict_classes, run_networks  # noqa: E402
+from ..core.session import StageCache  # noqa: E402
 
 #: steps :func:`run_job` yields (for a progress bar)
 RUN_STEPS = 4
