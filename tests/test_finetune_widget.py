@@ -177,7 +177,7 @@ def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layer
     # the shown instances are the accepted ones: the old model's proposal comes as a layer too
     assert "instances (tiny)" in names
     # the IRNet panel still finds its own instances layer, not the comparison
-    from napari_irnet._napari.context import find_layer
+    from napari_irnet._napari.layer_sync import find_layer
 
     assert find_layer(viewer.layers, irnet.session.image_id, "instances").name == "instances"
 

@@ -321,3 +321,17 @@ def test_predict_all_proposes_every_new_image_in_the_background(make_napari_view
     assert list(widget.states().values()) == list(states.values())
     assert widget.current_name == widget.project.names[2]
     assert "instances" in widget.status.value or "predicted" in widget.status.value
+
+
+@pytest.mark.viewer
+def test_an_irnet_panel_docked_later_works_on_the_shown_image_with_the_projects_checkpoint(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="another image")  # first in the list
+    widget = _open(qtbot, viewer, project_dir, skip=False)
+    widget.show_image(3)
+    _wait(qtbot, widget)
+    panel = _dock(viewer, "IRNet")  # the viewer context tells it the image and the checkpoint
+    assert panel.image.value == widget.image_layer
+    assert str(panel.checkpoint.value) == str(widget.project.checkpoint_path)
+    _run_panel(qtbot, panel)
+    assert panel.session.image_id == widget.image_layer.metadata["napari_irnet"]["image_id"]

@@ -1,87 +1,53 @@
-"""What the IRNet panel knows about one image, its correction store, and finding the plugin's layers.
+"""What the panels of one viewer share, and what they know about each image; no Qt here.
 
-No Qt here and no algorithm: an :class:`ImageSession` holds one image's
-run result, its :class:`~napari_irnet.core.annotation.AnnotationSession`
-(instances, table, annotator background, undo: the edit rules live there),
-the centroid points and parameters shown, and the store its corrections go
-to; :func:`store_for_layer` picks that store (the project for a project
-image, else the per-image folder keyed by the file or by the pixels);
-:func:`find_layer` and :func:`put_layer` look layers up by the plugin's
-metadata marker (never by name, which the user may change) and create or
-update them.
+:class:`ViewerContext` is one object per viewer (:meth:`ViewerContext.of`):
+the current image layer, the checkpoint and the device in use, the open
+project, the images worked on (one :class:`ImageSession` each, with its
+stage cache) and the run in progress. Its ``events`` (napari's event
+emitters, each event with a ``value``) tell the panels what changed, so that
+no panel looks for another or touches another's widgets: the Project panel
+sets the image and the checkpoint the IRNet panel works with, the Fine-tune
+panel reads and sets the checkpoint and compares on the current image, and a
+Run says when it starts and ends (``run_started`` / ``run_finished`` with
+``image_id``, ``layer`` and, at the end, ``ok``).
+
+An :class:`ImageSession` is one image the IRNet panel has run on: the run's
+result (network outputs and stage cache), its
+:class:`~napari_irnet.core.annotation.AnnotationSession` (instances, table,
+annotator background, undo: the edit rules live there), the centroid points
+and parameters shown, and the store its corrections go to
+(:func:`napari_irnet._napari.stores.store_for_layer`).
 """
 
 from __future__ import annotations
 
-import os
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.utils.events import EmitterGroup
 
 from ..core.annotation import AnnotationSession
-from ..core.corrections import FolderStore, corrections_folder, image_fingerprint
-from ..core.edits import History, InstanceInfo
+from ..core.corrections import image_fingerprint
+from ..core.edits import EditRecord, History, InstanceInfo, table_from_records
+from ..core.io import InputError, OutputError
 from ..core.params import Params
-from .jobs import RunResult
-from .layers import META_KEY, stage_of
+from ..core.project import ProjectError
 
-#: metadata keys of a project image's layer (set by the Project panel)
-PROJECT_KEY = "project"
-PROJECT_IMAGE_KEY = "project_image"
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.project import Project
+    from .jobs import RunResult
 
-_projects: dict[str, Any] = {}  # project root -> the Project opened for it (one per folder)
-
-
-def project_of(root: str | os.PathLike[str]):
-    """The project at ``root`` (opened once per folder and shared)."""
-    from ..core.project import open_project
-
-    key = str(Path(root).resolve())
-    if key not in _projects:
-        _projects[key] = open_project(key)
-    return _projects[key]
-
-
-def share_project(project) -> None:
-    """Let :func:`project_of` return this open project (the Project panel's) for its folder."""
-    _projects[str(Path(project.root).resolve())] = project
-
-
-def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | None = None):
-    """The one store of an image layer's corrections.
-
-    - a project image (its metadata names the project and the image): the
-      project (:class:`~napari_irnet.core.project.ProjectImageStore`);
-    - an image read from a file: ``<dir>/napari-irnet/<file name>/``;
-    - else: the user data folder, keyed by a fingerprint of the layer's
-      pixels (renaming the layer changes nothing).
-
-    ``image`` is the (H, W, 3) uint8 image the networks see; corrections
-    stored under its fingerprint by earlier versions are accepted too.
-    ``fingerprint`` is the layer data's :func:`image_fingerprint` when known.
-    """
-    info = (layer.metadata or {}).get(META_KEY)
-    if isinstance(info, dict) and info.get(PROJECT_KEY) and info.get(PROJECT_IMAGE_KEY):
-        from ..core.project import ProjectImageStore
-
-        return ProjectImageStore(project_of(info[PROJECT_KEY]), str(info[PROJECT_IMAGE_KEY]))
-    data = np.asarray(layer.data)
-    path = getattr(getattr(layer, "source", None), "path", None)
-    shape = tuple(image.shape[:2]) if image is not None else tuple(data.shape[:2])
-    fingerprint = fingerprint or image_fingerprint(data)
-    prints = (fingerprint,) + ((image_fingerprint(image),) if image is not None else ())
-    if path is not None:
-        folder = corrections_folder(layer.name, image_path=path)
-    else:
-        folder = corrections_folder(layer.name, fingerprint=fingerprint)
-    return FolderStore(folder, shape, prints)
+#: cache stages whose change gives new instances
+INSTANCE_STAGES = frozenset({"centroids", "clusters", "iwalk", "instances"})
 
 
 @dataclass
 class ImageSession:
-    """One image the panel has run on: the run result, the annotation, what is shown."""
+    """One image the IRNet panel has run on: the run result, the annotation, what is shown."""
 
     image_id: str
     image_name: str
@@ -102,7 +68,7 @@ class ImageSession:
     #: fingerprint of ``image``, the networks' input (computed at the first save)
     input_fingerprint: str = ""
 
-    # the annotation's parts, as the panel and tests read them
+    # the annotation's parts, as the panels and tests read them
     @property
     def labels(self) -> np.ndarray:
         return self.annotation.labels
@@ -138,60 +104,237 @@ class ImageSession:
         """Classes offered for edits: the image's first, then the model's others."""
         return list(dict.fromkeys(self.classes + self.model_classes))
 
+    def describe(self) -> str:
+        """``"12 instances (2 edited, 0 accepted), corrected"``."""
+        counts = self.annotation.counts()
+        return f"{sum(counts.values())} instances ({counts['edited']} edited, {counts['accepted']} accepted), {self.state}"
 
-def find_layer(layers, image_id: str, stage: str, class_name: str | None = None):
-    """The plugin's layer of ``stage`` for image ``image_id`` (None when there is none)."""
-    for layer in layers:
-        info = stage_of(layer.metadata)
-        if info is None or info.get("stage") != stage or info.get("image") != image_id:
-            continue
-        if class_name is not None and info.get("class_name") != class_name:
-            continue
-        return layer
-    return None
+    # ------------------------------------------------------------------ results of the pipeline
+    def take_points(self, pred, stages: Iterable[str], before: dict[str, Any], after: dict[str, Any]) -> bool:
+        """The re-run's centroids, unless a person placed them; True when the points changed.
+
+        ``before`` and ``after`` (the undo step's snapshots) get the points.
+        """
+        if not {"centroids", "clusters"} & set(stages) or self.points_edited:
+            return False
+        before.setdefault("points", (self.points, False))
+        self.points = np.asarray(pred.centre_points, dtype=np.float64)
+        after["points"] = (self.points, False)
+        return True
+
+    def take_proposal(self, pred, name: str, kind: str, before: dict[str, Any], after: dict[str, Any]) -> EditRecord | None:
+        """Merge a re-run's instances with the corrections (one undoable step; None for an accepted image)."""
+        table = table_from_records(pred.instances.records, self.model_classes)
+        return self.annotation.apply_proposal(pred.instances.labels, table, name, kind, before, after)
+
+    def restore_points(self, snap: dict[str, Any]) -> bool:
+        """The centroid points of an undone or redone step; True when the step had any."""
+        if "points" not in snap:
+            return False
+        pts, edited = snap["points"]
+        self.points, self.points_edited = np.asarray(pts, dtype=np.float64), bool(edited)
+        return True
+
+    # ------------------------------------------------------------------ storage
+    def load_stored(self) -> tuple[str, str]:
+        """Start from the corrections stored for this image (they win over the proposal).
+
+        Returns (``"info"`` | ``"warning"`` | ``""``, message) for the panel to show.
+        """
+        try:
+            stored = self.store.load()
+        except (InputError, ProjectError, OSError, ValueError) as exc:
+            return "warning", f"stored corrections not used: {exc}"
+        if stored is None:
+            return "", ""
+        try:
+            self.annotation.restore(stored)
+        except ValueError as exc:
+            return "warning", f"stored corrections not used: {exc}"
+        saved = f", saved {stored.updated}" if stored.updated else ""
+        return "info", f"loaded the corrections of {self.image_name} ({stored.state}{saved})"
+
+    def store_proposal(self) -> str | None:
+        """In a project, the run's proposal is stored as the image's result (the store decides; a folder keeps none).
+
+        Returns None, or why it was not stored.
+        """
+        pred = self.prediction
+        corr = AnnotationSession.from_prediction(pred, self.model_classes, self.classes).to_corrections()
+        try:
+            self.store.save_proposal(corr, pred.semantic, self.model_classes, self.result.checkpoint, self.params, self.classes)
+        except (OutputError, ProjectError, OSError, ValueError) as exc:
+            return f"the proposal is not stored: {exc}"
+        return None
+
+    def save(self) -> str | None:
+        """Store the corrections in the image's store (a pure proposal: nothing); returns None, or why they were not saved."""
+        ann = self.annotation
+        if not self.input_fingerprint:
+            self.input_fingerprint = image_fingerprint(self.image)
+        try:
+            if not ann.has_corrections:
+                self.store.clear()
+                return None
+            corr = ann.to_corrections(
+                image_name=self.image_name,
+                fingerprint=self.input_fingerprint,
+                data_fingerprint=self.fingerprint,
+                checkpoint=self.result.checkpoint,
+                params=self.params.to_dict(),
+            )
+            self.store.save(corr)
+        except (OutputError, InputError, OSError, ValueError) as exc:
+            return f"corrections not saved: {exc}"
+        return None
+
+    def accept(self) -> str | None:
+        """Accept every instance and the image, and store that; returns None, or why it was not saved."""
+        self.annotation.accept()
+        return self.save()
 
 
-def stage_layers(layers, image_id: str, stage: str) -> list:
-    """Every layer of ``stage`` for image ``image_id`` (e.g. one CAM per class)."""
-    out = []
-    for layer in layers:
-        info = stage_of(layer.metadata)
-        if info is not None and info.get("stage") == stage and info.get("image") == image_id:
-            out.append(layer)
-    return out
+def _unwrapped(obj):
+    """The object behind the proxy napari gives plugin widgets (the viewer, its layers), so that ``is`` compares objects."""
+    return getattr(obj, "__wrapped__", obj)
 
 
-# attributes copied onto an existing layer when its stage is recomputed
-_UPDATABLE = ("features", "contrast_limits", "colormap")
+_contexts: dict[int, ViewerContext] = {}  # id of a viewer -> its context (dropped with the viewer)
 
 
-def _free_name(viewer, kwargs: dict) -> str:
-    """The layer's stage name, or ``<stage> (<image name>)`` when another image's layer has it (never 'instances [1]')."""
-    name = kwargs["name"]
-    taken = {layer.name for layer in viewer.layers}
-    if name not in taken:
-        return name
-    label = stage_of(kwargs["metadata"]).get("image_name")
-    return f"{name} ({label})" if label else name
+class ViewerContext:
+    """What the panels of one viewer share (see the module's description); one per viewer."""
+
+    def __init__(self) -> None:
+        self.events = EmitterGroup(
+            source=self, image=None, checkpoint=None, device=None, project=None, current=None, run_started=None, run_finished=None
+        )
+        self._image = None
+        self._checkpoint = ""
+        self._device = "auto"
+        self._project: Project | None = None
+        self._projects: dict[str, Project] = {}  # project root -> the Project opened for it
+        self._sessions: dict[str, ImageSession] = {}
+        self._current: ImageSession | None = None
+        #: the image id of the run in progress (None: no run)
+        self.running: str | None = None
+
+    @classmethod
+    def of(cls, viewer) -> ViewerContext:
+        """The context of ``viewer`` (made at the first call; the panels of one viewer get the same one)."""
+        viewer = _unwrapped(viewer)
+        key = id(viewer)
+        context = _contexts.get(key)
+        if context is None:
+            context = _contexts[key] = cls()
+            weakref.finalize(viewer, _contexts.pop, key, None)
+        return context
+
+    # ------------------------------------------------------------------ what the panels set
+    @property
+    def image(self):
+        """The image layer the panels work on."""
+        return self._image
+
+    @image.setter
+    def image(self, layer) -> None:
+        layer = _unwrapped(layer)
+        if layer is not self._image:
+            self._image = layer
+            self.events.image(value=layer)
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint file the IRNet panel runs ("" when none is chosen)."""
+        return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, path) -> None:
+        path = str(Path(path).expanduser()) if path else ""
+        if path != self._checkpoint:
+            self._checkpoint = path
+            self.events.checkpoint(value=path)
+
+    @property
+    def device(self) -> str:
+        """The device chosen for the networks ("auto", "cpu", "cuda:0", ...)."""
+        return self._device
+
+    @device.setter
+    def device(self, device: str) -> None:
+        device = str(device or "auto")
+        if device != self._device:
+            self._device = device
+            self.events.device(value=device)
+
+    @property
+    def project(self) -> Project | None:
+        """The project open in the Project panel (None: none)."""
+        return self._project
+
+    @project.setter
+    def project(self, project: Project | None) -> None:
+        self._project = project
+        if project is not None:
+            self._projects[str(Path(project.root).resolve())] = project
+        self.events.project(value=project)
+
+    def project_at(self, root) -> Project:
+        """The project at ``root``: the open one, or one opened once for this viewer."""
+        from ..core.project import open_project
+
+        key = str(Path(root).resolve())
+        if key not in self._projects:
+            self._projects[key] = open_project(key)
+        return self._projects[key]
+
+    # ------------------------------------------------------------------ the images worked on
+    @property
+    def sessions(self) -> dict[str, ImageSession]:
+        """Image id -> session, for every image run on in this viewer."""
+        return dict(self._sessions)
+
+    def session(self, image_id: str | None) -> ImageSession | None:
+        return self._sessions.get(image_id) if image_id else None
+
+    def add(self, session: ImageSession) -> None:
+        self._sessions[session.image_id] = session
+
+    def drop(self, image_id: str) -> ImageSession | None:
+        """Forget an image's session (its image layer is gone); the current one becomes None if it was that."""
+        session = self._sessions.pop(image_id, None)
+        if session is not None and session is self._current:
+            self.current = None
+        return session
+
+    @property
+    def current(self) -> ImageSession | None:
+        """The session being worked on (None before the first run)."""
+        return self._current
+
+    @current.setter
+    def current(self, session: ImageSession | None) -> None:
+        if session is not self._current:
+            self._current = session
+            self.events.current(value=session)
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, image_id: str, layer) -> None:
+        """A Run of the networks on ``layer`` begins (other panels hand over what they hold of it)."""
+        self.running = image_id
+        self.events.run_started(value=image_id, image_id=image_id, layer=_unwrapped(layer))
+
+    def end_run(self, image_id: str, layer, ok: bool) -> None:
+        """The Run ended: finished (``ok``), failed or cancelled."""
+        self.running = None
+        self.events.run_finished(value=image_id, image_id=image_id, layer=_unwrapped(layer), ok=ok)
 
 
-def put_layer(viewer, layer_tuple: tuple, visible: bool | None = None) -> tuple[Any, bool]:
-    """Update the plugin's layer for this stage, or add it; returns (layer, created)."""
-    data, kwargs, kind = layer_tuple
-    info = stage_of(kwargs["metadata"])
-    layer = find_layer(viewer.layers, info["image"], info["stage"], info.get("class_name"))
-    if layer is None:
-        kw = dict(kwargs)
-        if visible is not None:
-            kw["visible"] = visible
-        kw["name"] = _free_name(viewer, kw)
-        layer = getattr(viewer, f"add_{kind}")(data, **kw)
-        return layer, True
-    layer.data = data
-    for name in _UPDATABLE:
-        if name in kwargs:
-            setattr(layer, name, kwargs[name])
-    meta = dict(layer.metadata)
-    meta[next(iter(kwargs["metadata"]))] = dict(info)
-    layer.metadata = meta
-    return layer, False
+def connect_events(emitters: dict[str, Callable], context: ViewerContext, connect: bool = True) -> None:
+    """Connect (or disconnect) ``{event name: callback}`` to the context's events."""
+    for name, callback in emitters.items():
+        emitter = getattr(context.events, name)
+        if connect:
+            emitter.connect(callback)
+        else:
+            emitter.disconnect(callback)

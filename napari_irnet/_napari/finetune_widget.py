@@ -52,7 +52,7 @@ from ..core.io import InputError
 from ..core.params import TrainParams
 from ..core.project import ProjectError
 from . import layers as _layers
-from .context import store_for_layer
+from .context import ViewerContext
 from .finetune_jobs import (
     PANEL_TRAIN_PARAMS,
     FinetuneResult,
@@ -64,6 +64,7 @@ from .finetune_jobs import (
     viewer_image,
 )
 from .jobs import RUN_STEPS, RunResult, load_model, run_job
+from .stores import store_for_layer
 from .workers import start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,6 +154,7 @@ class FinetuneWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
         self._viewer = napari_viewer
+        self.context = ViewerContext.of(napari_viewer)
         self._worker = None
         self._stop_requested = False
         self._compare_worker = None
@@ -313,19 +315,6 @@ class FinetuneWidget(Container):
     def running(self) -> bool:
         return self._worker is not None
 
-    def irnet_panel(self):
-        """The IRNet dock widget of this viewer, or None when it is not open."""
-        from .irnet_widget import IRNetWidget
-
-        try:
-            docked = list(self._viewer.window.dock_widgets.values())
-        except Exception:  # a viewer without a window (scripts)
-            return None
-        for w in docked:
-            if isinstance(w, IRNetWidget):
-                return w
-        return None
-
     def _set_status(self, text: str) -> None:
         self.status.value = text
 
@@ -360,8 +349,7 @@ class FinetuneWidget(Container):
 
     def take_panel_checkpoint(self, *_) -> None:
         """Fine-tune the checkpoint the IRNet panel uses."""
-        panel = self.irnet_panel()
-        path = panel.checkpoint.value if panel is not None else None
+        path = self.context.checkpoint or None
         if path and str(path) != self._checkpoint_path():
             self.checkpoint.value = path
 
@@ -415,12 +403,8 @@ class FinetuneWidget(Container):
             show_warning("napari-irnet: no version to use")
             return
         self.set_checkpoint(path)
-        panel = self.irnet_panel()
-        if panel is not None:
-            panel.set_checkpoint(path)
-            self._set_status(f"the IRNet panel now uses {version_label(path)} ({Path(path).name})")
-        else:
-            self._set_status(f"fine-tuning from {version_label(path)}; open the IRNet panel to use it")
+        self.context.checkpoint = path
+        self._set_status(f"the IRNet panel now uses {version_label(path)} ({Path(path).name})")
 
     # ------------------------------------------------------------------
     # images
@@ -453,7 +437,7 @@ class FinetuneWidget(Container):
                 except ValueError:
                     continue
                 try:
-                    store = store_for_layer(layer, image)
+                    store = store_for_layer(layer, image, projects=self.context.project_at)
                 except (ProjectError, OSError) as exc:
                     skipped[layer.name] = str(exc)
                     continue
@@ -583,9 +567,8 @@ class FinetuneWidget(Container):
         text = f"saved {label}: {result.path} ({result.steps} steps{final})"
         if result.note:
             text += f"; {result.note}"
-        panel = self.irnet_panel()
-        if self.use_new.value and panel is not None:
-            panel.set_checkpoint(result.path)
+        if self.use_new.value:
+            self.context.checkpoint = result.path
             text += "; the IRNet panel uses it for the next image"
         self._set_status(text)
         show_info(f"napari-irnet: fine-tuned model saved as {label}")
@@ -611,8 +594,7 @@ class FinetuneWidget(Container):
         if self._compare_worker is not None:
             return
         path = str(self.versions.value or "")
-        panel = self.irnet_panel()
-        session = panel.session if panel is not None else None
+        session = self.context.current
         if not path:
             show_warning("napari-irnet: no version to compare")
             return

@@ -28,8 +28,8 @@ def get_project_reader(path):
         if viewer is None:
             raise RuntimeError(f"{path}: a project opens in the viewer's Project panel; start napari first")
         _, widget = viewer.window.add_plugin_dock_widget("napari-irnet", "Project")
-        if widget.irnet_panel() is None:  # Run and the corrections tools work on the shown image
-            viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")
+        # Run and the corrections tools work on the shown image (napari gives the docked one if it is open)
+        viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")
         if widget.open_project(path) is None:
             raise RuntimeError(f"{path}: not a usable napari-irnet project (see the notification)")
         return [(None,)]

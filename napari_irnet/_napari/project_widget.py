@@ -50,7 +50,7 @@ from ..core.edits import features_table
 from ..core.io import OutputError
 from ..core.project import Project, ProjectError
 from . import layers as _layers
-from .context import PROJECT_IMAGE_KEY, share_project
+from .context import ViewerContext, connect_events
 from .project_jobs import (
     STATE_COLOURS,
     Snapshot,
@@ -61,6 +61,7 @@ from .project_jobs import (
     save_snapshot,
     step_index,
 )
+from .stores import PROJECT_IMAGE_KEY, PROJECT_KEY
 from .workers import start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,7 +72,6 @@ AUTOSAVE_MS = 500
 #: viewer shortcuts (napari's own key names); bound with overwrite=True
 NEXT_KEY = "PageDown"
 PREVIOUS_KEY = "PageUp"
-from .context import PROJECT_KEY  # noqa: E402  (metadata key of the layers this panel adds)
 
 #: the stage a project instances layer is moved to while the IRNet panel makes its own
 _HANDED_OVER = "project instances"
@@ -90,6 +90,7 @@ class ProjectWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=False)
         self._viewer = napari_viewer
+        self.context = ViewerContext.of(napari_viewer)
         self.project: Project | None = None
         self._states: list[str] = []
         self._index: int | None = None  # the image shown
@@ -105,7 +106,7 @@ class ProjectWidget(Container):
         self._unsaved: dict[str, Snapshot] = {}  # image name -> edits a save failed to store
         self._updating_list = False
         self._closed = False
-        self._run_watch: QTimer | None = None
+        self._handed_over = None  # our instances layer while the IRNet panel runs on the image
         self._predict_worker = None
         self._stop_predict = False
 
@@ -170,7 +171,7 @@ class ProjectWidget(Container):
         self._viewer.bind_key(NEXT_KEY, lambda _viewer: self.next(), overwrite=True)
         self._viewer.bind_key(PREVIOUS_KEY, lambda _viewer: self.previous(), overwrite=True)
         self.native.destroyed.connect(self._on_destroyed)
-        self._hooked_panel = None
+        connect_events(self._context_events(), self.context)
         self._refresh_controls()
 
     # ------------------------------------------------------------------
@@ -208,23 +209,12 @@ class ProjectWidget(Container):
         if not self._closed:
             self.status.value = text
 
-    def irnet_panel(self):
-        """The IRNet dock widget of this viewer, or None when it is not open."""
-        from .irnet_widget import IRNetWidget
-
-        try:
-            docked = list(self._viewer.window.dock_widgets.values())
-        except Exception:  # a viewer without a window
-            return None
-        for w in docked:
-            if isinstance(w, IRNetWidget):
-                return w
-        return None
+    def _context_events(self) -> dict:
+        return {"run_started": self._on_run_started, "run_finished": self._on_run_finished}
 
     def _panel_session(self):
         """The IRNet panel's session when it is on the shown image."""
-        panel = self.irnet_panel()
-        session = panel.session if panel is not None else None
+        session = self.context.current
         if session is None or self._image_id is None or session.image_id != self._image_id:
             return None
         return session
@@ -311,7 +301,7 @@ class ProjectWidget(Container):
             return None
         self.save_now()
         self._clear_image()
-        share_project(project)  # the IRNet panel stores this image's corrections in the same project
+        self.context.project = project  # the IRNet panel stores this image's corrections in the same project
         self.project, self._states, self._index = project, states, None
         self._unsaved.clear()
         self._fill_list()
@@ -477,27 +467,21 @@ class ProjectWidget(Container):
     # the IRNet panel
 
     def _point_panel_checkpoint(self) -> None:
-        panel = self.irnet_panel()
+        """The project's checkpoint, for the IRNet panel, unless one is chosen."""
         ckpt = self.project.checkpoint_path if self.project is not None else None
-        if panel is not None and not panel.checkpoint.value and ckpt is not None and ckpt.is_file():
-            panel.set_checkpoint(ckpt)
+        if not self.context.checkpoint and ckpt is not None and ckpt.is_file():
+            self.context.checkpoint = ckpt
 
     def _point_panel(self) -> None:
-        """Let the IRNet panel work on the shown image (and hook its Run button)."""
-        panel = self.irnet_panel()
-        if panel is None or self._image_layer is None:
+        """Let the IRNet panel work on the shown image."""
+        if self._image_layer is None:
             return
         self._point_panel_checkpoint()
-        panel.image.reset_choices()
-        panel.image.value = self._image_layer
-        if self._hooked_panel is not panel:
-            panel.run_button.changed.connect(self._on_panel_run)
-            self._hooked_panel = panel
+        self.context.image = self._image_layer
 
-    def _on_panel_run(self, *_) -> None:
-        """The IRNet panel's Run on our image: hand it the masks, let it make its own layer."""
-        panel = self._hooked_panel
-        if panel is None or self._image_layer is None or panel.image.value != self._image_layer:
+    def _on_run_started(self, event) -> None:
+        """The IRNet panel runs on our image: hand it the masks (stored in the project), let it make its own layer."""
+        if self._image_layer is None or event.layer != self._image_layer:
             return
         if self._instances is None or self._panel_session() is not None:
             return  # its own layer already, or nothing to hand over
@@ -507,19 +491,11 @@ class ProjectWidget(Container):
         meta[_layers.META_KEY] = {**meta[_layers.META_KEY], "stage": _HANDED_OVER}
         layer.metadata = meta
         layer.editable = False  # edits now would miss the run; back if the run fails
-        self._run_watch = QTimer(self.native)
-        self._run_watch.setInterval(200)
-        self._run_watch.timeout.connect(lambda: self._check_run_done(layer))
-        self._run_watch.start()
+        self._handed_over = layer
 
-    def _check_run_done(self, layer) -> None:
-        panel = self._hooked_panel
-        if panel is not None and not panel.idle:
-            return
-        if self._run_watch is not None:
-            self._run_watch.stop()
-            self._run_watch = None
-        if layer == self._instances and layer in self._viewer.layers:
+    def _on_run_finished(self, event) -> None:
+        layer, self._handed_over = self._handed_over, None
+        if layer is not None and layer == self._instances and layer in self._viewer.layers:
             layer.editable = True  # the run failed or was cancelled: ours again
 
     def _on_layer_inserted(self, event) -> None:
@@ -648,8 +624,9 @@ class ProjectWidget(Container):
             return False
         session = self._panel_session()
         if session is not None:  # the IRNet panel stores its acceptance in the project
-            if session.state != "accepted":
-                self.irnet_panel().accept()
+            error = session.accept() if session.state != "accepted" else None
+            if error:
+                show_error(f"napari-irnet: {error}")
             self._sync_state(name)
             self._set_status(f"{name} accepted ({len(session.annotation.instance_ids())} instances)")
             return session.state == "accepted"
@@ -686,8 +663,7 @@ class ProjectWidget(Container):
             return
         self.save_now()
         self._stop_predict = False
-        panel = self.irnet_panel()
-        device = str(panel.device.value) if panel is not None else "auto"
+        device = self.context.device
         self._predict_worker = start_worker(
             predict_all_job,
             self.project,
@@ -749,7 +725,7 @@ class ProjectWidget(Container):
     def _on_destroyed(self, *_) -> None:
         """The panel is gone (viewer closed): store what is not stored yet."""
         self._closed = True  # the Qt parts may be gone: no status, list or timer from here on
-        self._run_watch = None
+        connect_events(self._context_events(), self.context, connect=False)
         self._stop_predict = True
         try:
             self.save_now()
