@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet._napari.project_jobs import Snapshot, records_for, step_index
 from napari_irnet.core.params import Params
 from napari_irnet.core.synthetic import CLASS_NAMES
 
@@ -69,25 +68,6 @@ def _states(project_dir):
 
 
 # ------------------------------------------------------------------ GUI-free
-
-
-def test_step_index_skips_accepted_and_stops_at_the_ends():
-    states = ["proposed", "accepted", "new", "accepted"]
-    assert step_index(states, None, 1) == 0
-    assert step_index(states, 0, 1) == 1
-    assert step_index(states, 0, 1, skip_accepted=True) == 2
-    assert step_index(states, 2, 1, skip_accepted=True) is None
-    assert step_index(states, 2, -1, skip_accepted=True) == 0
-    assert step_index(states, 0, -1) is None
-    assert step_index(states, None, -1, skip_accepted=True) == 2
-
-
-def test_records_give_unknown_ids_the_fallback_class():
-    labels = np.array([[0, 1], [2, 5]])
-    recs = records_for(labels, {1: "rod", 2: "cat"}, ["rod", "blob"], "blob", {1: 0.5})
-    assert recs == [{"id": 1, "class": "rod", "score": 0.5}, {"id": 2, "class": "blob", "score": 1.0}, {"id": 5, "class": "blob", "score": 1.0}]
-    a = Snapshot(labels, {1: "rod"}, state="corrected")
-    assert a.same_as(a.copy()) and not a.same_as(Snapshot(labels, {1: "blob"}, state="corrected"))
 
 
 def test_reader_accepts_only_project_folders(project_dir, tmp_path):

@@ -14,10 +14,13 @@ from qtpy.QtWidgets import QVBoxLayout
 
 
 class Section(Container):
-    """A part of a panel: an optional bold title, then its widgets (added by the subclass), no margins of its own."""
+    """A part of a panel: an optional bold title, then its widgets (added by the subclass), no margins of its own.
 
-    def __init__(self, title: str | None = None, **kwargs) -> None:
-        super().__init__(labels=False, **kwargs)
+    Its widgets are shown without labels unless ``labels`` (a form).
+    """
+
+    def __init__(self, title: str | None = None, labels: bool = False, **kwargs) -> None:
+        super().__init__(labels=labels, **kwargs)
         self.margins = (0, 0, 0, 0)
         if title:
             self.append(Label(value=f"<b>{title}</b>"))
