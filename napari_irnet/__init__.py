@@ -1,8 +1,9 @@
 """napari-irnet: instance masks from image-level labels with IRNet, with a person in the loop.
 
 The algorithm lives in :mod:`napari_irnet.core`, which imports neither napari
-nor Qt; :mod:`napari_irnet.cli` is the command line; the napari plugin is
-declared in ``napari.yaml``.
+nor Qt; :mod:`napari_irnet.cli` is the command line; the napari plugin
+(``napari_irnet._napari``) is declared in ``napari.yaml``;
+:func:`annotate` and :func:`annotate_project` open it from a script.
 """
 
 import os as _os
@@ -16,3 +17,12 @@ __version__ = "0.1.0"
 # chose otherwise, waiting threads sleep; this must be set before torch is imported.
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def __getattr__(name: str):
+    """``annotate`` and ``annotate_project`` (the annotators from a script), imported with napari when first used."""
+    if name in ("annotate", "annotate_project"):
+        from ._napari import annotators
+
+        return getattr(annotators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -197,6 +197,11 @@ class IRNetWidget(Container):
 
     # ------------------------------------------------------------------ state
     @property
+    def viewer(self):
+        """The viewer the panel is docked in."""
+        return self._viewer
+
+    @property
     def session(self) -> ImageSession | None:
         """The image being worked on (None before the first run)."""
         return self.context.current

@@ -24,13 +24,12 @@ def get_project_reader(path):
     def reader(_path):
         import napari
 
+        from .annotators import open_project_panels
+
         viewer = napari.current_viewer()
         if viewer is None:
             raise RuntimeError(f"{path}: a project opens in the viewer's Project panel; start napari first")
-        _, widget = viewer.window.add_plugin_dock_widget("napari-irnet", "Project")
-        # Run and the corrections tools work on the shown image (napari gives the docked one if it is open)
-        viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")
-        if widget.open_project(path) is None:
+        if open_project_panels(viewer, path) is None:
             raise RuntimeError(f"{path}: not a usable napari-irnet project (see the notification)")
         return [(None,)]
 

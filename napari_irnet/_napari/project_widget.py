@@ -133,6 +133,11 @@ class ProjectWidget(Container):
 
     # ------------------------------------------------------------------ state
     @property
+    def viewer(self):
+        """The viewer the panel is docked in."""
+        return self._viewer
+
+    @property
     def idle(self) -> bool:
         """True when no image is loading, no prediction runs and no save waits (tests wait for this)."""
         return self._load_worker is None and self.predict_all_box.worker is None and not self.autosave.waiting
