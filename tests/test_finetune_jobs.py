@@ -7,23 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from napari_irnet.core.params import Params, TrainParams
 from napari_irnet.core.synthetic import CLASS_NAMES
-
-FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
-TINY_TP = TrainParams(irn_crop_size=64, irn_batch_size=2, irn_rescale=(0.9, 1.1), train_radius=5, finetune_epochs=1, correction_weight=2)
-
-
-@pytest.fixture
-def checkpoint(make_tiny_checkpoint):
-    return make_tiny_checkpoint(FAST, TINY_TP)
-
-
-@pytest.fixture
-def sample():
-    from napari_irnet.core.synthetic import make_dataset
-
-    return make_dataset(1, shape=(96, 96), seed=5, prefix="f")[0]
 
 
 def _digest(path) -> str:
@@ -40,11 +24,11 @@ def _drain(gen):
         return records, stop.value
 
 
-def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample, monkeypatch):
+def test_job_stop_then_start_again_resumes_and_versions_chain(fast_checkpoint, cells_sample, monkeypatch):
     from napari_irnet._napari.finetune_jobs import TrainingImage, finetune_job, store_of, version_choices
 
-    original = _digest(checkpoint)
-    images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
+    original = _digest(fast_checkpoint)
+    images = [TrainingImage("cells", cells_sample.image, list(cells_sample.labels), cells_sample.instances, "accepted")]
     settings = {"finetune_epochs": 3}  # 3 steps
 
     polls = {"n": 0}
@@ -53,12 +37,12 @@ def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample
         polls["n"] += 1
         return polls["n"] > 2  # one poll after the labels, one before step 1
 
-    records, result = _drain(finetune_job(checkpoint, images, settings, "cpu", stop_after_first_step))
+    records, result = _drain(finetune_job(fast_checkpoint, images, settings, "cpu", stop_after_first_step))
     assert result.stopped and result.version is None and [r["step"] for r in records if r["stage"] == "finetune"] == [1]
-    store, number = store_of(checkpoint)
-    assert number == 0 and store.versions() == [] and _digest(checkpoint) == original
+    store, number = store_of(fast_checkpoint)
+    assert number == 0 and store.versions() == [] and _digest(fast_checkpoint) == original
     # the same images and settings continue from the stopped step
-    records, result = _drain(finetune_job(checkpoint, images, settings, "cpu"))
+    records, result = _drain(finetune_job(fast_checkpoint, images, settings, "cpu"))
     steps = [r for r in records if r["stage"] == "finetune"]
     assert [r["step"] for r in steps] == [2, 3] and steps[0]["resumed_from"] == 1
     assert result.version["version"] == 1 and not list(store.folder.glob("*.resume"))
@@ -67,47 +51,47 @@ def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample
     assert store2.folder == store.folder and number2 == 1
     _, again = _drain(finetune_job(result.path, images, {"finetune_epochs": 1}, "cpu"))
     assert again.version["version"] == 2 and again.version["parent"] == 1
-    assert [p for _, p in version_choices(again.path)] == [str(checkpoint), str(store.folder / "v0001.pt"), str(store.folder / "v0002.pt")]
+    assert [p for _, p in version_choices(again.path)] == [str(fast_checkpoint), str(store.folder / "v0001.pt"), str(store.folder / "v0002.pt")]
 
 
-def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, sample, tmp_path):
+def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(fast_checkpoint, cells_sample, tmp_path):
     from PIL import Image
 
     from napari_irnet._napari.finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
     from napari_irnet.core.corrections import Corrections, save_corrections
     from napari_irnet.core.io import InputError
 
-    weak_only = [TrainingImage("cells", sample.image, list(sample.labels))]
+    weak_only = [TrainingImage("cells", cells_sample.image, list(cells_sample.labels))]
     with pytest.raises(InputError, match="corrected or accepted"):
-        list(finetune_job(checkpoint, weak_only, device="cpu"))
+        list(finetune_job(fast_checkpoint, weak_only, device="cpu"))
     # a folder: one image with the plugin's accepted corrections, one without
     folder = tmp_path / "imgs"
     folder.mkdir()
-    Image.fromarray(sample.image).save(folder / "a.png")
-    Image.fromarray(sample.image[::-1].copy()).save(folder / "b.png")
-    (tmp_path / "labels.csv").write_text("image,classes\na.png," + ";".join(sample.labels) + "\nb.png," + sample.labels[0] + "\n")
-    save_corrections(folder / "napari-irnet" / "a.png", Corrections(sample.instances.astype(np.int32), {}, "accepted", "a.png"))
+    Image.fromarray(cells_sample.image).save(folder / "a.png")
+    Image.fromarray(cells_sample.image[::-1].copy()).save(folder / "b.png")
+    (tmp_path / "labels.csv").write_text("image,classes\na.png," + ";".join(cells_sample.labels) + "\nb.png," + cells_sample.labels[0] + "\n")
+    save_corrections(folder / "napari-irnet" / "a.png", Corrections(cells_sample.instances.astype(np.int32), {}, "accepted", "a.png"))
     found = folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES)
     assert [(f.name, f.strong, f.state) for f in found] == [("a", True, "accepted"), ("b", False, "new")]
     assert [f.name for f in folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES, weak=False)] == ["a"]
     source = FolderSource(folder, tmp_path / "labels.csv", weak=False)
-    records = list(finetune_job(checkpoint, [], {"finetune_epochs": 1}, "cpu", folder=source))
+    records = list(finetune_job(fast_checkpoint, [], {"finetune_epochs": 1}, "cpu", folder=source))
     assert any(r["stage"] == "finetune" for r in records)
 
 
-def test_job_relearns_a_collapsed_field_and_says_so(checkpoint, sample, tmp_path):
+def test_job_relearns_a_collapsed_field_and_says_so(fast_checkpoint, cells_sample, tmp_path):
     import torch
 
     from napari_irnet._napari.finetune_jobs import TrainingImage, finetune_job
     from napari_irnet.core.checkpoint import load_checkpoint, save_checkpoint
 
-    model = load_checkpoint(checkpoint)
+    model = load_checkpoint(fast_checkpoint)
     with torch.no_grad():  # the field goes to zero everywhere
         for p in model.irn.fc_dp7.parameters():
             p.zero_()
         model.irn.mean_shift.running_mean.zero_()
     collapsed = save_checkpoint(model, tmp_path / "collapsed.pt")
-    images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
+    images = [TrainingImage("cells", cells_sample.image, list(cells_sample.labels), cells_sample.instances, "accepted")]
     records, result = _drain(finetune_job(collapsed, images, {"finetune_epochs": 1}, "cpu"))
     first = next(r for r in records if r["stage"] == "finetune")
     assert first["displacement_reset"] == "collapsed"

@@ -7,23 +7,19 @@ import hashlib
 import numpy as np
 import pytest
 
-from napari_irnet.core.params import Params, TrainParams
+from napari_irnet.core.params import TrainParams
 
-FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
-TINY_TP = TrainParams(irn_crop_size=64, irn_batch_size=2, irn_rescale=(0.9, 1.1), train_radius=5, finetune_epochs=1, correction_weight=2)
 WAIT_MS = 60_000
 
 
 @pytest.fixture
-def checkpoint(make_tiny_checkpoint):
-    return make_tiny_checkpoint(FAST, TINY_TP)
+def checkpoint(fast_checkpoint):
+    return fast_checkpoint
 
 
 @pytest.fixture
-def sample():
-    from napari_irnet.core.synthetic import make_dataset
-
-    return make_dataset(1, shape=(96, 96), seed=5, prefix="f")[0]
+def sample(cells_sample):
+    return cells_sample
 
 
 def _save_corrections(name, sample, state="accepted"):

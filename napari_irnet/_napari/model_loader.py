@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..core.params import Params
 from .jobs import load_model
-from .workers import start_worker
+from .workers import start_worker, stop_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.checkpoint import Model
@@ -75,11 +75,7 @@ class ModelLoader:
 
     def close(self) -> None:
         self.closed = True
-        if self.worker is not None:
-            try:
-                self.worker.quit()
-            except RuntimeError:  # its Qt side is gone already
-                pass
+        stop_worker(self.worker)
 
 
 def describe_model(model: Model) -> str:

@@ -31,7 +31,7 @@ from .recent import remember_checkpoint
 from .scheduler import UpdateScheduler
 from .stores import store_for_layer
 from .widgets.input_box import InputBox
-from .workers import start_worker
+from .workers import start_worker, stop_worker
 
 
 @dataclass
@@ -212,8 +212,4 @@ class Runner:
     def close(self) -> None:
         """The panel is gone: the run stops at its next step, its result is dropped."""
         self.closed = True
-        if self.worker is not None:
-            try:
-                self.worker.quit()
-            except RuntimeError:  # its Qt side is gone already
-                pass
+        stop_worker(self.worker)

@@ -21,7 +21,7 @@ from qtpy.QtCore import QTimer
 from ..core.params import Params
 from .context import ImageSession, ViewerContext
 from .jobs import UpdateResult, update_job
-from .workers import start_worker
+from .workers import start_worker, stop_worker
 
 #: ms of quiet after the last slider change before the stages re-run
 DEBOUNCE_MS = 25
@@ -210,8 +210,4 @@ class UpdateScheduler:
         """The panel is gone: the re-run in progress stops, none starts."""
         self.closed = True
         self.pending = None
-        if self.worker is not None:
-            try:
-                self.worker.quit()
-            except RuntimeError:  # its Qt side is gone already
-                pass
+        stop_worker(self.worker)
