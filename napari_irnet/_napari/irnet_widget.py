@@ -351,7 +351,7 @@ class IRNetWidget(Container):
             session.annotation.disconnect(callback)
         was_current = session is not None and session is self.context.current
         self.context.drop(image_id)
-        if was_current:
+        if was_current and not self._closed:
             self.scheduler.drop()
             self._refresh_controls()
 
@@ -419,11 +419,8 @@ class IRNetWidget(Container):
             except Exception:  # noqa: BLE001 - nothing may escape a Qt destructor callback
                 pass
         connect_events(self._context_events(), self.context, connect=False)
-        for image_id, callback in self._listeners.items():
-            session = self.context.session(image_id)
-            if session is not None:
-                session.annotation.disconnect(callback)
-        self._listeners.clear()
+        for image_id in list(self._listeners):  # its sessions go with it (network outputs, caches): a new panel starts afresh
+            self._drop_session(image_id)
 
 
 __all__ = ["PANEL_WIDTH", "IRNetWidget"]
