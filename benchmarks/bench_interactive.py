@@ -114,9 +114,9 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
     import napari
     import numpy as np
 
-    from napari_irnet import _layers
-    from napari_irnet.annotation.masks import features_table, table_from_records
+    from napari_irnet._napari import layers as _layers
     from napari_irnet.annotation.session import AnnotationSession
+    from napari_irnet.annotation.masks import features_table, table_from_records
     from napari_irnet.pipeline.cache import StageCache
 
     model, image, outputs, _ = setup(args)
@@ -183,7 +183,7 @@ def bench_viewer(args) -> dict[str, float]:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    import napari_irnet._jobs as jobs
+    import napari_irnet._napari.jobs as jobs
     from napari_irnet.models.checkpoint import save_checkpoint
 
     model, image, outputs, _ = setup(args)

@@ -58,8 +58,8 @@ def main() -> int:
     import numpy as np
     from qtpy.QtWidgets import QApplication
 
-    from napari_irnet._layers import stage_of
-    from napari_irnet._recent import BUNDLED_DEMO
+    from napari_irnet._napari.layers import stage_of
+    from napari_irnet._napari.recent import BUNDLED_DEMO
 
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NAPARI_IRNET_DATA_DIR", str(ROOT / "bench_output" / "screenshot-data"))

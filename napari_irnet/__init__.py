@@ -7,7 +7,8 @@ image's corrections without Qt), :mod:`napari_irnet.store` (projects and
 per-image folders), :mod:`napari_irnet.io` (files), :mod:`napari_irnet.evaluation`,
 with :mod:`napari_irnet.params` (the parameter dataclasses) and
 :mod:`napari_irnet.progress`; :mod:`napari_irnet.cli` is the command line;
-the napari plugin is declared in ``napari.yaml``.
+the napari plugin (:mod:`napari_irnet._napari`) is declared in ``napari.yaml``;
+:func:`annotate` and :func:`annotate_project` open it from a script.
 """
 
 import os as _os
@@ -21,3 +22,12 @@ __version__ = "0.1.0"
 # chose otherwise, waiting threads sleep; this must be set before torch is imported.
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def __getattr__(name: str):
+    """``annotate`` and ``annotate_project`` (the annotators from a script), imported with napari when first used."""
+    if name in ("annotate", "annotate_project"):
+        from ._napari import annotators
+
+        return getattr(annotators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

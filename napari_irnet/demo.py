@@ -209,7 +209,7 @@ def _mean_iou(gt: np.ndarray, pred: np.ndarray, n: int) -> float:
 def show(model, results, out: Path, screenshot: bool) -> None:
     import napari
 
-    from ._layers import prediction_layers
+    from ._napari.layers import prediction_layers
 
     stem, image, outputs, pred, gt = results[min(2, len(results) - 1)]
     viewer = napari.Viewer(title="napari-irnet demo", show=True)

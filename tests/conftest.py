@@ -65,6 +65,24 @@ def make_tiny_checkpoint(env):
 
 
 @pytest.fixture
+def fast_checkpoint(make_tiny_checkpoint):
+    """A random ``tiny`` checkpoint with fast post-processing (one CAM scale, 16 walk steps) and one-step fine-tuning."""
+    from napari_irnet.params import Params, TrainParams
+
+    fast = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
+    one_step = TrainParams(irn_crop_size=64, irn_batch_size=2, irn_rescale=(0.9, 1.1), train_radius=5, finetune_epochs=1, correction_weight=2)
+    return make_tiny_checkpoint(fast, one_step)
+
+
+@pytest.fixture
+def cells_sample():
+    """One 96x96 synthetic image with its labels and instances (deterministic)."""
+    from napari_irnet.synthetic import make_dataset
+
+    return make_dataset(1, shape=(96, 96), seed=5, prefix="f")[0]
+
+
+@pytest.fixture
 def tiny_dataset():
     """Eight 64x64 synthetic images (deterministic)."""
     from napari_irnet.synthetic import make_dataset

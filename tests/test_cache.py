@@ -142,7 +142,7 @@ def test_a_walk_reports_its_steps_and_stops_at_one():
 
 
 def test_the_panels_run_job_yields_walk_steps_and_a_cancel_stops_inside_the_walk(monkeypatch, tmp_path):
-    import napari_irnet._jobs as jobs
+    import napari_irnet._napari.jobs as jobs
     from napari_irnet.models.checkpoint import new_irnet, new_model
     from napari_irnet.progress import Step
 

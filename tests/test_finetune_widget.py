@@ -7,24 +7,19 @@ import hashlib
 import numpy as np
 import pytest
 
-from napari_irnet.params import Params, TrainParams
-from napari_irnet.synthetic import CLASS_NAMES
+from napari_irnet.params import TrainParams
 
-FAST = Params(cam_scales=(1.0,), walk_steps=16, centroid_steps=20, use_crf=False, min_fragment_fraction=0.0)
-TINY_TP = TrainParams(irn_crop_size=64, irn_batch_size=2, irn_rescale=(0.9, 1.1), train_radius=5, finetune_epochs=1, correction_weight=2)
 WAIT_MS = 60_000
 
 
 @pytest.fixture
-def checkpoint(make_tiny_checkpoint):
-    return make_tiny_checkpoint(FAST, TINY_TP)
+def checkpoint(fast_checkpoint):
+    return fast_checkpoint
 
 
 @pytest.fixture
-def sample():
-    from napari_irnet.synthetic import make_dataset
-
-    return make_dataset(1, shape=(96, 96), seed=5, prefix="f")[0]
+def sample(cells_sample):
+    return cells_sample
 
 
 def _save_corrections(name, sample, state="accepted"):
@@ -47,16 +42,6 @@ def _dock(viewer, name="Fine-tune IRNet"):
     return widget
 
 
-def _drain(gen):
-    """Every record of a job generator, and what it returned."""
-    records = []
-    try:
-        while True:
-            records.append(next(gen))
-    except StopIteration as stop:
-        return records, stop.value
-
-
 def _wait(qtbot, widget):
     qtbot.waitUntil(lambda: widget.idle, timeout=WAIT_MS)
 
@@ -73,7 +58,7 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
     viewer.add_image(other, name="untouched", rgb=True)
     widget = _dock(viewer)
     _wait(qtbot, widget)
-    from napari_irnet._finetune_jobs import PANEL_TRAIN_PARAMS
+    from napari_irnet._napari.finetune_jobs import PANEL_TRAIN_PARAMS
 
     for name in PANEL_TRAIN_PARAMS:
         assert name in TrainParams.__dataclass_fields__ and getattr(widget, name).name == name
@@ -107,7 +92,7 @@ def test_panel_docks_and_lists_only_corrected_or_accepted_images(make_napari_vie
 def test_refresh_looks_at_each_image_once_and_rereads_only_changed_corrections(
     make_napari_viewer_proxy, qtbot, env, sample, monkeypatch
 ):
-    import napari_irnet._finetune_widget as fw
+    import napari_irnet._napari.widgets.training_images as fw
 
     _save_corrections("cells", sample, "accepted")
     viewer = make_napari_viewer_proxy()
@@ -178,7 +163,7 @@ def test_start_runs_to_a_new_version_the_irnet_panel_uses_and_compare_adds_layer
     # the shown instances are the accepted ones: the old model's proposal comes as a layer too
     assert "instances (tiny)" in names
     # the IRNet panel still finds its own instances layer, not the comparison
-    from napari_irnet._session import find_layer
+    from napari_irnet._napari.layer_sync import find_layer
 
     assert find_layer(viewer.layers, irnet.session.image_id, "instances").name == "instances"
 
@@ -222,86 +207,6 @@ def test_stop_mid_run_makes_no_version_and_keeps_the_checkpoint(make_napari_view
     assert not list((checkpoint.parent / "tiny.versions").glob("v*.pt"))
 
 
-# --------------------------------------------------------------------------
-# the panel's job without a viewer
-
-
-def test_job_stop_then_start_again_resumes_and_versions_chain(checkpoint, sample, monkeypatch):
-    from napari_irnet._finetune_jobs import TrainingImage, finetune_job, store_of, version_choices
-
-    original = _digest(checkpoint)
-    images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
-    settings = {"finetune_epochs": 3}  # 3 steps
-
-    polls = {"n": 0}
-
-    def stop_after_first_step() -> bool:
-        polls["n"] += 1
-        return polls["n"] > 2  # one poll after the labels, one before step 1
-
-    records, result = _drain(finetune_job(checkpoint, images, settings, "cpu", stop_after_first_step))
-    assert result.stopped and result.version is None and [r["step"] for r in records if r["stage"] == "finetune"] == [1]
-    store, number = store_of(checkpoint)
-    assert number == 0 and store.versions() == [] and _digest(checkpoint) == original
-    # the same images and settings continue from the stopped step
-    records, result = _drain(finetune_job(checkpoint, images, settings, "cpu"))
-    steps = [r for r in records if r["stage"] == "finetune"]
-    assert [r["step"] for r in steps] == [2, 3] and steps[0]["resumed_from"] == 1
-    assert result.version["version"] == 1 and not list(store.folder.glob("*.resume"))
-    # fine-tuning a stored version adds to the same store, with that version as parent
-    store2, number2 = store_of(result.path)
-    assert store2.folder == store.folder and number2 == 1
-    _, again = _drain(finetune_job(result.path, images, {"finetune_epochs": 1}, "cpu"))
-    assert again.version["version"] == 2 and again.version["parent"] == 1
-    assert [p for _, p in version_choices(again.path)] == [str(checkpoint), str(store.folder / "v0001.pt"), str(store.folder / "v0002.pt")]
-
-
-def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(checkpoint, sample, tmp_path):
-    from PIL import Image
-
-    from napari_irnet._finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
-    from napari_irnet.annotation.masks import Masks
-    from napari_irnet.io.files import InputError
-    from napari_irnet.store.folder import save_corrections
-
-    weak_only = [TrainingImage("cells", sample.image, list(sample.labels))]
-    with pytest.raises(InputError, match="corrected or accepted"):
-        list(finetune_job(checkpoint, weak_only, device="cpu"))
-    # a folder: one image with the plugin's accepted corrections, one without
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    Image.fromarray(sample.image).save(folder / "a.png")
-    Image.fromarray(sample.image[::-1].copy()).save(folder / "b.png")
-    (tmp_path / "labels.csv").write_text("image,classes\na.png," + ";".join(sample.labels) + "\nb.png," + sample.labels[0] + "\n")
-    save_corrections(folder / "napari-irnet" / "a.png", Masks.from_table(sample.instances.astype(np.int32), {}, state="accepted", image_name="a.png"))
-    found = folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES)
-    assert [(f.name, f.strong, f.state) for f in found] == [("a", True, "accepted"), ("b", False, "new")]
-    assert [f.name for f in folder_images(folder, tmp_path / "labels.csv", CLASS_NAMES, weak=False)] == ["a"]
-    source = FolderSource(folder, tmp_path / "labels.csv", weak=False)
-    records = list(finetune_job(checkpoint, [], {"finetune_epochs": 1}, "cpu", folder=source))
-    assert any(r["stage"] == "finetune" for r in records)
-
-
-def test_job_relearns_a_collapsed_field_and_says_so(checkpoint, sample, tmp_path):
-    import torch
-
-    from napari_irnet._finetune_jobs import TrainingImage, finetune_job
-    from napari_irnet.models.checkpoint import load_checkpoint, save_checkpoint
-
-    model = load_checkpoint(checkpoint)
-    with torch.no_grad():  # the field goes to zero everywhere
-        for p in model.irn.fc_dp7.parameters():
-            p.zero_()
-        model.irn.mean_shift.running_mean.zero_()
-    collapsed = save_checkpoint(model, tmp_path / "collapsed.pt")
-    images = [TrainingImage("cells", sample.image, list(sample.labels), sample.instances, "accepted")]
-    records, result = _drain(finetune_job(collapsed, images, {"finetune_epochs": 1}, "cpu"))
-    first = next(r for r in records if r["stage"] == "finetune")
-    assert first["displacement_reset"] == "collapsed"
-    assert result.note.startswith("the displacement field had collapsed (mean displacement 0.00 grid cells")
-    assert result.version["note"].endswith("displacement relearnt (collapsed)")
-
-
 @pytest.mark.viewer
 def test_every_panel_fits_in_420_pixels_even_with_a_long_status(make_napari_viewer_proxy, qtbot, env):
     viewer = make_napari_viewer_proxy()
@@ -312,14 +217,3 @@ def test_every_panel_fits_in_420_pixels_even_with_a_long_status(make_napari_view
     for panel in panels:
         assert panel.native.minimumSizeHint().width() <= 420, type(panel).__name__
         assert panel.native.minimumWidth() <= 420, type(panel).__name__
-
-
-def test_versions_of_the_bundled_model_go_to_the_user_data_folder(env):
-    from pathlib import Path
-
-    import napari_irnet
-    from napari_irnet._finetune_jobs import store_of
-
-    bundled = Path(napari_irnet.__file__).parent / "data" / "demo_model.pt"
-    store, number = store_of(bundled)
-    assert number == 0 and (env / "data") in store.folder.parents  # never inside the installed package

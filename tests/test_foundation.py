@@ -67,7 +67,7 @@ def test_npe2_validate_cli():
 
 
 def test_sample_data_contribution_returns_image_and_truth():
-    from napari_irnet._sample_data import sample_cells
+    from napari_irnet._napari.sample_data import sample_cells
 
     layers = sample_cells()
     (img, img_kw, img_type), (lab, lab_kw, lab_type) = layers

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet._project_jobs import Snapshot, records_for, step_index
 from napari_irnet.params import Params
 from napari_irnet.synthetic import CLASS_NAMES
 
@@ -71,27 +70,8 @@ def _states(project_dir):
 # ------------------------------------------------------------------ GUI-free
 
 
-def test_step_index_skips_accepted_and_stops_at_the_ends():
-    states = ["proposed", "accepted", "new", "accepted"]
-    assert step_index(states, None, 1) == 0
-    assert step_index(states, 0, 1) == 1
-    assert step_index(states, 0, 1, skip_accepted=True) == 2
-    assert step_index(states, 2, 1, skip_accepted=True) is None
-    assert step_index(states, 2, -1, skip_accepted=True) == 0
-    assert step_index(states, 0, -1) is None
-    assert step_index(states, None, -1, skip_accepted=True) == 2
-
-
-def test_records_give_unknown_ids_the_fallback_class():
-    labels = np.array([[0, 1], [2, 5]])
-    recs = records_for(labels, {1: "rod", 2: "cat"}, ["rod", "blob"], "blob", {1: 0.5})
-    assert recs == [{"id": 1, "class": "rod", "score": 0.5}, {"id": 2, "class": "blob", "score": 1.0}, {"id": 5, "class": "blob", "score": 1.0}]
-    a = Snapshot(labels, {1: "rod"}, state="corrected")
-    assert a.same_as(a.copy()) and not a.same_as(Snapshot(labels, {1: "blob"}, state="corrected"))
-
-
 def test_reader_accepts_only_project_folders(project_dir, tmp_path):
-    from napari_irnet._project_reader import get_project_reader
+    from napari_irnet._napari.project_reader import get_project_reader
 
     assert callable(get_project_reader(str(project_dir)))
     assert get_project_reader(str(tmp_path / "ds")) is None
@@ -128,7 +108,7 @@ def test_list_states_and_next_previous(make_napari_viewer_proxy, qtbot, project_
     _wait(qtbot, widget)
     assert widget.previous() is None  # no wrap-around
     # the viewer shortcut
-    from napari_irnet._project_widget import NEXT_KEY
+    from napari_irnet._napari.project_widget import NEXT_KEY
 
     bound = {str(k): f for k, f in viewer.keymap.items()}
     bound[NEXT_KEY](viewer)
@@ -321,3 +301,17 @@ def test_predict_all_proposes_every_new_image_in_the_background(make_napari_view
     assert list(widget.states().values()) == list(states.values())
     assert widget.current_name == widget.project.names[2]
     assert "instances" in widget.status.value or "predicted" in widget.status.value
+
+
+@pytest.mark.viewer
+def test_an_irnet_panel_docked_later_works_on_the_shown_image_with_the_projects_checkpoint(make_napari_viewer_proxy, qtbot, project_dir):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="another image")  # first in the list
+    widget = _open(qtbot, viewer, project_dir, skip=False)
+    widget.show_image(3)
+    _wait(qtbot, widget)
+    panel = _dock(viewer, "IRNet")  # the viewer context tells it the image and the checkpoint
+    assert panel.image.value == widget.image_layer
+    assert str(panel.checkpoint.value) == str(widget.project.checkpoint_path)
+    _run_panel(qtbot, panel)
+    assert panel.session.image_id == widget.image_layer.metadata["napari_irnet"]["image_id"]

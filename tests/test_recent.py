@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_irnet import _recent
+from napari_irnet._napari import recent as _recent
 
 
 def test_recent_checkpoints_round_trip(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """What the Project panel does, without Qt or napari: moving through a project,
 turning an instance map into the records the project stores, and saving.
 
-:mod:`napari_irnet._project_widget` turns these into buttons and layers; the
+:mod:`napari_irnet._napari.project_widget` turns these into buttons and layers; the
 project store itself is :mod:`napari_irnet.store.project`.
 """
 
@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .annotation.masks import InstanceInfo, Masks
-from .io.files import OutputError
-from .store.create import open_project
-from .store.project import MANIFEST, Project, ProjectError
+from ..annotation.masks import InstanceInfo
+from ..io.files import OutputError
+from ..store.project import MANIFEST, Project, ProjectError
+from ..annotation.masks import Masks
+from ..store.create import open_project
 
 __all__ = [
     "STATE_COLOURS",
@@ -195,7 +196,7 @@ def predict_all_job(project: Project, device: str = "auto", should_stop: Callabl
     is stored, so stopping loses nothing); corrected and accepted images are
     never touched. Stops early once ``should_stop()`` is true.
     """
-    from .store.batch import ProjectPrediction
+    from ..store.batch import ProjectPrediction
 
     run = ProjectPrediction(project, device=device)
     yield len(run)

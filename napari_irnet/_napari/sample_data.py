@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic import make_dataset
+from ..synthetic import make_dataset
 
 
 def sample_cells():
@@ -13,7 +13,7 @@ def sample_cells():
     Returns napari LayerDataTuples: the RGB image and the ground-truth
     instance labels (hidden, for comparison).
     """
-    from .demo import DEMO_SCALE, DEMO_SHAPE
+    from ..demo import DEMO_SCALE, DEMO_SHAPE
 
     # the cell size the bundled demo checkpoint was trained on
     sample = make_dataset(1, shape=DEMO_SHAPE, seed=7, prefix="sample", scale=DEMO_SCALE)[0]

@@ -7,12 +7,13 @@ so the plugin recognises its own layers whatever their current name.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .annotation.masks import InstanceInfo, features_table, table_from_records
+from ..annotation.masks import InstanceInfo, features_table, table_from_records
 
 STAGES = ("CAM", "seeds", "boundary", "displacement", "centroids", "instances", "corrections", "semantic")
 #: stages shown when first added (the others start hidden)
@@ -44,6 +45,28 @@ def stage_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     info = metadata.get(META_KEY)
     return info if isinstance(info, dict) and "stage" in info else None
+
+
+def image_id_of(layer) -> str:
+    """The plugin's id of an image layer, kept in its metadata (given one at the first call)."""
+    meta = layer.metadata
+    info = meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict) else None
+    if info is not None and info.get("image_id"):
+        return str(info["image_id"])
+    new_id = uuid.uuid4().hex[:8]
+    meta = dict(meta)
+    meta[META_KEY] = {**(info or {}), "image_id": new_id}
+    layer.metadata = meta
+    return new_id
+
+
+def image_labels_of(layer, known: Sequence[str]) -> list[str]:
+    """The image-level labels an image layer carries (e.g. the sample's, a project image's) that are in ``known``."""
+    if layer is None:
+        return []
+    info = layer.metadata.get(META_KEY)
+    labels = list(info.get("labels", [])) if isinstance(info, dict) else []
+    return [c for c in labels if c in known]
 
 
 def parse_channels(text: str) -> tuple[int, ...] | None:

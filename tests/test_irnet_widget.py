@@ -46,14 +46,14 @@ def _run(qtbot, viewer, checkpoint, image):
 
 
 def _layer(viewer, stage):
-    from napari_irnet._layers import stage_of
+    from napari_irnet._napari.layers import stage_of
 
     found = [layer for layer in viewer.layers if (stage_of(layer.metadata) or {}).get("stage") == stage]
     return found[0] if found else None
 
 
 def _active_stage(viewer):
-    from napari_irnet._layers import stage_of
+    from napari_irnet._napari.layers import stage_of
 
     return (stage_of(viewer.layers.selection.active.metadata) or {}).get("stage")
 
@@ -78,7 +78,7 @@ def _with_blobs(qtbot, viewer, checkpoint, image):
 
 
 def test_widget_docks_and_has_a_slider_per_live_parameter(make_napari_viewer_proxy, qtbot, env):
-    from napari_irnet._widget import LIVE_PARAMS
+    from napari_irnet._napari.widgets.parameters import LIVE_PARAMS
 
     viewer = make_napari_viewer_proxy()
     widget = _dock(viewer)
@@ -245,7 +245,7 @@ def test_edited_instances_are_kept_when_parameters_change(make_napari_viewer_pro
     after = _layer(viewer, "instances").data
     np.testing.assert_array_equal(after == 1, merged)  # the merged instance is untouched
     # the discard button asks first
-    widget._confirm = lambda question: False
+    widget.edits.confirm = lambda question: False
     widget.discard_corrections()
     np.testing.assert_array_equal(_layer(viewer, "instances").data == 1, merged)
 
@@ -474,7 +474,7 @@ def test_shift_click_adds_the_missed_object_in_one_undoable_step(make_napari_vie
         position = (15.0, 15.0)
         modifiers = ("Shift",)
 
-    gen = widget._on_instances_click(layer, Click())
+    gen = widget.edits.on_instances_click(layer, Click())
     next(gen)
     Click.type = "mouse_release"
     with pytest.raises(StopIteration):
@@ -511,7 +511,7 @@ def test_the_class_menu_starts_on_the_images_class_and_says_what_new_instances_g
 
 
 def _layer_of(viewer, image_id, stage):
-    from napari_irnet._session import find_layer
+    from napari_irnet._napari.layer_sync import find_layer
 
     return find_layer(viewer.layers, image_id, stage)
 
@@ -548,10 +548,11 @@ def test_renaming_the_layer_keeps_its_corrections(make_napari_viewer_proxy, qtbo
 def test_closing_the_viewer_during_a_run_or_a_checkpoint_load_is_safe(make_napari_viewer_proxy, qtbot, checkpoint, image, monkeypatch):
     import threading
 
-    import napari_irnet._widget as widget_module
+    import napari_irnet._napari.model_loader as loader_module
+    import napari_irnet._napari.runner as runner_module
 
     release = threading.Event()
-    real_run, real_load = widget_module.run_job, widget_module.load_model
+    real_run, real_load = runner_module.run_job, loader_module.load_model
 
     def slow_run(*args, **kwargs):
         yield "waiting"
@@ -562,12 +563,12 @@ def test_closing_the_viewer_during_a_run_or_a_checkpoint_load_is_safe(make_napar
         release.wait(10)
         return real_load(path)
 
-    monkeypatch.setattr(widget_module, "run_job", slow_run)
+    monkeypatch.setattr(runner_module, "run_job", slow_run)
     viewer = make_napari_viewer_proxy()
     widget = _run_started(qtbot, viewer, checkpoint, image)
-    monkeypatch.setattr(widget_module, "load_model", slow_load)
+    monkeypatch.setattr(loader_module, "load_model", slow_load)
     widget.set_checkpoint(checkpoint.with_name("other.pt"))  # a load in flight too
-    workers = [widget._run_worker, widget._load_worker]
+    workers = [widget.runner.worker, widget.loader.worker]
     viewer.close()
     release.set()
     for w in workers:
@@ -594,7 +595,7 @@ def test_the_panel_fits_in_420_pixels(make_napari_viewer_proxy, qtbot, checkpoin
 
 
 def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_proxy, qtbot, image):
-    from napari_irnet._layers import layer_to_rgb8
+    from napari_irnet._napari.layers import layer_to_rgb8
 
     viewer = make_napari_viewer_proxy()
     gray8 = image.image.mean(axis=2).astype(np.uint8)
@@ -607,7 +608,7 @@ def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_p
     stack = viewer.add_image(np.stack([gray8, 255 - gray8, gray8 // 2]).astype(np.uint16), name="stack", rgb=False, contrast_limits=(0, 255))
     widget = _dock(viewer)
     widget.channels.value = "1"  # the second channel, as gray
-    rgb = widget._network_input(stack)
+    rgb = widget.inputs.network_input(stack)
     assert rgb.shape == gray8.shape + (3,)
     np.testing.assert_array_equal(rgb[..., 0], 255 - gray8)
     np.testing.assert_array_equal(rgb[..., 2], 255 - gray8)
@@ -616,7 +617,7 @@ def test_non_8_bit_images_follow_the_layers_contrast_limits(make_napari_viewer_p
 def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_legend(make_napari_viewer_proxy, qtbot, checkpoint, image):
     from napari.utils.colormaps.standardize_color import transform_color
 
-    from napari_irnet._layers import CLASS_COLOURS, STATE_COLOURS
+    from napari_irnet._napari.layers import CLASS_COLOURS, STATE_COLOURS
 
     viewer = make_napari_viewer_proxy()
     widget = _proposed(qtbot, viewer, checkpoint, image)
@@ -662,7 +663,7 @@ def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_lege
 _CLOSE_AND_EXIT = """
 import time
 import napari
-import napari_irnet._widget as w
+import napari_irnet._napari.model_loader as w
 real = w.load_model
 def slow(path):
     time.sleep(2)

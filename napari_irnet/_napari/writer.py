@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import stage_of
-from .annotation.masks import InstanceInfo
-from .io.coco import coco_from_instances
-from .io.files import atomic_write
-from .io.results import write_instance_tiff
+from ..io.coco import coco_from_instances
+from ..annotation.masks import InstanceInfo
+from ..io.files import atomic_write
+from ..io.results import write_instance_tiff
+from .layers import stage_of
 
 
 def _labels_2d(data: Any) -> np.ndarray:

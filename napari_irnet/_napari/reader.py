@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io.files import InputError
-from .io.images import read_label_image
+from ..io.files import InputError
+from ..io.images import read_label_image
 
 _SUFFIXES = (".tif", ".tiff", ".png")
 

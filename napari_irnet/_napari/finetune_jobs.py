@@ -27,21 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ._llvm_guard import avoid_llvm_clash
+from .llvm_guard import avoid_llvm_clash
 
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported here once, not first inside a worker thread)
 
-from .io.files import InputError  # noqa: E402
-from .models.checkpoint import load_checkpoint  # noqa: E402
-from .models.versions import VersionStore  # noqa: E402
-from .params import Params, TrainParams  # noqa: E402
-from .pipeline.inference import resolve_device  # noqa: E402
-from .store.folder import load_corrections, user_data_dir  # noqa: E402
-from .training.datasets import LabelledImage  # noqa: E402
-from .training.field_check import describe_reset  # noqa: E402
-from .training.finetune import finetune  # noqa: E402
-from .training.finetune_data import correction_class_maps, finetune_labels  # noqa: E402
+from ..models.checkpoint import load_checkpoint  # noqa: E402
+from ..store.folder import load_corrections, user_data_dir  # noqa: E402
+from ..models.versions import VersionStore
+from ..training.finetune_data import correction_class_maps
+from ..training.field_check import describe_reset
+from ..training.finetune import finetune, finetune_labels  # noqa: E402
+from ..pipeline.inference import resolve_device  # noqa: E402
+from ..io.files import InputError  # noqa: E402
+from ..params import Params, TrainParams  # noqa: E402
+from ..training.loop import LabelledImage  # noqa: E402
 
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")
@@ -117,9 +117,9 @@ def folder_images(
     images. With ``weak`` the images without a correction come too (weak
     labels from the CAMs).
     """
-    from .cli.finetune import find_correction
-    from .io.images import read_image
-    from .io.labels import read_labels
+    from ..cli.finetune import find_correction
+    from ..io.images import read_image
+    from ..io.labels import read_labels
 
     images_dir = Path(images_dir)
     folder = Path(corrections_dir) if corrections_dir else images_dir / "napari-irnet"
@@ -185,7 +185,7 @@ def store_of(checkpoint: str | os.PathLike[str]) -> tuple[VersionStore, int]:
 
 def _inside_package(path: Path) -> bool:
     """True for a file installed with napari-irnet (the bundled demo model): never write next to it."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     try:
         path.resolve().relative_to(package)
     except ValueError:

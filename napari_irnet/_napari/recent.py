@@ -12,12 +12,12 @@ import json
 import os
 from pathlib import Path
 
-from .io.files import OutputError, atomic_write
+from ..io.files import OutputError, atomic_write
 
 MAX_RECENT = 10
 FILE_NAME = "recent_checkpoints.json"
 #: the demo checkpoint shipped with the package (trained by ``make demo``)
-BUNDLED_DEMO = Path(__file__).resolve().parent / "data" / "demo_model.pt"
+BUNDLED_DEMO = Path(__file__).resolve().parent.parent / "data" / "demo_model.pt"
 
 
 def config_dir() -> Path:

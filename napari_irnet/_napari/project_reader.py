@@ -8,7 +8,7 @@ image to work on.
 
 from __future__ import annotations
 
-from ._project_jobs import is_project_folder
+from .project_jobs import is_project_folder
 
 
 def get_project_reader(path):
@@ -24,13 +24,12 @@ def get_project_reader(path):
     def reader(_path):
         import napari
 
+        from .annotators import open_project_panels
+
         viewer = napari.current_viewer()
         if viewer is None:
             raise RuntimeError(f"{path}: a project opens in the viewer's Project panel; start napari first")
-        _, widget = viewer.window.add_plugin_dock_widget("napari-irnet", "Project")
-        if widget.irnet_panel() is None:  # Run and the corrections tools work on the shown image
-            viewer.window.add_plugin_dock_widget("napari-irnet", "IRNet")
-        if widget.open_project(path) is None:
+        if open_project_panels(viewer, path) is None:
             raise RuntimeError(f"{path}: not a usable napari-irnet project (see the notification)")
         return [(None,)]
 

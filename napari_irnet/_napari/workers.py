@@ -31,6 +31,16 @@ def start_worker(func, *args, **kwargs):
     return worker
 
 
+def stop_worker(worker) -> None:
+    """Ask a worker to stop (a generator worker stops at its next step); one whose Qt side is gone is left alone."""
+    if worker is None:
+        return
+    try:
+        worker.quit()
+    except RuntimeError:  # its Qt side is gone already
+        pass
+
+
 def running_workers() -> int:
     """How many workers started here have not finished."""
     return sum(1 for w in _running if _is_running(w))
@@ -50,8 +60,5 @@ def _wait_for_workers() -> None:
     from qtpy.QtCore import QThreadPool
 
     for worker in list(_running):
-        try:
-            worker.quit()
-        except RuntimeError:
-            pass
+        stop_worker(worker)
     QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
