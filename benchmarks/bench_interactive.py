@@ -115,8 +115,8 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
     import numpy as np
 
     from napari_irnet._napari import layers as _layers
-    from napari_irnet.annotation.session import AnnotationSession
     from napari_irnet.annotation.masks import features_table, table_from_records
+    from napari_irnet.annotation.session import AnnotationSession
     from napari_irnet.pipeline.cache import StageCache
 
     model, image, outputs, _ = setup(args)

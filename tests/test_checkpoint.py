@@ -252,8 +252,8 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
 
 def test_cam_only_checkpoint_is_refused_for_prediction(tmp_path, tiny_dataset):
     from napari_irnet._napari.jobs import run_job
-    from napari_irnet.training.finetune import finetune
     from napari_irnet.pipeline.predict import predict, predict_classes
+    from napari_irnet.training.finetune import finetune
 
     model = new_model(["a", "b"], "tiny")
     model.history.append({"stage": "cam", "steps": 3})  # what train-cam writes: IRNet with random heads

@@ -59,8 +59,8 @@ def test_job_refuses_no_corrections_and_reads_a_folder_like_the_cli(fast_checkpo
 
     from napari_irnet._napari.finetune_jobs import FolderSource, TrainingImage, finetune_job, folder_images
     from napari_irnet.annotation.masks import Masks
-    from napari_irnet.store.folder import save_corrections
     from napari_irnet.io.files import InputError
+    from napari_irnet.store.folder import save_corrections
 
     weak_only = [TrainingImage("cells", cells_sample.image, list(cells_sample.labels))]
     with pytest.raises(InputError, match="corrected or accepted"):

@@ -11,8 +11,8 @@ from PIL import Image
 
 from napari_irnet._napari.reader import get_reader
 from napari_irnet._napari.writer import write_instances_coco, write_instances_tiff
-from napari_irnet.io.coco import coco_from_instances
 from napari_irnet.annotation.masks import InstanceInfo
+from napari_irnet.io.coco import coco_from_instances
 from napari_irnet.io.images import read_label_image
 from napari_irnet.io.results import write_instance_tiff
 

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.utils.events import EmitterGroup
 
-from ..annotation.session import AnnotationSession
-from ..store.fingerprints import image_fingerprint
 from ..annotation.history import EditRecord, History
 from ..annotation.masks import InstanceInfo, table_from_records
+from ..annotation.session import AnnotationSession
 from ..io.files import InputError, OutputError
 from ..params import Params
+from ..store.fingerprints import image_fingerprint
 from ..store.project import ProjectError
 
 if TYPE_CHECKING:  # pragma: no cover

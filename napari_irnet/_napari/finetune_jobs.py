@@ -32,16 +32,16 @@ from .llvm_guard import avoid_llvm_clash
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported here once, not first inside a worker thread)
 
-from ..models.checkpoint import load_checkpoint  # noqa: E402
-from ..store.folder import load_corrections, user_data_dir  # noqa: E402
-from ..models.versions import VersionStore
-from ..training.finetune_data import correction_class_maps
-from ..training.field_check import describe_reset
-from ..training.finetune import finetune, finetune_labels  # noqa: E402
-from ..pipeline.inference import resolve_device  # noqa: E402
 from ..io.files import InputError  # noqa: E402
+from ..models.checkpoint import load_checkpoint  # noqa: E402
+from ..models.versions import VersionStore  # noqa: E402
 from ..params import Params, TrainParams  # noqa: E402
-from ..training.loop import LabelledImage  # noqa: E402
+from ..pipeline.inference import resolve_device  # noqa: E402
+from ..store.folder import load_corrections, user_data_dir  # noqa: E402
+from ..training.datasets import LabelledImage  # noqa: E402
+from ..training.field_check import describe_reset  # noqa: E402
+from ..training.finetune import finetune  # noqa: E402
+from ..training.finetune_data import correction_class_maps, finetune_labels  # noqa: E402
 
 #: image states whose corrections train the model
 USABLE_STATES = ("corrected", "accepted")

@@ -19,15 +19,13 @@ from .llvm_guard import avoid_llvm_clash
 avoid_llvm_clash()  # before anything imports torchvision (see _llvm_guard)
 import torchvision  # noqa: E402,F401  (imported once here, not first inside a worker thread)
 
+from ..io.images import DEFAULT_MAX_PIXELS, check_pixels  # noqa: E402
 from ..models.checkpoint import Model, load_checkpoint  # noqa: E402
-from ..pipeline.inference import resolve_device  # noqa: E402
-from ..io.images import DEFAULT_MAX_PIXELS
-from ..io.files import check_pixels  # noqa: E402
 from ..params import Params  # noqa: E402
-from ..pipeline.inference import NetworkOutputs
-from ..pipeline.stages import Prediction
-from ..pipeline.predict import predict_classes, run_networks  # noqa: E402
 from ..pipeline.cache import StageCache  # noqa: E402
+from ..pipeline.inference import NetworkOutputs, resolve_device  # noqa: E402
+from ..pipeline.predict import predict_classes, run_networks  # noqa: E402
+from ..pipeline.stages import Prediction  # noqa: E402
 
 #: steps :func:`run_job` yields (for a progress bar)
 RUN_STEPS = 4

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..annotation.masks import InstanceInfo
+from ..annotation.masks import InstanceInfo, Masks
 from ..io.files import OutputError
-from ..store.project import MANIFEST, Project, ProjectError
-from ..annotation.masks import Masks
 from ..store.create import open_project
+from ..store.project import MANIFEST, Project, ProjectError
 
 __all__ = [
     "STATE_COLOURS",

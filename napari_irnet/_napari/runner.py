@@ -20,8 +20,8 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..annotation.session import AnnotationSession
-from ..store.fingerprints import image_fingerprint
 from ..progress import Step
+from ..store.fingerprints import image_fingerprint
 from ..store.project import ProjectError
 from . import layers
 from .context import ImageSession, ViewerContext

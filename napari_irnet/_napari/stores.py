@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..store.image_store import FolderStore
-from ..store.folder import corrections_folder
 from ..store.fingerprints import image_fingerprint
+from ..store.folder import corrections_folder
+from ..store.image_store import FolderStore
 from .layers import META_KEY
 
 #: metadata keys of a project image's layer (set by the Project panel)
@@ -41,8 +41,8 @@ def store_for_layer(layer, image: np.ndarray | None = None, fingerprint: str | N
     """
     info = (layer.metadata or {}).get(META_KEY)
     if isinstance(info, dict) and info.get(PROJECT_KEY) and info.get(PROJECT_IMAGE_KEY):
-        from ..store.image_store import ProjectImageStore
         from ..store.create import open_project
+        from ..store.image_store import ProjectImageStore
 
         project = (projects or open_project)(info[PROJECT_KEY])
         return ProjectImageStore(project, str(info[PROJECT_IMAGE_KEY]))

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.coco import coco_from_instances
 from ..annotation.masks import InstanceInfo
+from ..io.coco import coco_from_instances
 from ..io.files import atomic_write
 from ..io.results import write_instance_tiff
 from .layers import stage_of

@@ -6,8 +6,8 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, SpinBox
 
-from ...pipeline.inference import describe_device, device_choices
 from ...params import TrainParams
+from ...pipeline.inference import describe_device, device_choices
 from ..finetune_jobs import PANEL_TRAIN_PARAMS
 from . import Section
 
