@@ -18,8 +18,9 @@ import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
+from ..annotation.masks import Masks, cleared_since, instance_ids
 from ..store.project import Project, ProjectError
-from .project_jobs import Snapshot, save_snapshot
+from .project_jobs import save_shown
 
 #: ms of quiet after the last edit before it is saved
 AUTOSAVE_MS = 500
@@ -46,9 +47,9 @@ class Autosave:
         self._project, self._current_name, self._panel_session = project, current_name, panel_session
         self._set_state, self._status = set_state, status
         self.layer = None  # the Labels layer autosaved
-        self.saved: Snapshot | None = None  # what the project holds for the shown image
+        self.saved: Masks | None = None  # what the project holds for the shown image
         self.person_change = False  # a brush stroke or an edit since the last save
-        self.unsaved: dict[str, Snapshot] = {}  # image name -> edits a save failed to store
+        self.unsaved: dict[str, Masks] = {}  # image name -> edits a save failed to store
         self.closed = False
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
@@ -99,15 +100,15 @@ class Autosave:
             self._timer.start()
 
     # ------------------------------------------------------------------ saving
-    def snapshot(self) -> Snapshot | None:
+    def snapshot(self) -> Masks | None:
         """The shown instances with their classes, annotator background and state."""
         layer = self.layer
         if layer is None:
             return None
-        labels = np.asarray(layer.data)
+        labels = np.array(layer.data, dtype=np.int32, copy=True)
         base = self.saved
-        classes = dict(base.classes) if base is not None else {}
-        scores = dict(base.scores) if base is not None else {}
+        classes = base.instance_classes if base is not None else {}
+        scores = base.instance_scores if base is not None else {}
         state = base.state if base is not None else "new"
         feats = getattr(layer, "features", None)
         if feats is not None and len(feats) and "index" in feats and "class" in feats:
@@ -116,9 +117,9 @@ class Autosave:
                     classes.setdefault(int(idx), cls)
         if self.person_change and state != "accepted":
             state = "corrected"
-        snap = Snapshot(np.array(labels, dtype=np.int32, copy=True), classes, scores, state)
-        snap.background = snap.edited_from(base)  # what was cleared before, and what the eraser cleared here
-        return snap
+        records = [{"id": int(i), "class": classes.get(int(i), ""), "score": scores.get(int(i), 1.0)} for i in instance_ids(labels)]
+        # what was cleared before, and what the eraser cleared here
+        return Masks(labels, records, state=state, background=cleared_since(base, labels))
 
     def save_now(self, *_) -> bool:
         """Save the shown image's edits now (and any that failed before); True when all are stored."""
@@ -146,9 +147,9 @@ class Autosave:
             return
         self._set_state(name, state)
 
-    def store(self, name: str, snap: Snapshot) -> bool:
+    def store(self, name: str, snap: Masks) -> bool:
         """Store ``snap`` as the image's correction; on failure keep it for the next save."""
-        error = save_snapshot(self._project(), name, snap)
+        error = save_shown(self._project(), name, snap)
         if error is not None:
             self.unsaved[name] = snap
             self._status(f"NOT SAVED: {error}; the edits are kept in memory")
@@ -167,7 +168,7 @@ class Autosave:
         for name, snap in list(self.unsaved.items()):
             if name == self._current_name():
                 continue  # saved with the shown edits
-            if save_snapshot(self._project(), name, snap) is None:
+            if save_shown(self._project(), name, snap) is None:
                 del self.unsaved[name]
                 self._set_state(name, "accepted" if snap.state == "accepted" else "corrected")
             else:

@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..annotation.masks import InstanceInfo, Masks
+from ..annotation.masks import InstanceInfo, Masks, instance_ids
 from ..io.files import OutputError
 from ..store.create import open_project
 from ..store.project import MANIFEST, Project, ProjectError
 
 __all__ = [
     "STATE_COLOURS",
-    "Snapshot",
     "corrections_table",
     "is_project_folder",
-    "load_snapshot",
+    "load_shown",
     "predict_all_job",
     "records_for",
-    "save_snapshot",
+    "save_shown",
     "step_index",
 ]
 
@@ -63,52 +61,10 @@ def step_index(states: Sequence[str], current: int | None, step: int, skip_accep
         return i
 
 
-@dataclass
-class Snapshot:
-    """An image's instance map and classes as shown (or as last stored).
+def load_shown(project: Project, name: str) -> tuple[Masks | None, str]:
+    """The image's current masks (correction, else result) with the image's state, and that state.
 
-    ``classes`` maps instance id -> class name; ``scores`` id -> score.
-    """
-
-    labels: np.ndarray
-    classes: dict[int, str] = field(default_factory=dict)
-    scores: dict[int, float] = field(default_factory=dict)
-    state: str = "proposed"
-    #: the annotator background (pixels cleared by the annotator; None: none)
-    background: np.ndarray | None = None
-
-    def same_as(self, other: Snapshot | None) -> bool:
-        """Equal pixels, classes of the present ids, annotator background and state."""
-        if other is None or self.state != other.state:
-            return False
-        if self.labels.shape != other.labels.shape or not np.array_equal(self.labels, other.labels):
-            return False
-        if not np.array_equal(_flags(self.background, self.labels.shape), _flags(other.background, other.labels.shape)):
-            return False
-        ids = [int(i) for i in np.unique(self.labels) if i]
-        return all(self.classes.get(i) == other.classes.get(i) for i in ids)
-
-    def copy(self) -> Snapshot:
-        bg = None if self.background is None else self.background.copy()
-        return Snapshot(np.array(self.labels, copy=True), dict(self.classes), dict(self.scores), self.state, bg)
-
-    def edited_from(self, before: Snapshot | None) -> np.ndarray | None:
-        """The annotator background after edits of ``before``'s map: its own, plus pixels erased since (None: none)."""
-        if before is None or before.labels.shape != self.labels.shape:
-            return self.background
-        bg = _flags(before.background, self.labels.shape) | ((before.labels != 0) & (self.labels == 0))
-        bg &= self.labels == 0
-        return bg if bg.any() else None
-
-
-def _flags(background: np.ndarray | None, shape) -> np.ndarray:
-    return np.zeros(shape, bool) if background is None else np.asarray(background, bool)
-
-
-def load_snapshot(project: Project, name: str) -> tuple[Snapshot | None, str]:
-    """The image's current masks (correction, else result) and its state.
-
-    The snapshot is None when the image has no masks yet.
+    The masks are None when the image has none yet.
 
     Raises
     ------
@@ -119,10 +75,9 @@ def load_snapshot(project: Project, name: str) -> tuple[Snapshot | None, str]:
     masks: Masks | None = project.load_masks(name, "current")
     if masks is None:
         return None, state
-    labels = np.asarray(masks.labels).astype(np.int32)
-    classes = {int(r["id"]): str(r["class"]) for r in masks.records}
-    scores = {int(r["id"]): float(r.get("score", 1.0)) for r in masks.records}
-    return Snapshot(labels, classes, scores, state, masks.background), state
+    masks.labels = np.asarray(masks.labels).astype(np.int32)
+    masks.state = state
+    return masks, state
 
 
 def default_class(project: Project, name: str) -> str:
@@ -158,33 +113,30 @@ def records_for(
     return out
 
 
-def save_snapshot(project: Project, name: str, snap: Snapshot) -> str | None:
-    """Store ``snap`` as the image's correction (state corrected or accepted).
+def save_shown(project: Project, name: str, masks: Masks) -> str | None:
+    """Store ``masks`` as the image's correction (state corrected or accepted).
 
     Returns None on success, else a message saying why nothing was stored
     (the project's previous correction is then unchanged).
     """
-    state = "accepted" if snap.state == "accepted" else "corrected"
-    records = records_for(snap.labels, snap.classes, project.classes, default_class(project, name), snap.scores)
+    state = "accepted" if masks.state == "accepted" else "corrected"
+    records = records_for(masks.labels, masks.instance_classes, project.classes, default_class(project, name), masks.instance_scores)
     try:
-        project.save_correction(name, snap.labels, records, state=state, background=snap.background)
+        project.save_correction(name, masks.labels, records, state=state, background=masks.background)
     except (OutputError, ProjectError, OSError, ValueError) as exc:
         return f"{name}: not saved ({exc})"
     return None
 
 
-def corrections_table(snap: Snapshot, accepted: bool, edited: bool = True) -> dict[int, InstanceInfo]:
+def corrections_table(masks: Masks, accepted: bool, edited: bool = True) -> dict[int, InstanceInfo]:
     """The IRNet panel's instance table for a stored map: every instance protected.
 
     ``accepted`` images give accepted instances; corrected ones edited
     instances (a re-run keeps them); ``edited`` False gives proposals.
     """
     state = "accepted" if accepted else ("edited" if edited else "proposed")
-    return {
-        int(i): InstanceInfo(snap.classes.get(int(i), ""), float(snap.scores.get(int(i), 1.0)), state)
-        for i in np.unique(snap.labels)
-        if i
-    }
+    classes, scores = masks.instance_classes, masks.instance_scores
+    return {int(i): InstanceInfo(classes.get(int(i), ""), scores.get(int(i), 1.0), state) for i in instance_ids(masks.labels)}
 
 
 def predict_all_job(project: Project, device: str = "auto", should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:

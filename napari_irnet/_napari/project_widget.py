@@ -46,14 +46,14 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, PushButton
 from napari.utils.notifications import show_error, show_warning
 
-from ..annotation.masks import features_table
+from ..annotation.masks import Masks, features_table
 from ..io.files import OutputError
 from ..store.project import Project, ProjectError
 from . import layers
 from .context import ViewerContext, connect_events
 from .project_autosave import AUTOSAVE_MS, Autosave
 from .project_handover import Handover
-from .project_jobs import Snapshot, corrections_table, load_snapshot, open_project_folder, step_index
+from .project_jobs import corrections_table, load_shown, open_project_folder, step_index
 from .stores import PROJECT_IMAGE_KEY, PROJECT_KEY
 from .widgets import row
 from .widgets.image_list import ImageList
@@ -68,10 +68,10 @@ NEXT_KEY = "PageDown"
 PREVIOUS_KEY = "PageUp"
 
 
-def _load_job(project: Project, name: str) -> tuple[np.ndarray, Snapshot | None, str]:
+def _load_job(project: Project, name: str) -> tuple[np.ndarray, Masks | None, str]:
     """Read one image and its current masks (in a worker)."""
     image = project.read_image(name)
-    snap, state = load_snapshot(project, name)
+    snap, state = load_shown(project, name)
     return image, snap, state
 
 
@@ -313,7 +313,7 @@ class ProjectWidget(Container):
         meta = {"image_id": self._image_id, "labels": list(entry.labels or []), PROJECT_KEY: str(self.project.root), PROJECT_IMAGE_KEY: name}
         self._image_layer = self._viewer.add_image(image, name=Path(name).stem, rgb=True, metadata={layers.META_KEY: meta})
         self._own_layers = [self._image_layer]
-        empty = Snapshot(np.zeros((entry.height, entry.width), np.int32), state=state)
+        empty = Masks(np.zeros((entry.height, entry.width), np.int32), state=state)
         self._add_instances(shown if shown is not None else empty, accepted=state == "accepted")
         self.handover.point(self.project)
         n = 0 if shown is None else len(np.unique(shown.labels)) - 1
@@ -321,7 +321,7 @@ class ProjectWidget(Container):
         self._set_status(f"{name} ({i + 1}/{len(self.images.states)}, {state}): {what}")
         self._refresh_controls()
 
-    def _add_instances(self, snap: Snapshot, accepted: bool) -> None:
+    def _add_instances(self, snap: Masks, accepted: bool) -> None:
         table = corrections_table(snap, accepted, edited=snap.state != "proposed")
         marker = {"stage": "instances", "image": self._image_id, "classes": self.project.classes,
                   "image_name": self.current_name or "", PROJECT_KEY: str(self.project.root)}  # fmt: skip

@@ -274,3 +274,53 @@ class Masks:
     def instance_classes(self) -> dict[int, str]:
         """``{instance id: class name}`` of the instances that have a class."""
         return {int(r["id"]): str(r["class"]) for r in self.records if r.get("class")}
+
+    @property
+    def instance_scores(self) -> dict[int, float]:
+        """``{instance id: score}`` (1 where a record has none)."""
+        return {int(r["id"]): float(r.get("score", 1.0)) for r in self.records}
+
+    def same_as(self, other: Masks | None) -> bool:
+        """Equal image state, pixels, annotator background and classes of the instances present."""
+        if other is None or self.state != other.state:
+            return False
+        if self.labels.shape != other.labels.shape or not np.array_equal(self.labels, other.labels):
+            return False
+        shape = self.labels.shape
+        if not np.array_equal(background_flags(self.background, shape), background_flags(other.background, shape)):
+            return False
+        mine, theirs = self.instance_classes, other.instance_classes
+        return all(mine.get(int(i)) == theirs.get(int(i)) for i in instance_ids(self.labels))
+
+    def copy(self) -> Masks:
+        """A copy that shares no array or record with this one."""
+        return replace(
+            self,
+            labels=np.array(self.labels, copy=True),
+            records=[dict(r) for r in self.records],
+            background=None if self.background is None else np.array(self.background, copy=True),
+            semantic=None if self.semantic is None else np.array(self.semantic, copy=True),
+            classes=list(self.classes),
+            params=None if self.params is None else dict(self.params),
+        )
+
+
+def background_flags(background: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """An annotator background as a bool map of ``shape`` (all False for None)."""
+    return np.zeros(shape, bool) if background is None else np.asarray(background, bool)
+
+
+def cleared_since(before: Masks | None, labels: np.ndarray) -> np.ndarray | None:
+    """The annotator background of ``labels`` edited from ``before``.
+
+    ``before``'s own background plus the pixels that were instances in
+    ``before`` and are background in ``labels`` (deleted or erased), limited
+    to background pixels of ``labels`` (painting over a cleared pixel takes it
+    back). None when nothing is cleared or there is no ``before`` of the same
+    shape.
+    """
+    if before is None or before.labels.shape != labels.shape:
+        return None
+    bg = background_flags(before.background, labels.shape) | ((before.labels != 0) & (labels == 0))
+    bg &= labels == 0
+    return bg if bg.any() else None
