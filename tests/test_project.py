@@ -455,3 +455,12 @@ def test_image_store_keeps_states_background_and_proposals(project, tiny_dataset
     assert not store.save_proposal(session.to_masks())
     project.accept(name)
     np.testing.assert_array_equal(store.load().background, inst == first)
+    # Discard (nothing of the annotator's left): the result is current again, also after reopening
+    store.clear()
+    assert project.state(name).state == "proposed" and store.load() is None
+    reopened = open_project(project.root)
+    current = reopened.load_masks(name, "current")
+    np.testing.assert_array_equal(current.labels, inst)
+    assert current.source == "result" and current.background is None
+    assert reopened.cleanup() == 1  # the discarded correction's folder
+    assert not reopened.discard_correction(name)

@@ -135,7 +135,8 @@ class ProjectImageStore:
         self.project.save_correction(self.name, np.asarray(masks.labels), self._records(masks), state=state, background=masks.background)
 
     def clear(self) -> None:
-        """Nothing to do: a project keeps an image's last correction (an annotator's work is never deleted here)."""
+        """The annotator discarded every correction: the project's result is the image's masks again."""
+        self.project.discard_correction(self.name)
 
     def stamp(self) -> tuple[int, int] | None:
         """(mtime in ns, size) of the image's state file, to notice a change."""

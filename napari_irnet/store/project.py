@@ -558,6 +558,22 @@ class Project:
         st.state = "corrected"
         self._write_state(name, st)
 
+    def discard_correction(self, name: str) -> bool:
+        """Drop an image's correction: its result (the model's proposal) is current again.
+
+        The annotator asked for it (the IRNet panel's Discard). The state
+        becomes ``proposed`` (``new`` without a result); the correction's
+        revision folder is no longer referenced and goes with the next
+        :meth:`cleanup`. Returns False when there was no correction.
+        """
+        st = self.state(name)
+        if st.correction is None:
+            return False
+        st.correction = None
+        st.state = "proposed" if st.result else "new"
+        self._write_state(name, st)
+        return True
+
     # ------------------------------------------------------------ reading masks
     def load_masks(self, name: str, which: str = "current") -> Masks | None:
         """The masks of an image: ``"current"`` (the correction if any, else the
