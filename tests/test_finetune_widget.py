@@ -217,3 +217,28 @@ def test_every_panel_fits_in_420_pixels_even_with_a_long_status(make_napari_view
     for panel in panels:
         assert panel.native.minimumSizeHint().width() <= 420, type(panel).__name__
         assert panel.native.minimumWidth() <= 420, type(panel).__name__
+
+
+@pytest.mark.viewer
+def test_images_the_irnet_panel_ran_on_train_with_its_intensity_choice(make_napari_viewer_proxy, qtbot, checkpoint, sample):
+    """A 16-bit image run with the percentile intensity: fine-tuning takes the pixels the networks saw, not the layer's as shown."""
+    from napari_irnet._napari.layers import layer_to_rgb8
+
+    viewer = make_napari_viewer_proxy()
+    gray = (sample.image.mean(axis=2) * 4).astype(np.uint16)
+    gray[0, 0] = 60000  # one bright pixel: the full range squeezes the rest, the percentiles do not
+    layer = viewer.add_image(gray, name="cells16", metadata={"napari_irnet": {"labels": list(sample.labels)}})
+    irnet = _dock(viewer, "IRNet")
+    irnet.set_checkpoint(checkpoint)
+    _wait(qtbot, irnet)
+    irnet.inputs.intensity.value = "percentile"
+    irnet.run()
+    _wait(qtbot, irnet)
+    assert irnet.session is not None, irnet.status.value
+    irnet.accept()
+    seen = irnet.session.image
+    assert not np.array_equal(seen, layer_to_rgb8(layer))  # the choice matters for this image
+    widget = _dock(viewer)
+    _wait(qtbot, widget)
+    assert widget.refresh_images() == ["cells16"]
+    np.testing.assert_array_equal(widget.selected_images()[0].image, seen)

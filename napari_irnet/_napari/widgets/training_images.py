@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import CheckBox, FileEdit, PushButton, Select
 from napari.layers import Image
 
@@ -55,7 +56,7 @@ class TrainingImages(Section):
         if entry is None or entry[0] is not layer.data:
             # converting and fingerprinting the pixels is the costly part: once per data array
             try:
-                image = layers.layer_to_rgb8(layer)
+                image = self._networks_input(layer)
             except ValueError:
                 return None
             try:
@@ -72,6 +73,16 @@ class TrainingImages(Section):
             except (InputError, OSError, ValueError) as exc:
                 result = exc
         return (layer.data, image, store, now, result)
+
+    def _networks_input(self, layer) -> np.ndarray:
+        """The layer's 8-bit pixels as the networks take them: those the IRNet panel ran on (with its
+        intensity and channel choice) when it did, else the layer's as shown."""
+        info = getattr(layer, "metadata", {}).get(layers.META_KEY)
+        session = self._context.session(info.get("image_id") if isinstance(info, dict) else None)
+        shape = np.shape(layer.data)
+        if session is not None and session.image.shape[:2] == (shape[:2] if layer.rgb else shape[-2:]):
+            return session.image
+        return layers.layer_to_rgb8(layer)
 
     def refresh(self, *_) -> list[str]:
         """Look for image layers with corrected or accepted corrections; returns their names.
