@@ -229,8 +229,11 @@ def paint_from_scratch(samples) -> list[Tally]:
     return out
 
 
-def finetuned(model, samples, sessions, n: int, steps: int):
-    """A copy of ``model`` fine-tuned on the first ``n`` corrected images (their final maps and annotator background)."""
+def finetuned(model, samples, sessions, n: int, steps: int, **train_overrides):
+    """A copy of ``model`` fine-tuned on the first ``n`` corrected images (their final maps and annotator background).
+
+    ``train_overrides``: ``TrainParams`` fields to change from the model's (e.g. ``finetune_learning_rate``).
+    """
     from napari_irnet.training.datasets import LabelledImage
     from napari_irnet.training.finetune import finetune
     from napari_irnet.training.finetune_data import correction_class_maps, finetune_labels
@@ -240,7 +243,7 @@ def finetuned(model, samples, sessions, n: int, steps: int):
     corrections = [se.labels.copy() for se in sessions[:n]]
     tables = [{i: se.info(i).class_name for i in se.instance_ids()} for se in sessions[:n]]
     backgrounds = [se.background.copy() for se in sessions[:n]]
-    tp = m.train_params
+    tp = dataclasses.replace(m.train_params, **train_overrides)
     per_epoch = max(1, (n * tp.correction_weight) // tp.irn_batch_size)
     tp = dataclasses.replace(tp, finetune_epochs=max(1, math.ceil(steps / per_epoch)))
     labels, strong = [None] * n, [False] * n
@@ -292,6 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--iou", type=float, default=0.5, help="IoU an instance needs to count as the object (default 0.5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--checkpoint", type=Path, default=None, help="model to start from (default: the bundled demo model)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default: the model's finetune_learning_rate)")
+    p.add_argument("--finetune-cam", choices=("true", "false"), default=None, help="fine-tune the CAM network too (default: the model's finetune_cam)")
     p.add_argument("--out", type=Path, default=Path("bench_output/annotator"))
     args = p.parse_args(argv)
 
@@ -312,13 +317,19 @@ def main(argv=None) -> int:
     tallies, net, _ = annotate_images(model, held, args.iou)
     rows.append(summarise("weak (demo model), with click to add", tallies, net))
     runs = []
+    overrides = {}
+    if args.finetune_lr is not None:
+        overrides["finetune_learning_rate"] = args.finetune_lr
+    if args.finetune_cam is not None:
+        overrides["finetune_cam"] = args.finetune_cam == "true"
     if args.finetune:
         pool = make_dataset(max(args.finetune), shape=DEMO_SHAPE, seed=POOL_SEED, prefix="pool", scale=DEMO_SCALE)
         _, _, sessions = annotate_images(model, pool, args.iou, keep=True)  # the annotator's corrections of the pool
         for n in args.finetune:
-            tuned, steps, seconds = finetuned(model, pool, sessions, n, args.finetune_steps)
-            runs.append({"corrected_images": n, "steps": steps, "seconds": seconds})
-            print(f"fine-tuned on {n} corrected images: {steps} steps in {seconds:.0f} s", file=sys.stderr)
+            tuned, steps, seconds = finetuned(model, pool, sessions, n, args.finetune_steps, **overrides)
+            reset = tuned.history[-1].get("displacement_reset")
+            runs.append({"corrected_images": n, "steps": steps, "seconds": seconds, "displacement_reset": reset, **overrides})
+            print(f"fine-tuned on {n} corrected images: {steps} steps in {seconds:.0f} s (displacement branch reset: {reset})", file=sys.stderr)
             tallies, net, _ = annotate_images(tuned, held, args.iou)
             rows.append(summarise(f"fine-tuned on {n} corrected, with click to add", tallies, net))
     print_table(rows)

@@ -16,6 +16,11 @@ networks, the whole prediction (wall clock, and the processor time of all
 its threads, which other processes on a shared machine disturb less), and
 the peak RSS.
 
+The stages are those of ``napari-irnet predict`` (no seeds: no file holds
+them); ``--seeds`` times the seeds stage as well, which the plugin computes
+for its seeds layer (with the bundled model's refinement by a vote in image
+segments).
+
 ``--busy`` runs every size a second time while another process keeps one
 core busy with the same kind of work (many small torch operations), as on a
 shared machine or beside napari's own threads.
@@ -86,7 +91,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(size: int, device: str, method: str = "auto") -> dict:
+def run_one(size: int, device: str, method: str = "auto", with_seeds: bool = False) -> dict:
     """Predict one tiled image, timing every stage; returns a dict of numbers."""
     import numpy as np
     import torch
@@ -114,7 +119,8 @@ def run_one(size: int, device: str, method: str = "auto") -> dict:
     cam = timed("CAM", lambda: compute_cams(model.cam, image, ids, p, device))
     irn = timed("IRNet", lambda: compute_irnet(model.irn, image, p, device))
     t1 = time.perf_counter()
-    timed("seeds", lambda: seeds_from_cams(cam.high_res, ids, p.seed_fg_threshold, p.seed_bg_threshold, image, p.use_crf))
+    if with_seeds:
+        timed("seeds", lambda: seeds_from_cams(cam.high_res, ids, p.seed_fg_threshold, p.seed_bg_threshold, image, p.use_crf))
     centroids = timed("centroids", lambda: find_centroids(irn.displacement, p.centroid_steps))
     clusters = timed("clusters", lambda: cluster_centroids(centroids, irn.displacement, p.cluster_threshold))
     dev = torch.device(device)
@@ -158,11 +164,11 @@ def _child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(json.dumps(run_one(args.size, args.device, args.method)))
+    print(json.dumps(run_one(args.size, args.device, args.method, args.seeds)))
 
 
 def _spawn(size: int, args, method: str = "auto") -> dict:
-    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--threads", str(args.threads), "--device", args.device, "--method", method]
+    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--threads", str(args.threads), "--device", args.device, "--method", method] + (["--seeds"] if args.seeds else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -196,7 +202,7 @@ def _table(rows: list[dict], title: str) -> None:
             continue
         mp = r["size"] ** 2 / 1e6
         cells = [f"{r['size']}²", str(r["instances"]), f"{r['planes_walked']} / {r['planes']}", f"{r['window_cells']:.2f}"]
-        cells += [f"{r['times'][s]:.2f}" for s in STAGES]
+        cells += [f"{r['times'][s]:.2f}" if s in r["times"] else "–" for s in STAGES]
         cells += [f"{r['post_s'] / mp:.2f}", f"{r['total_s']:.1f}", f"{r['cpu_s']:.0f}", f"{r['peak_rss_mb'] / 1024:.2f}"]
         print("| " + " | ".join(cells) + " |")
 
@@ -207,6 +213,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--busy", action="store_true", help="also run every size beside a busy process")
+    ap.add_argument("--seeds", action="store_true", help="also time the seeds stage (the plugin's seeds layer)")
     ap.add_argument("--json", type=Path, help="write every row here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)

@@ -186,3 +186,42 @@ def test_an_image_without_classes_is_cached_too():
     assert pred.instances.records == [] and not pred.semantic.any()
     cache.update()
     assert cache.last_recomputed == []
+
+
+def test_without_seeds_the_stage_is_skipped_and_the_instances_are_the_same():
+    outputs = _two_blobs()
+    cache = StageCache(outputs, FAST, seeds=False)
+    pred = cache.update()
+    assert pred.seeds is None and "seeds" not in cache.last_recomputed
+    ref = postprocess(outputs, FAST)
+    assert ref.seeds is not None
+    np.testing.assert_array_equal(pred.instances.labels, ref.instances.labels)
+    np.testing.assert_array_equal(postprocess(outputs, FAST, seeds=False).semantic, ref.semantic)
+
+
+def test_the_image_is_segmented_once_for_every_seed_threshold(monkeypatch):
+    import napari_irnet.pipeline.cache as cache_module
+
+    calls = []
+    real = cache_module.image_segments
+    monkeypatch.setattr(cache_module, "image_segments", lambda image: calls.append(image.shape) or real(image))
+    monkeypatch.setattr(cache_module, "crf_available", lambda: False)
+    outputs = _two_blobs()
+    image = np.full((64, 128, 3), 200, np.uint8)
+    image[16:48, 16:48] = (90, 30, 120)
+    cache = StageCache(outputs, FAST.replace(use_crf=True), image)
+    first = cache.update().seeds
+    for fg in (0.4, 0.5, 0.6):
+        cache.update(FAST.replace(use_crf=True, seed_fg_threshold=fg))
+        assert cache.last_recomputed == ["seeds"]
+    assert calls == [(64, 128, 3)]
+    # the same seeds as without the kept segments
+    from napari_irnet.pipeline.stages import seeds_from_cams
+
+    with pytest.warns(UserWarning, match="pydensecrf"):
+        import napari_irnet.pipeline.stages as stages
+
+        monkeypatch.setattr(stages, "_dense_crf", lambda *a: None)
+        monkeypatch.setattr(stages, "_crf_notice_given", False)
+        fresh = seeds_from_cams(outputs.cam.high_res, outputs.cam.class_ids, 0.3, 0.05, image, True)
+    np.testing.assert_array_equal(first, fresh)

@@ -188,3 +188,23 @@ def test_crf_takes_a_read_only_image():
     labels[6:26, 6:26] = 1
     refined = _dense_crf(image, labels, 2)
     assert refined is not None and refined[16, 16] == 1 and refined[1, 1] == 0
+
+
+def test_large_images_are_segmented_square_by_square(monkeypatch):
+    import napari_irnet.pipeline.stages as pp
+
+    rng = np.random.default_rng(1)
+    image = np.where(rng.random((70, 90, 1)) < 0.5, [250, 250, 250], [20, 120, 200]).astype(np.uint8)
+    image[:, :, :] = np.repeat(np.repeat(image[::10, ::10], 10, 0), 10, 1)[:70, :90]  # blocks of 10 px
+    whole = pp.image_segments(image)
+    monkeypatch.setattr(pp, "SEGMENT_TILE", 32)
+    tiled = pp.image_segments(image)
+    assert tiled.shape == (70, 90) and tiled.dtype == np.int32
+    squares = [tiled[y : y + 32, x : x + 32] for y in range(0, 70, 32) for x in range(0, 90, 32)]
+    ids = [set(np.unique(s).tolist()) for s in squares]
+    assert all(a.isdisjoint(b) for i, a in enumerate(ids) for b in ids[i + 1 :])  # no segment crosses a square's edge
+    assert sum(len(i) for i in ids) == len(np.unique(tiled)) == int(tiled.max()) + 1  # ids unique and dense
+    # the first square is segmented as that part of the image alone is
+    first = pp.image_segments(np.ascontiguousarray(image[:32, :32]))
+    np.testing.assert_array_equal(tiled[:32, :32], first)
+    assert whole.shape == (70, 90) and len(np.unique(whole)) < len(np.unique(tiled))  # squares cut segments the whole image keeps

@@ -70,7 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         names = labels.image_labels[name] if labels else predict_classes(model, image, device=args.device)
         bars = StepBars(name) if image.shape[0] * image.shape[1] >= LARGE_IMAGE else None  # the walks of large images
         try:
-            _, pred = predict(model, image, names, params, args.device, progress=bars)
+            _, pred = predict(model, image, names, params, args.device, progress=bars, seeds=False)  # no file holds the seeds
         finally:
             if bars is not None:
                 bars.close()

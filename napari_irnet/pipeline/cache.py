@@ -48,7 +48,18 @@ from ..progress import Step, StepGenerator, run_steps
 from .inference import NetworkOutputs, resolve_device
 from .instance_walk import WalkPlan, iter_instance_walk
 from .random_walk import iter_transition, transition_weights
-from .stages import Prediction, assign_from_argmax, centroid_points, cluster_centroids, find_centroids, seeds_from_cams, semantic_from_argmax, upsampled_argmax
+from .stages import (
+    Prediction,
+    assign_from_argmax,
+    centroid_points,
+    cluster_centroids,
+    crf_available,
+    find_centroids,
+    image_segments,
+    seeds_from_cams,
+    semantic_from_argmax,
+    upsampled_argmax,
+)
 
 __all__ = ["STAGE_INPUTS", "StageCache", "clusters_from_points"]
 
@@ -127,6 +138,9 @@ class StageCache:
         Only needed for the CRF refinement of the seeds.
     device : str or torch.device
         Where the walk runs ("auto" picks CUDA when present).
+    seeds : bool
+        Compute the seeds stage (shown by the plugin; the instances do not
+        use it). Without it :attr:`Prediction.seeds` is None.
     """
 
     def __init__(
@@ -135,11 +149,14 @@ class StageCache:
         params: Params | None = None,
         image: np.ndarray | None = None,
         device: str | torch.device | None = "cpu",
+        seeds: bool = True,
     ) -> None:
         self.outputs = outputs
         self.params = params or Params()
         self.image = image
         self.device = resolve_device(device)
+        self.with_seeds = seeds
+        self._segments: np.ndarray | None = None  # the image's segments for the seeds' refinement, made once
         self._points: np.ndarray | None = None  # edited centre points, grid units
         names = ("seeds", "centroids", "clusters", "weights", "iwalk", "instances", "swalk", "semantic")
         self._slots = {name: _Slot() for name in names}
@@ -234,12 +251,10 @@ class StageCache:
         ids = out.cam.class_ids
         self.last_recomputed = []
 
-        seeds = self._stage(
-            "seeds",
-            _key(p, STAGE_INPUTS["seeds"]),
-            lambda: seeds_from_cams(out.cam.high_res, ids, p.seed_fg_threshold, p.seed_bg_threshold, self.image, p.use_crf),
-        )
-        yield Step("seeds")
+        seeds = None
+        if self.with_seeds:
+            seeds = self._stage("seeds", _key(p, STAGE_INPUTS["seeds"]), lambda: self._seeds(p))
+            yield Step("seeds")
         centroids = self._stage(
             "centroids", _key(p, STAGE_INPUTS["centroids"]), lambda: find_centroids(out.irn.displacement, p.centroid_steps)
         )
@@ -292,6 +307,13 @@ class StageCache:
         else:
             points = centroid_points(centroids, clusters) * float(STRIDE)
         return Prediction(ids, seeds, centroids, clusters, points, instances, semantic)
+
+    def _seeds(self, p: Params) -> np.ndarray:
+        """The seeds stage; the image's segments (when the refinement votes in them) are made once per image."""
+        out = self.outputs
+        if p.use_crf and self.image is not None and self._segments is None and not crf_available():
+            self._segments = image_segments(self.image)
+        return seeds_from_cams(out.cam.high_res, out.cam.class_ids, p.seed_fg_threshold, p.seed_bg_threshold, self.image, p.use_crf, self._segments)
 
     def _clusters(self, centroids: np.ndarray) -> np.ndarray:
         """The clusters stage: from the edited centre points when there are any, else from the field."""

@@ -54,6 +54,7 @@ def postprocess(
     device: str | torch.device | None = "cpu",
     centre_points: np.ndarray | None = None,
     progress: Callable[[Step], None] | None = None,
+    seeds: bool = True,
 ) -> Prediction:
     """All stages after the networks, computed once.
 
@@ -71,8 +72,11 @@ def postprocess(
     progress : callable, optional
         Called with a :class:`~napari_irnet.progress.Step` after every
         stage and walk step (it may raise to stop).
+    seeds : bool
+        Compute the seeds (``Prediction.seeds``; the instances do not need
+        them, and on large images their refinement is a stage of its own).
     """
-    return StageCache(outputs, params, image, device).update(centre_points=centre_points, progress=progress)
+    return StageCache(outputs, params, image, device, seeds=seeds).update(centre_points=centre_points, progress=progress)
 
 
 def predict(
@@ -82,14 +86,16 @@ def predict(
     params: Params | None = None,
     device: str | torch.device | None = "auto",
     progress: Callable[[Step], None] | None = None,
+    seeds: bool = True,
 ) -> tuple[NetworkOutputs, Prediction]:
     """Network outputs and every stage for one image with the given class names.
 
-    ``progress`` is called with every post-processing step (see :func:`postprocess`).
+    ``progress`` is called with every post-processing step, ``seeds`` False
+    leaves the seeds out (see :func:`postprocess`).
     """
     params = params or model.params
     outputs = run_networks(model, image, model.class_ids(list(classes)), params, device)
-    return outputs, postprocess(outputs, params, image, device, progress=progress)
+    return outputs, postprocess(outputs, params, image, device, progress=progress, seeds=seeds)
 
 
 @torch.no_grad()

@@ -45,18 +45,41 @@ def _dense_crf(image: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarr
 
 #: Felzenszwalb's graph segmentation of the seed refinement without pydensecrf (image pixels)
 SEGMENT_SCALE, SEGMENT_SIGMA, SEGMENT_MIN_SIZE = 300.0, 0.8, 50
+#: larger images are segmented in squares of this side (pixels), so that the segmentation's
+#: memory is that of one square (scikit-image's graph of a 4096² image takes gigabytes)
+SEGMENT_TILE = 1024
+
+
+def crf_available() -> bool:
+    """True when pydensecrf is installed (the seeds are then refined by the reference's dense CRF)."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def image_segments(image: np.ndarray) -> np.ndarray:
-    """Felzenszwalb-Huttenlocher segments of ``image`` (H, W) int: regions of like colour.
+    """Felzenszwalb-Huttenlocher segments of ``image``: (H, W) int32 ids of regions of like colour.
 
     A uniform background becomes a few large segments and each object of
     another colour its own, so a vote inside the segments moves label edges
-    onto colour edges, as the dense CRF's bilateral term does.
+    onto colour edges, as the dense CRF's bilateral term does. Images larger
+    than :data:`SEGMENT_TILE` are segmented square by square (ids unique over
+    the image; no segment crosses a square's edge).
     """
     from skimage.segmentation import felzenszwalb
 
-    return felzenszwalb(np.asarray(image), scale=SEGMENT_SCALE, sigma=SEGMENT_SIGMA, min_size=SEGMENT_MIN_SIZE)
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    out = np.empty((h, w), np.int32)
+    first = 0
+    for y in range(0, h, SEGMENT_TILE):
+        for x in range(0, w, SEGMENT_TILE):
+            part = felzenszwalb(image[y : y + SEGMENT_TILE, x : x + SEGMENT_TILE], scale=SEGMENT_SCALE, sigma=SEGMENT_SIGMA, min_size=SEGMENT_MIN_SIZE)
+            out[y : y + SEGMENT_TILE, x : x + SEGMENT_TILE] = part + first
+            first += int(part.max()) + 1
+    return out
 
 
 def segment_vote(segments: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
@@ -84,6 +107,7 @@ def seeds_from_cams(
     bg_threshold: float = 0.05,
     image: np.ndarray | None = None,
     use_crf: bool = True,
+    segments: np.ndarray | None = None,
 ) -> np.ndarray:
     """Confident seeds from normalised CAMs (reference ``cam_to_ir_label``).
 
@@ -103,6 +127,9 @@ def seeds_from_cams(
         dense CRF when pydensecrf is installed, else a vote of the labels in
         Felzenszwalb segments of the image (:func:`segment_vote`; measured
         against the CRF in BENCHMARKS.md).
+    segments : (H, W) int, optional
+        :func:`image_segments` of ``image``, when the caller keeps them (they
+        do not depend on the thresholds); made here when needed otherwise.
 
     Returns
     -------
@@ -117,7 +144,7 @@ def seeds_from_cams(
     # without the refinement every pixel is decided alone: bands of rows keep the temporaries small
     rows = h if crf else max(1, (1 << 22) // max(1, w * (cams.shape[0] + 1)))
     seeds = np.empty((h, w), np.uint8)
-    segments = None  # the image's segments, made once when the refinement needs them
+    # ``segments``: the image's segments, made once when the refinement needs them
 
     def labelled(band: np.ndarray, threshold: float) -> np.ndarray:
         nonlocal segments

@@ -57,7 +57,7 @@ def predict_image(project: Project, model: Model, name: str, params: Params, dev
     image = project.read_image(name)
     labels = project.entry(name).labels
     names = labels if labels is not None else predict_classes(model, image, device=device)
-    _, pred = predict(model, image, names, params, device)
+    _, pred = predict(model, image, names, params, device, seeds=False)  # the project keeps no seeds
     records = [
         {"id": r["id"], "class": model.classes[r["class_id"]], "score": r["score"]} for r in pred.instances.records
     ]
