@@ -699,3 +699,28 @@ def test_merging_instances_that_do_not_touch_warns(make_napari_viewer_proxy, qtb
     messages = [str(r.message) for r in notification_manager.records[n:]]
     assert any("do not touch" in m and "15 px" in m for m in messages), messages
     assert 2 not in _layer(viewer, "instances").data  # merged all the same (undo takes it back)
+
+
+def test_a_first_run_adds_its_layers_in_separate_turns_of_the_event_loop(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    """Each new layer takes napari a few hundred ms to set up: ten in one turn froze the viewer for a second or more."""
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
+    widget = _dock(viewer)
+    widget.set_checkpoint(checkpoint)
+    _wait_idle(qtbot, widget)
+    marks, turn_between = [], []
+
+    def on_insert(event):
+        turn_between.append(marks[-1]["ran"] if marks else True)  # did the loop turn since the last insertion?
+        mark = {"ran": False}
+        marks.append(mark)
+        QTimer.singleShot(0, lambda: mark.update(ran=True))
+
+    viewer.layers.events.inserted.connect(on_insert)
+    widget.run()
+    _wait_idle(qtbot, widget)
+    assert widget.session is not None and _layer(viewer, "instances") is not None and _layer(viewer, "centroids") is not None
+    assert len(turn_between) >= 8 and all(turn_between)
+    assert _active_stage(viewer) == "instances"  # shown once the last layer is there

@@ -225,7 +225,7 @@ class IRNetWidget(Container):
     @property
     def idle(self) -> bool:
         """True when no job runs or waits (tests wait for this)."""
-        return self.runner.worker is None and self.scheduler.idle and self.loader.worker is None
+        return self.runner.worker is None and self.scheduler.idle and self.loader.worker is None and not self.layer_sync.busy
 
     def _set_status(self, text: str) -> None:
         if not self._closed:
@@ -350,6 +350,7 @@ class IRNetWidget(Container):
         if session is not None and callback is not None:
             session.annotation.disconnect(callback)
         was_current = session is not None and session is self.context.current
+        self.layer_sync.forget(image_id)
         self.context.drop(image_id)
         if was_current and not self._closed:
             self.scheduler.drop()
@@ -408,7 +409,7 @@ class IRNetWidget(Container):
     def _on_destroyed(self, *_) -> None:
         """The panel is gone (viewer closed): stop listening to workers, keys, layers and the context."""
         self._closed = True
-        for part in (self.runner, self.scheduler, self.loader):
+        for part in (self.runner, self.scheduler, self.loader, self.layer_sync):
             part.close()
         self.edits.closed = self.history.closed = True
         unbind_keys(self._viewer)

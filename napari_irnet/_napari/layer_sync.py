@@ -11,11 +11,13 @@ step each. No algorithm here.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 
 from ..annotation.history import LabelDiff
 from ..annotation.masks import features_table
@@ -96,6 +98,25 @@ class LayerSync:
         self._visible = visible
         self._connect = connect
         self.applying = False
+        # layers still to create for a shown session, one per turn of the event loop, then what follows
+        self._pending: deque[tuple[Callable[[], tuple], str, ImageSession]] = deque()
+        self._then: Callable[[], None] | None = None
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a session's layers are still being added (see :meth:`show_all_stages`)."""
+        return bool(self._pending) or self._then is not None
+
+    def forget(self, image_id: str | None = None) -> None:
+        """Drop the layers still to add (of one image, or all of them, and what was to follow)."""
+        if image_id is None or any(session.image_id == image_id for _, _, session in self._pending):
+            self._pending.clear()
+            self._then = None
+
+    def close(self) -> None:
+        self.forget()
+        self._closed = True
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -111,15 +132,18 @@ class LayerSync:
 
     def put(self, tup, stage: str, session: ImageSession | None = None):
         """Create or update the layer of ``stage`` from a layer-data tuple."""
+        return self._put(tup, stage, session)[0]
+
+    def _put(self, tup, stage: str, session: ImageSession | None = None) -> tuple[Any, bool]:
         if session is not None:
             tup[1]["metadata"][layers.META_KEY]["image_name"] = session.image_name
         with self.writing():
-            layer, _ = put_layer(self.viewer, tup, visible=self._visible(stage))
+            layer, created = put_layer(self.viewer, tup, visible=self._visible(stage))
         if stage == "corrections" and layer.contour != layers.OUTLINE_WIDTH:
             layer.contour = layers.OUTLINE_WIDTH
             layer.editable = False
         self._connect(layer, stage)
-        return layer
+        return layer, created
 
     # ------------------------------------------------------------------ stages
     def put_static_stages(self, session: ImageSession) -> None:
@@ -130,12 +154,45 @@ class LayerSync:
         self.put(layers.boundary_layer(sid, out), "boundary", session)
         self.put(layers.displacement_layer(sid, out), "displacement", session)
 
-    def show_all_stages(self, session: ImageSession) -> None:
-        self.put_static_stages(session)
-        self.put_seeds(session)
-        self.put_semantic(session)
-        self.put_instances(session)
-        self.put_centroids(session)
+    def show_all_stages(self, session: ImageSession, then: Callable[[], None] | None = None) -> None:
+        """Show every stage of ``session``, then call ``then()``.
+
+        Layers that exist are updated at once; each new one is added in a
+        turn of the event loop of its own: napari takes a few hundred
+        milliseconds to set up a layer's drawing, and the ten or so layers of
+        a first Run added in one turn froze the viewer for one to two seconds
+        (``benchmarks/bench_interactive.py``, longest turn).
+        """
+        out, classes, sid = session.result.outputs, session.model_classes, session.image_id
+        for tup in layers.cam_layers(sid, out, classes):
+            self._pending.append((lambda tup=tup: tup, "CAM", session))
+        self._pending.extend(
+            [
+                (lambda: layers.boundary_layer(sid, out), "boundary", session),
+                (lambda: layers.displacement_layer(sid, out), "displacement", session),
+                (lambda: layers.seeds_layer(sid, session.prediction.seeds, classes), "seeds", session),
+                (lambda: layers.semantic_layer(sid, session.prediction.semantic, classes), "semantic", session),
+                (lambda: layers.instances_layer(sid, session.labels.copy(), session.table, classes), "instances", session),
+                (lambda: layers.corrections_layer(sid, session.labels, session.table), "corrections", session),
+                (lambda: layers.centroids_layer(sid, session.points, session.labels, session.table), "centroids", session),
+            ]
+        )
+        self._then = then
+        self._put_next()
+
+    def _put_next(self) -> None:
+        """Put the pending layers until one is created; the rest follow in the next turn."""
+        if self._closed:
+            return
+        while self._pending:
+            make, stage, session = self._pending.popleft()
+            _, created = self._put(make(), stage, session)
+            if created and self._pending:
+                QTimer.singleShot(0, self._put_next)
+                return
+        then, self._then = self._then, None
+        if then is not None:
+            then()
 
     def put_seeds(self, session: ImageSession) -> None:
         self.put(layers.seeds_layer(session.image_id, session.prediction.seeds, session.model_classes), "seeds", session)

@@ -61,6 +61,7 @@ class Runner:
         self._progress = None
         self._image: tuple | None = None  # (layer, image id, image) of the run in progress
         self._ok = False
+        self._ran = None  # (layer, image id, image) of a run whose end the other panels are yet to hear of
         self.closed = False
 
     def run(self, *_) -> None:
@@ -144,12 +145,18 @@ class Runner:
 
     def _on_finished(self) -> None:
         self.worker = None
-        ran, self._image = self._image, None
-        if ran is not None:
-            self._context.end_run(ran[1], ran[0], self._ok)
+        self._ran, self._image = self._image, None
+        if not self._layers.busy:  # else once the new session's layers are all there
+            self._end_run()
         if self.closed:
             return
         self._hooks.refresh()
+
+    def _end_run(self) -> None:
+        """Tell the other panels that the run ended (its layers shown, or it failed or was cancelled)."""
+        ran, self._ran = self._ran, None
+        if ran is not None:
+            self._context.end_run(ran[1], ran[0], self._ok)
         self._scheduler.start()  # a re-run asked for meanwhile
 
     def _on_returned(self, result: RunResult) -> None:
@@ -166,12 +173,13 @@ class Runner:
             self._hooks.drop(image_id)
             session = None
         if session is None:
+            # its layers are added one per turn of the event loop: shown (and the run ended) after the last
             session = self._start_session(layer, image_id, image, result)
         else:
             self._rerun_session(session, result)
+            self._hooks.shown(session, result)
         if session is not None:
             self._ok = True
-            self._hooks.shown(session, result)
 
     def _start_session(self, layer, image_id: str, image: np.ndarray, result: RunResult) -> ImageSession | None:
         pred = result.prediction
@@ -194,8 +202,15 @@ class Runner:
         self._context.add(session)
         self._context.current = session
         self._store_proposal(session)
-        self._layers.show_all_stages(session)
+        self._layers.show_all_stages(session, then=lambda: self._shown(session, result))
         return session
+
+    def _shown(self, session: ImageSession, result: RunResult) -> None:
+        """Every layer of a new session is there: the panel shows the result, the run ends for the other panels."""
+        if self.closed:
+            return
+        self._hooks.shown(session, result)
+        self._end_run()
 
     def _store_proposal(self, session: ImageSession) -> None:
         error = session.store_proposal()
