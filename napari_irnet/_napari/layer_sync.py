@@ -146,13 +146,16 @@ class LayerSync:
         return layer, created
 
     # ------------------------------------------------------------------ stages
-    def put_static_stages(self, session: ImageSession) -> None:
-        """CAM, boundary and displacement: they change only with a run."""
+    @staticmethod
+    def _static_stages(session: ImageSession) -> list[tuple[Callable[[], tuple], str]]:
+        """(layer tuple maker, stage) of CAM, boundary and displacement: they change only with a run."""
         out, classes, sid = session.result.outputs, session.model_classes, session.image_id
-        for tup in layers.cam_layers(sid, out, classes):
-            self.put(tup, "CAM", session)
-        self.put(layers.boundary_layer(sid, out), "boundary", session)
-        self.put(layers.displacement_layer(sid, out), "displacement", session)
+        cams = [(lambda tup=tup: tup, "CAM") for tup in layers.cam_layers(sid, out, classes)]
+        return cams + [(lambda: layers.boundary_layer(sid, out), "boundary"), (lambda: layers.displacement_layer(sid, out), "displacement")]
+
+    def put_static_stages(self, session: ImageSession) -> None:
+        for make, stage in self._static_stages(session):
+            self.put(make(), stage, session)
 
     def show_all_stages(self, session: ImageSession, then: Callable[[], None] | None = None) -> None:
         """Show every stage of ``session``, then call ``then()``.
@@ -163,13 +166,10 @@ class LayerSync:
         a first Run added in one turn froze the viewer for one to two seconds
         (``benchmarks/bench_interactive.py``, longest turn).
         """
-        out, classes, sid = session.result.outputs, session.model_classes, session.image_id
-        for tup in layers.cam_layers(sid, out, classes):
-            self._pending.append((lambda tup=tup: tup, "CAM", session))
+        classes, sid = session.model_classes, session.image_id
+        self._pending.extend((make, stage, session) for make, stage in self._static_stages(session))
         self._pending.extend(
             [
-                (lambda: layers.boundary_layer(sid, out), "boundary", session),
-                (lambda: layers.displacement_layer(sid, out), "displacement", session),
                 (lambda: layers.seeds_layer(sid, session.prediction.seeds, classes), "seeds", session),
                 (lambda: layers.semantic_layer(sid, session.prediction.semantic, classes), "semantic", session),
                 (lambda: layers.instances_layer(sid, session.labels.copy(), session.table, classes), "instances", session),
