@@ -592,3 +592,23 @@ def test_cli_finetune_refuses_corrections_of_unknown_classes(setup, tmp_path, ca
                  "--corrections", str(corrections), "--out", str(out), "--device", "cpu"]) == 2  # fmt: skip
     assert f"{samples[1].name}_instances.json: instance" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_class_map_crops_follow_the_models_cam_scale():
+    """Per-pixel CAM fine-tuning sees the image at the size the model makes its CAMs at (Params.cam_scales)."""
+    from napari_irnet.params import TrainParams
+    from napari_irnet.training.datasets import ClassMapDataset, LabelledImage
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:32] = 255
+    cmap = np.zeros((64, 64), np.int64)
+    cmap[:32] = 1
+    tp = TrainParams(cam_resize_long=(64, 64), cam_crop_size=128)
+    item = [LabelledImage("a", image, [0])]
+    x1, y1 = ClassMapDataset(item, [cmap], tp)[0]
+    x2, y2 = ClassMapDataset(item, [cmap], tp, scales=(2.0,))[0]
+    # the crop (128 px) holds the whole image at 1x (64 px, padded with ignore) and at 2x (128 px, no padding)
+    assert (y1 != 255).sum() == 64 * 64 and (y2 != 255).sum() == 128 * 128
+    assert (y2 == 1).sum() == 64 * 128
+    x3, y3 = ClassMapDataset(item, [cmap], tp, scales=(1.0, 2.0))[0]
+    assert (y3 != 255).sum() in (64 * 64, 128 * 128)

@@ -95,13 +95,16 @@ class CAMDataset(_Augmented):
 
 
 def _cam_augment(
-    image: np.ndarray, label: np.ndarray | None, tp: TrainParams, gen: torch.Generator
+    image: np.ndarray, label: np.ndarray | None, tp: TrainParams, gen: torch.Generator, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The CAM augmentation of an image and, optionally, its label map (nearest neighbour)."""
+    """The CAM augmentation of an image and, optionally, its label map (nearest neighbour).
+
+    The long side is drawn from ``tp.cam_resize_long``, then multiplied by ``scale``.
+    """
     h, w = image.shape[:2]
     lo, hi = tp.cam_resize_long
     target = int(torch.randint(lo, hi + 1, (1,), generator=gen))
-    s = target / max(h, w)
+    s = scale * target / max(h, w)
     size = (max(1, round(h * s)), max(1, round(w * s)))
     x = normalize_image(torch.from_numpy(np.array(_resize(image, size, 3))).permute(2, 0, 1))
     y = None if label is None else torch.from_numpy(_resize(np.asarray(label, np.int32), size, 0).astype(np.int64))
@@ -112,10 +115,21 @@ def _cam_augment(
 
 
 class ClassMapDataset(_Augmented):
-    """Images with class maps (0 background, class + 1, 255 ignore), augmented as :class:`CAMDataset`."""
+    """Images with class maps (0 background, class + 1, 255 ignore), augmented as :class:`CAMDataset`.
 
-    def __init__(self, items: Sequence[LabelledImage], class_maps: Sequence[np.ndarray], tp: TrainParams, seed: int = 0):
+    ``scales``: the image is also rescaled by one of these, drawn per sample:
+    the CAM scales the model predicts with (``Params.cam_scales``), so that
+    the per-pixel training teaches the CAM network at the sizes it is used at
+    (a model whose CAMs are made at twice the image's size, trained per pixel
+    at its own size only, got worse proposals; BENCHMARKS.md, scripted
+    annotator).
+    """
+
+    def __init__(
+        self, items: Sequence[LabelledImage], class_maps: Sequence[np.ndarray], tp: TrainParams, seed: int = 0, scales: Sequence[float] = (1.0,)
+    ):
         super().__init__(seed)
+        self.scales = tuple(float(v) for v in scales) or (1.0,)
         if len(items) != len(class_maps):
             raise ValueError(f"{len(class_maps)} class maps for {len(items)} images")
         for item, cmap in zip(items, class_maps):
@@ -127,7 +141,9 @@ class ClassMapDataset(_Augmented):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        return _cam_augment(self.items[i].image, self.class_maps[i], self.tp, self._rng(i))
+        gen = self._rng(i)
+        scale = self.scales[int(torch.randint(len(self.scales), (1,), generator=gen))] if len(self.scales) > 1 else self.scales[0]
+        return _cam_augment(self.items[i].image, self.class_maps[i], self.tp, gen, scale)
 
 
 class RelationDataset(_Augmented):

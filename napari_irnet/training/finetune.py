@@ -150,7 +150,8 @@ def finetune(
     reset, check = _displacement_reset(model, items, labels, strong, tp, dev)
     run = _Run(model, dataset, tp, dev, reset)
     if train_cam:
-        run.add_cam(ClassMapDataset([items[i] for i in with_maps], [class_maps[i] for i in with_maps], tp, tp.seed), model)
+        maps = [class_maps[i] for i in with_maps]
+        run.add_cam(ClassMapDataset([items[i] for i in with_maps], maps, tp, tp.seed, scales=model.params.cam_scales), model)
     run.digest = _config_digest(items, strong, tp, with_maps if train_cam else [], start)
     run.resume_file = Path(resume_file) if resume_file is not None else None
     run.resume()
