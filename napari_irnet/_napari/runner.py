@@ -146,18 +146,19 @@ class Runner:
     def _on_finished(self) -> None:
         self.worker = None
         self._ran, self._image = self._image, None
-        if not self._layers.busy:  # else once the new session's layers are all there
-            self._end_run()
+        if self._layers.busy:  # the new session's layers are still being added: the run ends after the last
+            return
+        self._end_run()
         if self.closed:
             return
         self._hooks.refresh()
+        self._scheduler.start()  # a re-run asked for meanwhile
 
     def _end_run(self) -> None:
         """Tell the other panels that the run ended (its layers shown, or it failed or was cancelled)."""
         ran, self._ran = self._ran, None
         if ran is not None:
             self._context.end_run(ran[1], ran[0], self._ok)
-        self._scheduler.start()  # a re-run asked for meanwhile
 
     def _on_returned(self, result: RunResult) -> None:
         if self.closed or self._image is None:
@@ -210,7 +211,10 @@ class Runner:
         if self.closed:
             return
         self._hooks.shown(session, result)
-        self._end_run()
+        if self.worker is None and self._image is None:  # the worker has finished (its end waited for the layers)
+            self._end_run()
+            self._hooks.refresh()
+            self._scheduler.start()  # a re-run asked for meanwhile
 
     def _store_proposal(self, session: ImageSession) -> None:
         error = session.store_proposal()
@@ -228,3 +232,4 @@ class Runner:
         """The panel is gone: the run stops at its next step, its result is dropped."""
         self.closed = True
         stop_worker(self.worker)
+        self._end_run()  # a run whose layers were still being added: the other panels hear that it ended
