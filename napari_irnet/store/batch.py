@@ -27,7 +27,8 @@ from ..io.files import InputError
 from ..models.checkpoint import Model, load_checkpoint, model_fingerprint
 from ..models.torch_files import CheckpointError
 from ..params import Params
-from .project import Project, ProjectError, semantic_for_project
+from .project import Project, ProjectError
+from .revisions import semantic_for_project
 
 __all__ = ["BatchEvent", "ProjectPrediction", "model_fingerprint", "predict_image"]
 

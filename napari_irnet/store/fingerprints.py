@@ -10,12 +10,13 @@ fingerprint identifies the model of a result.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["file_fingerprint", "file_signature", "image_fingerprint", "remember_pixels", "remembered_pixels"]
+__all__ = ["file_fingerprint", "file_signature", "image_fingerprint", "model_key", "remember_pixels", "remembered_pixels"]
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 #: pixel fingerprints of image files: (path, (size, mtime_ns), channels) -> fingerprint
@@ -62,3 +63,16 @@ def remember_pixels(path: Path, signature: tuple[int, int], channels: tuple[int,
 def remembered_pixels(path: Path, signature: tuple[int, int], channels: tuple[int, ...] | None) -> str | None:
     """The fingerprint :func:`remember_pixels` kept for that file version, or None."""
     return _PIXEL_FINGERPRINTS.get((str(path.resolve()), signature, channels))
+
+
+def model_key(checkpoint: str | os.PathLike[str] | None, params, fingerprint: str | None = None) -> str | None:
+    """What identifies a result's model: the checkpoint's contents (or ``fingerprint``) and the parameters (``Params``).
+
+    None when there is neither a fingerprint nor an existing checkpoint file.
+    """
+    if fingerprint is None:
+        if checkpoint is None or not Path(checkpoint).is_file():
+            return None
+        fingerprint = file_fingerprint(checkpoint)
+    phash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
+    return f"{fingerprint[:16]}-{phash[:8]}"

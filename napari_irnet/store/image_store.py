@@ -25,7 +25,8 @@ import numpy as np
 from ..annotation.masks import Masks, instance_records
 from .folder import STATE_FILE as FOLDER_STATE_FILE
 from .folder import delete_corrections, load_corrections, save_corrections
-from .project import STATE_FILE, Project, semantic_for_project
+from .project import STATE_FILE, Project
+from .revisions import semantic_for_project
 
 __all__ = ["FolderStore", "ImageStore", "ProjectImageStore", "file_stamp"]
 

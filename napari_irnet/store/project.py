@@ -48,24 +48,23 @@ module never imports torch, napari or Qt.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..annotation.masks import IMAGE_STATES, Masks
-from ..io.files import InputError, OutputError, name_list, read_json, write_json
+from ..io.files import InputError, name_list, read_json, write_json
 from ..io.images import DEFAULT_MAX_PIXELS, check_pixels, image_size, read_image
 from ..params import Params
-from .fingerprints import file_fingerprint, file_signature, remember_pixels, remembered_pixels
+from .fingerprints import file_signature, model_key, remember_pixels, remembered_pixels
 from .items import ImageEntry, ItemState
+from .lock import exclusive_lock
 from .revisions import checked_masks, collect_garbage, new_revision, read_revision, write_revision
 
 __all__ = [
@@ -77,7 +76,6 @@ __all__ = [
     "ProjectError",
     "item_folder_name",
     "read_store_json",
-    "semantic_for_project",
     "store_path",
     "timestamp",
 ]
@@ -279,14 +277,7 @@ class Project:
         is not (or not yet) a file, e.g. from :func:`~napari_irnet.store.batch.model_fingerprint`.
         ``None`` when no fingerprint, no checkpoint is given nor set, or its file is missing.
         """
-        if fingerprint is None:
-            path = Path(checkpoint) if checkpoint is not None else self.checkpoint_path
-            if path is None or not path.is_file():
-                return None
-            fingerprint = file_fingerprint(path)
-        params = params or self.params
-        phash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
-        return f"{fingerprint[:16]}-{phash[:8]}"
+        return model_key(checkpoint if checkpoint is not None else self.checkpoint_path, params or self.params, fingerprint)
 
     # ------------------------------------------------------------ states
     def state(self, name: str) -> ItemState:
@@ -600,46 +591,6 @@ class Project:
             raise ProjectError(f"damaged project {self.root}: {exc}") from exc
 
     # ------------------------------------------------------------ locking
-    @contextlib.contextmanager
-    def batch_lock(self) -> Iterator[None]:
-        """Hold the project's batch lock (one batch run per project at a time).
-
-        Raises
-        ------
-        ProjectError
-            Another process holds it.
-        """
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            yield
-            return
-        path = self.root / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-                raise ProjectError(
-                    f"{self.root}: another napari-irnet run is predicting in this project"
-                    f"{f' (process {other})' if other else ''}; wait for it or stop it"
-                ) from None
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-
-def semantic_for_project(semantic: np.ndarray, model_classes: Sequence[str], project_classes: Sequence[str]) -> np.ndarray:
-    """A semantic map of model class index + 1 as project class index + 1 (classes the project lacks: 0)."""
-    lut = np.zeros(len(model_classes) + 1, np.uint8)
-    for i, cls in enumerate(model_classes):
-        if cls in project_classes:
-            lut[i + 1] = list(project_classes).index(cls) + 1
-    return lut[np.asarray(semantic)]
+    def batch_lock(self):
+        """A context manager holding the project's batch lock (one batch run at a time); ProjectError when another process holds it."""
+        return exclusive_lock(self.root / LOCK_FILE, ProjectError, f"{self.root}: another napari-irnet run is predicting in this project")

@@ -26,7 +26,7 @@ from ..io.images import read_label_image
 from ..io.results import read_instances_json, write_instance_tiff, write_instances_json, write_semantic_png
 from .items import ItemState
 
-__all__ = ["BACKGROUND_FILE", "checked_masks", "collect_garbage", "new_revision", "read_revision", "write_revision"]
+__all__ = ["BACKGROUND_FILE", "checked_masks", "collect_garbage", "new_revision", "read_revision", "semantic_for_project", "write_revision"]
 
 #: a correction's annotator background (1 where the annotator cleared pixels)
 BACKGROUND_FILE = "background.png"
@@ -171,3 +171,12 @@ def collect_garbage(folder: Path, st: ItemState) -> int:
                 p.unlink()
             removed += 1
     return removed
+
+
+def semantic_for_project(semantic: np.ndarray, model_classes: Sequence[str], project_classes: Sequence[str]) -> np.ndarray:
+    """A semantic map of model class index + 1 as project class index + 1 (classes the project lacks: 0)."""
+    lut = np.zeros(len(model_classes) + 1, np.uint8)
+    for i, cls in enumerate(model_classes):
+        if cls in project_classes:
+            lut[i + 1] = list(project_classes).index(cls) + 1
+    return lut[np.asarray(semantic)]
