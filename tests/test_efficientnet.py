@@ -130,3 +130,21 @@ def test_weights_file_of_another_network_names_the_file(tmp_path):
     torch.save(build_backbone("resnet18").state_dict(), path)
     with pytest.raises(ValueError, match="resnet18.pth: does not fit backbone 'efficientnet_lite0'"):
         build_backbone("efficientnet_lite0", path)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_channels_last_layout_gives_the_same_outputs(backbone):
+    """The networks run on channels-last input (the faster layout on the CPU); their outputs must not change."""
+    from napari_irnet.models.checkpoint import new_model
+    from napari_irnet.models.networks import network_layout
+
+    model = new_model(["a", "b"], backbone, "imagenet" if backbone.startswith("efficientnet") else None)
+    model.cam.eval()
+    model.irn.eval()
+    x = torch.randn(2, 3, 72, 88)
+    fast = network_layout(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(model.cam.cam(fast), model.cam.cam(x), rtol=1e-4, atol=1e-4)
+        for a, b in zip(model.irn(fast), model.irn(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

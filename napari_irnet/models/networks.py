@@ -17,6 +17,21 @@ from ..params import DISPLACEMENT_HEADS
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 
 
+def network_layout(batch: torch.Tensor) -> torch.Tensor:
+    """``batch`` (N, 3, H, W) in the memory layout the networks run fastest in.
+
+    Channels-last on the CPU: oneDNN's convolutions follow the input's layout,
+    and give the same values to float rounding. Measured on the 2-core CPU
+    with the demo model's EfficientNet-Lite0: the CAM network on a pair of
+    1024² tiles 1.39 s → 1.02 s, IRNet 2.27 s → 1.54 s; a training step on 16
+    crops of 256² 1.2× (CAM) and 1.6× (IRNet) faster. Other devices (not
+    measured here) keep the default layout.
+    """
+    if batch.device.type == "cpu":
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
 def normalize_image(image: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) or (3, H, W) uint8/float 0..255 RGB -> ImageNet-normalised float32."""
     x = image.float() / 255.0

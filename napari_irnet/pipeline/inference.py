@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..models.networks import CAMNet, IRNet, normalize_image
+from ..models.networks import CAMNet, IRNet, network_layout, normalize_image
 from ..params import Params
 
 
@@ -231,7 +231,7 @@ def compute_cams(
     sel = torch.from_numpy(ids).to(dev)
 
     def cam_with_flip(t: torch.Tensor) -> torch.Tensor:
-        both = model.cam(torch.cat([t, t.flip(-1)], dim=0))
+        both = model.cam(network_layout(torch.cat([t, t.flip(-1)], dim=0)))
         return (both[0] + both[1].flip(-1)).unsqueeze(0)
 
     for s in params.cam_scales:
@@ -294,7 +294,7 @@ def compute_irnet(
                 pair = F.pad(pair, [0, 512 - tw, 0, 512 - th])
             else:
                 warnings.warn("preset 'reference' pads to 512x512; this image is larger and runs unpadded", stacklevel=3)
-        edge, disp = model(pair)
+        edge, disp = model(network_layout(pair))
         gh, gw = strided_size((th, tw), 4)
         edge, disp = edge[..., :gh, :gw], disp[..., :gh, :gw]
         edge = edge[0] / 2 + edge[1].flip(-1) / 2

@@ -20,7 +20,7 @@ from ..models.checkpoint import Model
 from ..params import Params
 from ..progress import Step
 from .cache import StageCache
-from .inference import NetworkOutputs, compute_cams, compute_irnet, network_input, resolve_device, run_tiled
+from .inference import NetworkOutputs, compute_cams, compute_irnet, network_input, network_layout, resolve_device, run_tiled
 from .stages import Prediction, instance_cams, propagate
 
 
@@ -124,6 +124,7 @@ def class_probabilities(model: Model, image: np.ndarray, device: str | torch.dev
     x, prepare = network_input(image, dev, model.params.tile_size)
 
     def both(t: torch.Tensor) -> torch.Tensor:
+        t = network_layout(t)
         return torch.cat([net(t, pixels=True), net(t.flip(-1), pixels=True)], dim=1)
 
     cells = run_tiled(both, x, 16, model.params.tile_size, model.params.tile_overlap, prepare)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..models.checkpoint import Model
+from ..models.networks import network_layout
 from ..params import TrainParams
 from ..pipeline.inference import resolve_device
 from ..pipeline.stages import IGNORE
@@ -116,7 +117,7 @@ def cam_step(
     :func:`cam_pixel_loss`; otherwise ``y`` holds image labels (B, C) and the
     loss is the multi-label soft margin of the reference.
     """
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x, y = network_layout(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
     with autocast(device, amp):
         logits = net(x, pixels=pixels)
     loss = cam_pixel_loss(logits, y) if pixels else F.multilabel_soft_margin_loss(logits.float(), y)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.checkpoint import Model
-from ..models.networks import normalize_image
+from ..models.networks import network_layout, normalize_image
 from ..params import Params, TrainParams
 from ..pipeline.inference import compute_cams, resolve_device, strided_size
 from ..pipeline.path_index import PathIndex, pair_labels
@@ -113,7 +113,7 @@ def irn_step(
     Returns the losses as floats: ``loss`` (the total), ``pos``, ``neg``,
     ``dp_fg``, ``dp_bg`` and, with instances, ``dp_centroid``.
     """
-    x = x.to(device, non_blocking=True)
+    x = network_layout(x.to(device, non_blocking=True))
     bg_pos, fg_pos, neg = (t.to(device) for t in pair_labels(y, index))
     with autocast(device, amp):
         edge, disp = forward(x)
