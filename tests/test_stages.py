@@ -208,3 +208,21 @@ def test_large_images_are_segmented_square_by_square(monkeypatch):
     first = pp.image_segments(np.ascontiguousarray(image[:32, :32]))
     np.testing.assert_array_equal(tiled[:32, :32], first)
     assert whole.shape == (70, 90) and len(np.unique(whole)) < len(np.unique(tiled))  # squares cut segments the whole image keeps
+
+
+def test_label_maximum_equals_scipy_per_label_maximum():
+    from scipy import ndimage
+
+    from napari_irnet.pipeline.stages import label_maximum
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 40, (64, 80)).astype(np.int32)
+    labels[labels == 17] = 0  # a label that does not occur
+    scores = rng.normal(size=labels.shape).astype(np.float32)  # negative maxima too
+    keys = rng.integers(1, 9, labels.shape).astype(np.int32)
+    ids = np.arange(1, 40)
+    present = np.isin(ids, labels)
+    got = label_maximum(scores, labels, 39)
+    np.testing.assert_array_equal(got[present], np.asarray(ndimage.maximum(scores, labels, ids))[present])
+    np.testing.assert_array_equal(label_maximum(keys, labels, 39)[present], np.asarray(ndimage.maximum(keys, labels, ids))[present])
+    assert got[16] == np.finfo(np.float32).min and label_maximum(scores, labels, 0).shape == (0,)
