@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from .history import LabelDiff
-from .masks import InstanceInfo, instance_at, next_free_id
+from .masks import InstanceInfo, instance_at, instance_ids, next_free_id
 
 __all__ = [
     "delete",
@@ -268,29 +268,34 @@ def merge_proposal(
     """
     if proposed.shape != current.shape:
         raise ValueError(f"shapes differ: {proposed.shape} and {current.shape}")
-    keep_ids = np.array(sorted(i for i, info in current_table.items() if info.protected), dtype=np.int64)
-    keep = np.isin(current, keep_ids) if keep_ids.size else np.zeros(current.shape, bool)
+    present = instance_ids(current)
+    protected = np.zeros(int(present.max(initial=0)) + 1, bool)
+    for i in present:
+        info = current_table.get(int(i))
+        protected[i] = info is not None and info.protected
+    kept = [int(i) for i in np.flatnonzero(protected)]
+    keep = protected[current] if kept else None  # None: nothing kept (full-image passes saved on large maps)
+    cleared = keep
     if background is not None:
         keep_bg = np.asarray(background, bool)
         if keep_bg.shape != current.shape:
             raise ValueError(f"background {keep_bg.shape} and instances {current.shape} differ in shape")
-        free = np.where(keep | keep_bg, 0, proposed)
-    else:
-        free = np.where(keep, 0, proposed)
+        if keep_bg.any():
+            cleared = keep_bg if keep is None else keep | keep_bg
+    free = proposed if cleared is None else np.where(cleared, 0, proposed)
     counts = np.bincount(free.ravel(), minlength=int(proposed.max(initial=0)) + 1)
     survivors = [i for i in range(1, counts.size) if counts[i] >= max(min_area, 1)]
-    old = np.where(keep, 0, current)
+    old = current if keep is None else np.where(keep, 0, current)
     reuse = _matching_ids(free, old, counts)
-    kept = [int(i) for i in keep_ids if np.any(current == i)] if keep_ids.size else []
     top = max([int(current.max(initial=0)), *kept, *(int(i) for i in current_table)], default=0)
-    lut = np.zeros(counts.size, np.int64)
+    lut = np.zeros(counts.size, np.int32)
     for i in survivors:
         if i in reuse:
             lut[i] = reuse[i]
         else:
             top += 1
             lut[i] = top
-    out = np.where(keep, current, lut[free]).astype(np.int32)
+    out = lut[free] if keep is None else np.where(keep, current, lut[free]).astype(np.int32)
     table = {i: current_table[i] for i in kept}
     for i in survivors:
         info = proposed_table.get(i)
@@ -306,7 +311,13 @@ def _matching_ids(new: np.ndarray, old: np.ndarray, new_areas: np.ndarray) -> di
         return {}
     n, o = new[both].astype(np.int64), old[both].astype(np.int64)
     stride = int(o.max()) + 1
-    pairs, overlap = np.unique(n * stride + o, return_counts=True)
+    keys = n * stride + o
+    if (int(n.max()) + 1) * stride <= max(1 << 22, 4 * keys.size):  # counted, not sorted
+        counts = np.bincount(keys)
+        pairs = np.flatnonzero(counts)
+        overlap = counts[pairs]
+    else:
+        pairs, overlap = np.unique(keys, return_counts=True)
     old_areas = np.bincount(old.ravel(), minlength=stride)
     out: dict[int, int] = {}
     taken: set[int] = set()
