@@ -168,7 +168,13 @@ def test_merge_proposal_keeps_ids_of_unedited_instances_and_the_annotators_backg
     background = np.zeros(current.shape, bool)
     background[1:11, 1:21] = True
     out, out_table = merge_proposal(proposed, ptable, current, table, background)
-    assert not out[background].any() and 1 not in out_table
+    assert not out[background].any() and 1 not in out_table and out.dtype == np.int32
+    # both at once: an accepted instance inside the cleared area keeps its pixels, the rest stays clear
+    table[3] = InstanceInfo("a", 0.5, "accepted")
+    background[20:, :] = True
+    out, out_table = merge_proposal(proposed, ptable, current, table, background)
+    np.testing.assert_array_equal(out == 3, current == 3)
+    assert out_table[3] == table[3] and not out[background & (current != 3)].any() and out.dtype == np.int32
 
 
 def test_instance_gap_says_whether_instances_touch():

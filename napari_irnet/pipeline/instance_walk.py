@@ -62,6 +62,8 @@ __all__ = ["WalkPlan", "instance_walk_argmax", "iter_instance_walk", "plan_windo
 #: largest canvas of packed windows walked at once (cells); bounds the memory
 #: of the cropped transition weights to 69 × 4 bytes × this
 CANVAS_CELLS = 1 << 20
+#: smallest canvas (cells) when the windows are split so that every thread has canvases to walk
+CANVAS_MIN_CELLS = 1 << 16
 
 Argmax = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -275,7 +277,7 @@ def _walk_new_windows(
     gap = int(np.abs(neighbour_offsets(radius)).max())
     threads = torch.get_num_threads() if start.device.type == "cpu" else 1
     cells = sum((win.y1 - win.y0 + gap) * (win.x1 - win.x0 + gap) for win in windows)
-    canvases = _pack(windows, gap, max(1 << 16, min(CANVAS_CELLS, cells // (2 * threads) + 1)))
+    canvases = _pack(windows, gap, max(CANVAS_MIN_CELLS, min(CANVAS_CELLS, cells // (2 * threads) + 1)))
 
     def canvas_walk(size: tuple[int, int], placed: list[tuple[Window, int, int]]):
         ch, cw = size
