@@ -150,9 +150,12 @@ def test_channel_chunks_and_progress():
 
 
 @pytest.mark.parametrize("method", ["stencil", "gather"])
-def test_walks_side_by_side_in_threads_equal_one_after_another(method):
+def test_walks_side_by_side_in_threads_equal_one_after_another(method, monkeypatch):
+    import napari_irnet.pipeline.random_walk as rw
     from napari_irnet.pipeline.random_walk import iter_transition
     from napari_irnet.progress import run_steps
+
+    monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)  # threads even for this small walk
 
     x, boundary = random_inputs((30, 41), channels=5, seed=8)
     weights = transition_weights(boundary)
@@ -163,10 +166,13 @@ def test_walks_side_by_side_in_threads_equal_one_after_another(method):
     assert torch.get_num_threads() == before  # the caller's setting is back
 
 
-def test_closing_a_threaded_walk_stops_every_thread():
+def test_closing_a_threaded_walk_stops_every_thread(monkeypatch):
     import threading
 
+    import napari_irnet.pipeline.random_walk as rw
     from napari_irnet.pipeline.random_walk import iter_transition
+
+    monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)
 
     x, boundary = random_inputs((60, 60), channels=4, seed=9)
     before = torch.get_num_threads()
@@ -175,6 +181,21 @@ def test_closing_a_threaded_walk_stops_every_thread():
     walking.close()  # a Cancel: the workers stop at their next step and are joined
     assert not [t for t in threading.enumerate() if t.name.startswith("napari-irnet-walk")]
     assert torch.get_num_threads() == before
+
+
+def test_small_walks_stay_on_one_thread_large_ones_are_split():
+    from napari_irnet.pipeline.random_walk import PARALLEL_MIN_VALUES, iter_transition
+
+    def chunks(shape, channels):
+        x, boundary = random_inputs(shape, channels=channels, seed=4)
+        walking = iter_transition(x, transition_weights(boundary), 2, threads=2)
+        total = next(walking).total
+        walking.close()
+        return total // 2  # Step.total is steps × chunks
+
+    assert chunks((30, 41), 3) == 1  # a few thousand values per thread: one walk on this thread
+    side = int((2 * PARALLEL_MIN_VALUES / 4) ** 0.5) + 1
+    assert chunks((side, side), 4) == 2  # each half holds PARALLEL_MIN_VALUES or more
 
 
 def test_apply_transition_validates_inputs():
