@@ -645,8 +645,11 @@ def test_canvas_feedback_colours_by_class_text_under_centroids_outlines_and_lege
     np.testing.assert_allclose(outline.colormap.map(target), transform_color(STATE_COLOURS["edited"])[0])
     assert "rod" in [str(t) for t in points.text.values][feats["instance"].tolist().index(target)] if target in feats["instance"].tolist() else True
     assert "rod" in widget.status.value and "1 edited" in widget.status.value
+    outline_sets: list = []
+    outline.events.data.connect(outline_sets.append)
     widget.param_widgets["beta"].value = 11.0  # an update keeps the others' colours
     _wait_idle(qtbot, widget)
+    assert not outline_sets  # the re-run kept the edited instance: its outline is not drawn again
     for i in ids[1:]:
         if (layer.data == i).any():
             np.testing.assert_allclose(layer.colormap.map(i), before[i])
