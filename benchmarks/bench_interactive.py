@@ -157,7 +157,9 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
                 feats = features_table(session.labels, session.table)
                 inst_layer.features = feats
                 inst_layer.colormap = _layers.instances_colormap(session.table, model.classes, feats["index"][1:])
-                outline_layer.data = _layers.outline_data(session.labels, session.table)
+                outline = _layers.outline_data(session.labels, session.table)
+                if not np.array_equal(outline, outline_layer.data):  # as the widget: unchanged outlines are not set again
+                    outline_layer.data = outline
                 pts_layer.features = _layers.centroid_features(pred.centre_points, session.labels, session.table)
             if "seeds" in done:
                 seeds_layer.data = pred.seeds.astype(np.int32)
