@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..annotation.masks import InstanceInfo, features_table, instance_ids, table_from_records
+from ..annotation.masks import InstanceInfo, features_table, protected_lookup, table_from_records
 
 STAGES = ("CAM", "seeds", "boundary", "displacement", "centroids", "instances", "corrections", "semantic")
 #: stages shown when first added (the others start hidden)
@@ -330,11 +330,7 @@ def instances_layer(
 
 def outline_data(labels: np.ndarray, table: Mapping[int, InstanceInfo]) -> np.ndarray:
     """The edited and accepted instances (ids) of ``labels``; 0 elsewhere."""
-    present = instance_ids(labels)
-    marked = np.zeros(int(present.max(initial=0)) + 1, bool)
-    for i in present:  # painted without an entry: edited
-        info = table.get(int(i))
-        marked[i] = info is None or info.protected
+    marked = protected_lookup(labels, table, unlisted=True)  # painted without an entry: edited
     if not marked.any():
         return np.zeros(labels.shape, np.int32)
     return np.where(marked[labels], labels, 0).astype(np.int32)

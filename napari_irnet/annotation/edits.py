@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from .history import LabelDiff
-from .masks import InstanceInfo, instance_at, instance_ids, next_free_id
+from .masks import InstanceInfo, instance_at, next_free_id, protected_lookup
 
 __all__ = [
     "delete",
@@ -268,11 +268,7 @@ def merge_proposal(
     """
     if proposed.shape != current.shape:
         raise ValueError(f"shapes differ: {proposed.shape} and {current.shape}")
-    present = instance_ids(current)
-    protected = np.zeros(int(present.max(initial=0)) + 1, bool)
-    for i in present:
-        info = current_table.get(int(i))
-        protected[i] = info is not None and info.protected
+    protected = protected_lookup(current, current_table, unlisted=False)
     kept = [int(i) for i in np.flatnonzero(protected)]
     keep = protected[current] if kept else None  # None: nothing kept (full-image passes saved on large maps)
     cleared = keep
@@ -295,7 +291,7 @@ def merge_proposal(
         else:
             top += 1
             lut[i] = top
-    out = lut[free] if keep is None else np.where(keep, current, lut[free]).astype(np.int32)
+    out = lut[free] if keep is None else np.where(keep, current, lut[free]).astype(np.int32, copy=False)
     table = {i: current_table[i] for i in kept}
     for i in survivors:
         info = proposed_table.get(i)

@@ -126,6 +126,20 @@ def instance_ids(labels: np.ndarray) -> np.ndarray:
     return ids[ids != 0]
 
 
+def protected_lookup(labels: np.ndarray, table: Mapping[int, InstanceInfo], unlisted: bool) -> np.ndarray:
+    """``(max id + 1,)`` bools: which ids present in ``labels`` are edited or accepted.
+
+    Index it with the map (``lookup[labels]``) for the protected pixels. Ids
+    without a table entry count as ``unlisted``.
+    """
+    present = instance_ids(labels)
+    lookup = np.zeros(int(present.max(initial=0)) + 1, bool)
+    for i in present:
+        info = table.get(int(i))
+        lookup[i] = unlisted if info is None else info.protected
+    return lookup
+
+
 def instance_at(labels: np.ndarray, point: Sequence[float]) -> int:
     """Id under the pixel nearest ``point`` (y, x); 0 outside the image or on background."""
     y, x = (int(round(float(v))) for v in point[-2:])
