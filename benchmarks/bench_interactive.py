@@ -156,7 +156,7 @@ def bench_core(args) -> dict[str, tuple[list[str], float, float, float]]:
                     inst_layer.data_setitem(record.diff.indices(), record.diff.new.astype(np.int32))
                 feats = features_table(session.labels, session.table)
                 inst_layer.features = feats
-                inst_layer.colormap = _layers.instances_colormap(session.table, model.classes, feats["index"][1:])
+                _layers.update_instances_colormap(inst_layer, session.table, model.classes, feats["index"][1:])  # as the widget
                 outline = _layers.outline_data(session.labels, session.table)
                 if not np.array_equal(outline, outline_layer.data):  # as the widget: unchanged outlines are not set again
                     outline_layer.data = outline

@@ -437,6 +437,26 @@ def test_unedited_instances_keep_their_ids_across_slider_changes(make_napari_vie
         assert (after[before == i] == i).mean() > 0.5
 
 
+def test_the_instances_colormap_is_set_again_only_when_a_colour_changes(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    viewer = make_napari_viewer_proxy()
+    widget = _proposed(qtbot, viewer, checkpoint, image)
+    layer = _layer(viewer, "instances")
+    sets = []
+    layer.events.colormap.connect(lambda event: sets.append(event))
+    widget.param_widgets["instance_bg_threshold"].value = widget.params.instance_bg_threshold + 0.01
+    _wait_idle(qtbot, widget)
+    assert not sets  # the same ids in the same classes: napari would repaint the whole map for nothing
+    ids = [int(i) for i in np.unique(layer.data) if i]
+    widget.pick_at(np.argwhere(layer.data == ids[0])[0])
+    other = next(c for c in widget.session.model_classes if c != widget.session.annotation.info(ids[0]).class_name)
+    widget.set_class_of_picked(other)
+    _wait_idle(qtbot, widget)
+    assert sets  # a class change changes a colour
+    from napari_irnet._napari.layers import instance_colour
+
+    assert np.allclose(layer.colormap.color_dict[ids[0]], instance_colour(widget.session.model_classes.index(other), ids[0]))
+
+
 def test_after_run_and_edits_the_instances_layer_is_active_and_keys_work_from_the_viewer(make_napari_viewer_proxy, qtbot, checkpoint, image):
     from napari.utils.key_bindings import coerce_keybinding
 

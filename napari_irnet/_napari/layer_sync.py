@@ -271,7 +271,7 @@ class LayerSync:
         if layer is not None:
             feats = features_table(session.labels, session.table, session.annotation.default_class)
             layer.features = feats
-            layer.colormap = layers.instances_colormap(session.table, session.model_classes, feats["index"][1:])
+            layers.update_instances_colormap(layer, session.table, session.model_classes, feats["index"][1:])
         self.put_corrections(session)
         pts = self.find(session, "centroids")
         if pts is not None and len(pts.data) == len(session.points):

@@ -166,17 +166,49 @@ def instance_colour(class_index: int, label: int) -> np.ndarray:
     return out
 
 
-def instances_colormap(table: Mapping[int, InstanceInfo], classes: Sequence[str], ids: Sequence[int] = ()):
-    """A DirectLabelColormap: each instance in its class's colour (unknown class: gray)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
+def instance_colours(table: Mapping[int, InstanceInfo], classes: Sequence[str], ids: Sequence[int] = ()) -> dict:
+    """``{id: RGBA}`` of the instances: each in its class's colour (key None: unknown class, gray; 0: transparent)."""
     index = {c: i for i, c in enumerate(classes)}
     colours: dict = {None: (0.6, 0.6, 0.6, 1.0), 0: (0.0, 0.0, 0.0, 0.0)}
     for i in set(int(k) for k in ids) | set(int(k) for k in table):
         info = table.get(i)
         if info is not None and info.class_name in index:
             colours[i] = instance_colour(index[info.class_name], i)
-    return DirectLabelColormap(color_dict=colours)
+    return colours
+
+
+def instances_colormap(table: Mapping[int, InstanceInfo], classes: Sequence[str], ids: Sequence[int] = ()):
+    """A DirectLabelColormap of :func:`instance_colours`."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict=instance_colours(table, classes, ids))
+
+
+def update_instances_colormap(layer, table: Mapping[int, InstanceInfo], classes: Sequence[str], ids: Sequence[int] = ()) -> bool:
+    """Give an instances layer the colours of :func:`instance_colours` unless it has them already; True when set.
+
+    napari recomputes the colours of every pixel when a Labels layer's
+    colormap is set (0.2 s for a 3000² map), while a slider's re-run mostly
+    keeps the instances' ids and classes. The layer's colormap is kept when
+    it gives every instance of ``colours`` the same colour (entries of ids no
+    longer present do no harm: nothing is drawn with them).
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = instance_colours(table, classes, ids)
+    current = layer.colormap
+    if isinstance(current, DirectLabelColormap) and _has_colours(current.color_dict, colours):
+        return False
+    layer.colormap = DirectLabelColormap(color_dict=colours)
+    return True
+
+
+def _has_colours(color_dict: Mapping, colours: Mapping) -> bool:
+    for key, rgba in colours.items():
+        have = color_dict.get(key) if key in color_dict else None
+        if have is None or not np.allclose(np.asarray(have, np.float64), np.asarray(rgba, np.float64), atol=1e-6):
+            return False
+    return True
 
 
 def class_map_colormap(classes: Sequence[str]):
