@@ -169,3 +169,17 @@ def test_click_to_add_keeps_out_of_the_annotators_background_unless_clicked_ther
     s.undo()
     inside = s.add_at((32, 36), outputs, params)  # a click in the cleared area: the object comes back
     assert (s.labels == inside)[28:37, 32:41].all() and not s.background[28:37, 32:41].any()
+
+
+def test_label_counts_agree_with_numpy_for_small_and_large_maps():
+    from napari_irnet.annotation.masks import TORCH_COUNT_MIN, label_counts
+
+    rng = np.random.default_rng(3)
+    for size in (50, TORCH_COUNT_MIN + 7):
+        for dtype in (np.int32, np.int64, np.uint16):
+            values = rng.integers(0, 300, size).astype(dtype)
+            values[:5] = 0
+            assert np.array_equal(label_counts(values, minlength=400), np.bincount(values, minlength=400))
+            assert label_counts(values).dtype == np.int64
+    with pytest.raises(ValueError, match="negative"):
+        label_counts(np.full(TORCH_COUNT_MIN, -1, np.int32))

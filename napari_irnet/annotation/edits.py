@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from .history import LabelDiff
-from .masks import InstanceInfo, instance_at, next_free_id, protected_lookup
+from .masks import InstanceInfo, instance_at, label_counts, next_free_id, protected_lookup
 
 __all__ = [
     "delete",
@@ -279,7 +279,7 @@ def merge_proposal(
         if keep_bg.any():
             cleared = keep_bg if keep is None else keep | keep_bg
     free = proposed if cleared is None else np.where(cleared, 0, proposed)
-    counts = np.bincount(free.ravel(), minlength=int(proposed.max(initial=0)) + 1)
+    counts = label_counts(free, minlength=int(proposed.max(initial=0)) + 1)
     survivors = [i for i in range(1, counts.size) if counts[i] >= max(min_area, 1)]
     old = current if keep is None else np.where(keep, 0, current)
     reuse = _matching_ids(free, old, counts)
@@ -309,12 +309,12 @@ def _matching_ids(new: np.ndarray, old: np.ndarray, new_areas: np.ndarray) -> di
     stride = int(o.max()) + 1
     keys = n * stride + o
     if (int(n.max()) + 1) * stride <= max(1 << 22, 4 * keys.size):  # counted, not sorted
-        counts = np.bincount(keys)
+        counts = label_counts(keys)
         pairs = np.flatnonzero(counts)
         overlap = counts[pairs]
     else:
         pairs, overlap = np.unique(keys, return_counts=True)
-    old_areas = np.bincount(old.ravel(), minlength=stride)
+    old_areas = label_counts(old, minlength=stride)
     out: dict[int, int] = {}
     taken: set[int] = set()
     for k in np.argsort(-overlap, kind="stable"):

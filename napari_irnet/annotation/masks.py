@@ -122,8 +122,29 @@ def instance_ids(labels: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     if flat.min() < 0:
         raise ValueError("instance ids must be >= 0")
-    ids = np.flatnonzero(np.bincount(flat))
+    ids = np.flatnonzero(label_counts(flat))
     return ids[ids != 0]
+
+
+#: label maps with at least this many values are counted by torch (about twice as fast as numpy's bincount on int32 maps)
+TORCH_COUNT_MIN = 1 << 16
+
+
+def label_counts(values: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount`` of non-negative integer values (any shape), int64.
+
+    Large int32 and int64 arrays are counted by ``torch.bincount``: numpy
+    first copies int32 values to int64 (20 ms against 10 ms for a 3000² map).
+    """
+    flat = np.asarray(values).ravel()
+    if flat.size >= TORCH_COUNT_MIN and flat.dtype in (np.int32, np.int64):
+        import torch
+
+        try:
+            return torch.bincount(torch.from_numpy(np.ascontiguousarray(flat)), minlength=int(minlength)).numpy()
+        except RuntimeError as err:  # negative values
+            raise ValueError(f"cannot count negative values: {err}") from None
+    return np.bincount(flat, minlength=int(minlength)).astype(np.int64, copy=False)
 
 
 def protected_lookup(labels: np.ndarray, table: Mapping[int, InstanceInfo], unlisted: bool) -> np.ndarray:
@@ -169,7 +190,7 @@ def features_table(
     flat = np.asarray(labels).ravel()
     if flat.size and flat.min() < 0:
         raise ValueError("instance ids must be >= 0")
-    counts = np.bincount(flat) if flat.size else np.zeros(1, np.int64)
+    counts = label_counts(flat) if flat.size else np.zeros(1, np.int64)
     ids = np.flatnonzero(counts)
     ids = ids[ids != 0]
     rows = [table.get(int(i), InstanceInfo(default_class, 1.0, "edited")) for i in ids]
@@ -189,7 +210,7 @@ def instance_boxes(labels: np.ndarray) -> dict[int, tuple[list[int], int]]:
     labels = np.asarray(labels)
     if not labels.size:
         return {}
-    counts = np.bincount(labels.ravel())
+    counts = label_counts(labels)
     return {
         i: ([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], int(counts[i]))
         for i, sl in enumerate(find_objects(labels), start=1)

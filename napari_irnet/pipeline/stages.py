@@ -340,16 +340,18 @@ def assign_from_argmax(
     best, arg, gmax = argmax
     gmax = float(gmax) if float(gmax) > 0 else 1.0
     norm = (best / gmax).cpu().numpy()
-    plane = arg.cpu().numpy().astype(np.int32) + 1
-    plane[norm < bg_threshold] = 0
-    # argmax ties against the background plane go to background, as torch.argmax does
-    plane[norm == bg_threshold] = 0
+    plane = arg.cpu().numpy().astype(np.int32, copy=False) + 1
+    # under the threshold, and argmax ties against the background plane (as torch.argmax does): background
+    plane[norm <= bg_threshold] = 0
     keys = np.asarray(plane_classes, dtype=np.int64)
     return _components(plane, norm, min_fragment_fraction, lambda key: int(keys[key - 1]))
 
 
-def label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+def label_maximum(values: np.ndarray, labels: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
     """The maximum of ``values`` over each label 1..``count`` of ``labels`` (same shape): ``(count,)``.
+
+    ``labels`` may also be given as the flat int64 tensor of its values (to
+    share one index between several calls).
 
     One pass over the pixels (a scatter-max), where ``scipy.ndimage.maximum``
     sorts them: 30 ms instead of 0.5 s for 700 instances in a 3000² map.
@@ -357,8 +359,8 @@ def label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndar
     """
     if count == 0:
         return np.zeros(0, dtype=values.dtype)
+    index = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels).reshape(-1).astype(np.int64, copy=False))
     flat = torch.from_numpy(np.ascontiguousarray(values).reshape(-1))
-    index = torch.from_numpy(np.ascontiguousarray(labels).reshape(-1).astype(np.int64, copy=False))
     low = torch.finfo(flat.dtype).min if flat.dtype.is_floating_point else torch.iinfo(flat.dtype).min
     out = torch.full((count + 1,), low, dtype=flat.dtype)
     out.scatter_reduce_(0, index, flat, reduce="amax")
@@ -373,12 +375,14 @@ def _components(key_map: np.ndarray, score_map: np.ndarray, min_fragment_fractio
     bbox ``[x0, y0, x1, y1]`` (end exclusive) and area in pixels.
     """
     H, W = key_map.shape
-    labels = connected_components(key_map, connectivity=1, background=0).astype(np.int32)
+    components = connected_components(key_map, connectivity=1, background=0)  # int64
+    labels = components.astype(np.int32)
     min_area = min_fragment_fraction * H * W
     boxes = instance_boxes(labels)
     ids = list(boxes)
-    peaks = label_maximum(score_map, labels, len(ids))
-    keys = label_maximum(key_map, labels, len(ids))  # one key per component
+    index = torch.from_numpy(components.reshape(-1))  # one int64 index for both scatters
+    peaks = label_maximum(score_map, index, len(ids))
+    keys = label_maximum(key_map, index, len(ids))  # one key per component
     records = []
     for i, peak, key in zip(ids, peaks, keys):
         bbox, area = boxes[i]
