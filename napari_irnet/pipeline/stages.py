@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from skimage.measure import label as connected_components
 
-from ..annotation.masks import instance_boxes
+from ..annotation.masks import instance_boxes, label_counts
 
 IGNORE = 255
 
@@ -84,7 +84,7 @@ def image_segments(image: np.ndarray) -> np.ndarray:
 def segment_vote(segments: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
     """Every pixel takes the most frequent label of its segment (ties: the lower label)."""
     index = segments.ravel().astype(np.int64) * n_labels + labels.ravel()
-    counts = np.bincount(index, minlength=(int(segments.max()) + 1) * n_labels).reshape(-1, n_labels)
+    counts = label_counts(index, minlength=(int(segments.max()) + 1) * n_labels).reshape(-1, n_labels)
     return counts.argmax(axis=1)[segments]
 
 
@@ -145,9 +145,10 @@ def seeds_from_cams(
     seeds = np.empty((h, w), np.uint8)
     # ``segments``: the image's segments, made once when the refinement needs them
 
-    def labelled(band: np.ndarray, threshold: float) -> np.ndarray:
+    def labelled(peak: np.ndarray, best: np.ndarray, threshold: float) -> np.ndarray:
         nonlocal segments
-        arg = np.argmax(np.concatenate([np.full((1,) + band.shape[1:], threshold, band.dtype), band]), axis=0)
+        # the reference's argmax over [threshold, maps...]: a tie with the threshold goes to it
+        arg = np.where(peak > threshold, best, 0)
         if crf:
             refined = _dense_crf(image, arg, keys.shape[0])
             if refined is None:
@@ -158,9 +159,10 @@ def seeds_from_cams(
         return keys[arg]
 
     for r0 in range(0, h, rows):
-        band = cams[:, r0 : r0 + rows]
-        fg = labelled(band, fg_threshold)
-        bg = labelled(band, bg_threshold)
+        peak, best = torch.max(torch.from_numpy(np.ascontiguousarray(cams[:, r0 : r0 + rows])), dim=0)  # the first maximum
+        peak, best = peak.numpy(), best.numpy() + 1
+        fg = labelled(peak, best, fg_threshold)
+        bg = labelled(peak, best, bg_threshold)
         fg[fg == 0] = np.where(bg[fg == 0] == 0, 0, IGNORE)
         seeds[r0 : r0 + rows] = fg
     return seeds
