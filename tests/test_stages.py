@@ -70,6 +70,16 @@ def test_seeds_thresholds_and_ignore():
     assert (seeds[1:, 4:] == 0).all()
 
 
+def test_seeds_ties_go_to_the_threshold_then_to_the_first_class():
+    cams = np.zeros((2, 1, 4), np.float32)
+    cams[0, 0, 0] = 0.3  # exactly the foreground threshold: not foreground (the reference's argmax over [threshold, maps])
+    cams[:, 0, 1] = 0.6  # two classes equal: the first one
+    cams[0, 0, 2], cams[1, 0, 2] = 0.4, 0.7
+    cams[:, 0, 3] = 0.05  # exactly the background threshold: background
+    seeds = seeds_from_cams(cams, class_ids=[3, 7], fg_threshold=0.3, bg_threshold=0.05, use_crf=False)
+    assert seeds.tolist() == [[IGNORE, 4, 8, 0]]
+
+
 def test_instance_cams_split_by_cluster():
     cams = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])
     clusters = np.array([[0, 1], [1, 0]])
