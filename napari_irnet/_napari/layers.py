@@ -204,8 +204,9 @@ def update_instances_colormap(layer, table: Mapping[int, InstanceInfo], classes:
 
 
 def _has_colours(color_dict: Mapping, colours: Mapping) -> bool:
+    """Whether ``color_dict`` (a colormap's, a defaultdict: ``get`` adds nothing) has every entry of ``colours``."""
     for key, rgba in colours.items():
-        have = color_dict.get(key) if key in color_dict else None
+        have = color_dict.get(key)
         if have is None or not np.allclose(np.asarray(have, np.float64), np.asarray(rgba, np.float64), atol=1e-6):
             return False
     return True
