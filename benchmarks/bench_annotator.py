@@ -294,13 +294,13 @@ def print_table(rows: list[dict], reference: int = 2) -> None:
     base = rows[0]["ops_per_image"]
     print("| proposals | operations / image | vs painting | vs the weak proposals (per image, ± s.e.) | proposals kept | click to add kept | operations by kind / image | annotator s / image | networks s / image |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for k, r in enumerate(rows):
+    for i, r in enumerate(rows):
         kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["ops_by_kind_per_image"].items())
         kept = "–" if r["row"].startswith("paint") else f"{100 * r['matched_at_start']:.0f}%"
         clicks = "–" if r["click_to_add_kept"] is None else f"{100 * r['click_to_add_kept']:.0f}%"
         net = "–" if r["network_seconds_per_image"] is None else f"{r['network_seconds_per_image']:.2f}"
         diff = "–"
-        if k > reference:
+        if i > reference:
             mean, err = paired_difference(r["ops_of_each_image"], rows[reference]["ops_of_each_image"])
             diff = f"{mean:+.2f} ± {err:.2f}"
         print(f"| {r['row']} | {r['ops_per_image']:.1f} | {r['ops_per_image'] / base:.2f} | {diff} | {kept} | {clicks} | {kinds} | {r['seconds_per_image']:.2f} | {net} |")
