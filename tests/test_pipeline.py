@@ -204,6 +204,7 @@ def test_class_probabilities_equal_the_classifier_and_tile_large_images(tiny_dat
 
     torch.manual_seed(0)
     model = new_model(list(CLASS_NAMES), "tiny")
+    model.params = model.params.replace(network_precision="float32")  # compared with the float32 classifier
     image = np.tile(tiny_dataset[0].image, (3, 4, 1))[:150, :230]
     x = image_to_tensor(image, torch.device("cpu"))
     model.cam.eval()
@@ -215,6 +216,44 @@ def test_class_probabilities_equal_the_classifier_and_tile_large_images(tiny_dat
     tiled = class_probabilities(model, image, "cpu")  # 2 x 2 tiles
     assert tiled.shape == (len(CLASS_NAMES),)
     assert torch.allclose(tiled, whole, atol=0.05)  # cells near tile borders differ a little
+
+
+def test_network_precision_picks_bfloat16_only_where_asked_or_where_the_device_has_units(monkeypatch):
+    from napari_irnet.params import ParamError
+    from napari_irnet.pipeline import inference
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "bfloat16_units", lambda device: True)
+    assert inference.network_dtype(Params(), cpu) == torch.bfloat16
+    assert inference.network_dtype(Params(preset="reference"), cpu) == torch.float32  # the reference is float32
+    assert inference.network_dtype(Params(network_precision="float32"), cpu) == torch.float32
+    assert inference.network_dtype(Params(network_precision="bfloat16"), torch.device("mps")) == torch.float32
+    monkeypatch.setattr(inference, "bfloat16_units", lambda device: False)
+    assert inference.network_dtype(Params(), cpu) == torch.float32
+    assert inference.network_dtype(Params(network_precision="bfloat16"), cpu) == torch.bfloat16
+    with pytest.raises(ParamError, match="network_precision"):
+        Params(network_precision="half")
+
+
+def test_networks_in_bfloat16_give_float32_outputs_close_to_float32(tiny_dataset):
+    from napari_irnet.pipeline.inference import compute_cams, compute_irnet
+    from napari_irnet.pipeline.predict import class_probabilities
+
+    torch.manual_seed(0)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    model.irn = new_irnet(model)
+    image = tiny_dataset[0].image
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        params = model.params.replace(network_precision=precision, cam_scales=(1.0,))
+        model.params = params
+        cam = compute_cams(model.cam, image, [0, 1], params, "cpu")
+        irn = compute_irnet(model.irn, image, params, "cpu")
+        out[precision] = (cam.strided, irn.boundary, irn.displacement, class_probabilities(model, image, "cpu"))
+    for a, b in zip(out["float32"], out["bfloat16"]):
+        assert b.dtype == torch.float32
+        assert not torch.equal(a, b)  # the convolutions did run in bfloat16
+        torch.testing.assert_close(b, a, atol=0.05 * float(a.abs().max()) + 1e-3, rtol=0)
 
 
 def test_large_images_are_normalised_tile_by_tile_with_the_same_values(tiny_dataset):

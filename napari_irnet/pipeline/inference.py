@@ -10,10 +10,17 @@ stride-16 grids; each tile contributes the centre of its output, without the
 half-overlap margins. GroupNorm in the IRNet heads makes tiled outputs depend
 slightly on the tile extent: a modelling change, not a bug (see
 ``irnet-method.md`` section 5.2).
+
+``Params.network_precision`` runs the networks' convolutions in bfloat16
+(``torch.autocast``) where the device has bfloat16 matrix units: the maps
+change by about 1 % of their range and the instances by less than the
+walk's own tolerance (BENCHMARKS.md, "Networks in bfloat16"); every output
+is float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -84,6 +91,38 @@ def describe_device(choice: str) -> str:
         return str(resolve_device(choice))
     except RuntimeError as exc:
         return f"unavailable ({exc})"
+
+
+def bfloat16_units(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 matrix units (CPU: Intel AMX; CUDA: compute capability 8.0 or later)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # no public query in torch yet
+        return bool(amx()) if amx is not None else False
+    return False
+
+
+def network_dtype(params: Params, device: torch.device) -> torch.dtype:
+    """The number format ``params.network_precision`` picks on ``device`` (float32 or bfloat16).
+
+    ``"auto"`` is bfloat16 where :func:`bfloat16_units` says the device has
+    them, except with ``preset="reference"`` (which reproduces the
+    reference's float32 outputs); devices other than the CPU and CUDA always
+    run float32.
+    """
+    choice = params.network_precision
+    if choice == "auto":
+        choice = "bfloat16" if params.preset != "reference" and bfloat16_units(device) else "float32"
+    return torch.bfloat16 if choice == "bfloat16" and device.type in ("cpu", "cuda") else torch.float32
+
+
+def network_precision(params: Params, device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which the networks run in :func:`network_dtype`; cast their outputs with ``.float()``."""
+    dtype = network_dtype(params, device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def strided_size(shape: Sequence[int], stride: int = 4) -> tuple[int, int]:
@@ -216,7 +255,8 @@ def compute_cams(
     class_ids : sequence of int
         Classes whose maps are kept (the image-level labels), 0-based.
     params : Params
-        ``cam_scales``, ``tile_size`` and ``tile_overlap`` are used.
+        ``cam_scales``, ``tile_size``, ``tile_overlap`` and
+        ``network_precision`` are used.
     """
     dev = resolve_device(device)
     model = model.to(dev).eval()
@@ -231,7 +271,9 @@ def compute_cams(
     sel = torch.from_numpy(ids).to(dev)
 
     def cam_with_flip(t: torch.Tensor) -> torch.Tensor:
-        both = model.cam(network_layout(torch.cat([t, t.flip(-1)], dim=0)))
+        with network_precision(params, dev):
+            both = model.cam(network_layout(torch.cat([t, t.flip(-1)], dim=0)))
+        both = both.float()
         return (both[0] + both[1].flip(-1)).unsqueeze(0)
 
     for s in params.cam_scales:
@@ -294,7 +336,9 @@ def compute_irnet(
                 pair = F.pad(pair, [0, 512 - tw, 0, 512 - th])
             else:
                 warnings.warn("preset 'reference' pads to 512x512; this image is larger and runs unpadded", stacklevel=3)
-        edge, disp = model(network_layout(pair))
+        with network_precision(params, dev):
+            edge, disp = model(network_layout(pair))
+        edge, disp = edge.float(), disp.float()
         gh, gw = strided_size((th, tw), 4)
         edge, disp = edge[..., :gh, :gw], disp[..., :gh, :gw]
         edge = edge[0] / 2 + edge[1].flip(-1) / 2

@@ -20,7 +20,16 @@ from ..models.checkpoint import Model
 from ..params import Params
 from ..progress import Step
 from .cache import StageCache
-from .inference import NetworkOutputs, compute_cams, compute_irnet, network_input, network_layout, resolve_device, run_tiled
+from .inference import (
+    NetworkOutputs,
+    compute_cams,
+    compute_irnet,
+    network_input,
+    network_layout,
+    network_precision,
+    resolve_device,
+    run_tiled,
+)
 from .stages import Prediction, instance_cams, propagate
 
 
@@ -125,7 +134,8 @@ def class_probabilities(model: Model, image: np.ndarray, device: str | torch.dev
 
     def both(t: torch.Tensor) -> torch.Tensor:
         t = network_layout(t)
-        return torch.cat([net(t, pixels=True), net(t.flip(-1), pixels=True)], dim=1)
+        with network_precision(model.params, dev):
+            return torch.cat([net(t, pixels=True), net(t.flip(-1), pixels=True)], dim=1).float()
 
     cells = run_tiled(both, x, 16, model.params.tile_size, model.params.tile_overlap, prepare)
     logits = cells.mean(dim=(2, 3))[0].view(2, -1)  # (image, flipped image) x classes

@@ -1,0 +1,112 @@
+"""The networks in bfloat16 against float32: how much faster, and what changes?
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_precision.py --sizes 1024 3000
+
+The bundled demo model predicts the bundled sample cells tiled to each size
+twice, with ``network_precision="float32"`` and ``"bfloat16"``
+(``torch.autocast``; every output is float32), and the two are compared:
+
+- seconds of each network (CAMs, IRNet) with each format;
+- the largest change of the CAMs (stride-4, each divided by its maximum),
+  the boundary map and the displacement field (grid units);
+- instances found by each; the share of the float32 instances that the
+  bfloat16 run finds again (the same class and IoU ≥ 0.5); pixels agreeing
+  on foreground / background;
+- mAP^r at IoU 0.5 of each against the tiled ground truth (the scorer of
+  ``bench_quality.py``).
+
+bfloat16 only gains on devices with bfloat16 matrix units (Intel CPUs with
+AMX, NVIDIA GPUs from Ampere on); elsewhere it runs but is not faster. The
+first line says whether this machine's CPU has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _refound(a, b) -> tuple[int, int]:
+    """(instances of ``a`` matched in ``b`` with the same class at IoU ≥ 0.5, instances of ``a``)."""
+    from napari_irnet.evaluation.overlap import label_map_iou
+
+    iou, ids_a, ids_b = label_map_iou(a.labels, b.labels)
+    if iou.size == 0:
+        return 0, len(ids_a)
+    cls_a = {r["id"]: r["class_id"] for r in a.records}
+    cls_b = {r["id"]: r["class_id"] for r in b.records}
+    best = iou.argmax(axis=1)
+    found = sum(iou[i, j] >= 0.5 and cls_a[int(ids_a[i])] == cls_b[int(ids_b[j])] for i, j in enumerate(best))
+    return int(found), len(ids_a)
+
+
+def row(size: int, model) -> str:
+    from bench_quality import Scorer, _make_item
+    from bench_scale import tiled_sample
+
+    from napari_irnet.pipeline.inference import NetworkOutputs, compute_cams, compute_irnet
+    from napari_irnet.pipeline.predict import postprocess
+
+    image, gt, gt_classes = tiled_sample(size)
+    table = {i: model.classes.index(c) + 1 for i, c in gt_classes.items()}
+    sem = np.zeros_like(gt)
+    for i, c in table.items():
+        sem[gt == i] = c
+    item = _make_item(f"cells_{size}", image, gt, sem, table, sorted({c - 1 for c in table.values()}), size)
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        params = model.params.replace(network_precision=precision)
+        t0 = time.perf_counter()
+        cam = compute_cams(model.cam, image, item.class_ids, params, "cpu")
+        t1 = time.perf_counter()
+        irn = compute_irnet(model.irn, image, params, "cpu")
+        t2 = time.perf_counter()
+        outputs = NetworkOutputs(image.shape[:2], cam, irn)
+        pred = postprocess(outputs, params, image, "cpu", seeds=False)
+        scorer = Scorer(len(model.classes))
+        scorer.add(item, pred.semantic, pred.instances)
+        runs[precision] = (t1 - t0, t2 - t1, outputs, pred, 100 * scorer.result()["mAP"][0.5])
+    (c32, i32, o32, p32, ap32), (c16, i16, o16, p16, ap16) = runs["float32"], runs["bfloat16"]
+    diff = lambda a, b: float((a - b).abs().max())  # noqa: E731
+    found, total = _refound(p32.instances, p16.instances)
+    fg = float(np.mean((p32.instances.labels > 0) == (p16.instances.labels > 0)))
+    return (
+        f"| {size}² | {c32:.1f} / {c16:.1f} | {i32:.1f} / {i16:.1f} | {(c32 + i32) / (c16 + i16):.2f}× | "
+        f"{diff(o32.cam.strided, o16.cam.strided):.3f} | {diff(o32.irn.boundary, o16.irn.boundary):.3f} | "
+        f"{diff(o32.irn.displacement, o16.irn.displacement):.2f} | {total} / {len(p16.instances.records)} | "
+        f"{100 * found / max(total, 1):.1f} % | {100 * fg:.2f} % | {ap32:.2f} / {ap16:.2f} |"
+    )
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from napari_irnet.models.checkpoint import load_checkpoint
+    from napari_irnet.pipeline.inference import bfloat16_units
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 3000])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
+    units = "has" if bfloat16_units(torch.device("cpu")) else "lacks"
+    print(f"torch {torch.__version__}, {args.threads} threads; this CPU {units} bfloat16 matrix units (AMX)\n")
+    print("| image | CAM s float32 / bfloat16 | IRNet s float32 / bfloat16 | networks speed-up | CAM max change | boundary max change "
+          "| displacement max change (cells) | instances float32 / bfloat16 | float32 instances found again | foreground pixels agreeing "
+          "| mAP^r 0.5 float32 / bfloat16 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for size in args.sizes:
+        print(row(size, model), flush=True)
+
+
+if __name__ == "__main__":
+    main()
