@@ -134,6 +134,12 @@ def test_centroids_in_chunks_equal_the_whole_grid_at_once():
     field = rng.normal(0, 1.5, (2, 13, 17)).astype(np.float32)
     whole = find_centroids(field, 40, chunk=10**9)
     np.testing.assert_array_equal(find_centroids(field, 40, chunk=7), whole)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # chunks side by side in threads
+    try:
+        np.testing.assert_array_equal(find_centroids(field, 40, chunk=7), whole)
+    finally:
+        torch.set_num_threads(before)
     assert whole.shape == (2, 13, 17) and whole.dtype == np.int32
     assert 0 <= whole[0].min() and whole[0].max() <= 12 and whole[1].max() <= 16
 
@@ -218,6 +224,12 @@ def test_large_images_are_segmented_square_by_square(monkeypatch):
     first = pp.image_segments(np.ascontiguousarray(image[:32, :32]))
     np.testing.assert_array_equal(tiled[:32, :32], first)
     assert whole.shape == (70, 90) and len(np.unique(whole)) < len(np.unique(tiled))  # squares cut segments the whole image keeps
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # squares side by side in threads: the same ids
+    try:
+        np.testing.assert_array_equal(pp.image_segments(image), tiled)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_label_maximum_equals_scipy_per_label_maximum():
