@@ -153,3 +153,40 @@ def test_windows_of_unchanged_clusters_are_taken_from_the_memo():
     assert torch.equal(changed[1], fresh[1])
     assert 1 <= plan3.walked <= 2 * len([w for w in plan3.windows if w.plane % 10 in (3, 4)])
     assert plan3.walked < plan1.walked / 2
+
+
+def test_windows_packed_edge_to_edge_walk_as_if_each_were_alone(monkeypatch):
+    # canvases hold many windows without gaps; weights across a window's edge are cut,
+    # so every window's walk is the walk of that window alone
+    import napari_irnet.pipeline.instance_walk as iw
+    from napari_irnet.pipeline.random_walk import transition_weights
+
+    cams, boundary, clusters = _blobs(wall=0.3)
+    start = cams * (1.0 - boundary)
+    weights = transition_weights(boundary, radius=5, beta=10.0)
+    plan = plan_windows(start.numpy(), clusters, 0.01, 4)
+    windows = plan.windows[:6]
+    k_total = int(clusters.max()) + 1
+    cluster_map = torch.from_numpy(clusters)
+
+    def walk(wins):
+        counter = [0, 0, 0]
+        return list(_drain_value(iw._walk_new_windows(wins, start, cluster_map, weights, STEPS, 5, k_total, counter, "walk")))
+
+    monkeypatch.setattr(iw, "CANVAS_MIN_CELLS", 10**9)  # all six in one canvas
+    packed = walk(windows)
+    assert len(iw._pack(windows, 10**9)) == 1
+    for win, part in zip(windows, packed):
+        alone = walk([win])[0]
+        assert part.shape == (win.y1 - win.y0, win.x1 - win.x0)
+        torch.testing.assert_close(part, alone, rtol=0, atol=0)
+    assert any(bool((part[0] > 0).any() or (part[:, 0] > 0).any()) for part in packed)  # mass does reach window edges
+
+
+def _drain_value(gen):
+    """The value a step generator returns."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as result:
+            return result.value
