@@ -15,7 +15,10 @@ is walked only inside windows around the cells where it carries mass:
    tolerance anywhere and is not walked at all.
 2. **Windows.** The support is grown by ``radius - 1`` cells (how far one
    step reaches); each connected piece's bounding box is a window
-   (overlapping windows of one plane merge).
+   (overlapping boxes merge where the union adds no cells), starting from
+   the plane's values in the cluster's cells of the box (each cell in one
+   window only).  Windows of one plane may overlap: the walk being linear,
+   their walks add up.
 3. **Packing.** Windows are packed edge to edge into canvases, each canvas
    holding the image's own transition weights cropped around every window,
    with the weight of every neighbour outside a cell's own window set to 0.
@@ -24,11 +27,13 @@ is walked only inside windows around the cells where it carries mass:
    absorbing border, and no window reads another's.
 4. **Growth.** A window whose walked border still holds ``walk_tolerance``
    of the largest walked score or more lost mass that matters: it grows by
-   twice its margin (merging with its plane's other windows it meets) and is
-   walked again, until no window leaks or it covers the whole grid.  The
+   twice its margin (merging with its plane's windows where the union adds
+   no cells) and is walked again from the same starting cells, until no
+   window leaks or it covers the whole grid.  The
    walk averages over neighbourhoods, so a border under that level bounds
    the error inside the window by it.
-5. **Argmax.** Every window is upsampled ×4 (bilinear) on its own and merged
+5. **Argmax.** Overlapping windows of a plane are summed into the box that
+   holds them.  Every window is upsampled ×4 (bilinear) on its own and merged
    into the full-resolution best score and best plane, as
    :func:`~napari_irnet.pipeline.stages.upsampled_argmax` does for whole
    planes.
@@ -73,7 +78,12 @@ Argmax = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 @dataclass
 class Window:
-    """One window of one plane on the stride-4 grid (end exclusive)."""
+    """One window of one plane on the stride-4 grid (end exclusive).
+
+    ``own`` (window-shaped bool) marks the cells whose starting values this
+    window walks: its piece of the plane's cluster; ``None`` for all the
+    cluster's cells in the box.
+    """
 
     plane: int
     y0: int
@@ -81,6 +91,7 @@ class Window:
     x0: int
     x1: int
     margin: int
+    own: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def area(self) -> int:
@@ -117,8 +128,18 @@ class WalkPlan:
         return self.planes * self.grid_cells
 
 
-def _merge_boxes(boxes: list[list[int]]) -> list[list[int]]:
-    """Union overlapping boxes [y0, y1, x0, x1] until none overlap."""
+def _area(box: list[int]) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def _merge_boxes(boxes: list[list[int]], only_if_cheaper: bool = False) -> list[list[int]]:
+    """Union overlapping boxes [y0, y1, x0, x1] until none overlap.
+
+    With ``only_if_cheaper``, two overlapping boxes merge only when their
+    union holds no more cells than the two of them: boxes that overlap
+    heavily become one, while scattered pieces do not grow into a box over
+    the whole image (their overlaps are then summed, see :func:`_sum_overlaps`).
+    """
     boxes = [list(b) for b in boxes]
     merged = True
     while merged and len(boxes) > 1:
@@ -127,7 +148,10 @@ def _merge_boxes(boxes: list[list[int]]) -> list[list[int]]:
             for j in range(i + 1, len(boxes)):
                 a, b = boxes[i], boxes[j]
                 if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
-                    boxes[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    union = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    if only_if_cheaper and _area(union) > _area(a) + _area(b):
+                        continue
+                    boxes[i] = union
                     del boxes[j]
                     merged = True
                     break
@@ -136,18 +160,25 @@ def _merge_boxes(boxes: list[list[int]]) -> list[list[int]]:
     return boxes
 
 
-def _piece_boxes(support: np.ndarray, origin: tuple[int, int], margin: int, shape: tuple[int, int]) -> list[list[int]]:
-    """Boxes of the pieces of ``support`` (a crop at ``origin``) grown by ``margin``, clipped to ``shape``."""
+def _piece_windows(plane: int, support: np.ndarray, inside: np.ndarray, origin: tuple[int, int], margin: int) -> list[Window]:
+    """The windows of one plane: boxes of the pieces of ``support`` (a crop at ``origin``) grown by ``margin``.
+
+    Overlapping boxes merge where that adds no cells; a window's ``own``
+    cells are the cells of the cluster (``inside``) in its box that no
+    earlier window of the plane holds, so that each starts in one window.
+    The crop reaches ``margin`` beyond the cluster on every side the grid
+    allows.
+    """
     grown = ndi.binary_dilation(support, np.ones((3, 3), bool), iterations=margin) if margin else support
     labels, _ = ndi.label(grown)
-    h, w = shape
     oy, ox = origin
-    boxes = [
-        [max(sl[0].start + oy, 0), min(sl[0].stop + oy, h), max(sl[1].start + ox, 0), min(sl[1].stop + ox, w)]
-        for sl in ndi.find_objects(labels)
-        if sl is not None
-    ]
-    return _merge_boxes(boxes)
+    boxes = [[sl[0].start, sl[0].stop, sl[1].start, sl[1].stop] for sl in ndi.find_objects(labels) if sl is not None]
+    free = inside.copy()
+    windows = []
+    for y0, y1, x0, x1 in _merge_boxes(boxes, only_if_cheaper=True):
+        windows.append(Window(plane, y0 + oy, y1 + oy, x0 + ox, x1 + ox, margin, free[y0:y1, x0:x1].copy()))
+        free[y0:y1, x0:x1] = False
+    return windows
 
 
 def plan_windows(start: np.ndarray, clusters: np.ndarray, tolerance: float, margin: int) -> WalkPlan:
@@ -189,8 +220,7 @@ def plan_windows(start: np.ndarray, clusters: np.ndarray, tolerance: float, marg
             if not support.any():
                 continue
             plane = c * k_total + k
-            boxes = _piece_boxes(support, (ys.start, xs.start), margin, (h, w))
-            per_plane[plane] = [Window(plane, *b, margin) for b in boxes]
+            per_plane[plane] = _piece_windows(plane, support, inside, (ys.start, xs.start), margin)
     plan.windows = [win for plane in sorted(per_plane) for win in per_plane[plane]]
     return plan
 
@@ -269,11 +299,15 @@ def _walk_windows(
     return [known[key] for key in keys]
 
 
+def _own_cells(win: Window, clusters: torch.Tensor, k_total: int) -> np.ndarray:
+    """The window's starting cells (window-shaped bool)."""
+    return win.own if win.own is not None else (clusters[win.slices] == win.plane % k_total).cpu().numpy()
+
+
 def _window_key(win: Window, clusters: torch.Tensor, k_total: int) -> tuple:
-    """What a window's walk depends on besides the image's outputs: its class, box and cluster mask."""
-    c, k = divmod(win.plane, k_total)
-    mask = (clusters[win.slices] == k).cpu().numpy()
-    return c, win.y0, win.y1, win.x0, win.x1, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+    """What a window's walk depends on besides the image's outputs: its class, box and starting cells."""
+    mask = _own_cells(win, clusters, k_total)
+    return win.plane // k_total, win.y0, win.y1, win.x0, win.x1, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
 
 
 def _walk_new_windows(
@@ -306,7 +340,7 @@ def _walk_new_windows(
             c, k = divmod(win.plane, k_total)
             ys, xs = win.slices
             dst = (slice(top, top + win.y1 - win.y0), slice(left, left + win.x1 - win.x0))
-            x[0][dst] = start[c][ys, xs] * (clusters[ys, xs] == k)
+            x[0][dst] = start[c][ys, xs] * torch.from_numpy(_own_cells(win, clusters, k_total)).to(start.device)
             w[(slice(None),) + dst] = weights[(slice(None), ys, xs)]
             owner[pad + dst[0].start : pad + dst[0].stop, pad + dst[1].start : pad + dst[1].stop] = number
         _isolate(w, owner, offsets)
@@ -350,45 +384,79 @@ def _leaks(win: Window, part: torch.Tensor, level: float, shape: tuple[int, int]
 
 
 def _grow(win: Window, shape: tuple[int, int]) -> Window:
+    """The window grown by twice its margin on every side (clipped to ``shape``), with the same starting cells."""
     h, w = shape
     m = 2 * win.margin if win.margin else 4
-    return Window(win.plane, max(win.y0 - m, 0), min(win.y1 + m, h), max(win.x0 - m, 0), min(win.x1 + m, w), m)
+    big = Window(win.plane, max(win.y0 - m, 0), min(win.y1 + m, h), max(win.x0 - m, 0), min(win.x1 + m, w), m)
+    if win.own is not None:
+        big.own = np.zeros((big.y1 - big.y0, big.x1 - big.x0), bool)
+        big.own[win.y0 - big.y0 : win.y1 - big.y0, win.x0 - big.x0 : win.x1 - big.x0] = win.own
+    return big
 
 
 def _regrow(
     windows: list[Window], walked: list[torch.Tensor], small: list[int], shape: tuple[int, int]
 ) -> tuple[list[tuple[Window, torch.Tensor]], list[Window]]:
-    """Grow the ``small`` windows; merge them with their plane's other windows.
+    """Grow the ``small`` windows; merge them with their plane's windows where the union adds no cells.
 
     Returns the (window, walked) pairs that stay as they were and the new
-    windows to walk.
+    windows to walk (a merged window starts from its members' cells).
     """
     grown = {i: _grow(windows[i], shape) for i in small}
     planes = {windows[i].plane for i in small}
-    keep: list[tuple[Window, torch.Tensor]] = []
-    by_plane: dict[int, list[Window]] = {}
-    done: dict[tuple[int, ...], tuple[Window, torch.Tensor]] = {}
-    for i, win in enumerate(windows):
-        if win.plane not in planes:
-            keep.append((win, walked[i]))
-            continue
-        by_plane.setdefault(win.plane, []).append(grown.get(i, win))
-        if i not in grown:
-            done[(win.plane, win.y0, win.y1, win.x0, win.x1)] = (win, walked[i])
+    keep = [(win, part) for win, part in zip(windows, walked) if win.plane not in planes]
     redo = []
-    for plane, wins in by_plane.items():
-        margin = max(win.margin for win in wins)
-        for box in _merge_boxes([[win.y0, win.y1, win.x0, win.x1] for win in wins]):
-            old = done.get((plane, *box))
-            if old is not None:
-                keep.append(old)
-            else:
-                redo.append(Window(plane, *box, margin))
+    for plane in sorted(planes):
+        members = [(grown.get(i, win), i in grown, walked[i]) for i, win in enumerate(windows) if win.plane == plane]
+        for y0, y1, x0, x1 in _merge_boxes([[w.y0, w.y1, w.x0, w.x1] for w, _, _ in members], only_if_cheaper=True):
+            inside = [(w, changed, part) for w, changed, part in members if y0 <= w.y0 and w.y1 <= y1 and x0 <= w.x0 and w.x1 <= x1]
+            if len(inside) == 1 and not inside[0][1]:
+                keep.append((inside[0][0], inside[0][2]))
+                continue
+            if len(inside) == 1:
+                redo.append(inside[0][0])
+                continue
+            merged = Window(plane, y0, y1, x0, x1, max(w.margin for w, _, _ in inside))
+            if all(w.own is not None for w, _, _ in inside):
+                merged.own = np.zeros((y1 - y0, x1 - x0), bool)
+                for w, _, _ in inside:
+                    merged.own[w.y0 - y0 : w.y1 - y0, w.x0 - x0 : w.x1 - x0] |= w.own
+            redo.append(merged)
     return keep, redo
 
 
+def _sum_overlaps(windows: list[Window], walked: list[torch.Tensor]) -> tuple[list[Window], list[torch.Tensor]]:
+    """Overlapping windows of a plane summed into the boxes that hold them (windows in plane order)."""
+    out_windows: list[Window] = []
+    out_parts: list[torch.Tensor] = []
+    i = 0
+    while i < len(windows):
+        j = i
+        while j < len(windows) and windows[j].plane == windows[i].plane:
+            j += 1
+        wins, parts = windows[i:j], walked[i:j]
+        boxes = _merge_boxes([[w.y0, w.y1, w.x0, w.x1] for w in wins]) if len(wins) > 1 else [[wins[0].y0, wins[0].y1, wins[0].x0, wins[0].x1]]
+        for y0, y1, x0, x1 in sorted(boxes, key=lambda b: (b[0], b[2])):
+            inside = [(w, p) for w, p in zip(wins, parts) if y0 <= w.y0 and w.y1 <= y1 and x0 <= w.x0 and w.x1 <= x1]
+            if len(inside) == 1:
+                out_windows.append(inside[0][0])
+                out_parts.append(inside[0][1])
+                continue
+            total = parts[0].new_zeros((y1 - y0, x1 - x0))
+            for w, p in inside:
+                total[w.y0 - y0 : w.y1 - y0, w.x0 - x0 : w.x1 - x0] += p
+            out_windows.append(Window(wins[0].plane, y0, y1, x0, x1, max(w.margin for w, _ in inside)))
+            out_parts.append(total)
+        i = j
+    return out_windows, out_parts
+
+
 def _full_resolution_argmax(windows: list[Window], walked: list[torch.Tensor], image_shape: tuple[int, int], stride: int = 4) -> Argmax:
-    """Upsample every window ×``stride`` (bilinear) and keep the best plane per pixel."""
+    """Upsample every window ×``stride`` (bilinear) and keep the best plane per pixel.
+
+    Overlapping windows of one plane are summed first (:func:`_sum_overlaps`).
+    """
+    windows, walked = _sum_overlaps(windows, walked)
     H, W = image_shape
     device = walked[0].device if walked else torch.device("cpu")
     dtype = walked[0].dtype if walked else torch.float32
