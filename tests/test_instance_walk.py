@@ -211,3 +211,23 @@ def test_overlapping_windows_of_a_plane_add_up_and_grown_windows_keep_their_cell
     grown = iw._grow(iw.Window(0, 10, 14, 10, 15, 2, own), (40, 40))
     assert (grown.y0, grown.y1, grown.x0, grown.x1) == (6, 18, 6, 19)
     assert grown.own.shape == (12, 13) and grown.own.sum() == 1 and grown.own[1 + 4, 2 + 4]
+
+
+def test_window_plans_are_kept_for_other_walk_parameters(monkeypatch):
+    import napari_irnet.pipeline.instance_walk as iw
+
+    cams, boundary, clusters = _blobs()
+    calls = []
+    real = iw.plan_windows
+    monkeypatch.setattr(iw, "plan_windows", lambda *a: calls.append(1) or real(*a))
+    plans: dict = {}
+    first, _ = _walk(cams, boundary, clusters, method="local", plans=plans, beta=10.0)
+    other, _ = _walk(cams, boundary, clusters, method="local", plans=plans, beta=8.0)  # same starts and clusters
+    fresh, _ = _walk(cams, boundary, clusters, method="local", beta=8.0)
+    assert len(calls) == 2  # planned once with ``plans``, once without
+    torch.testing.assert_close(other[0], fresh[0], rtol=0, atol=0)
+    assert not torch.equal(other[0], first[0])
+    moved = clusters.copy()
+    moved[moved == 3] = 4
+    _walk(cams, boundary, moved, method="local", plans=plans)
+    assert len(calls) == 3 and len(plans) == 2  # other clusters: planned again

@@ -167,6 +167,8 @@ class StageCache:
         # windows of the last instance walk, reused by the next one with the same walk parameters
         self._walk_memo: dict = {}
         self._memo_key: tuple | None = None
+        # window plans of the instance walk (they do not depend on beta or the steps)
+        self._walk_plans: dict = {}
 
     # ------------------------------------------------------------------
     def _stage(self, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -273,7 +275,7 @@ class StageCache:
             argmax, self.last_walk_plan = yield from iter_instance_walk(
                 out.cam.strided.to(self.device), boundary, clusters, (H, W),
                 beta=p.beta, steps=p.walk_steps, radius=p.radius, tolerance=p.walk_tolerance,
-                method=p.instance_walk, weights=weights, memo=self._walk_memo,
+                method=p.instance_walk, weights=weights, memo=self._walk_memo, plans=self._walk_plans,
             )  # fmt: skip
             return argmax
 

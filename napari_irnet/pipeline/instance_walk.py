@@ -490,6 +490,7 @@ def iter_instance_walk(
     weights: torch.Tensor | None = None,
     stage: str = "instance walk",
     memo: dict | None = None,
+    plans: dict | None = None,
 ) -> StepGenerator[tuple[Argmax | None, WalkPlan]]:
     """The instance walk and its full-resolution argmax, as a step generator.
 
@@ -518,6 +519,11 @@ def iter_instance_walk(
         ``steps`` and ``radius`` (the caller keeps it, and empties it when
         one of those changes): windows with the same class, box and cluster
         mask are taken from it. It is left holding this call's windows.
+    plans : dict, optional
+        Window plans of earlier calls (the caller keeps it): the plan
+        depends only on the starting maps, the clusters, ``tolerance`` and
+        ``radius``, so a change of ``beta`` or ``steps`` plans nothing
+        again. It keeps the last few plans.
 
     Yields
     ------
@@ -535,7 +541,7 @@ def iter_instance_walk(
     if weights is None:
         weights = transition_weights(boundary, radius=radius, beta=beta)
     k_total = int(clusters.max()) + 1 if clusters.size else 0
-    plan = plan_windows(start.cpu().numpy(), clusters, tolerance, int(radius) - 1)
+    plan = _planned(start.cpu().numpy(), clusters, tolerance, int(radius) - 1, plans)
     if method == "global" or (method == "auto" and plan.window_cells >= plan.global_cells):
         plan.method = "global"
         planes = instance_cams(start, clusters)
@@ -555,6 +561,28 @@ def iter_instance_walk(
         memo.clear()
         memo.update(fresh)
     return _full_resolution_argmax(windows, walked, image_shape), plan
+
+
+#: window plans a ``plans`` dict of :func:`iter_instance_walk` keeps
+PLANS_KEPT = 4
+
+
+def _planned(start: np.ndarray, clusters: np.ndarray, tolerance: float, margin: int, plans: dict | None) -> WalkPlan:
+    """:func:`plan_windows`, taken from ``plans`` when it holds the plan of the same inputs (a fresh copy)."""
+    if plans is None:
+        return plan_windows(start, clusters, tolerance, margin)
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (start, clusters):
+        array = np.ascontiguousarray(array)
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(array.data)
+    key = (digest.digest(), float(tolerance), int(margin))
+    if key not in plans:
+        while len(plans) >= PLANS_KEPT:
+            del plans[next(iter(plans))]
+        plans[key] = plan_windows(start, clusters, tolerance, margin)
+    kept = plans[key]
+    return WalkPlan(planes=kept.planes, windows=list(kept.windows), grid_cells=kept.grid_cells)
 
 
 def _walk_and_grow(plan: WalkPlan, walk, tolerance: float, shape: tuple[int, int]) -> StepGenerator[tuple[list[Window], list[torch.Tensor]]]:
