@@ -49,18 +49,13 @@ def _refound(a, b) -> tuple[int, int]:
 
 
 def row(size: int, model) -> str:
-    from bench_quality import Scorer, _make_item
-    from bench_scale import tiled_sample
+    from bench_quality import Scorer
+    from bench_scale import tiled_sample_item
 
     from napari_irnet.pipeline.inference import NetworkOutputs, compute_cams, compute_irnet
     from napari_irnet.pipeline.predict import postprocess
 
-    image, gt, gt_classes = tiled_sample(size)
-    table = {i: model.classes.index(c) + 1 for i, c in gt_classes.items()}
-    sem = np.zeros_like(gt)
-    for i, c in table.items():
-        sem[gt == i] = c
-    item = _make_item(f"cells_{size}", image, gt, sem, table, sorted({c - 1 for c in table.values()}), size)
+    image, item = tiled_sample_item(size, model.classes)
     runs = {}
     for precision in ("float32", "bfloat16"):
         params = model.params.replace(network_precision=precision)

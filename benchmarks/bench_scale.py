@@ -76,6 +76,19 @@ def tiled_sample(size: int):
     return image[:size, :size], inst[:size, :size], labels
 
 
+def tiled_sample_item(size: int, classes: list[str]):
+    """:func:`tiled_sample` as ``(image, item)``: an item of ``bench_quality``'s scorer, class ids from ``classes``."""
+    import numpy as np
+    from bench_quality import _make_item
+
+    image, gt, gt_classes = tiled_sample(size)
+    table = {i: classes.index(c) + 1 for i, c in gt_classes.items()}
+    sem = np.zeros_like(gt)
+    for i, c in table.items():
+        sem[gt == i] = c
+    return image, _make_item(f"cells_{size}", image, gt, sem, table, sorted({c - 1 for c in table.values()}), size)
+
+
 def _cpu_seconds() -> float:
     """Processor time of this process so far (user + system, every thread): what the work cost,
     less affected than the wall time by other processes on a shared machine."""

@@ -110,8 +110,8 @@ def consep(cache_dir: Path, data: Path, long_side: int, limit: int) -> list[str]
 
 
 def cells(sizes: list[int]) -> list[str]:
-    from bench_quality import Scorer, _make_item
-    from bench_scale import tiled_sample
+    from bench_quality import Scorer
+    from bench_scale import tiled_sample_item
 
     from napari_irnet.models.checkpoint import load_checkpoint
     from napari_irnet.pipeline.predict import run_networks
@@ -120,19 +120,14 @@ def cells(sizes: list[int]) -> list[str]:
     params = model.params
     rows = []
     for size in sizes:
-        image, gt, gt_classes = tiled_sample(size)
-        table = {i: model.classes.index(c) + 1 for i, c in gt_classes.items()}
-        sem = np.zeros_like(gt)
-        for i, c in table.items():
-            sem[gt == i] = c
-        item = _make_item(f"cells_{size}", image, gt, sem, table, sorted({c - 1 for c in table.values()}), size)
+        image, item = tiled_sample_item(size, model.classes)
         outputs = run_networks(model, image, item.class_ids, params, "cpu")
         both = _both(outputs, params, image)
         a, n = _agreement(both, params.instance_bg_threshold)
         ap = {}
         for m, (pred, _, _) in both.items():
             scorer = Scorer(len(model.classes))
-            scorer.add(item, pred.semantic if pred.semantic is not None else np.zeros_like(gt), pred.instances)
+            scorer.add(item, pred.semantic if pred.semantic is not None else np.zeros(image.shape[:2], np.int32), pred.instances)
             ap[m] = 100 * scorer.result()["mAP"][0.5]
         counts = {m: len(both[m][0].instances.records) for m in both}
         rows.append(f"| sample cells tiled to {size}², demo model | {counts['local']} / {counts['global']} | {100 * a / n:.3f} % | "

@@ -193,13 +193,13 @@ def _drain_value(gen):
 
 
 def test_overlapping_windows_of_a_plane_add_up_and_grown_windows_keep_their_cells():
-    import napari_irnet.pipeline.instance_walk as iw
+    import napari_irnet.pipeline.walk_windows as ww
 
-    a = iw.Window(3, 0, 4, 0, 5, 2, np.ones((4, 5), bool))
-    b = iw.Window(3, 2, 6, 3, 9, 2, np.ones((4, 6), bool))
-    c = iw.Window(5, 2, 6, 3, 9, 2)  # another plane: kept apart
+    a = ww.Window(3, 0, 4, 0, 5, 2, np.ones((4, 5), bool))
+    b = ww.Window(3, 2, 6, 3, 9, 2, np.ones((4, 6), bool))
+    c = ww.Window(5, 2, 6, 3, 9, 2)  # another plane: kept apart
     pa, pb, pc = torch.full((4, 5), 1.0), torch.full((4, 6), 2.0), torch.full((4, 6), 7.0)
-    wins, parts = iw._sum_overlaps([a, b, c], [pa, pb, pc])
+    wins, parts = ww.sum_overlaps([a, b, c], [pa, pb, pc])
     assert [(w.plane, w.y0, w.y1, w.x0, w.x1) for w in wins] == [(3, 0, 6, 0, 9), (5, 2, 6, 3, 9)]
     expected = torch.zeros((6, 9))
     expected[0:4, 0:5] += 1.0
@@ -208,7 +208,7 @@ def test_overlapping_windows_of_a_plane_add_up_and_grown_windows_keep_their_cell
     assert parts[1] is pc
     own = np.zeros((4, 5), bool)
     own[1, 2] = True
-    grown = iw._grow(iw.Window(0, 10, 14, 10, 15, 2, own), (40, 40))
+    grown = ww.grow(ww.Window(0, 10, 14, 10, 15, 2, own), (40, 40))
     assert (grown.y0, grown.y1, grown.x0, grown.x1) == (6, 18, 6, 19)
     assert grown.own.shape == (12, 13) and grown.own.sum() == 1 and grown.own[1 + 4, 2 + 4]
 
