@@ -150,3 +150,18 @@ def test_model_in_memory_is_keyed_by_its_weights(setup):
     torch.manual_seed(5)
     other = ProjectPrediction(project, new_model(list(CLASS_NAMES), "tiny"), device="cpu")
     assert other.model_key != key and other.names == project.names  # its proposal is stale for another model
+
+
+def test_model_key_leaves_out_auto_precision_but_not_a_chosen_one():
+    import hashlib
+    import json
+
+    from napari_irnet.params import Params
+    from napari_irnet.store.fingerprints import model_key
+
+    auto = model_key(None, Params(), fingerprint="f" * 32)
+    earlier = Params().to_dict()
+    del earlier["network_precision"]  # the parameters of a project made before the field
+    assert auto == f"{'f' * 16}-{hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:8]}"
+    assert model_key(None, Params(network_precision="float32"), fingerprint="f" * 32) != auto
+    assert model_key(None, Params(network_precision="bfloat16"), fingerprint="f" * 32) != auto

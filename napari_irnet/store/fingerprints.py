@@ -74,5 +74,10 @@ def model_key(checkpoint: str | os.PathLike[str] | None, params, fingerprint: st
         if checkpoint is None or not Path(checkpoint).is_file():
             return None
         fingerprint = file_fingerprint(checkpoint)
-    phash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
+    values = params.to_dict()
+    # "auto" precision, like the device, is how the machine runs the networks, not a
+    # different model; left out, the keys of projects made before the field stay valid
+    if values.get("network_precision") == "auto":
+        del values["network_precision"]
+    phash = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
     return f"{fingerprint[:16]}-{phash[:8]}"
