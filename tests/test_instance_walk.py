@@ -167,11 +167,10 @@ def test_windows_packed_edge_to_edge_walk_as_if_each_were_alone(monkeypatch):
     plan = plan_windows(start.numpy(), clusters, 0.01, 4)
     windows = plan.windows[:6]
     k_total = int(clusters.max()) + 1
-    cluster_map = torch.from_numpy(clusters)
 
     def walk(wins):
         counter = [0, 0, 0]
-        return list(_drain_value(iw._walk_new_windows(wins, start, cluster_map, weights, STEPS, 5, k_total, counter, "walk")))
+        return list(_drain_value(iw._walk_new_windows(wins, start, weights, STEPS, 5, k_total, counter, "walk")))
 
     monkeypatch.setattr(iw, "CANVAS_MIN_CELLS", 10**9)  # all six in one canvas
     packed = walk(windows)

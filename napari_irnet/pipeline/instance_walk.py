@@ -123,7 +123,6 @@ def _isolate(weights: torch.Tensor, owner: torch.Tensor, offsets: np.ndarray) ->
 def _walk_windows(
     windows: list[Window],
     start: torch.Tensor,
-    clusters: torch.Tensor,
     weights: torch.Tensor,
     steps: int,
     radius: int,
@@ -136,37 +135,30 @@ def _walk_windows(
     """Walk every window, packed into canvases; returns each window's ``(wh, ww)`` result.
 
     Windows found in ``memo`` (from an earlier walk of the same image with the
-    same walk parameters: the same class, box and cluster mask) are not
+    same walk parameters: the same class, box and starting cells) are not
     walked again, so that moving one centroid re-walks only the clusters it
     changed; every window's result goes into ``store``. The canvases are independent walks (:func:`~napari_irnet.pipeline.random_walk.iter_walks`:
     side by side on the CPU's threads); each is filled only when its walk
     starts, so at most one canvas per thread is in memory. ``counter`` is
     ``[steps done, steps planned]`` across calls, for the yielded steps.
     """
-    keys = [_window_key(win, clusters, k_total) for win in windows]
+    keys = [_window_key(win, k_total) for win in windows]
     known = {key: store.get(key, memo.get(key)) for key in keys}
     todo = [(win, key) for win, key in zip(windows, keys) if known[key] is None]
-    walked = yield from _walk_new_windows([win for win, _ in todo], start, clusters, weights, steps, radius, k_total, counter, stage)
+    walked = yield from _walk_new_windows([win for win, _ in todo], start, weights, steps, radius, k_total, counter, stage)
     known.update(zip((key for _, key in todo), walked))
     store.update(known)
     return [known[key] for key in keys]
 
 
-def _own_cells(win: Window, clusters: torch.Tensor, k_total: int) -> np.ndarray:
-    """The window's starting cells (window-shaped bool)."""
-    return win.own if win.own is not None else (clusters[win.slices] == win.plane % k_total).cpu().numpy()
-
-
-def _window_key(win: Window, clusters: torch.Tensor, k_total: int) -> tuple:
+def _window_key(win: Window, k_total: int) -> tuple:
     """What a window's walk depends on besides the image's outputs: its class, box and starting cells."""
-    mask = _own_cells(win, clusters, k_total)
-    return win.plane // k_total, win.y0, win.y1, win.x0, win.x1, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+    return win.plane // k_total, win.y0, win.y1, win.x0, win.x1, hashlib.blake2b(np.packbits(win.own).tobytes(), digest_size=16).digest()
 
 
 def _walk_new_windows(
     windows: list[Window],
     start: torch.Tensor,
-    clusters: torch.Tensor,
     weights: torch.Tensor,
     steps: int,
     radius: int,
@@ -190,10 +182,9 @@ def _walk_new_windows(
         w = weights.new_zeros((weights.shape[0], ch, cw))
         owner = torch.zeros((ch + 2 * pad, cw + 2 * pad), dtype=torch.int32, device=start.device)
         for number, (win, top, left) in enumerate(placed, 1):
-            c, k = divmod(win.plane, k_total)
             ys, xs = win.slices
             dst = (slice(top, top + win.y1 - win.y0), slice(left, left + win.x1 - win.x0))
-            x[0][dst] = start[c][ys, xs] * torch.from_numpy(_own_cells(win, clusters, k_total)).to(start.device)
+            x[0][dst] = start[win.plane // k_total][ys, xs] * torch.from_numpy(win.own).to(start.device)
             w[(slice(None),) + dst] = weights[(slice(None), ys, xs)]
             owner[pad + dst[0].start : pad + dst[0].stop, pad + dst[1].start : pad + dst[1].stop] = number
         _isolate(w, owner, offsets)
@@ -313,11 +304,10 @@ def iter_instance_walk(
         return (upsampled_argmax(walked, image_shape) if walked.shape[0] else None), plan
     if not plan.windows:
         return None, plan
-    cluster_map = torch.from_numpy(np.ascontiguousarray(clusters)).to(cams.device)
     counter = [0, 0, 0]  # steps done, steps planned, windows walked
     fresh: dict = {}
     earlier = memo if memo is not None else {}
-    walk = lambda wins: _walk_windows(wins, start, cluster_map, weights, steps, radius, k_total, counter, stage, earlier, fresh)  # noqa: E731
+    walk = lambda wins: _walk_windows(wins, start, weights, steps, radius, k_total, counter, stage, earlier, fresh)  # noqa: E731
     windows, walked = yield from _walk_andgrow(plan, walk, tolerance, tuple(boundary.shape))
     plan.windows, plan.walked = windows, counter[2]
     plan.reused = sum(key in earlier for key in fresh)

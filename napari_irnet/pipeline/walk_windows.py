@@ -24,8 +24,8 @@ class Window:
     """One window of one plane on the stride-4 grid (end exclusive).
 
     ``own`` (window-shaped bool) marks the cells whose starting values this
-    window walks: its piece of the plane's cluster; ``None`` for all the
-    cluster's cells in the box.
+    window walks: its piece of the plane's cluster (``None`` only for the
+    sums of :func:`sum_overlaps`, which are not walked).
     """
 
     plane: int
@@ -194,9 +194,8 @@ def grow(win: Window, shape: tuple[int, int]) -> Window:
     h, w = shape
     m = 2 * win.margin if win.margin else 4
     big = Window(win.plane, max(win.y0 - m, 0), min(win.y1 + m, h), max(win.x0 - m, 0), min(win.x1 + m, w), m)
-    if win.own is not None:
-        big.own = np.zeros((big.y1 - big.y0, big.x1 - big.x0), bool)
-        big.own[win.y0 - big.y0 : win.y1 - big.y0, win.x0 - big.x0 : win.x1 - big.x0] = win.own
+    big.own = np.zeros((big.y1 - big.y0, big.x1 - big.x0), bool)
+    big.own[win.y0 - big.y0 : win.y1 - big.y0, win.x0 - big.x0 : win.x1 - big.x0] = win.own
     return big
 
 
@@ -222,11 +221,9 @@ def regrow(
             if len(inside) == 1:
                 redo.append(inside[0][0])
                 continue
-            merged = Window(plane, y0, y1, x0, x1, max(w.margin for w, _, _ in inside))
-            if all(w.own is not None for w, _, _ in inside):
-                merged.own = np.zeros((y1 - y0, x1 - x0), bool)
-                for w, _, _ in inside:
-                    merged.own[w.y0 - y0 : w.y1 - y0, w.x0 - x0 : w.x1 - x0] |= w.own
+            merged = Window(plane, y0, y1, x0, x1, max(w.margin for w, _, _ in inside), np.zeros((y1 - y0, x1 - x0), bool))
+            for w, _, _ in inside:
+                merged.own[w.y0 - y0 : w.y1 - y0, w.x0 - x0 : w.x1 - x0] |= w.own
             redo.append(merged)
     return keep, redo
 
