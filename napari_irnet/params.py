@@ -106,7 +106,7 @@ class Params:
     tile_overlap: int = 128
     #: number format of the networks' matrix operations at prediction: "float32";
     #: "bfloat16" (2-3x faster on processors with bfloat16 matrix units: Intel CPUs with
-    #: AMX, NVIDIA GPUs from Ampere on; the outputs change by about 1 %); "auto":
+    #: AMX, NVIDIA GPUs from Ampere on; the maps change by up to about 5 %); "auto":
     #: bfloat16 where the device has such units and the preset is not "reference"
     network_precision: str = "auto"
     #: "irnet" (this project's behaviour) or "reference" (reproduce the

@@ -10,9 +10,10 @@ grid (h = ceil(H/4), w = ceil(W/4)); full maps are (H, W).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,20 @@ def crf_available() -> bool:
     return True
 
 
+def side_by_side(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """``fn`` of every item, in order, computed in up to ``torch.get_num_threads()`` threads.
+
+    For work that releases Python's lock (NumPy, scikit-image): independent
+    pieces run on every core, with the results of running them one by one.
+    """
+    threads = min(len(items), max(1, torch.get_num_threads()))
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="napari-irnet") as pool:
+        yield from pool.map(fn, items)
+
+
 def image_segments(image: np.ndarray) -> np.ndarray:
     """Felzenszwalb-Huttenlocher segments of ``image``: (H, W) int32 ids of regions of like colour.
 
@@ -83,11 +98,9 @@ def image_segments(image: np.ndarray) -> np.ndarray:
 
     out = np.empty((h, w), np.int32)
     first = 0
-    threads = min(len(corners), max(1, torch.get_num_threads()))
-    with ThreadPoolExecutor(threads, thread_name_prefix="napari-irnet-segments") as pool:
-        for (y, x), part in zip(corners, pool.map(segment, corners)):  # in order, each square freed once placed
-            out[y : y + SEGMENT_TILE, x : x + SEGMENT_TILE] = part + first
-            first += int(part.max()) + 1
+    for (y, x), part in zip(corners, side_by_side(segment, corners)):  # in order, each square freed once placed
+        out[y : y + SEGMENT_TILE, x : x + SEGMENT_TILE] = part + first
+        first += int(part.max()) + 1
     return out
 
 
@@ -224,16 +237,9 @@ def find_centroids(displacement: np.ndarray | torch.Tensor, steps: int = 300, ch
         out[0, s : s + chunk] = np.round(cy)
         out[1, s : s + chunk] = np.round(cx)
 
-    threads = max(1, torch.get_num_threads())
-    chunk = max(1, min(chunk, -(-h * w // threads)))  # small grids too give every thread a chunk
-    starts = range(0, h * w, chunk)
-    threads = min(len(starts), threads)
-    if threads > 1:
-        with ThreadPoolExecutor(threads, thread_name_prefix="napari-irnet-centroids") as pool:
-            list(pool.map(move, starts))
-    else:
-        for s in starts:
-            move(s)
+    chunk = max(1, min(chunk, -(-h * w // max(1, torch.get_num_threads()))))  # small grids too give every thread a chunk
+    for _ in side_by_side(move, range(0, h * w, chunk)):
+        pass
     return out.reshape(2, h, w)
 
 
