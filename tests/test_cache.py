@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_irnet.pipeline import random_walk
 from napari_irnet.params import Params
 from napari_irnet.pipeline.cache import StageCache, clusters_from_points
 from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
@@ -120,8 +121,10 @@ def test_should_stop_interrupts_and_keeps_finished_stages():
     assert "seeds" not in cache.last_recomputed and "iwalk" in cache.last_recomputed
 
 
-def test_a_walk_reports_its_steps_and_stops_at_one():
+def test_a_walk_reports_its_steps_and_stops_at_one(monkeypatch):
     from napari_irnet.progress import Step
+    # one walk step per call of the stencil loop, as on grids of a megapixel (tiny grids run all their steps in one)
+    monkeypatch.setattr(random_walk, "STENCIL_CALL_VALUES", 1)
 
     cache = StageCache(_two_blobs(), FAST)
     steps: list[Step] = []
@@ -145,6 +148,8 @@ def test_the_panels_run_job_yields_walk_steps_and_a_cancel_stops_inside_the_walk
     import napari_irnet._napari.jobs as jobs
     from napari_irnet.models.checkpoint import new_irnet, new_model
     from napari_irnet.progress import Step
+    # one walk step per call of the stencil loop, as on grids of a megapixel (tiny grids run all their steps in one)
+    monkeypatch.setattr(random_walk, "STENCIL_CALL_VALUES", 1)
 
     model = new_model(["a"], "tiny")
     model.irn = new_irnet(model, "cam")

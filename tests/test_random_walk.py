@@ -214,3 +214,50 @@ def test_apply_transition_validates_inputs():
 def test_zero_steps_is_masking_only():
     x, boundary = random_inputs((6, 7), channels=2, seed=8)
     torch.testing.assert_close(random_walk(x, boundary, steps=0), x * (1 - boundary))
+
+
+def _drain_walker(walking):
+    done = []
+    while True:
+        try:
+            done.append(next(walking))
+        except StopIteration as result:
+            return done, result.value
+
+
+def test_the_stencil_runs_several_steps_per_call_with_the_same_sums(monkeypatch):
+    import napari_irnet.pipeline.random_walk as rw
+
+    x, boundary = random_inputs((12, 17), channels=3, seed=10, dtype=torch.float32)
+    weights = transition_weights(boundary)
+    dense = random_walk_dense(x.double(), boundary.double(), steps=16)  # walks x ⊙ (1 - boundary)
+    x = x * (1 - boundary)
+    monkeypatch.setattr(rw, "STENCIL_CALL_VALUES", 1)
+    every, one = _drain_walker(rw.make_walker(weights)(x, 16))
+    monkeypatch.setattr(rw, "STENCIL_CALL_VALUES", 5 * x.numel())
+    fives, five = _drain_walker(rw.make_walker(weights)(x, 16))
+    assert every == list(range(1, 17)) and fives == [5, 10, 15, 16]
+    torch.testing.assert_close(five, one, rtol=0, atol=0)
+    torch.testing.assert_close(one.double(), dense, rtol=1e-4, atol=1e-6)
+
+
+def test_the_stencil_loop_runs_in_python_where_torchscript_fails(monkeypatch):
+    import napari_irnet.pipeline.random_walk as rw
+
+    x, boundary = random_inputs((9, 14), channels=2, seed=11, dtype=torch.float32)
+    weights = transition_weights(boundary)
+    rw._compiled_stencil_steps.cache_clear()
+    assert isinstance(rw._compiled_stencil_steps(), torch.jit.ScriptFunction)
+    compiled = apply_transition(x, weights, 12, method="stencil")
+
+    def no_torchscript(fn):
+        raise RuntimeError("TorchScript cannot read the source")
+
+    monkeypatch.setattr(torch.jit, "script", no_torchscript)
+    rw._compiled_stencil_steps.cache_clear()
+    try:
+        assert rw._compiled_stencil_steps() is rw._stencil_steps
+        python = apply_transition(x, weights, 12, method="stencil")
+    finally:
+        rw._compiled_stencil_steps.cache_clear()
+    torch.testing.assert_close(python, compiled, rtol=0, atol=0)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from ..params import INSTANCE_WALKS
 from ..progress import Step, StepGenerator, run_steps
 from .random_walk import iter_transition, iter_walks, make_walker, neighbour_offsets, transition_weights
-from .stages import instance_cams, upsampled_argmax
+from .stages import instance_cams, side_by_side, upsampled_argmax
 from .walk_windows import WalkPlan, Window, leaks, plan_windows, regrow, sum_overlaps
 
 __all__ = ["WalkPlan", "instance_walk_argmax", "iter_instance_walk", "plan_windows"]
@@ -73,36 +73,60 @@ __all__ = ["WalkPlan", "instance_walk_argmax", "iter_instance_walk", "plan_windo
 #: CPU a 3000² image's instance walk took 5.9 s with these and 7.8 s with canvases of 2^20
 CANVAS_CELLS = 1 << 17
 #: smallest canvas (cells) when the windows are split so that every thread has canvases to walk
-CANVAS_MIN_CELLS = 1 << 16
+CANVAS_MIN_CELLS = 1 << 10
 
 Argmax = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _pack(windows: list[Window], max_cells: int) -> list[tuple[tuple[int, int], list[tuple[Window, int, int]]]]:
-    """Shelf-pack windows edge to edge into canvases of about ``max_cells`` cells.
+def _canvas_count(cells: int, threads: int) -> int:
+    """How many canvases hold windows of ``cells`` cells: every thread walks as many, each at most
+    :data:`CANVAS_CELLS` and at least :data:`CANVAS_MIN_CELLS` (one canvas for fewer cells)."""
+    count = threads * -(-cells // (threads * CANVAS_CELLS))
+    return max(1, min(count, cells // CANVAS_MIN_CELLS))
 
-    Returns a list of canvases ``((height, width), [(window, top, left), ...])``.
+
+def _pack(windows: list[Window], count: int) -> list[tuple[tuple[int, int], list[tuple[Window, int, int]]]]:
+    """Windows in ``count`` canvases of about equal area, shelf-packed edge to edge in each.
+
+    The windows, tallest first, are cut into ``count`` runs of about equal
+    area, so that each canvas holds windows of about one height and its
+    shelves fit tightly. Returns a list of canvases ``((height, width),
+    [(window, top, left), ...])``.
     """
     order = sorted(windows, key=lambda win: (-(win.y1 - win.y0), -(win.x1 - win.x0)))
-    total = sum(win.area for win in windows)
-    widest = max((win.x1 - win.x0 for win in windows), default=1)
-    width = max(widest, int(np.sqrt(min(total, max_cells))) + 1)
-    canvases = []
-    placed: list[tuple[Window, int, int]] = []
-    top = left = shelf = 0
-    for win in order:
-        hh, ww = win.y1 - win.y0, win.x1 - win.x0
-        if left + ww > width and left > 0:
-            top, left, shelf = top + shelf, 0, 0
-        if placed and (top + hh) * width > max_cells:
-            canvases.append(((max(t + w.y1 - w.y0 for w, t, _ in placed), width), placed))
-            placed, top, left, shelf = [], 0, 0, 0
-        placed.append((win, top, left))
-        left += ww
-        shelf = max(shelf, hh)
-    if placed:
-        canvases.append(((max(t + w.y1 - w.y0 for w, t, _ in placed), width), placed))
-    return canvases
+    areas = np.array([win.area for win in order], np.float64)
+    middles = np.cumsum(areas) - areas / 2  # a window goes to the run its middle falls in
+    share = max(1.0, areas.sum() / max(1, count))
+    run = np.minimum(middles // share, max(1, count) - 1).astype(int)
+    groups: list[list[Window]] = [[] for _ in range(max(1, count))]
+    for win, i in zip(order, run):
+        groups[i].append(win)
+    return [_shelves(group) for group in groups if group]
+
+
+def _shelves(windows: list[Window]) -> tuple[tuple[int, int], list[tuple[Window, int, int]]]:
+    """Rows ("shelves") of windows, the tallest first, in the canvas of the fewest cells.
+
+    Canvases from about 0.8 to 1.25 times as wide as the windows' square are
+    tried (a partly filled last shelf can waste a twentieth of a canvas).
+    """
+    order = sorted(windows, key=lambda win: (-(win.y1 - win.y0), -(win.x1 - win.x0)))
+    widest = max(win.x1 - win.x0 for win in windows)
+    side = np.sqrt(sum(win.area for win in windows))
+    best = None
+    for width in sorted({max(widest, int(side * f) + 1) for f in np.linspace(0.8, 1.25, 10)}):
+        placed: list[tuple[Window, int, int]] = []
+        top = left = shelf = 0
+        for win in order:
+            hh, ww = win.y1 - win.y0, win.x1 - win.x0
+            if left + ww > width and left > 0:
+                top, left, shelf = top + shelf, 0, 0
+            placed.append((win, top, left))
+            left += ww
+            shelf = max(shelf, hh)
+        if best is None or (top + shelf) * width < best[0][0] * best[0][1]:
+            best = (top + shelf, width), placed
+    return best
 
 
 def _isolate(weights: torch.Tensor, owner: torch.Tensor, offsets: np.ndarray) -> None:
@@ -174,7 +198,7 @@ def _walk_new_windows(
     pad = int(np.abs(offsets).max())
     threads = torch.get_num_threads() if start.device.type == "cpu" else 1
     cells = sum(win.area for win in windows)
-    canvases = _pack(windows, max(CANVAS_MIN_CELLS, min(CANVAS_CELLS, cells // (2 * threads) + 1)))
+    canvases = _pack(windows, _canvas_count(cells, threads))
 
     def canvas_walk(size: tuple[int, int], placed: list[tuple[Window, int, int]]):
         ch, cw = size
@@ -210,6 +234,10 @@ def _full_resolution_argmax(windows: list[Window], walked: list[torch.Tensor], i
     """Upsample every window ×``stride`` (bilinear) and keep the best plane per pixel.
 
     Overlapping windows of one plane are summed first (:func:`sum_overlaps`).
+    The image's rows are split into one band per thread (:func:`side_by_side`),
+    each band taking every window over it in the same order, so the result is
+    that of one pass over the whole image (a window across two bands is
+    upsampled in each).
     """
     windows, walked = sum_overlaps(windows, walked)
     H, W = image_shape
@@ -217,17 +245,33 @@ def _full_resolution_argmax(windows: list[Window], walked: list[torch.Tensor], i
     dtype = walked[0].dtype if walked else torch.float32
     best = torch.full((H, W), -1.0, dtype=dtype, device=device)
     arg = torch.zeros((H, W), dtype=torch.int32, device=device)
+
+    parts = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+    def band(rows: tuple[int, int]) -> torch.Tensor:
+        if parts > 1:
+            torch.set_num_threads(1)  # the band's own thread: one OpenMP thread, as the walks'
+        r0, r1 = rows
+        gmax = torch.zeros((), dtype=dtype, device=device)
+        for win, part in zip(windows, walked):
+            Y0, X0 = stride * win.y0, stride * win.x0
+            Y1, X1 = min(stride * win.y1, H), min(stride * win.x1, W)
+            top, bottom = max(Y0, r0), min(Y1, r1)
+            if top >= bottom:
+                continue
+            up = F.interpolate(part[None, None], scale_factor=stride, mode="bilinear", align_corners=False)[0, 0]
+            up = up[top - Y0 : bottom - Y0, : X1 - X0]
+            region = best[top:bottom, X0:X1]
+            better = up > region
+            best[top:bottom, X0:X1] = torch.where(better, up, region)
+            arg[top:bottom, X0:X1] = torch.where(better, torch.full_like(arg[top:bottom, X0:X1], win.plane), arg[top:bottom, X0:X1])
+            gmax = torch.maximum(gmax, up.max())
+        return gmax
+
+    edges = [H * i // parts for i in range(parts + 1)]
     gmax = torch.zeros((), dtype=dtype, device=device)
-    for win, part in zip(windows, walked):
-        up = F.interpolate(part[None, None], scale_factor=stride, mode="bilinear", align_corners=False)[0, 0]
-        Y0, X0 = stride * win.y0, stride * win.x0
-        Y1, X1 = min(stride * win.y1, H), min(stride * win.x1, W)
-        up = up[: Y1 - Y0, : X1 - X0]
-        region = best[Y0:Y1, X0:X1]
-        better = up > region
-        best[Y0:Y1, X0:X1] = torch.where(better, up, region)
-        arg[Y0:Y1, X0:X1] = torch.where(better, torch.full_like(arg[Y0:Y1, X0:X1], win.plane), arg[Y0:Y1, X0:X1])
-        gmax = torch.maximum(gmax, up.max())
+    for band_max in side_by_side(band, list(zip(edges[:-1], edges[1:]))):
+        gmax = torch.maximum(gmax, band_max)
     return best, arg, gmax
 
 
