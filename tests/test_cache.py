@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_irnet.pipeline import random_walk
 from napari_irnet.params import Params
+from napari_irnet.pipeline import random_walk
 from napari_irnet.pipeline.cache import StageCache, clusters_from_points
 from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 from napari_irnet.pipeline.predict import postprocess
