@@ -156,6 +156,7 @@ def test_walks_side_by_side_in_threads_equal_one_after_another(method, monkeypat
     from napari_irnet.progress import run_steps
 
     monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)  # threads even for this small walk
+    monkeypatch.setattr(rw, "STENCIL_BAND_VALUES", 5 * 41 * 3)  # bands of 3 rows, shared by the threads
 
     x, boundary = random_inputs((30, 41), channels=5, seed=8)
     weights = transition_weights(boundary)
@@ -173,29 +174,29 @@ def test_closing_a_threaded_walk_stops_every_thread(monkeypatch):
     from napari_irnet.pipeline.random_walk import iter_transition
 
     monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)
+    monkeypatch.setattr(rw, "STENCIL_BAND_VALUES", 4 * 60 * 5)  # bands of 5 rows, shared by the threads
 
     x, boundary = random_inputs((60, 60), channels=4, seed=9)
     before = torch.get_num_threads()
     walking = iter_transition(x, transition_weights(boundary), 100_000, threads=2)
     next(walking)
+    assert [t for t in threading.enumerate() if t.name.startswith("napari-irnet-walk")]  # the rows are shared
     walking.close()  # a Cancel: the workers stop at their next step and are joined
     assert not [t for t in threading.enumerate() if t.name.startswith("napari-irnet-walk")]
     assert torch.get_num_threads() == before
 
 
 def test_small_walks_stay_on_one_thread_large_ones_are_split():
-    from napari_irnet.pipeline.random_walk import PARALLEL_MIN_VALUES, iter_transition
+    from napari_irnet.pipeline.random_walk import GATHER_MIN_CHANNELS, PARALLEL_MIN_VALUES, _walk_layout
 
-    def chunks(shape, channels):
-        x, boundary = random_inputs(shape, channels=channels, seed=4)
-        walking = iter_transition(x, transition_weights(boundary), 2, threads=2)
-        total = next(walking).total
-        walking.close()
-        return total // 2  # Step.total is steps × chunks
-
-    assert chunks((30, 41), 3) == 1  # a few thousand values per thread: one walk on this thread
-    side = int((2 * PARALLEL_MIN_VALUES / 4) ** 0.5) + 1
-    assert chunks((side, side), 4) == 2  # each half holds PARALLEL_MIN_VALUES or more
+    cpu = torch.device("cpu")
+    # (method, channels at once, threads sharing a walk's rows, threads walking chunks side by side)
+    assert _walk_layout(3, 30 * 41, cpu, "auto", None, 2) == ("stencil", 3, 1, 1)  # a few thousand values per thread
+    cells = 2 * PARALLEL_MIN_VALUES // 3 + 1
+    assert _walk_layout(3, cells, cpu, "auto", None, 2) == ("stencil", 3, 2, 1)  # rows split, all 3 maps at once
+    many = 4 * GATHER_MIN_CHANNELS
+    assert _walk_layout(many, cells, cpu, "auto", None, 2) == ("gather", many // 2, 1, 2)  # a chunk per thread
+    assert _walk_layout(3, cells, torch.device("meta"), "auto", None, 2) == ("stencil", 3, 1, 1)  # other devices: one walk
 
 
 def test_apply_transition_validates_inputs():

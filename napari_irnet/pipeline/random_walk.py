@@ -198,7 +198,14 @@ def _compiled_stencil_steps() -> Callable[..., None]:
         return _stencil_steps
 
 
-def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
+def _row_groups(bands: int, threads: int) -> list[list[int]]:
+    """Bands ``0 .. bands - 1`` cut into up to ``threads`` runs of about equal length."""
+    parts = max(1, min(int(threads), bands))
+    edges = [bands * i // parts for i in range(parts + 1)]
+    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray, threads: int = 1) -> Walker:
     """Walker applying ``K`` shifted multiply-adds over all channels per step.
 
     Two zero-bordered ``(C, h + 2p, w + 2p)`` buffers are used alternately;
@@ -208,6 +215,11 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
     other devices the whole grid at once. The steps run in calls of
     :func:`_compiled_stencil_steps` of about :data:`STENCIL_CALL_VALUES`
     values each; the walker yields after every call.
+
+    With ``threads`` > 1 (CPU) the bands are split into as many groups of
+    rows, updated side by side in that many threads, which wait for each
+    other at the end of every step (a step reads the rows around each band
+    from the one before): any number of channels keeps every thread busy.
     """
     per_offset = weights[:, None]  # (K, 1, h, w): broadcast over channels
     pad = int(np.abs(offsets).max())
@@ -216,7 +228,8 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
 
     def walk(x: torch.Tensor, steps: int) -> Generator[int, None, torch.Tensor]:
         buffers = [x.new_zeros(x.shape[0], h + 2 * pad, w + 2 * pad) for _ in range(2)]
-        rows = h if x.device.type != "cpu" else max(1, STENCIL_BAND_VALUES // max(1, x.shape[0] * w))
+        # on the CPU: bands in cache, at least one per thread
+        rows = h if x.device.type != "cpu" else max(1, min(STENCIL_BAND_VALUES // max(1, x.shape[0] * w), -(-h // threads)))
         sources: list[list[list[torch.Tensor]]] = [[], []]
         results: list[list[torch.Tensor]] = [[], []]
         band_weights = []
@@ -229,12 +242,26 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray) -> Walker:
         buffers[0][:, pad : pad + h, pad : pad + w].copy_(x)
         per_call = max(1, STENCIL_CALL_VALUES // max(1, x.numel()))
         run = _compiled_stencil_steps()
-        done = 0
-        while done < steps:
-            count = min(per_call, steps - done)
-            run(sources, results, band_weights, done, count)
-            done += count
-            yield done
+        groups = _row_groups(len(band_weights), threads if x.device.type == "cpu" else 1)
+        parts = [([[sources[b][i] for i in g] for b in range(2)], [[results[b][i] for i in g] for b in range(2)], [band_weights[i] for i in g]) for g in groups]
+        pool = ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="napari-irnet-walk", initializer=torch.set_num_threads, initargs=(1,)) if len(parts) > 1 else None
+        try:
+            done = 0
+            while done < steps:
+                count = min(per_call, steps - done)
+                if pool is None:
+                    run(*parts[0], done, count)
+                else:
+                    for step in range(done, done + count):  # every thread's rows of one step, then the next step
+                        others = [pool.submit(run, *part, step, 1) for part in parts[1:]]
+                        run(*parts[0], step, 1)
+                        for other in others:
+                            other.result()
+                done += count
+                yield done
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return buffers[steps % 2][:, pad : pad + h, pad : pad + w].clone()
 
     return walk
@@ -417,11 +444,12 @@ def iter_transition(
 ) -> StepGenerator[torch.Tensor]:
     """:func:`apply_transition` as a generator: yields a :class:`~.progress.Step` after every step.
 
-    The channels are walked in chunks (``channel_chunk``; by default, on the
-    CPU, one chunk per thread of :func:`iter_walks` when each holds at least
-    :data:`PARALLEL_MIN_VALUES` values, else one chunk); ``Step.total`` is
-    ``steps`` times the number of chunks. Returns the walked ``(C, h, w)``
-    maps.
+    The channels are walked in chunks of ``channel_chunk`` (default: all at
+    once). On the CPU, when every thread gets at least
+    :data:`PARALLEL_MIN_VALUES` values, the stencil splits each chunk's rows
+    over the threads and the gather walks one chunk per thread side by side
+    (:func:`_walk_layout`). ``Step.total`` is ``steps`` times the number of
+    chunks. Returns the walked ``(C, h, w)`` maps.
     """
     if x.dim() != 3 or x.shape[-2:] != weights.shape[-2:]:
         raise ValueError(f"x {tuple(x.shape)} and weights {tuple(weights.shape)} do not match")
@@ -430,19 +458,34 @@ def iter_transition(
         raise ValueError(f"weights have {weights.shape[0]} offsets, radius {radius} needs {len(offsets)}")
     if x.shape[0] == 0:
         return x.clone()
-    if channel_chunk:
-        chunk = min(x.shape[0], int(channel_chunk))
-    else:
-        parts = max(1, torch.get_num_threads() if threads is None else int(threads))
-        if x[0].numel() * math.ceil(x.shape[0] / parts) < PARALLEL_MIN_VALUES:
-            parts = 1  # too little work per thread: one walk of every channel, on this thread
-        chunk = math.ceil(x.shape[0] / parts) if x.device.type == "cpu" else x.shape[0]
-    method = _choose_method(method, x.device, chunk)
+    method, chunk, band_threads, walk_threads = _walk_layout(x.shape[0], x[0].numel(), x.device, method, channel_chunk, threads)
     with torch.no_grad():
-        walk = _WALKERS[method](weights.to(dtype=x.dtype, device=x.device), offsets)
+        weights = weights.to(dtype=x.dtype, device=x.device)
+        walk = _stencil_walker(weights, offsets, band_threads) if method == "stencil" else _WALKERS[method](weights, offsets)
     jobs = [lambda start=start: walk(x[start : start + chunk], steps) for start in range(0, x.shape[0], chunk)]
-    outputs = yield from iter_walks(jobs, steps, stage, x.device, threads)
+    outputs = yield from iter_walks(jobs, steps, stage, x.device, walk_threads)
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+
+def _walk_layout(channels: int, cells: int, device: torch.device, method: str, channel_chunk: int | None, threads: int | None) -> tuple[str, int, int, int]:
+    """How :func:`iter_transition` walks ``channels`` maps of ``cells`` cells.
+
+    Returns ``(method, chunk, band threads, walk threads)``: the walker, the
+    channels walked at once, the threads that share each walk's rows (the
+    stencil) and the threads that walk chunks side by side (the gather).
+    On the CPU the work is shared by ``threads`` (default: the torch thread
+    count) when each thread gets :data:`PARALLEL_MIN_VALUES` values or more.
+    """
+    threads = max(1, torch.get_num_threads() if threads is None else int(threads))
+    cpu = device.type == "cpu"
+    chunk = min(channels, int(channel_chunk)) if channel_chunk else channels
+    parts = threads if cpu and cells * chunk >= threads * PARALLEL_MIN_VALUES else 1
+    method = _choose_method(method, device, math.ceil(chunk / parts))
+    if method == "stencil":
+        return method, chunk, parts, 1
+    if not channel_chunk and cpu:
+        chunk = math.ceil(channels / parts)
+    return method, chunk, 1, threads
 
 
 def apply_transition(
