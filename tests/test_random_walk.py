@@ -262,3 +262,32 @@ def test_the_stencil_loop_runs_in_python_where_torchscript_fails(monkeypatch):
     finally:
         rw._compiled_stencil_steps.cache_clear()
     torch.testing.assert_close(python, compiled, rtol=0, atol=0)
+
+
+def test_threads_started_after_a_threaded_walk_keep_the_callers_thread_count(monkeypatch):
+    # PyTorch gives every new thread the count last set by any thread: a helper's
+    # set_num_threads(1) must not leave the plugin's next worker thread on one core
+    import threading
+
+    import napari_irnet.pipeline.random_walk as rw
+    from napari_irnet.pipeline.random_walk import iter_transition
+    from napari_irnet.pipeline.threads import side_by_side
+    from napari_irnet.progress import run_steps
+
+    monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)
+    monkeypatch.setattr(rw, "STENCIL_BAND_VALUES", 2 * 40 * 4)
+    x, boundary = random_inputs((40, 40), channels=2, seed=12)
+    many = torch.rand(4 * rw.GATHER_MIN_CHANNELS, 40, 40, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_steps(iter_transition(x, transition_weights(boundary), 8, threads=2))  # rows shared by 2 threads
+        run_steps(iter_transition(many, transition_weights(boundary), 8, threads=2))  # chunks side by side
+        list(side_by_side(lambda v: torch.ones(3).sum() + v, [1, 2, 3]))
+        seen = []
+        fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        fresh.start()
+        fresh.join()
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -62,7 +62,8 @@ import torch.nn.functional as F
 from ..params import INSTANCE_WALKS
 from ..progress import Step, StepGenerator, run_steps
 from .random_walk import iter_transition, iter_walks, make_walker, neighbour_offsets, transition_weights
-from .stages import instance_cams, side_by_side, upsampled_argmax
+from .stages import instance_cams, upsampled_argmax
+from .threads import side_by_side
 from .walk_windows import WalkPlan, Window, leaks, plan_windows, regrow, sum_overlaps
 
 __all__ = ["WalkPlan", "instance_walk_argmax", "iter_instance_walk", "plan_windows"]
@@ -249,8 +250,6 @@ def _full_resolution_argmax(windows: list[Window], walked: list[torch.Tensor], i
     parts = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
 
     def band(rows: tuple[int, int]) -> torch.Tensor:
-        if parts > 1:
-            torch.set_num_threads(1)  # the band's own thread: one OpenMP thread, as the walks'
         r0, r1 = rows
         gmax = torch.zeros((), dtype=dtype, device=device)
         for win, part in zip(windows, walked):

@@ -42,7 +42,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Generator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ..progress import Step, StepGenerator, run_steps
 from .path_index import PathIndex, boundary_to_affinity, grouped_paths, max_along_paths, search_directions
+from .threads import helper_threads
 
 __all__ = [
     "apply_transition",
@@ -244,8 +245,8 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray, threads: int = 1
         run = _compiled_stencil_steps()
         groups = _row_groups(len(band_weights), threads if x.device.type == "cpu" else 1)
         parts = [([[sources[b][i] for i in g] for b in range(2)], [[results[b][i] for i in g] for b in range(2)], [band_weights[i] for i in g]) for g in groups]
-        pool = ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="napari-irnet-walk", initializer=torch.set_num_threads, initargs=(1,)) if len(parts) > 1 else None
-        try:
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(helper_threads(len(parts) - 1, "napari-irnet-walk")) if len(parts) > 1 else None
             done = 0
             while done < steps:
                 count = min(per_call, steps - done)
@@ -259,9 +260,6 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray, threads: int = 1
                             other.result()
                 done += count
                 yield done
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
         return buffers[steps % 2][:, pad : pad + h, pad : pad + w].clone()
 
     return walk
@@ -399,7 +397,6 @@ def iter_walks(jobs: list[WalkJob], steps: int, stage: str, device: torch.device
     count = [0]
 
     def work(make: WalkJob) -> torch.Tensor:
-        torch.set_num_threads(1)  # this thread's OpenMP setting only
         with torch.no_grad():
             walking = make()
             before = 0
@@ -414,21 +411,20 @@ def iter_walks(jobs: list[WalkJob], steps: int, stage: str, device: torch.device
                     count[0] += done - before
                 before = done
 
-    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="napari-irnet-walk")
-    try:
-        futures = [pool.submit(work, make) for make in jobs]
-        shown = 0
-        while True:
-            _, pending = wait(futures, timeout=0.02, return_when=FIRST_EXCEPTION)
-            if count[0] != shown:
-                shown = count[0]
-                yield Step(stage, shown, total)
-            if not pending or any(f.done() and f.exception() is not None for f in futures):
-                break
-        return [f.result() for f in futures]
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+    with helper_threads(min(threads, len(jobs)), "napari-irnet-walk") as pool:
+        try:
+            futures = [pool.submit(work, make) for make in jobs]
+            shown = 0
+            while True:
+                _, pending = wait(futures, timeout=0.02, return_when=FIRST_EXCEPTION)
+                if count[0] != shown:
+                    shown = count[0]
+                    yield Step(stage, shown, total)
+                if not pending or any(f.done() and f.exception() is not None for f in futures):
+                    break
+            return [f.result() for f in futures]
+        finally:
+            stop.set()  # the walks stop at their next step; the pool then waits for them
 
 
 def iter_transition(

@@ -10,10 +10,8 @@ grid (h = ceil(H/4), w = ceil(W/4)); full maps are (H, W).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 
 from ..annotation.masks import instance_boxes, label_counts
+from .threads import side_by_side
 
 IGNORE = 255
 
@@ -59,20 +58,6 @@ def crf_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def side_by_side(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
-    """``fn`` of every item, in order, computed in up to ``torch.get_num_threads()`` threads.
-
-    For work that releases Python's lock (NumPy, scikit-image): independent
-    pieces run on every core, with the results of running them one by one.
-    """
-    threads = min(len(items), max(1, torch.get_num_threads()))
-    if threads <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="napari-irnet") as pool:
-        yield from pool.map(fn, items)
 
 
 def image_segments(image: np.ndarray) -> np.ndarray:
