@@ -3,15 +3,19 @@
     python benchmarks/bench_threads.py [--grid 362] [--walks 4] [--steps 32]
 
 A walk step is 69 short multiply-adds. This script walks ``--walks``
-independent one-channel maps on a ``--grid``² grid in three ways, each in a
+independent one-channel maps on a ``--grid``² grid in four ways, each in a
 fresh process, alone and beside a second process that keeps one core busy:
 
 - *OpenMP, default wait*: one walk after another, each operation spread over
   2 OpenMP threads, with libgomp's default wait (threads spin for a while
-  before they sleep): what napari-irnet did before;
+  before they sleep): what napari-irnet did at first;
 - *OpenMP, passive wait*: the same with ``OMP_WAIT_POLICY=PASSIVE``;
 - *side by side*: the walks in 2 Python threads of one torch thread each
-  (:func:`napari_irnet.pipeline.random_walk.iter_walks`): what it does now.
+  (:func:`napari_irnet.pipeline.random_walk.iter_walks`): how the instance
+  walk's canvases run;
+- *rows shared*: one walk after another, each one's rows split over 2
+  threads that meet once per step: how one walk of a few maps runs (the
+  semantic walk).
 
 Prints seconds (wall clock) and processor seconds of the walking process.
 """
@@ -31,6 +35,7 @@ MODES = {
     "OpenMP, default wait": {"OMP_WAIT_POLICY": ""},
     "OpenMP, passive wait": {"OMP_WAIT_POLICY": "PASSIVE"},
     "side by side": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "rows shared": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 
 
@@ -40,7 +45,7 @@ def _child(mode: str, grid: int, walks: int, steps: int) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from napari_irnet.pipeline.random_walk import apply_transition, iter_walks, make_walker, transition_weights
+    from napari_irnet.pipeline.random_walk import iter_transition, iter_walks, make_walker, transition_weights
     from napari_irnet.progress import run_steps
 
     torch.set_num_threads(2)
@@ -48,12 +53,18 @@ def _child(mode: str, grid: int, walks: int, steps: int) -> None:
     weights = transition_weights(torch.rand(grid, grid, generator=gen) * 0.5)
     maps = [torch.rand(1, grid, grid, generator=gen) for _ in range(walks)]
     t0 = time.perf_counter()
+    walker = make_walker(weights)
     if mode == "side by side":
-        walker = make_walker(weights)
         run_steps(iter_walks([lambda x=x: walker(x, steps) for x in maps], steps, "walk", torch.device("cpu"), threads=2))
-    else:
+    elif mode == "rows shared":
         for x in maps:
-            apply_transition(x, weights, steps, method="stencil")  # one walk: OpenMP inside each operation
+            run_steps(iter_transition(x, weights, steps, method="stencil", threads=2))
+    else:
+        with torch.no_grad():
+            for x in maps:  # one walk on this thread: OpenMP inside each operation
+                walking = walker(x, steps)
+                for _ in walking:
+                    pass
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"wall": time.perf_counter() - t0, "cpu": usage.ru_utime + usage.ru_stime}))
 

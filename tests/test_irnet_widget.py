@@ -747,3 +747,28 @@ def test_a_first_run_adds_its_layers_in_separate_turns_of_the_event_loop(make_na
     assert widget.session is not None and _layer(viewer, "instances") is not None and _layer(viewer, "centroids") is not None
     assert len(turn_between) >= 8 and all(turn_between)
     assert _active_stage(viewer) == "instances"  # shown once the last layer is there
+
+
+def test_a_run_shows_its_progress_on_the_panels_own_bar(make_napari_viewer_proxy, qtbot, checkpoint, image):
+    # not napari's progress: its animated activity indicator redraws the whole window
+    # (with software OpenGL a sixth of a 2-core CPU during a Run)
+    from napari.utils import progress
+
+    from napari_irnet._napari.jobs import RUN_STEPS
+
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
+    widget = _dock(viewer)
+    widget.set_checkpoint(checkpoint)
+    _wait_idle(qtbot, widget)
+    bar = widget.status_box.progress
+    assert bar.native.isHidden()
+    seen = []
+    bar.changed.connect(lambda value: seen.append((value, bar.max, not bar.native.isHidden(), len(progress._all_instances))))
+    widget.run()
+    _wait_idle(qtbot, widget)
+    assert widget.session is not None, widget.status.value
+    assert (RUN_STEPS, RUN_STEPS, True, 0) in seen  # the Run's own steps, then
+    assert any(total > RUN_STEPS and value == total for value, total, _, _ in seen)  # a walk to its last step
+    assert all(visible and napari_bars == 0 for _, _, visible, napari_bars in seen)
+    assert bar.native.isHidden()  # when the Run ends

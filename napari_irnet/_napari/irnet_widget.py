@@ -112,7 +112,7 @@ class IRNetWidget(Container):
         self.edits = EditActions(viewer, context, self.layer_sync, self.corrections, self._set_status, self._refresh_controls, self.native)
         self.history = EditHistory(context, self.layer_sync, self.scheduler, lambda: self.params, self.sliders.show, self.edits.after_edit)
         hooks = RunHooks(
-            status=self._set_status, refresh=self._refresh_controls, live_values=self.sliders.values, watch=self._watch,
+            status=self._set_status, progress=self.status_box.show_progress, refresh=self._refresh_controls, live_values=self.sliders.values, watch=self._watch,
             drop=self._drop_session, rerun=self._show_rerun, shown=self._on_shown,
         )  # fmt: skip
         self.runner = Runner(viewer, context, self.inputs, self.layer_sync, self.scheduler, hooks)

@@ -11,12 +11,12 @@ stored as the image's result) or re-runs the session the image has.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..annotation.session import AnnotationSession
@@ -33,12 +33,17 @@ from .stores import store_for_layer
 from .widgets.input_box import InputBox
 from .workers import start_worker, stop_worker
 
+#: a walk's progress is drawn at most this often (seconds): every redraw of a panel redraws the
+#: whole window where OpenGL is software (see :class:`~napari_irnet._napari.widgets.status.StatusBox`)
+BAR_SECONDS = 0.25
+
 
 @dataclass
 class RunHooks:
     """What the panel does around a Run."""
 
     status: Callable[[str], None]  # show a status line
+    progress: Callable[[int, int], None]  # show (done, total) on the panel's bar; total 0 hides it
     refresh: Callable[[], None]  # update the controls
     live_values: Callable[[], dict[str, Any]]  # the sliders' values by Params field
     watch: Callable[[ImageSession], None]  # a new session: listen to its annotation
@@ -58,7 +63,8 @@ class Runner:
         self._scheduler = scheduler
         self._hooks = hooks
         self.worker = None
-        self._progress = None
+        self._steps: int | None = None  # the Run's steps shown, None between Runs
+        self._shown_at = 0.0  # when a walk step was last shown on the bar
         self._image: tuple | None = None  # (layer, image id, image) of the run in progress
         self._ok = False
         self._ran = None  # (layer, image id, image) of a run whose end the other panels are yet to hear of
@@ -87,7 +93,8 @@ class Runner:
         points = session.points if session is not None and session.points_edited else None
         self._image, self._ok = (layer, image_id, image), False
         self._scheduler.run_begins()  # results of older updates no longer apply
-        self._progress = progress(total=RUN_STEPS, desc="napari-irnet")
+        self._steps, self._shown_at = 0, 0.0
+        self._hooks.progress(0, RUN_STEPS)
         self.worker = start_worker(
             run_job,
             checkpoint,
@@ -102,7 +109,7 @@ class Runner:
                 "returned": self._on_returned,
                 "errored": self._on_error,
                 "aborted": lambda: self._hooks.status("run cancelled"),
-                "finished": [self._on_finished, self._progress.close],
+                "finished": self._on_finished,
             },
         )
         self._hooks.refresh()
@@ -111,25 +118,23 @@ class Runner:
 
     def _on_step(self, item) -> None:
         """A step of the run: its description, or a post-processing :class:`Step` (stage, walk step)."""
-        bar = self._progress
-        if bar is None:
+        if self._steps is None or self.closed:
             return
         # the status first: drawing the bar may process events (a later error's status must win)
         if isinstance(item, Step):
-            if item.total:  # a walk: the bar follows its steps
+            if item.total:  # a walk: the bar follows its steps, redrawn at most every BAR_SECONDS
                 if item.done == item.total or item.done % 32 == 0:
                     self._hooks.status(f"{item.stage}: step {item.done} of {item.total}")
-                if bar.total != item.total:
-                    bar.total = item.total
-                bar.n = item.done
-                bar.set_description(f"napari-irnet: {item.stage}")
-                bar.refresh()
+                now = time.monotonic()
+                if item.done == item.total or now - self._shown_at >= BAR_SECONDS:
+                    self._shown_at = now
+                    self._hooks.progress(item.done, item.total)
             else:
                 self._hooks.status(f"post-processing: {item.stage} done")
             return
         self._hooks.status(item)
-        if bar.n < RUN_STEPS:
-            bar.update(1)
+        self._steps = min(self._steps + 1, RUN_STEPS)
+        self._hooks.progress(self._steps, RUN_STEPS)
 
     def cancel(self, *_) -> None:
         """Stop the run at its next step."""
@@ -145,6 +150,9 @@ class Runner:
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._steps = None
+        if not self.closed:
+            self._hooks.progress(0, 0)
         self._ran, self._image = self._image, None
         if self._layers.busy:  # the new session's layers are still being added: the run ends after the last
             return
