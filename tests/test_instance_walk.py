@@ -233,3 +233,25 @@ def test_window_plans_are_kept_for_other_walk_parameters(monkeypatch):
     moved[moved == 3] = 4
     _walk(cams, boundary, moved, method="local", plans=plans)
     assert len(calls) == 3 and len(plans) == 2  # other clusters: planned again
+
+
+def test_the_full_resolution_argmax_in_row_bands_on_threads_equals_one_pass():
+    import napari_irnet.pipeline.instance_walk as iw
+
+    cams, boundary, clusters = _blobs(h=40, w=56, n=12)
+    start = cams * (1.0 - boundary)
+    plan = plan_windows(start.numpy(), clusters, 0.01, 4)
+    g = torch.Generator().manual_seed(3)
+    walked = [torch.rand((win.y1 - win.y0, win.x1 - win.x0), generator=g) for win in plan.windows]
+    shape = (4 * 40 - 3, 4 * 56 - 1)  # the image is a little smaller than 4 × the grid
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = iw._full_resolution_argmax(plan.windows, walked, shape)
+        torch.set_num_threads(3)  # three bands, windows across their edges
+        three = iw._full_resolution_argmax(plan.windows, walked, shape)
+    finally:
+        torch.set_num_threads(before)
+    assert len(plan.windows) > 12 and bool((one[1] > 0).any())
+    for a, b in zip(one, three):
+        assert torch.equal(a, b)

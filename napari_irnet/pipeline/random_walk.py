@@ -199,6 +199,12 @@ def _compiled_stencil_steps() -> Callable[..., None]:
         return _stencil_steps
 
 
+def _without_grad(fn: Callable[..., None], *args) -> None:
+    """``fn(*args)`` without autograd (a helper thread does not share its caller's grad mode)."""
+    with torch.no_grad():
+        fn(*args)
+
+
 def _row_groups(bands: int, threads: int) -> list[list[int]]:
     """Bands ``0 .. bands - 1`` cut into up to ``threads`` runs of about equal length."""
     parts = max(1, min(int(threads), bands))
@@ -254,7 +260,7 @@ def _stencil_walker(weights: torch.Tensor, offsets: np.ndarray, threads: int = 1
                     run(*parts[0], done, count)
                 else:
                     for step in range(done, done + count):  # every thread's rows of one step, then the next step
-                        others = [pool.submit(run, *part, step, 1) for part in parts[1:]]
+                        others = [pool.submit(_without_grad, run, *part, step, 1) for part in parts[1:]]
                         run(*parts[0], step, 1)
                         for other in others:
                             other.result()
