@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_irnet.params import Params
-from napari_irnet.pipeline import random_walk
+from napari_irnet.pipeline import walkers
 from napari_irnet.pipeline.cache import StageCache, clusters_from_points
 from napari_irnet.pipeline.inference import CAMOutput, IRNetOutput, NetworkOutputs
 from napari_irnet.pipeline.predict import postprocess
@@ -124,7 +124,7 @@ def test_should_stop_interrupts_and_keeps_finished_stages():
 def test_a_walk_reports_its_steps_and_stops_at_one(monkeypatch):
     from napari_irnet.progress import Step
     # one walk step per call of the stencil loop, as on grids of a megapixel (tiny grids run all their steps in one)
-    monkeypatch.setattr(random_walk, "STENCIL_CALL_VALUES", 1)
+    monkeypatch.setattr(walkers, "STENCIL_CALL_VALUES", 1)
 
     cache = StageCache(_two_blobs(), FAST)
     steps: list[Step] = []
@@ -149,7 +149,7 @@ def test_the_panels_run_job_yields_walk_steps_and_a_cancel_stops_inside_the_walk
     from napari_irnet.models.checkpoint import new_irnet, new_model
     from napari_irnet.progress import Step
     # one walk step per call of the stencil loop, as on grids of a megapixel (tiny grids run all their steps in one)
-    monkeypatch.setattr(random_walk, "STENCIL_CALL_VALUES", 1)
+    monkeypatch.setattr(walkers, "STENCIL_CALL_VALUES", 1)
 
     model = new_model(["a"], "tiny")
     model.irn = new_irnet(model, "cam")

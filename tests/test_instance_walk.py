@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_irnet.pipeline import random_walk
+from napari_irnet.pipeline import walkers
 from napari_irnet.pipeline.instance_walk import instance_walk_argmax, iter_instance_walk, plan_windows
 from napari_irnet.pipeline.stages import assign_from_argmax
 from napari_irnet.progress import Step
@@ -103,7 +103,7 @@ def test_nothing_to_walk_gives_none():
 
 def test_steps_are_reported_and_the_walk_stops_at_a_step(monkeypatch):
     # one walk step per call of the stencil loop, as on grids of a megapixel (tiny grids run all their steps in one)
-    monkeypatch.setattr(random_walk, "STENCIL_CALL_VALUES", 1)
+    monkeypatch.setattr(walkers, "STENCIL_CALL_VALUES", 1)
     cams, boundary, clusters = _blobs()
     shape = (4 * boundary.shape[0], 4 * boundary.shape[1])
     steps = list(_drain(iter_instance_walk(cams, boundary, clusters, shape, steps=STEPS, method="local")))

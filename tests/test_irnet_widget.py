@@ -34,11 +34,17 @@ def _wait_idle(qtbot, widget):
     qtbot.waitUntil(lambda: widget.idle, timeout=WAIT_MS)
 
 
-def _run(qtbot, viewer, checkpoint, image):
+def _ready(qtbot, viewer, checkpoint, image):
+    """The panel docked beside the image, its checkpoint loaded: ready to Run."""
     viewer.add_image(image.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
     widget = _dock(viewer)
     widget.set_checkpoint(checkpoint)
     _wait_idle(qtbot, widget)
+    return widget
+
+
+def _run(qtbot, viewer, checkpoint, image):
+    widget = _ready(qtbot, viewer, checkpoint, image)
     widget.run()
     _wait_idle(qtbot, widget)
     assert widget.session is not None, widget.status.value
@@ -729,10 +735,7 @@ def test_a_first_run_adds_its_layers_in_separate_turns_of_the_event_loop(make_na
     from qtpy.QtCore import QTimer
 
     viewer = make_napari_viewer_proxy()
-    viewer.add_image(image.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
-    widget = _dock(viewer)
-    widget.set_checkpoint(checkpoint)
-    _wait_idle(qtbot, widget)
+    widget = _ready(qtbot, viewer, checkpoint, image)
     marks, turn_between = [], []
 
     def on_insert(event):
@@ -757,10 +760,7 @@ def test_a_run_shows_its_progress_on_the_panels_own_bar(make_napari_viewer_proxy
     from napari_irnet._napari.jobs import RUN_STEPS
 
     viewer = make_napari_viewer_proxy()
-    viewer.add_image(image.image, name="cells", rgb=True, metadata={"napari_irnet": {"labels": list(image.labels)}})
-    widget = _dock(viewer)
-    widget.set_checkpoint(checkpoint)
-    _wait_idle(qtbot, widget)
+    widget = _ready(qtbot, viewer, checkpoint, image)
     bar = widget.status_box.progress
     assert bar.native.isHidden()
     seen = []

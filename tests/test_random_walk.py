@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_irnet.pipeline import walkers
 from napari_irnet.pipeline.random_walk import apply_transition, neighbour_offsets, random_walk, random_walk_dense, transition_weights
 
 METHODS = ["stencil", "gather"]
@@ -156,7 +157,7 @@ def test_walks_side_by_side_in_threads_equal_one_after_another(method, monkeypat
     from napari_irnet.progress import run_steps
 
     monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)  # threads even for this small walk
-    monkeypatch.setattr(rw, "STENCIL_BAND_VALUES", 5 * 41 * 3)  # bands of 3 rows, shared by the threads
+    monkeypatch.setattr(walkers, "STENCIL_BAND_VALUES", 5 * 41 * 3)  # bands of 3 rows, shared by the threads
 
     x, boundary = random_inputs((30, 41), channels=5, seed=8)
     weights = transition_weights(boundary)
@@ -174,7 +175,7 @@ def test_closing_a_threaded_walk_stops_every_thread(monkeypatch):
     from napari_irnet.pipeline.random_walk import iter_transition
 
     monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)
-    monkeypatch.setattr(rw, "STENCIL_BAND_VALUES", 4 * 60 * 5)  # bands of 5 rows, shared by the threads
+    monkeypatch.setattr(walkers, "STENCIL_BAND_VALUES", 4 * 60 * 5)  # bands of 5 rows, shared by the threads
 
     x, boundary = random_inputs((60, 60), channels=4, seed=9)
     before = torch.get_num_threads()
@@ -233,9 +234,9 @@ def test_the_stencil_runs_several_steps_per_call_with_the_same_sums(monkeypatch)
     weights = transition_weights(boundary)
     dense = random_walk_dense(x.double(), boundary.double(), steps=16)  # walks x ⊙ (1 - boundary)
     x = x * (1 - boundary)
-    monkeypatch.setattr(rw, "STENCIL_CALL_VALUES", 1)
+    monkeypatch.setattr(walkers, "STENCIL_CALL_VALUES", 1)
     every, one = _drain_walker(rw.make_walker(weights)(x, 16))
-    monkeypatch.setattr(rw, "STENCIL_CALL_VALUES", 5 * x.numel())
+    monkeypatch.setattr(walkers, "STENCIL_CALL_VALUES", 5 * x.numel())
     fives, five = _drain_walker(rw.make_walker(weights)(x, 16))
     assert every == list(range(1, 17)) and fives == [5, 10, 15, 16]
     torch.testing.assert_close(five, one, rtol=0, atol=0)
@@ -243,24 +244,23 @@ def test_the_stencil_runs_several_steps_per_call_with_the_same_sums(monkeypatch)
 
 
 def test_the_stencil_loop_runs_in_python_where_torchscript_fails(monkeypatch):
-    import napari_irnet.pipeline.random_walk as rw
 
     x, boundary = random_inputs((9, 14), channels=2, seed=11, dtype=torch.float32)
     weights = transition_weights(boundary)
-    rw._compiled_stencil_steps.cache_clear()
-    assert isinstance(rw._compiled_stencil_steps(), torch.jit.ScriptFunction)
+    walkers._compiled_stencil_steps.cache_clear()
+    assert isinstance(walkers._compiled_stencil_steps(), torch.jit.ScriptFunction)
     compiled = apply_transition(x, weights, 12, method="stencil")
 
     def no_torchscript(fn):
         raise RuntimeError("TorchScript cannot read the source")
 
     monkeypatch.setattr(torch.jit, "script", no_torchscript)
-    rw._compiled_stencil_steps.cache_clear()
+    walkers._compiled_stencil_steps.cache_clear()
     try:
-        assert rw._compiled_stencil_steps() is rw._stencil_steps
+        assert walkers._compiled_stencil_steps() is walkers._stencil_steps
         python = apply_transition(x, weights, 12, method="stencil")
     finally:
-        rw._compiled_stencil_steps.cache_clear()
+        walkers._compiled_stencil_steps.cache_clear()
     torch.testing.assert_close(python, compiled, rtol=0, atol=0)
 
 
@@ -275,7 +275,7 @@ def test_threads_started_after_a_threaded_walk_keep_the_callers_thread_count(mon
     from napari_irnet.progress import run_steps
 
     monkeypatch.setattr(rw, "PARALLEL_MIN_VALUES", 0)
-    monkeypatch.setattr(rw, "STENCIL_BAND_VALUES", 2 * 40 * 4)
+    monkeypatch.setattr(walkers, "STENCIL_BAND_VALUES", 2 * 40 * 4)
     x, boundary = random_inputs((40, 40), channels=2, seed=12)
     many = torch.rand(4 * rw.GATHER_MIN_CHANNELS, 40, 40, dtype=torch.float64)
     before = torch.get_num_threads()
