@@ -217,7 +217,7 @@ class StageCache:
             :meth:`reset_points`. An empty array removes every instance
             centre (all pixels then share one cluster).
         should_stop : callable, optional
-            Polled between stages and after every walk step; when it returns
+            Polled between stages and as the walk steps advance; when it returns
             True, :class:`InterruptedError` is raised (results computed so far
             stay cached).
         with_semantic : bool
@@ -241,7 +241,7 @@ class StageCache:
         self, params: Params | None = None, centre_points: np.ndarray | None = None, with_semantic: bool = True
     ) -> StepGenerator[Prediction]:
         """:meth:`update` as a generator: yields a :class:`~napari_irnet.progress.Step`
-        after every stage and every walk step; returns the :class:`Prediction`."""
+        after every stage and as the walk steps advance; returns the :class:`Prediction`."""
         if params is not None:
             params.validate()
             self.params = params

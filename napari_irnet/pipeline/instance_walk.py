@@ -325,7 +325,7 @@ def iter_instance_walk(
 
     Yields
     ------
-    :class:`~napari_irnet.progress.Step` after every walk step.
+    :class:`~napari_irnet.progress.Step` as the walk steps advance (every few steps).
 
     Returns
     -------
@@ -401,5 +401,5 @@ def _walk_andgrow(plan: WalkPlan, walk, tolerance: float, shape: tuple[int, int]
 
 
 def instance_walk_argmax(*args, progress: Callable[[Step], None] | None = None, **kwargs) -> tuple[Argmax | None, WalkPlan]:
-    """:func:`iter_instance_walk` run to the end; ``progress(step)`` after every step."""
+    """:func:`iter_instance_walk` run to the end; ``progress(step)`` as the steps advance."""
     return run_steps(iter_instance_walk(*args, **kwargs), progress)

@@ -266,7 +266,7 @@ def iter_transition(
     stage: str = "walk",
     threads: int | None = None,
 ) -> StepGenerator[torch.Tensor]:
-    """:func:`apply_transition` as a generator: yields a :class:`~.progress.Step` after every step.
+    """:func:`apply_transition` as a generator: yields a :class:`~.progress.Step` as the steps advance.
 
     The channels are walked in chunks of ``channel_chunk`` (default: all at
     once). On the CPU, when every thread gets at least
@@ -344,7 +344,7 @@ def apply_transition(
         Walk at most this many channels at a time (bounds the working memory
         to ``O(K·N + 2·chunk·N)``).
     progress : callable, optional
-        Called as ``progress(done, total)`` after every step of every chunk
+        Called as ``progress(done, total)`` as the steps of every chunk advance
         (``total = steps · n_chunks``); it may raise to stop the walk.
 
     Returns
