@@ -247,7 +247,7 @@ def test_the_stencil_loop_runs_in_python_where_torchscript_fails(monkeypatch):
 
     x, boundary = random_inputs((9, 14), channels=2, seed=11, dtype=torch.float32)
     weights = transition_weights(boundary)
-    walkers._compiled_stencil_steps.cache_clear()
+    walkers._compile_stencil_steps.cache_clear()
     assert isinstance(walkers._compiled_stencil_steps(), torch.jit.ScriptFunction)
     compiled = apply_transition(x, weights, 12, method="stencil")
 
@@ -255,12 +255,12 @@ def test_the_stencil_loop_runs_in_python_where_torchscript_fails(monkeypatch):
         raise RuntimeError("TorchScript cannot read the source")
 
     monkeypatch.setattr(torch.jit, "script", no_torchscript)
-    walkers._compiled_stencil_steps.cache_clear()
+    walkers._compile_stencil_steps.cache_clear()
     try:
         assert walkers._compiled_stencil_steps() is walkers._stencil_steps
         python = apply_transition(x, weights, 12, method="stencil")
     finally:
-        walkers._compiled_stencil_steps.cache_clear()
+        walkers._compile_stencil_steps.cache_clear()
     torch.testing.assert_close(python, compiled, rtol=0, atol=0)
 
 
@@ -291,3 +291,15 @@ def test_threads_started_after_a_threaded_walk_keep_the_callers_thread_count(mon
         assert seen == [2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_that_start_walking_at_once_share_one_compiled_loop():
+    from concurrent.futures import ThreadPoolExecutor
+
+    walkers._compile_stencil_steps.cache_clear()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            loops = list(pool.map(lambda _: walkers._compiled_stencil_steps(), range(8)))
+    finally:
+        walkers._compile_stencil_steps.cache_clear()
+    assert all(loop is loops[0] for loop in loops) and isinstance(loops[0], torch.jit.ScriptFunction)

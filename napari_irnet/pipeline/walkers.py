@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import warnings
 from collections.abc import Callable, Generator
 
@@ -64,8 +65,18 @@ def _stencil_steps(
                 dst.addcmul_(src[k], w[k])
 
 
-@functools.cache
+#: walks in several threads start at once: one of them compiles, the others wait for it
+_COMPILING = threading.Lock()
+
+
 def _compiled_stencil_steps() -> Callable[..., None]:
+    """:func:`_compile_stencil_steps` once per process, whichever thread asks first."""
+    with _COMPILING:
+        return _compile_stencil_steps()
+
+
+@functools.cache
+def _compile_stencil_steps() -> Callable[..., None]:
     """:func:`_stencil_steps` compiled by TorchScript, or the Python function where that fails.
 
     A compiled call runs the loop's many small operations without holding
