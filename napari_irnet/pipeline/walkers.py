@@ -148,8 +148,7 @@ def stencil_walker(weights: torch.Tensor, offsets: np.ndarray, threads: int = 1)
         run = _compiled_stencil_steps()
         groups = _row_groups(len(band_weights), threads if x.device.type == "cpu" else 1)
         parts = [([[sources[b][i] for i in g] for b in range(2)], [[results[b][i] for i in g] for b in range(2)], [band_weights[i] for i in g]) for g in groups]
-        with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(helper_threads(len(parts) - 1, "napari-irnet-walk")) if len(parts) > 1 else None
+        with helper_threads(len(parts) - 1, "napari-irnet-walk") if len(parts) > 1 else contextlib.nullcontext() as pool:
             done = 0
             while done < steps:
                 count = min(per_call, steps - done)
