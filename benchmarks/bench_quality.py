@@ -189,32 +189,8 @@ def train_params(args):
         cam_crop_size=args.crop, cam_resize_long=tuple(args.cam_resize_long),
         irn_epochs=args.irn_epochs, irn_batch_size=args.batch_size, irn_learning_rate=args.irn_lr,
         irn_crop_size=args.crop, irn_rescale=tuple(args.irn_rescale), train_radius=args.train_radius,
-        momentum=args.momentum, centroid_loss_weight=args.centroid_loss_weight, seed=0,
+        momentum=args.momentum, centroid_loss_weight=args.centroid_loss_weight, amp=args.amp == "true", seed=0,
     )  # fmt: skip
-
-
-def cam_output_stride(model, stride: int):
-    """The CAM network at output stride ``stride`` (16, as built, or 8): a benchmark variant, not a model option.
-
-    Stride 8 makes the first block of the stride-16 stage (EfficientNet-Lite0's
-    block 5, in ``layer3``) stride 1 with symmetric padding, as the backbone
-    already does for the stride-32 stage: the CAMs of a 512 px patch are then
-    64² cells of 8 px instead of 32² of 16 px. The weights are the same; a
-    checkpoint saved from it loads at stride 16, so this is applied again
-    after every load.
-    """
-    from torch import nn
-
-    if stride == 16 or getattr(model, "cam", None) is None:
-        return model
-    backbone = model.cam.backbone
-    if stride != 8 or getattr(backbone, "name", "") != "efficientnet_lite0":
-        raise SystemExit(f"--cam-output-stride {stride}: only 16, or 8 with the efficientnet_lite0 backbone")
-    conv = backbone.layer3[0]._depthwise_conv
-    if tuple(conv.stride) == (2, 2):
-        conv.stride = (1, 1)
-        conv.static_padding = nn.ZeroPad2d(conv.kernel_size[0] // 2)
-    return model
 
 
 def get_cam_model(args, classes, items, out: Path, timings: dict, from_masks: bool = False):
@@ -228,12 +204,14 @@ def get_cam_model(args, classes, items, out: Path, timings: dict, from_masks: bo
     path = out / f"{key}.pt"
     if path.is_file() and not args.retrain_cam:
         _log(f"reusing {path}")
-        model = cam_output_stride(load_checkpoint(path), args.cam_output_stride)
+        model = load_checkpoint(path)
         if model.classes != list(classes):  # the scores compare class indices with the ground truth's values
             raise SystemExit(f"{path}: trained for the classes {model.classes}, the data's are {classes} (in this order); --retrain-cam")
+        if model.cam_output_stride != args.cam_output_stride:
+            raise SystemExit(f"{path}: a CAM network at output stride {model.cam_output_stride}, not {args.cam_output_stride}; --retrain-cam or another --out")
         return model
     weights = None if args.weights == "none" else args.weights
-    model = cam_output_stride(new_model(classes, args.backbone, weights), args.cam_output_stride)
+    model = new_model(classes, args.backbone, weights, cam_output_stride=args.cam_output_stride)
     model.train_params = train_params(args)
     data = [LabelledImage(it.name, it.image, it.class_ids) for it in items]
     t0 = time.perf_counter()
@@ -635,12 +613,14 @@ def parse_args(argv=None):
     ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (the reference's effective value is 1e-4)")
     ap.add_argument("--irn-rescale", type=float, nargs=2, default=(0.75, 1.25))
     ap.add_argument("--train-radius", type=int, default=10)
+    ap.add_argument("--amp", choices=("true", "false"), default="true",
+                    help="bfloat16 mixed precision in training where the device has bfloat16 units (TrainParams.amp)")
     ap.add_argument("--centroid-loss-weight", type=float, default=0.0,
                     help="the upper bound's IRNet also regresses the displacement to the centroids (TrainParams)")
     ap.add_argument("--displacement-head", default="reference",
                     help="IRNet's last displacement layers: reference (1x1) | context (dilated 3x3); cached as irn_*_context.pt")
     ap.add_argument("--cam-output-stride", type=int, choices=(16, 8), default=16,
-                    help="the CAM network's output stride (8: EfficientNet-Lite0's stride-16 stage made stride 1; its own cache folder)")
+                    help="the CAM networks' output stride (new_model's cam_output_stride; 8: the backbone's stride-16 stage made stride 1; its own cache folder)")
     ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--train-eval-every", type=int, default=1, help="score the pseudo labels of every N-th training image")
     ap.add_argument("--test-limit", type=int, default=0)

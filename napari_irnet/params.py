@@ -174,6 +174,9 @@ class Params:
 #: IRNet's displacement heads (:class:`~napari_irnet.models.networks.IRNet`); here so
 #: that the command line can list them without importing torch
 DISPLACEMENT_HEADS = ("reference", "context")
+#: the CAM network's output strides (:class:`~napari_irnet.models.networks.CAMNet`): 16 as in
+#: the reference, or 8 for objects a few 16-pixel cells across (nuclei)
+CAM_OUTPUT_STRIDES = (16, 8)
 
 
 @dataclass
@@ -222,7 +225,8 @@ class TrainParams:
     #: only when the field has collapsed to zero on the corrected images, as a weak model's does when
     #: its seeds span many objects (training.field_check.check_displacement_field; see BENCHMARKS.md)
     finetune_reset_displacement: bool = False
-    #: mixed precision on CUDA
+    #: bfloat16 mixed precision on CUDA and on CPUs with bfloat16 matrix units (Intel AMX);
+    #: elsewhere float32 (training.loop.autocast)
     amp: bool = True
     seed: int = 0
     num_workers: int = 0

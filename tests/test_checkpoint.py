@@ -274,3 +274,68 @@ def test_cam_only_checkpoint_is_refused_for_prediction(tmp_path, tiny_dataset):
     cam_only.irn = None
     with pytest.raises(CheckpointError, match="has no IRNet"):
         predict(cam_only, image, ["a"])
+
+
+def test_cam_output_stride_8_round_trips_and_old_files_load_at_16(tmp_path):
+    from napari_irnet.models.checkpoint import model_fingerprint
+
+    model = _perturb(new_model(["a", "b"], "tiny", cam_output_stride=8))
+    x = torch.randn(1, 3, 64, 96)
+    assert model.cam.eval().cam(x).shape == (1, 2, 8, 12)  # 8-pixel cells
+    same16 = new_model(["a", "b"], "tiny")
+    same16.cam.load_state_dict(model.cam.state_dict())
+    same16.irn.load_state_dict(model.irn.state_dict())
+    assert same16.cam.eval().cam(x).shape == (1, 2, 4, 6)  # the same weights on 16-pixel cells
+    assert model.irn.eval()(x)[0].shape == same16.irn.eval()(x)[0].shape  # IRNet's backbone stays at 16
+    assert model_fingerprint(model) != model_fingerprint(same16)  # other CAMs: not the same model for caches
+
+    back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt"))
+    assert back.cam_output_stride == 8 and back.cam.output_stride == 8
+    assert torch.equal(back.cam.eval().cam(x), model.cam.cam(x))
+    assert model_fingerprint(back) == model_fingerprint(model)
+    cams = compute_cams(back.cam, np.zeros((70, 90, 3), np.uint8), [0, 1], Params(cam_scales=(1.0, 0.5)), "cpu")
+    assert cams.high_res.shape == (2, 70, 90) and cams.strided.shape == (2, 18, 23)
+
+    # a file from before the choice existed: no key, stride 16
+    old = torch.load(tmp_path / "m.pt", weights_only=True)
+    del old["cam_output_stride"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").cam.eval().cam(x).shape == (1, 2, 4, 6)
+    old["cam_output_stride"] = 4
+    torch.save(old, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: unknown CAM output stride 4 \(this napari-irnet knows 16, 8\)"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="CAM output stride 12: choose one of 16, 8"):
+        new_model(["a"], "tiny", cam_output_stride=12)
+
+
+def test_efficientnet_at_output_stride_8_keeps_its_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from napari_irnet.models.networks import CAMNet
+    from napari_irnet.models.registry import build_backbone
+
+    torch.manual_seed(0)
+    at16 = CAMNet(build_backbone("efficientnet_lite0", None, True), 2)
+    at8 = CAMNet(build_backbone("efficientnet_lite0", None, True), 2, output_stride=8)
+    at8.load_state_dict(at16.state_dict())  # no new weights
+    x = torch.randn(1, 3, 64, 64)
+    assert at16.eval().cam(x).shape[-2:] == (4, 4) and at8.eval().cam(x).shape[-2:] == (8, 8)
+
+
+def test_train_cam_at_output_stride_8_from_the_command_line(tmp_path, tiny_dataset, capsys):
+    from napari_irnet.cli import main
+    from napari_irnet.synthetic import write_dataset
+
+    root = write_dataset(tiny_dataset[:4], tmp_path / "ds")
+    common = ["--images", str(root / "images"), "--labels", str(root / "labels.json"), "--device", "cpu",
+              "--cam-epochs", "1", "--cam-batch-size", "4", "--cam-crop-size", "64"]  # fmt: skip
+    assert main(["train-cam", *common, "--backbone", "tiny", "--weights", "none", "--cam-output-stride", "8", "--out", str(tmp_path / "s8.pt")]) == 0
+    model = load_checkpoint(tmp_path / "s8.pt")
+    assert model.cam_output_stride == 8 and model.cam.eval().cam(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)
+    # continuing keeps the stride; asking for another one is refused, naming the file
+    assert main(["train-cam", *common, "--checkpoint", str(tmp_path / "s8.pt"), "--out", str(tmp_path / "more.pt")]) == 0
+    assert load_checkpoint(tmp_path / "more.pt").cam_output_stride == 8
+    capsys.readouterr()
+    assert main(["train-cam", *common, "--checkpoint", str(tmp_path / "s8.pt"), "--cam-output-stride", "16", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "s8.pt: its CAM network has output stride 8; --cam-output-stride 16 applies to a new network only" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

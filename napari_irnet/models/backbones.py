@@ -13,6 +13,11 @@ x4      layer3                            16
 x5      layer4 (stride 1, no dilation)    16
 ======  ================================  ======
 
+``output_stride_8()`` makes layer3 stride 1 as well (x4 and x5 at stride 8,
+the same weights): the CAM network's option for objects a few 16-pixel cells
+across (``CAMNet(..., output_stride=8)``, ``train-cam --cam-output-stride 8``).
+IRNet's backbone always stays at stride 16.
+
 The builders by name are in :mod:`napari_irnet.models.registry`
 (:func:`~napari_irnet.models.registry.build_backbone`); they follow
 torchvision's convention: a ``weights`` argument that is ``None`` (random
@@ -94,9 +99,9 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _last_stage_stride_one(net: resnet.ResNet) -> None:
-    """Make layer4 keep the resolution (stride 1) without dilation."""
-    block = net.layer4[0]
+def _stage_stride_one(stage: nn.Sequential) -> None:
+    """Make a ResNet stage (``layer3`` or ``layer4``) keep the resolution (stride 1) without dilation."""
+    block = stage[0]
     conv = block.conv2 if isinstance(block, resnet.Bottleneck) else block.conv1
     conv.stride = (1, 1)
     if block.downsample is not None:
@@ -194,7 +199,7 @@ class Backbone(nn.Module):
                     f"{weights}: does not fit backbone {name!r} "
                     f"({len(missing)} missing keys, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
                 )
-        _last_stage_stride_one(net)
+        _stage_stride_one(net.layer4)
         net.fc = nn.Identity()
         self.frozen_bn = weights is not None if frozen_bn is None else frozen_bn
         if self.frozen_bn:
@@ -202,6 +207,10 @@ class Backbone(nn.Module):
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.channels = tuple(self._channels())
+
+    def output_stride_8(self) -> None:
+        """Keep the resolution in ``layer3`` too (stride 1, no dilation): x4 and x5 at stride 8, the same weights."""
+        _stage_stride_one(self.layer3)
 
     def _channels(self):
         def out_ch(layer):
@@ -363,6 +372,17 @@ class EfficientNetLiteBackbone(nn.Module):
             blocks[10]._block_args.output_filters,
             net._conv_head.out_channels,
         )
+
+    def output_stride_8(self) -> None:
+        """Make the stride-16 stage's first block (block 5) stride 1 with symmetric padding: x4 and x5 at stride 8.
+
+        The same change the constructor makes to the stride-32 stage; the
+        weights are the same.
+        """
+        conv = self.layer3[0]._depthwise_conv
+        if tuple(conv.stride) == (2, 2):
+            conv.stride = (1, 1)
+            conv.static_padding = nn.ZeroPad2d(conv.kernel_size[0] // 2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: (B, 3, H, W) ImageNet-normalised image -> [x1, x2, x3, x4, x5]."""

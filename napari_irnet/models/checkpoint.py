@@ -4,6 +4,7 @@ A checkpoint is a ``torch.save`` dict::
 
     {"format": "napari-irnet", "version": 1,
      "classes": [...], "backbone": "resnet50", "displacement_head": "reference",
+     "cam_output_stride": 16,
      "params": Params.to_dict(), "train_params": TrainParams.to_dict(),
      "history": [...], "cam_state": {...} | None, "irn_state": {...} | None}
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..params import DISPLACEMENT_HEADS, Params, TrainParams
+from ..params import CAM_OUTPUT_STRIDES, DISPLACEMENT_HEADS, Params, TrainParams
 from .networks import CAMNet, IRNet
 from .registry import backbone_names, build_backbone
 from .torch_files import CheckpointError, plain_data, safe_torch_load, write_torch_file
@@ -63,6 +64,9 @@ class Model:
     #: IRNet's last displacement layers (:data:`~napari_irnet.params.DISPLACEMENT_HEADS`),
     #: those :func:`new_irnet` builds and a loaded ``irn`` has
     displacement_head: str = "reference"
+    #: the CAM network's output stride (:data:`~napari_irnet.params.CAM_OUTPUT_STRIDES`), that of
+    #: the CAM network :func:`new_model` builds and a loaded ``cam`` has
+    cam_output_stride: int = 16
     #: the file this model was read from (for messages; not saved)
     path: Path | None = None
 
@@ -120,17 +124,21 @@ def new_model(
     weights: str | Path | None = None,
     irn_weights: str | Path | None = None,
     displacement_head: str = "reference",
+    cam_output_stride: int = 16,
 ) -> Model:
     """Fresh CAM and IRNet networks; both backbones start from ``weights`` unless ``irn_weights`` is given.
 
     ``displacement_head``: IRNet's last displacement layers, ``"reference"``
     or ``"context"`` (:func:`~napari_irnet.models.networks.IRNet`).
+    ``cam_output_stride``: 16 (the reference) or 8, the CAM network's grid
+    (:class:`~napari_irnet.models.networks.CAMNet`).
     """
     init = "none" if weights is None else ("imagenet" if weights == "imagenet" else "file")
     frozen = init != "none"
-    cam = CAMNet(build_backbone(backbone, weights, frozen), len(classes), train_all_layers=not frozen)
+    cam = CAMNet(build_backbone(backbone, weights, frozen), len(classes), not frozen, cam_output_stride)
     irn = IRNet(build_backbone(backbone, irn_weights if irn_weights is not None else weights, frozen), displacement_head)
-    return Model(list(classes), backbone, cam, irn, backbone_init=init, displacement_head=displacement_head)
+    return Model(list(classes), backbone, cam, irn, backbone_init=init, displacement_head=displacement_head,
+                 cam_output_stride=cam_output_stride)  # fmt: skip
 
 
 def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
@@ -153,8 +161,12 @@ def new_irnet(model: Model, source: str | Path = "cam") -> IRNet:
 
 
 def model_fingerprint(model: Model) -> str:
-    """SHA-256 of a model's classes, backbone and weights (for a model that is not a file)."""
-    digest = hashlib.sha256(json.dumps([model.classes, model.backbone]).encode())
+    """SHA-256 of a model's classes, backbone, CAM output stride and weights (for a model that is not a file)."""
+    layout = [model.classes, model.backbone]
+    stride = model.cam.output_stride if model.cam is not None else model.cam_output_stride
+    if stride != 16:  # the same weights give other CAMs at another stride
+        layout.append(stride)
+    digest = hashlib.sha256(json.dumps(layout).encode())
     for net in (model.cam, model.irn):
         if net is None:
             digest.update(b"none")
@@ -179,6 +191,7 @@ def save_checkpoint(model: Model, path: str | Path) -> Path:
         "backbone_init": model.backbone_init,
         # the network's own head when there is one: the field only says what new_irnet builds
         "displacement_head": model.irn.displacement_head if model.irn is not None else model.displacement_head,
+        "cam_output_stride": model.cam.output_stride if model.cam is not None else model.cam_output_stride,
         "cam_state": model.cam.state_dict() if model.cam is not None else None,
         "irn_state": model.irn.state_dict() if model.irn is not None else None,
     }
@@ -223,9 +236,14 @@ def _model_fields(obj: dict, path: Path) -> Model:
     head = obj.get("displacement_head", "reference")
     if head not in DISPLACEMENT_HEADS:
         raise CheckpointError(f"{path}: unknown displacement head {head!r} (this napari-irnet knows {', '.join(DISPLACEMENT_HEADS)})")
+    # files written before the choice existed have the reference's stride 16
+    stride = obj.get("cam_output_stride", 16)
+    if stride not in CAM_OUTPUT_STRIDES or isinstance(stride, bool):
+        raise CheckpointError(f"{path}: unknown CAM output stride {stride!r} (this napari-irnet knows {', '.join(map(str, CAM_OUTPUT_STRIDES))})")
     init = obj.get("backbone_init", "imagenet")
     return Model(list(classes), backbone, params=params, train_params=train_params, history=history,
-                 backbone_init=init if isinstance(init, str) else "imagenet", displacement_head=head, path=path)  # fmt: skip
+                 backbone_init=init if isinstance(init, str) else "imagenet", displacement_head=head,
+                 cam_output_stride=stride, path=path)  # fmt: skip
 
 
 def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: str = "cpu") -> Model:
@@ -261,7 +279,8 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, device: 
             raise CheckpointError(f"{path}: damaged checkpoint ({key} is not a dict of tensors)")
     try:
         if obj.get("cam_state") is not None:
-            model.cam = CAMNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), len(model.classes), not model.frozen_bn)
+            backbone = build_backbone(model.backbone, frozen_bn=model.frozen_bn)
+            model.cam = CAMNet(backbone, len(model.classes), not model.frozen_bn, model.cam_output_stride)
             _load_state(model.cam, obj["cam_state"], path, "CAM")
         if obj.get("irn_state") is not None:
             model.irn = IRNet(build_backbone(model.backbone, frozen_bn=model.frozen_bn), model.displacement_head)

@@ -59,7 +59,16 @@ def make_optimizer(groups: tuple[list, list], lr: float, tp: TrainParams, new_la
 
 
 def autocast(device: torch.device, enabled: bool):
-    use = enabled and device.type == "cuda"
+    """bfloat16 mixed precision (``TrainParams.amp``) on CUDA and on CPUs with bfloat16 matrix units.
+
+    The weights, gradients and optimiser stay float32; only the networks'
+    convolutions and matrix products run in bfloat16. CPUs without such
+    units (no Intel AMX) would emulate bfloat16 more slowly than float32,
+    so they train in float32 whatever ``enabled`` says.
+    """
+    from ..pipeline.inference import bfloat16_units
+
+    use = enabled and (device.type == "cuda" or (device.type == "cpu" and bfloat16_units(device)))
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)
 
 
