@@ -15,6 +15,12 @@ twice, with ``network_precision="float32"`` and ``"bfloat16"``
 - mAP^r at IoU 0.5 of each against the tiled ground truth (the scorer of
   ``bench_quality.py``).
 
+``--training`` times training steps instead (``TrainParams.amp`` off and on:
+bfloat16 mixed precision, float32 weights and losses): the CAM network at
+output stride 16 and 8 and IRNet, EfficientNet-Lite0 with its ImageNet
+weights, batches of 16 crops of 256² from synthetic cells, the mean of a few
+steps after one warm-up step each, with the loss of the last step.
+
 bfloat16 only gains on devices with bfloat16 matrix units (Intel CPUs with
 AMX, NVIDIA GPUs from Ampere on); elsewhere it runs but is not faster. The
 first line says whether this machine's CPU has them.
@@ -81,6 +87,43 @@ def row(size: int, model) -> str:
     )
 
 
+def training_rows(steps: int) -> list[str]:
+    """Seconds per training step with ``amp`` off and on (see the module docstring)."""
+    import torch
+
+    from napari_irnet.models.checkpoint import new_model
+    from napari_irnet.params import TrainParams
+    from napari_irnet.synthetic import CLASS_NAMES, make_dataset
+    from napari_irnet.training.cam import train_cam
+    from napari_irnet.training.datasets import LabelledImage
+    from napari_irnet.training.irn import train_irn
+
+    samples = make_dataset(16 * (steps + 1), shape=(256, 256), seed=3)
+    items = [LabelledImage(s.name, s.image, [CLASS_NAMES.index(c) for c in s.labels]) for s in samples]
+    seeds = [s.semantic for s in samples]  # the true class maps as seeds: only the time matters here
+
+    def per_step(loop) -> tuple[float, float]:
+        times, loss = [], float("nan")
+        for rec in loop:
+            times.append(time.perf_counter())
+            loss = rec["loss"]
+        return float(np.mean(np.diff(times))), loss  # the first step's time (warm-up) is left out
+
+    rows = []
+    for network, stride in (("CAM network", 16), ("CAM network", 8), ("IRNet", 16)):
+        seconds = {}
+        for amp in (False, True):
+            torch.manual_seed(0)
+            model = new_model(list(CLASS_NAMES), "efficientnet_lite0", "imagenet", cam_output_stride=stride)
+            tp = TrainParams(cam_epochs=1, irn_epochs=1, cam_batch_size=16, irn_batch_size=16, cam_crop_size=256,
+                             irn_crop_size=256, cam_resize_long=(256, 256), amp=amp, seed=0)  # fmt: skip
+            loop = train_cam(model, items, tp, "cpu") if network != "IRNet" else train_irn(model, items, seeds, tp, "cpu")
+            seconds[amp] = per_step(loop)
+        (s32, l32), (s16, l16) = seconds[False], seconds[True]
+        rows.append(f"| {network} | {stride} | {s32:.2f} / {s16:.2f} | {s32 / s16:.2f}x | {l32:.3f} / {l16:.3f} |")
+    return rows
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -90,8 +133,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 3000])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--training", action="store_true", help="time training steps with TrainParams.amp off and on instead")
+    ap.add_argument("--steps", type=int, default=3, help="--training: timed steps per row (after one warm-up step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.training:
+        units = "has" if bfloat16_units(torch.device("cpu")) else "lacks"
+        print(f"torch {torch.__version__}, {args.threads} threads; this CPU {units} bfloat16 matrix units (AMX)\n")
+        print("| network | output stride | s per step, float32 / bfloat16 | speed-up | last loss float32 / bfloat16 |")
+        print("|---|--:|---|--:|---|", flush=True)
+        for line in training_rows(args.steps):
+            print(line, flush=True)
+        return
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
     units = "has" if bfloat16_units(torch.device("cpu")) else "lacks"
     print(f"torch {torch.__version__}, {args.threads} threads; this CPU {units} bfloat16 matrix units (AMX)\n")
