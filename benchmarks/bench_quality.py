@@ -189,7 +189,7 @@ def train_params(args):
         cam_crop_size=args.crop, cam_resize_long=tuple(args.cam_resize_long),
         irn_epochs=args.irn_epochs, irn_batch_size=args.batch_size, irn_learning_rate=args.irn_lr,
         irn_crop_size=args.crop, irn_rescale=tuple(args.irn_rescale), train_radius=args.train_radius,
-        momentum=args.momentum, centroid_loss_weight=args.centroid_loss_weight, amp=args.amp == "true", seed=0,
+        momentum=args.momentum, centroid_loss_weight=args.centroid_loss_weight, amp=args.amp == "true", seed=args.seed,
     )  # fmt: skip
 
 
@@ -613,6 +613,7 @@ def parse_args(argv=None):
     ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (the reference's effective value is 1e-4)")
     ap.add_argument("--irn-rescale", type=float, nargs=2, default=(0.75, 1.25))
     ap.add_argument("--train-radius", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (TrainParams.seed); other than 0, the IRNets are cached as irn_*_seed<N>.pt (cached CAM networks are reused)")
     ap.add_argument("--amp", choices=("true", "false"), default="true",
                     help="bfloat16 mixed precision in training where the device has bfloat16 units (TrainParams.amp)")
     ap.add_argument("--centroid-loss-weight", type=float, default=0.0,
@@ -677,13 +678,13 @@ def weak_irn_name(args, params) -> str:
     """Name of the weak IRNet in the cache (``irn_<name>.pt``): with the seed thresholds when they are not the reference's."""
     default_seeds = (params.seed_fg_threshold, params.seed_bg_threshold) == (0.30, 0.05)
     name = "weak" if default_seeds else f"weak_fg{params.seed_fg_threshold:g}_bg{params.seed_bg_threshold:g}"
-    return name + _head_suffix(args)
+    return name + _head_suffix(args) + (f"_seed{args.seed}" if args.seed else "")
 
 
 def full_irn_name(args) -> str:
     """Name of the upper bound's IRNet in the cache (``irn_<name>.pt``)."""
     name = f"full_c{args.centroid_loss_weight:g}" if args.centroid_loss_weight else "full"
-    return name + _head_suffix(args)
+    return name + _head_suffix(args) + (f"_seed{args.seed}" if args.seed else "")
 
 
 def output_dir(args) -> Path:
