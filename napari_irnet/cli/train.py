@@ -78,7 +78,7 @@ def add_train_commands(sub) -> None:
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH of torchvision-layout weights (default imagenet)")
     p.add_argument("--cam-output-stride", type=int, choices=CAM_OUTPUT_STRIDES,
                    help="the CAM network's grid: 16 pixels (the reference's; default) or 8, for objects a few 16-pixel "
-                        "cells across such as nuclei (about 1.7x the training time; saved in the checkpoint)")
+                        "cells across such as nuclei (2.5 to 4 times the training time per step; saved in the checkpoint)")
     add_dataclass_options(p, TrainParams, "training parameters")
     add_dataclass_options(p, Params, PARAM_HELP)
     p.set_defaults(func=cmd_train_cam)

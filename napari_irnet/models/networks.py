@@ -49,7 +49,7 @@ class CAMNet(nn.Module):
     (``train_all_layers=True``) trains every layer. Batch norm is frozen
     everywhere. ``output_stride`` 8 keeps the backbone's stride-16 stage at
     stride 8 (``output_stride_8()``): CAM cells of 8 pixels, the same
-    weights, about 1.7x the training time.
+    weights, 2.5 to 4 times the training time per step (BENCHMARKS.md).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, train_all_layers: bool = False, output_stride: int = 16):
