@@ -5,8 +5,8 @@ them (:mod:`napari_irnet.pipeline.stages`) is cheap and re-runs whenever a
 parameter changes.
 
 Images larger than ``Params.tile_size`` are cut into overlapping tiles whose
-origins are multiples of 16 pixels, so tile outputs align with the stride-4 and
-stride-16 grids; each tile contributes the centre of its output, without the
+origins are multiples of 16 pixels, so tile outputs align with the stride-4 grid
+and the CAM network's (stride 16, or 8: ``CAMNet.output_stride``); each tile contributes the centre of its output, without the
 half-overlap margins. GroupNorm in the IRNet heads makes tiled outputs depend
 slightly on the tile extent: a modelling change, not a bug (see
 ``irnet-method.md`` section 5.2).
@@ -262,7 +262,8 @@ def compute_cams(
     model = model.to(dev).eval()
     H, W = image.shape[:2]
     size4 = strided_size((H, W), 4)
-    size_up = (16 * math.ceil(H / 16), 16 * math.ceil(W / 16))
+    stride = getattr(model, "output_stride", 16)  # each CAM cell covers stride x stride pixels
+    size_up = (stride * math.ceil(H / stride), stride * math.ceil(W / stride))
     ids = np.asarray(list(class_ids), dtype=np.int64)
     strided = torch.zeros((len(ids),) + size4, device=dev)
     high = torch.zeros((len(ids),) + size_up, device=dev)
@@ -278,7 +279,7 @@ def compute_cams(
 
     for s in params.cam_scales:
         x, prepare = network_input(rescale_image(image, s), dev, params.tile_size)
-        cam = run_tiled(cam_with_flip, x, 16, params.tile_size, params.tile_overlap, prepare)[:, sel]
+        cam = run_tiled(cam_with_flip, x, stride, params.tile_size, params.tile_overlap, prepare)[:, sel]
         del x
         strided += F.interpolate(cam, size4, mode="bilinear", align_corners=False)[0]
         for c in range(cam.shape[1]):  # one class at a time: a full-size temporary of one map, not of all
