@@ -138,17 +138,15 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=3, help="--training: timed steps per row (after one warm-up step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    units = "has" if bfloat16_units(torch.device("cpu")) else "lacks"
+    print(f"torch {torch.__version__}, {args.threads} threads; this CPU {units} bfloat16 matrix units (AMX)\n")
     if args.training:
-        units = "has" if bfloat16_units(torch.device("cpu")) else "lacks"
-        print(f"torch {torch.__version__}, {args.threads} threads; this CPU {units} bfloat16 matrix units (AMX)\n")
         print("| network | output stride | s per step, float32 / bfloat16 | speed-up | mean loss float32 / bfloat16 |")
         print("|---|--:|---|--:|---|", flush=True)
         for line in training_rows(args.steps):
             print(line, flush=True)
         return
     model = load_checkpoint(ROOT / "napari_irnet" / "data" / "demo_model.pt")
-    units = "has" if bfloat16_units(torch.device("cpu")) else "lacks"
-    print(f"torch {torch.__version__}, {args.threads} threads; this CPU {units} bfloat16 matrix units (AMX)\n")
     print("| image | CAM s float32 / bfloat16 | IRNet s float32 / bfloat16 | networks speed-up | CAM max change | boundary max change "
           "| displacement max change (cells) | instances float32 / bfloat16 | float32 instances found again | foreground pixels agreeing "
           "| mAP^r 0.5 float32 / bfloat16 |")  # fmt: skip

@@ -594,6 +594,8 @@ DEFAULTS = {
 
 
 def parse_args(argv=None):
+    from napari_irnet.params import CAM_OUTPUT_STRIDES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(DEFAULTS), default="consep")
     ap.add_argument("--data", type=Path, help="data folder (default: ../shared/data/<dataset> from the repository root)")
@@ -620,7 +622,7 @@ def parse_args(argv=None):
                     help="the upper bound's IRNet also regresses the displacement to the centroids (TrainParams)")
     ap.add_argument("--displacement-head", default="reference",
                     help="IRNet's last displacement layers: reference (1x1) | context (dilated 3x3); cached as irn_*_context.pt")
-    ap.add_argument("--cam-output-stride", type=int, choices=(16, 8), default=16,
+    ap.add_argument("--cam-output-stride", type=int, choices=CAM_OUTPUT_STRIDES, default=16,
                     help="the CAM networks' output stride (new_model's cam_output_stride; 8: the backbone's stride-16 stage made stride 1; its own cache folder)")
     ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--train-eval-every", type=int, default=1, help="score the pseudo labels of every N-th training image")
