@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     cams = {}
     cams.update(bq.get_cams(cam_model, train, params, device, out / f"cams_train_{cam_key}.pt", timings, "train"))
     cams.update(bq.get_cams(cam_model, test, params, device, out / f"cams_test_{cam_key}.pt", timings, "test"))
-    seeds = bq.get_seeds(train, cams, params, out / f"seeds_{cam_key}_{params.seed_fg_threshold:g}_{params.seed_bg_threshold:g}.npz")
+    seeds = bq.get_seeds(train, cams, params, classes, out / f"seeds_{cam_key}_{params.seed_fg_threshold:g}_{params.seed_bg_threshold:g}.npz")
     weak_name = bq.weak_irn_name(args, params)
     weak = bq.get_irn_model(args, cam_model, train, seeds, out / f"irn_{weak_name}.pt", "weak", timings)
     full_labels = [relation_labels(it.gt_inst_work) for it in train]

@@ -254,17 +254,17 @@ def get_cams(model, items, params, device, path: Path, timings: dict, key: str) 
     return _cached_per_image(items, path, compute, timings, f"cams_{key}_min", f"CAMs {key}")
 
 
-def get_seeds(items, cams, params, path: Path) -> list[np.ndarray]:
+def get_seeds(items, cams, params, classes, path: Path) -> list[np.ndarray]:
     from napari_irnet.pipeline.stages import seeds_from_cams
 
     if path.is_file():
         data = np.load(path)
         if all(it.name in data for it in items):
             return [data[it.name] for it in items]
-    seeds = [
-        seeds_from_cams(cams[it.name][1].float(), it.class_ids, params.seed_fg_threshold, params.seed_bg_threshold, it.image, params.use_crf)
-        for it in items
-    ]
+    seeds = []
+    for it in items:
+        fg = params.seed_fg_thresholds([classes[c] for c in it.class_ids])
+        seeds.append(seeds_from_cams(cams[it.name][1].float(), it.class_ids, fg, params.seed_bg_threshold, it.image, params.use_crf))
     np.savez_compressed(path, **{it.name: s for it, s in zip(items, seeds)})
     return seeds
 
@@ -447,6 +447,57 @@ def oracle_clusters(instances: np.ndarray, params) -> int:
     target, valid = displacement_target(instances)
     field = np.where(valid[None], target, 0).astype(np.float32)
     return int(cluster_centroids(find_centroids(field, params.centroid_steps), field, params.cluster_threshold).max()) + 1
+
+
+FIT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def fit_seed_thresholds(items, cams, classes) -> tuple[dict[str, float], list[str]]:
+    """Per-class foreground seed thresholds chosen on training images with their masks.
+
+    For each class and each threshold of :data:`FIT_THRESHOLDS`, the
+    unrefined seeds of that class (pixels where its CAM is the highest of the
+    image's CAMs and above the threshold) are compared with the class's
+    nuclei: the threshold with the best F1 is kept. A class whose seeds at
+    that threshold are no more precise than the share of its pixels in the
+    images labelled with it (no better than chance) gets 1.0: no foreground
+    seeds. Returns the thresholds and a table (lines).
+    """
+    n_t = len(FIT_THRESHOLDS)
+    seeded = np.zeros((len(classes), n_t))
+    hit = np.zeros((len(classes), n_t))
+    truth = np.zeros(len(classes))
+    area = np.zeros(len(classes))
+    for it in (it for it in items if it.class_ids):
+        hr = cams[it.name][1].float().numpy()
+        sem = np.zeros(it.gt_inst_work.shape, np.int64)
+        for iid, c in it.gt_labels.items():
+            sem[it.gt_inst_work == iid] = c + 1
+        winner = hr.argmax(axis=0)
+        for k, c in enumerate(it.class_ids):
+            mine = sem == c + 1
+            truth[c] += mine.sum()
+            area[c] += sem.size
+            for j, t in enumerate(FIT_THRESHOLDS):
+                s = (winner == k) & (hr[k] > t)
+                seeded[c, j] += s.sum()
+                hit[c, j] += (s & mine).sum()
+    chosen, lines = {}, ["| class | share of its images | threshold | seed precision | nuclei covered | F1 |", "|---|--:|--:|--:|--:|--:|"]
+    for c, name in enumerate(classes):
+        if not area[c]:
+            continue
+        precision = hit[c] / np.maximum(seeded[c], 1)
+        recall = hit[c] / max(truth[c], 1)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        base = truth[c] / area[c]
+        j = int(np.argmax(f1))
+        if precision[j] <= base:
+            chosen[name] = 1.0
+            lines.append(f"| {name} | {base:.3f} | none (at {FIT_THRESHOLDS[j]:g}: precision {precision[j]:.3f}) | – | – | – |")
+        else:
+            chosen[name] = FIT_THRESHOLDS[j]
+            lines.append(f"| {name} | {base:.3f} | {FIT_THRESHOLDS[j]:g} | {precision[j]:.3f} | {recall[j]:.2f} | {f1[j]:.3f} |")
+    return chosen, lines
 
 
 def seed_quality(items, seeds) -> dict:
@@ -640,6 +691,9 @@ def parse_args(argv=None):
     g.add_argument("--cam-eval-threshold", type=float)
     g.add_argument("--seed-fg-threshold", type=float)
     g.add_argument("--seed-bg-threshold", type=float)
+    g.add_argument("--seed-class-thresholds", nargs="+", metavar="CLASS=T", help="foreground seed thresholds of single classes (Params.seed_class_thresholds)")
+    g.add_argument("--fit-seed-thresholds", type=int, metavar="N", default=0,
+                   help="choose Params.seed_class_thresholds on every N-th training image with its masks (best F1 per class; none for a class no better than chance)")
     g.add_argument("--instance-bg-threshold", type=float)
     g.add_argument("--semantic-bg-threshold", type=float)
     g.add_argument("--cluster-threshold", type=float)
@@ -664,8 +718,13 @@ def make_params(args):
 
     keys = ("cam_eval_threshold", "seed_fg_threshold", "seed_bg_threshold", "instance_bg_threshold",
             "semantic_bg_threshold", "beta", "walk_steps")  # fmt: skip
+    per_class = {}
+    for text in args.seed_class_thresholds or ():
+        name, _, value = text.rpartition("=")
+        per_class[name] = float(value)
     return Params(
         cam_scales=tuple(args.cam_scales),
+        seed_class_thresholds=per_class,
         min_fragment_fraction=args.min_fragment,
         cluster_threshold=args.cluster_threshold,
         **{k: getattr(args, k) for k in keys if getattr(args, k) is not None},
@@ -676,11 +735,17 @@ def _head_suffix(args) -> str:
     return "" if args.displacement_head == "reference" else f"_{args.displacement_head}"
 
 
+def _class_thresholds_suffix(params) -> str:
+    """``_cls`` and the per-class seed thresholds, for the cache's names (empty without them)."""
+    items = sorted(params.seed_class_thresholds.items())
+    return "_cls" + "".join(f"_{name[:4]}{t:g}" for name, t in items) if items else ""
+
+
 def weak_irn_name(args, params) -> str:
     """Name of the weak IRNet in the cache (``irn_<name>.pt``): with the seed thresholds when they are not the reference's."""
     default_seeds = (params.seed_fg_threshold, params.seed_bg_threshold) == (0.30, 0.05)
     name = "weak" if default_seeds else f"weak_fg{params.seed_fg_threshold:g}_bg{params.seed_bg_threshold:g}"
-    return name + _head_suffix(args) + (f"_seed{args.seed}" if args.seed else "")
+    return name + _class_thresholds_suffix(params) + _head_suffix(args) + (f"_seed{args.seed}" if args.seed else "")
 
 
 def full_irn_name(args) -> str:
@@ -740,7 +805,13 @@ def main(argv=None) -> int:
     for split_items, key in ((train, "train"), (test, "test")):
         if split_items:
             cams.update(get_cams(cam_model, split_items, params, device, out / f"cams_{key}_{cam_key}.pt", timings, key))
-    seeds = get_seeds(train, cams, params, out / f"seeds_{cam_key}_{params.seed_fg_threshold:g}_{params.seed_bg_threshold:g}.npz")
+    if args.fit_seed_thresholds:
+        fitted, lines = fit_seed_thresholds(train[:: args.fit_seed_thresholds], cams, classes)
+        print("\n".join([f"seed thresholds fitted on every {args.fit_seed_thresholds}-th training image:", *lines]))
+        params = params.replace(seed_class_thresholds=fitted)
+        cam_model.params = params
+    seed_name = f"seeds_{cam_key}_{params.seed_fg_threshold:g}_{params.seed_bg_threshold:g}{_class_thresholds_suffix(params)}.npz"
+    seeds = get_seeds(train, cams, params, classes, out / seed_name)
     sq = seed_quality(train, seeds)
     _log("seeds: " + ", ".join(f"{k} {v:.3f}" for k, v in sq.items()))
 

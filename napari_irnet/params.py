@@ -69,6 +69,10 @@ class Params:
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     #: CAM score above which a pixel is a confident foreground seed (``conf_fg_thres``)
     seed_fg_threshold: float = 0.30
+    #: foreground seed thresholds of single classes, by class name, in place of
+    #: ``seed_fg_threshold`` for them (our addition; 1.0: the class gives no foreground
+    #: seeds). For classes whose CAMs are much sharper or vaguer than the others'
+    seed_class_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
     #: CAM score below which a pixel is a confident background seed (``conf_bg_thres``)
     seed_bg_threshold: float = 0.05
     #: background level when a CAM alone is turned into a class map (``cam_eval_thres``)
@@ -116,6 +120,8 @@ class Params:
 
     def __post_init__(self) -> None:
         self.cam_scales = tuple(float(s) for s in self.cam_scales)
+        if isinstance(self.seed_class_thresholds, dict):
+            self.seed_class_thresholds = dict(self.seed_class_thresholds)
         self.validate()
 
     def validate(self) -> None:
@@ -126,6 +132,8 @@ class Params:
         _check(self, [
             ("cam_scales", lambda v: len(v) > 0 and all(positive(s) for s in v), "positive scales"),
             ("seed_fg_threshold", unit, "in [0, 1]"),
+            ("seed_class_thresholds", lambda v: isinstance(v, dict) and all(isinstance(k, str) and k and unit(t) for k, t in v.items()),
+             "a mapping of class names to thresholds in [0, 1]"),
             ("seed_bg_threshold", unit, "in [0, 1]"),
             ("cam_eval_threshold", unit, "in [0, 1]"),
             ("use_crf", lambda v: isinstance(v, bool), "true or false"),
@@ -145,6 +153,24 @@ class Params:
             ("preset", lambda v: v in ("irnet", "reference"), "'irnet' or 'reference'"),
         ])  # fmt: skip
 
+    def seed_fg_thresholds(self, names: Sequence[str]) -> float | tuple[float, ...]:
+        """The foreground seed threshold of the CAMs of classes ``names``, in their order.
+
+        ``seed_fg_threshold`` alone when no class among ``names`` has its own
+        (:attr:`seed_class_thresholds`), else one threshold per name.
+        """
+        if not any(n in self.seed_class_thresholds for n in names):
+            return self.seed_fg_threshold
+        return tuple(float(self.seed_class_thresholds.get(n, self.seed_fg_threshold)) for n in names)
+
+    def check_classes(self, classes: Sequence[str]) -> Params:
+        """Raise :class:`ParamError` when :attr:`seed_class_thresholds` names a class not in ``classes``; else ``self``."""
+        unknown = sorted(set(self.seed_class_thresholds) - set(classes))
+        if unknown:
+            raise ParamError("seed_class_thresholds", self.seed_class_thresholds,
+                             f"keyed by the model's classes ({', '.join(classes)}), not {', '.join(unknown)}")  # fmt: skip
+        return self
+
     def replace(self, **changes: Any) -> Params:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
@@ -152,6 +178,7 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["cam_scales"] = list(self.cam_scales)
+        d["seed_class_thresholds"] = dict(self.seed_class_thresholds)
         return d
 
     @classmethod

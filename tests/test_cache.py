@@ -54,6 +54,7 @@ def test_first_update_runs_every_stage_and_matches_postprocess():
         ({"min_fragment_fraction": 0.2}, {"instances"}),
         ({"semantic_bg_threshold": 0.5}, {"semantic"}),
         ({"seed_fg_threshold": 0.5}, {"seeds"}),
+        ({"seed_class_thresholds": {"b": 0.9}}, {"seeds"}),
         ({"cluster_threshold": 1.0}, {"clusters", "iwalk", "instances"}),
         ({"beta": 5.0}, {"weights", "iwalk", "instances", "swalk", "semantic"}),
         ({"radius": 4}, {"weights", "iwalk", "instances", "swalk", "semantic"}),
@@ -70,6 +71,19 @@ def test_a_parameter_change_reruns_only_its_stages(change, expected):
     assert set(cache.last_recomputed) == expected
     cache.update()
     assert cache.last_recomputed == []
+
+
+def test_seed_thresholds_per_class_follow_the_class_names_of_the_outputs():
+    import dataclasses
+
+    named = dataclasses.replace(_two_blobs(), class_names=("a", "b"))  # the map is class 1: "b"
+    cache = StageCache(named, FAST)
+    assert (cache.update().seeds == 2).any()
+    assert not (cache.update(FAST.replace(seed_class_thresholds={"b": 1.0})).seeds == 2).any()
+    assert (cache.update(FAST.replace(seed_class_thresholds={"a": 1.0})).seeds == 2).any()
+    # outputs that do not name their classes keep the single threshold
+    anonymous = StageCache(_two_blobs(), FAST.replace(seed_class_thresholds={"b": 1.0}))
+    np.testing.assert_array_equal(anonymous.update().seeds, StageCache(_two_blobs(), FAST).update().seeds)
 
 
 def test_cached_threshold_change_equals_a_fresh_run():

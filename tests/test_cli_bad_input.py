@@ -177,6 +177,10 @@ PREDICT = {
     "--out holds another model's predictions": (lambda h: write_class_legend(h / "pred", ["blob", "rod", "round"]), [],
                                                 ["pred/classes.json: the predictions in this folder are for the classes"]),  # fmt: skip
     "a parameter out of range": (None, ["--beta", "-1"], ["--beta -1.0: must be positive"]),
+    "a class threshold for a class the model lacks": (None, ["--seed-class-thresholds", "round=0.4", "giraffe=0.5"],
+                                                      ["--seed-class-thresholds round=0.4 giraffe=0.5: must be keyed by the model's classes",
+                                                       "not giraffe"]),  # fmt: skip
+    "a class threshold out of range": (None, ["--seed-class-thresholds", "round=1.5"], ["--seed-class-thresholds round=1.5: must be"]),
     "--out is the image folder": (None, ["--out", "ds/images"], ["ds/images: is the image folder"]),
 }
 

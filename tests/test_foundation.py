@@ -133,6 +133,9 @@ _BAD_PARAMS = [
     ("Params", {"radius": float("nan")}, "radius"),
     ("Params", {"cam_scales": (1.0, float("inf"))}, "cam_scales"),
     ("Params", {"cluster_threshold": float("inf")}, "cluster_threshold"),
+    ("Params", {"seed_class_thresholds": {"a": 1.5}}, "seed_class_thresholds"),
+    ("Params", {"seed_class_thresholds": {"": 0.5}}, "seed_class_thresholds"),
+    ("Params", {"seed_class_thresholds": [("a", 0.5)]}, "seed_class_thresholds"),
 ]
 
 
@@ -146,6 +149,22 @@ def test_nonsense_parameters_are_refused_by_name(cls, values, name):
     base = getattr(p, cls)()
     with pytest.raises(p.ParamError):
         base.replace(**values)
+
+
+def test_per_class_seed_thresholds_round_trip_and_apply_by_name():
+    from napari_irnet.params import ParamError, Params
+
+    p = Params(seed_fg_threshold=0.3, seed_class_thresholds={"rod": 0.5, "blob": 1.0})
+    assert Params.from_json(p.to_json()) == p
+    assert p.seed_fg_thresholds(["round", "blob", "rod"]) == (0.3, 1.0, 0.5)
+    assert p.seed_fg_thresholds(["round"]) == 0.3  # no class of its own: the single threshold
+    assert p.check_classes(["round", "rod", "blob"]) is p
+    with pytest.raises(ParamError, match="not blob"):
+        p.check_classes(["round", "rod"])
+    # the defaults do not share one dict
+    a, b = Params(), Params()
+    a.seed_class_thresholds["x"] = 0.4
+    assert b.seed_class_thresholds == {}
 
 
 def test_train_params_round_trip_and_defaults_are_valid():

@@ -65,6 +65,23 @@ def test_unknown_class_name_is_a_clear_error(tiny_dataset):
         predict(model, tiny_dataset[0].image, ["giraffe"], FAST, "cpu")
 
 
+def test_training_seeds_use_the_thresholds_of_each_class_by_name(tiny_dataset):
+    torch.manual_seed(0)
+    items = _items(tiny_dataset)
+    model = new_model(list(CLASS_NAMES), "tiny")
+    plain = [s for _, s in make_seeds(model, items, FAST, "cpu")]
+    seeded = {v for s in plain for v in np.unique(s)} - {0, 255}
+    assert seeded, "the random network's CAMs seed some class"
+    silent = CLASS_NAMES[min(seeded) - 1]  # a class that seeds: without foreground seeds of its own now
+    per_class = [s for _, s in make_seeds(model, items, FAST.replace(seed_class_thresholds={silent: 1.0}), "cpu")]
+    for a, b in zip(plain, per_class):
+        mine = a == CLASS_NAMES.index(silent) + 1
+        assert not (b == CLASS_NAMES.index(silent) + 1).any()
+        np.testing.assert_array_equal(b[~mine], a[~mine])  # every other pixel as before
+    with pytest.raises(ValueError, match="not giraffe"):
+        next(make_seeds(model, items, FAST.replace(seed_class_thresholds={"giraffe": 0.5}), "cpu"))
+
+
 def test_training_loops_yield_progress_and_save(tmp_path, tiny_dataset):
     torch.manual_seed(0)
     items = _items(tiny_dataset)
@@ -167,8 +184,10 @@ def test_cli_train_and_predict(tmp_path, tiny_dataset):
     assert main(["train-cam", *common, "--out", str(tmp_path / "cam.pt"), "--backbone", "tiny", "--weights", "none", *tiny]) == 0
     irn = ["--irn-epochs", "1", "--irn-batch-size", "2", "--irn-crop-size", "64", "--train-radius", "5", "--cam-scales", "1.0", "--use-crf", "false"]
     assert main(["train-irn", *common, "--checkpoint", str(tmp_path / "cam.pt"), "--out", str(tmp_path / "irn.pt"), "--irn-backbone", "cam",
-                 "--displacement-head", "context", *irn]) == 0  # fmt: skip
-    assert load_checkpoint(tmp_path / "irn.pt").irn.displacement_head == "context"
+                 "--displacement-head", "context", "--seed-class-thresholds", "rod=0.5", "blob=1", *irn]) == 0  # fmt: skip
+    trained = load_checkpoint(tmp_path / "irn.pt")
+    assert trained.irn.displacement_head == "context"
+    assert trained.params.seed_class_thresholds == {"rod": 0.5, "blob": 1.0}  # kept with the model
     out = tmp_path / "pred"
     assert main(["predict", *common, "--checkpoint", str(tmp_path / "irn.pt"), "--out", str(out), "--walk-steps", "8", "--centroid-steps", "10"]) == 0
     name = tiny_dataset[0].name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from napari_irnet.pipeline.stages import (
@@ -78,6 +79,28 @@ def test_seeds_ties_go_to_the_threshold_then_to_the_first_class():
     cams[:, 0, 3] = 0.05  # exactly the background threshold: background
     seeds = seeds_from_cams(cams, class_ids=[3, 7], fg_threshold=0.3, bg_threshold=0.05, use_crf=False)
     assert seeds.tolist() == [[IGNORE, 4, 8, 0]]
+
+
+def test_seed_thresholds_per_class():
+    cams = np.zeros((3, 1, 5), np.float32)
+    cams[0, 0, 0] = 0.35  # class 3 over the single threshold 0.3, under its own 0.4
+    cams[0, 0, 1] = 0.45  # over both
+    cams[1, 0, 2] = 0.999  # class 7 never seeds (1.0): not foreground, not background either
+    cams[2, 0, 3] = 0.31  # class 9 keeps 0.3
+    cams[:, 0, 4] = 0.01
+    one = seeds_from_cams(cams, class_ids=[3, 7, 9], fg_threshold=0.3, bg_threshold=0.05, use_crf=False)
+    assert one.tolist() == [[4, 4, 8, 10, 0]]
+    per_class = seeds_from_cams(cams, class_ids=[3, 7, 9], fg_threshold=[0.4, 1.0, 0.3], bg_threshold=0.05, use_crf=False)
+    assert per_class.tolist() == [[IGNORE, 4, IGNORE, 10, 0]]
+    # equal entries give exactly the single threshold's seeds, ties included
+    rng = np.random.default_rng(1)
+    maps = rng.random((3, 32, 32)).astype(np.float32)
+    maps[1, :4, :4] = np.float32(0.3)
+    np.testing.assert_array_equal(
+        seeds_from_cams(maps, [0, 1, 2], [0.3] * 3, 0.05, use_crf=False), seeds_from_cams(maps, [0, 1, 2], 0.3, 0.05, use_crf=False)
+    )
+    with pytest.raises(ValueError, match="2 foreground thresholds for 3 CAMs"):
+        seeds_from_cams(maps, [0, 1, 2], [0.3, 0.4], 0.05, use_crf=False)
 
 
 def test_instance_cams_split_by_cluster():

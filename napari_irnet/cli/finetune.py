@@ -191,7 +191,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_outputs(args.out, resume)
     model = load_checkpoint(args.checkpoint)
     model.require("irn", task="fine-tuning")
-    model.params = with_overrides(model.params, args)
+    model.params = with_overrides(model.params, args, model.classes)
     model.train_params = with_overrides(model.train_params, args)
     if args.project is not None:
         if args.images is not None or args.labels is not None or args.corrections is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "add_image_options",
     "add_max_pixels_option",
     "bool_option",
+    "class_value",
     "option_text",
     "overrides",
     "with_overrides",
@@ -39,6 +40,18 @@ def bool_option(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false (or yes/no, on/off, 1/0), not {text!r}")
 
 
+def class_value(text: str) -> tuple[str, float]:
+    """A ``CLASS=VALUE`` option word: the class name (which may hold ``=``) and a number."""
+    name, _, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not name or number is None:
+        raise argparse.ArgumentTypeError(f"expected CLASS=NUMBER, not {text!r}")
+    return name, number
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
@@ -46,7 +59,10 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, bool):
+        if f.default_factory is dict:  # a value per class: NAME=VALUE ...
+            group.add_argument(flag, dest=f.name, type=class_value, nargs="+", default=None, metavar="CLASS=VALUE",
+                               help="per class, e.g. inflammatory=0.4 (default none)")  # fmt: skip
+        elif isinstance(default, bool):
             group.add_argument(flag, dest=f.name, type=bool_option, default=None, metavar="BOOL", help=f"true or false (default {str(default).lower()})")
         elif isinstance(default, tuple):
             kind = type(default[0])
@@ -60,13 +76,20 @@ def overrides(args: argparse.Namespace, cls) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is not None:
+            if f.default_factory is dict:
+                value = dict(value)
             out[f.name] = tuple(value) if isinstance(value, list) else value
     return out
 
 
-def with_overrides(base, args: argparse.Namespace):
-    """A copy of a ``Params`` or ``TrainParams`` with the options given on the command line."""
-    return dataclasses.replace(base, **overrides(args, type(base)))
+def with_overrides(base, args: argparse.Namespace, classes=None):
+    """A copy of a ``Params`` or ``TrainParams`` with the options given on the command line.
+
+    With ``classes`` (the model's), parameters given per class must name them
+    (:meth:`~napari_irnet.params.Params.check_classes`).
+    """
+    out = dataclasses.replace(base, **overrides(args, type(base)))
+    return out.check_classes(classes) if classes is not None and hasattr(out, "check_classes") else out
 
 
 def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +110,9 @@ def add_image_options(parser: argparse.ArgumentParser, need_labels: bool = True)
 
 def option_text(name: str, value: Any) -> str:
     """A parameter as it is written on the command line: ``--cam-resize-long 56 72``, ``--use-crf false``."""
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, dict):
+        value = " ".join(f"{k}={v}" for k, v in value.items())
+    elif isinstance(value, (tuple, list)):
         value = " ".join(map(str, value))
     elif isinstance(value, bool):
         value = str(value).lower()

@@ -52,7 +52,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError(f"{args.out}: is the image folder; write the predictions to another folder (they would be read as images)")
     model = load_checkpoint(args.checkpoint)
     model.require("cam", "irn")  # before anything is written
-    params = with_overrides(model.params, args)
+    params = with_overrides(model.params, args, model.classes)
     inputs, labels = _predict_inputs(args, model)
     # one set of files per image: a.png and a.jpg, or sub/a.png and a.png, must not overwrite each other
     stems = output_stems([name for name, _ in inputs])

@@ -59,7 +59,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 f"{args.checkpoint}: trained for classes {model.classes}, which lack {unknown} "
                 f"(classes of {args.labels or '--classes'})"
             )
-    params = with_overrides(model.params if model is not None else Params(), args)
+    params = with_overrides(model.params if model is not None else Params(), args, classes)
     project = create_project(
         args.project,
         args.images,
@@ -93,7 +93,7 @@ def cmd_predict_project(args: argparse.Namespace) -> int:
 
     project = open_project(args.project)
     given = overrides(args, Params)
-    params = with_overrides(project.params, args) if given else None
+    params = with_overrides(project.params, args, project.classes) if given else None
     run = ProjectPrediction(
         project, checkpoint=args.checkpoint, params=params, device=args.device, force=args.force, limit=args.limit
     )

@@ -23,12 +23,13 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
         if args.cam_output_stride is not None and args.cam_output_stride != model.cam_output_stride:
             raise ValueError(f"{args.checkpoint}: its CAM network has output stride {model.cam_output_stride}; "
                              f"--cam-output-stride {args.cam_output_stride} applies to a new network only")  # fmt: skip
-        model.params = with_overrides(model.params, args)
+        model.params = with_overrides(model.params, args, model.classes)
         model.train_params = with_overrides(model.train_params, args)
         classes, items = load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     else:
         params, train_params = Params(**overrides(args, Params)), TrainParams(**overrides(args, TrainParams))
         classes, items = load_dataset(args.images, args.labels, max_pixels=args.max_pixels)
+        params.check_classes(classes)
         weights = None if args.weights == "none" else args.weights
         import torch
 
@@ -49,7 +50,7 @@ def cmd_train_irn(args: argparse.Namespace) -> int:
     check_outputs(args.out)
     model = load_checkpoint(args.checkpoint)
     model.require("cam", task="train-irn")
-    model.params = with_overrides(model.params, args)
+    model.params = with_overrides(model.params, args, model.classes)
     model.train_params = with_overrides(model.train_params, args)
     _, items = load_dataset(args.images, args.labels, model.classes, args.max_pixels)
     import torch

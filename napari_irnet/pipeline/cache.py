@@ -65,7 +65,7 @@ __all__ = ["STAGE_INPUTS", "StageCache", "clusters_from_points"]
 
 #: parameters read by each cached stage (see the module docstring)
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "seeds": ("seed_fg_threshold", "seed_bg_threshold", "use_crf"),
+    "seeds": ("seed_fg_threshold", "seed_class_thresholds", "seed_bg_threshold", "use_crf"),
     "centroids": ("centroid_steps",),
     "clusters": ("cluster_threshold",),
     "weights": ("beta", "radius"),
@@ -113,7 +113,8 @@ def clusters_from_points(centroids: np.ndarray, points: np.ndarray) -> np.ndarra
 
 
 def _key(params: Params, names: tuple[str, ...]) -> tuple:
-    return tuple(getattr(params, n) for n in names)
+    values = (getattr(params, n) for n in names)
+    return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in values)
 
 
 _UNSET = object()  # a slot never computed (None is a valid value: no planes to walk)
@@ -315,7 +316,10 @@ class StageCache:
         out = self.outputs
         if p.use_crf and self.image is not None and self._segments is None and not crf_available():
             self._segments = image_segments(self.image)
-        return seeds_from_cams(out.cam.high_res, out.cam.class_ids, p.seed_fg_threshold, p.seed_bg_threshold, self.image, p.use_crf, self._segments)
+        names = out.class_names
+        # per-class thresholds need the maps' class names; outputs without them use the single one
+        fg = p.seed_fg_thresholds([names[i] for i in out.cam.class_ids]) if names else p.seed_fg_threshold
+        return seeds_from_cams(out.cam.high_res, out.cam.class_ids, fg, p.seed_bg_threshold, self.image, p.use_crf, self._segments)
 
     def _clusters(self, centroids: np.ndarray) -> np.ndarray:
         """The clusters stage: from the edited centre points when there are any, else from the field."""

@@ -351,8 +351,14 @@ def compute_irnet(
 
 @dataclass
 class NetworkOutputs:
-    """The cached outputs of both networks for one image (CPU tensors)."""
+    """The cached outputs of both networks for one image (CPU tensors).
+
+    ``class_names`` is the model's class list (``cam.class_ids`` index it),
+    for the parameters given per class name (:attr:`Params.seed_class_thresholds`);
+    empty when the outputs come from elsewhere.
+    """
 
     image_shape: tuple[int, int]
     cam: CAMOutput
     irn: IRNetOutput
+    class_names: tuple[str, ...] = ()

@@ -46,7 +46,7 @@ def run_networks(
     dev = resolve_device(device)
     cam = compute_cams(model.cam, image, class_ids, params, dev)
     irn = compute_irnet(model.irn, image, params, dev)
-    return NetworkOutputs(tuple(image.shape[:2]), cam, irn)
+    return NetworkOutputs(tuple(image.shape[:2]), cam, irn, tuple(model.classes))
 
 
 def walk_instances(outputs: NetworkOutputs, clusters: np.ndarray, params: Params, device="cpu") -> torch.Tensor:

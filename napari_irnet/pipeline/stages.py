@@ -110,7 +110,7 @@ def _warn_no_crf() -> None:
 def seeds_from_cams(
     cams: np.ndarray | torch.Tensor,
     class_ids: Sequence[int],
-    fg_threshold: float = 0.30,
+    fg_threshold: float | Sequence[float] = 0.30,
     bg_threshold: float = 0.05,
     image: np.ndarray | None = None,
     use_crf: bool = True,
@@ -124,9 +124,12 @@ def seeds_from_cams(
         Per-class maps in [0, 1] (any resolution; full resolution in training).
     class_ids : (C,) ints
         0-based class of each map.
-    fg_threshold, bg_threshold : float
-        Confident foreground above ``fg_threshold``; confident background where
-        every class stays below ``bg_threshold``.
+    fg_threshold : float, or (C,) floats
+        Confident foreground where the highest map is above ``fg_threshold``,
+        or above its own entry when one is given per map (1 or more: that
+        class never seeds; see :meth:`Params.seed_fg_thresholds`).
+    bg_threshold : float
+        Confident background where every class stays below ``bg_threshold``.
     image : (H, W, 3) uint8, optional
         Needed for the refinement; without it seeds are not refined.
     use_crf : bool
@@ -153,10 +156,18 @@ def seeds_from_cams(
     seeds = np.empty((h, w), np.uint8)
     # ``segments``: the image's segments, made once when the refinement needs them
 
-    def labelled(peak: np.ndarray, best: np.ndarray, threshold: float) -> np.ndarray:
+    if np.ndim(fg_threshold):
+        if len(fg_threshold) != cams.shape[0]:
+            raise ValueError(f"{len(fg_threshold)} foreground thresholds for {cams.shape[0]} CAMs")
+        # indexed by ``best`` (1-based map index; entry 0 is never used), in the maps' own type
+        # so that equal entries compare exactly as the single threshold does
+        kind = cams.dtype if cams.dtype.kind == "f" else np.float64
+        fg_threshold = np.concatenate([[np.inf], np.asarray(fg_threshold, np.float64)]).astype(kind)
+
+    def labelled(peak: np.ndarray, best: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
         nonlocal segments
         # the reference's argmax over [threshold, maps...]: a tie with the threshold goes to it
-        arg = np.where(peak > threshold, best, 0)
+        arg = np.where(peak > (threshold[best] if np.ndim(threshold) else threshold), best, 0)
         if crf:
             refined = _dense_crf(image, arg, keys.shape[0])
             if refined is None:

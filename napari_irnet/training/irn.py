@@ -32,12 +32,11 @@ def make_seeds(
     model: Model, items: Sequence[LabelledImage], params: Params | None = None, device="auto"
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Seed maps (reference ``cam_to_ir_label``) of the training images from the CAM network."""
-    params = params or model.params
+    params = (params or model.params).check_classes(model.classes)
     for i, item in enumerate(items):
         cams = compute_cams(model.cam, item.image, item.class_ids, params, device)
-        yield i, seeds_from_cams(
-            cams.high_res, item.class_ids, params.seed_fg_threshold, params.seed_bg_threshold, item.image, params.use_crf
-        )
+        fg = params.seed_fg_thresholds([model.classes[c] for c in item.class_ids])
+        yield i, seeds_from_cams(cams.high_res, item.class_ids, fg, params.seed_bg_threshold, item.image, params.use_crf)
 
 
 def train_irn(
