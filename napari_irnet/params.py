@@ -178,7 +178,6 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["cam_scales"] = list(self.cam_scales)
-        d["seed_class_thresholds"] = dict(self.seed_class_thresholds)
         return d
 
     @classmethod

@@ -16,7 +16,8 @@ The stages and the parameters each depends on:
 ========================  ==================================================
 stage                     inputs
 ========================  ==================================================
-seeds                     seed_fg_threshold, seed_bg_threshold, use_crf
+seeds                     seed_fg_threshold, seed_class_thresholds,
+                          seed_bg_threshold, use_crf
 centroids                 centroid_steps
 clusters                  cluster_threshold, or the edited centre points
 transition weights        beta, radius (shared by both walks)
