@@ -645,6 +645,7 @@ DEFAULTS = {
 
 
 def parse_args(argv=None):
+    from napari_irnet.cli.options import class_value
     from napari_irnet.params import CAM_OUTPUT_STRIDES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -691,7 +692,7 @@ def parse_args(argv=None):
     g.add_argument("--cam-eval-threshold", type=float)
     g.add_argument("--seed-fg-threshold", type=float)
     g.add_argument("--seed-bg-threshold", type=float)
-    g.add_argument("--seed-class-thresholds", nargs="+", metavar="CLASS=T", help="foreground seed thresholds of single classes (Params.seed_class_thresholds)")
+    g.add_argument("--seed-class-thresholds", nargs="+", type=class_value, metavar="CLASS=T", help="foreground seed thresholds of single classes (Params.seed_class_thresholds)")
     g.add_argument("--fit-seed-thresholds", type=int, metavar="N", default=0,
                    help="choose Params.seed_class_thresholds on every N-th training image with its masks (best F1 per class; none for a class no better than chance)")
     g.add_argument("--instance-bg-threshold", type=float)
@@ -718,13 +719,9 @@ def make_params(args):
 
     keys = ("cam_eval_threshold", "seed_fg_threshold", "seed_bg_threshold", "instance_bg_threshold",
             "semantic_bg_threshold", "beta", "walk_steps")  # fmt: skip
-    per_class = {}
-    for text in args.seed_class_thresholds or ():
-        name, _, value = text.rpartition("=")
-        per_class[name] = float(value)
     return Params(
         cam_scales=tuple(args.cam_scales),
-        seed_class_thresholds=per_class,
+        seed_class_thresholds=dict(args.seed_class_thresholds or ()),
         min_fragment_fraction=args.min_fragment,
         cluster_threshold=args.cluster_threshold,
         **{k: getattr(args, k) for k in keys if getattr(args, k) is not None},
