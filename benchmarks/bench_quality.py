@@ -84,6 +84,13 @@ class Item:
     def shape(self) -> tuple[int, int]:
         return self.gt_inst.shape
 
+    def semantic_work(self) -> np.ndarray:
+        """(h, w) int64 class + 1 of the instances at working size, 0 elsewhere."""
+        sem = np.zeros(self.gt_inst_work.shape, np.int64)
+        for iid, c in self.gt_labels.items():
+            sem[self.gt_inst_work == iid] = c + 1
+        return sem
+
 
 def _resize(array: np.ndarray, shape_hw: tuple[int, int], nearest: bool) -> np.ndarray:
     from PIL import Image
@@ -470,9 +477,7 @@ def fit_seed_thresholds(items, cams, classes) -> tuple[dict[str, float], list[st
     area = np.zeros(len(classes))
     for it in (it for it in items if it.class_ids):
         hr = cams[it.name][1].float().numpy()
-        sem = np.zeros(it.gt_inst_work.shape, np.int64)
-        for iid, c in it.gt_labels.items():
-            sem[it.gt_inst_work == iid] = c + 1
+        sem = it.semantic_work()
         winner = hr.argmax(axis=0)
         for k, c in enumerate(it.class_ids):
             mine = sem == c + 1
@@ -504,9 +509,7 @@ def seed_quality(items, seeds) -> dict:
     """How good the CAM seeds are against the ground truth (training images, working size)."""
     fg_correct = fg_total = gt_fg = gt_fg_seeded = bg_total = bg_correct = ignore = total = 0
     for it, s in zip(items, seeds):
-        sem = np.zeros(it.gt_inst_work.shape, np.int64)
-        for iid, c in it.gt_labels.items():
-            sem[it.gt_inst_work == iid] = c + 1
+        sem = it.semantic_work()
         fg = (s != 0) & (s != 255)
         fg_total += int(fg.sum())
         fg_correct += int((fg & (s == sem)).sum())
